@@ -1,0 +1,135 @@
+"""Configuration dataclasses, serialised as JSON next to every dataset and checkpoint.
+
+A model directory or a dataset directory can always be rebuilt from its JSON alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from pixelnn.errors import PixelNNError
+
+TASKS = ("superres", "edges", "paired")
+EDGE_METHODS = ("hed", "canny")
+DIRECTIONS = ("AtoB", "BtoA")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise PixelNNError(f"invalid {name} {value!r}; valid: {', '.join(choices)}")
+
+
+@dataclass
+class TaskConfig:
+    """How the input x is derived from (or paired with) a photo y.
+
+    Attributes
+    ----------
+    name : {'superres', 'edges', 'paired'}
+        ``superres``: x is the photo area-downsampled by ``factor`` (96 -> 12 with the default 8).
+        ``edges``: x is an edge map of the photo (HED or Canny), black strokes on white.
+        ``paired``: x is supplied by the user (pix2pix A|B images, surface normals, ...).
+    size : int
+        Side of the square photos y, in pixels.
+    factor : int
+        Downsampling factor for ``superres``.
+    edge_method : {'hed', 'canny'}
+        Edge detector for ``edges``.
+    direction : {'AtoB', 'BtoA'}
+        For ``paired`` pix2pix images: AtoB means the left half A is the input and B the photo.
+    input_channels : int
+        Channels of x: 3 for superres and colour paired inputs, 1 for edge maps.
+    """
+
+    name: str = "superres"
+    size: int = 96
+    factor: int = 8
+    edge_method: str = "hed"
+    direction: str = "AtoB"
+    input_channels: int = 3
+
+    def __post_init__(self) -> None:
+        _check_choice("task", self.name, TASKS)
+        _check_choice("edge method", self.edge_method, EDGE_METHODS)
+        _check_choice("direction", self.direction, DIRECTIONS)
+        if self.size < 16:
+            raise PixelNNError(f"size must be at least 16, got {self.size}")
+        if self.name == "superres" and (self.factor < 1 or self.size % self.factor):
+            raise PixelNNError(f"superres factor {self.factor} must divide size {self.size}")
+        if self.name == "edges":
+            self.input_channels = 1
+
+    @property
+    def input_size(self) -> int:
+        """Side of the input x in pixels."""
+        return self.size // self.factor if self.name == "superres" else self.size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TaskConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class RegressorConfig:
+    """Architecture of the stage-1 regressor (see :mod:`pixelnn.models.regressor`)."""
+
+    in_channels: int = 3
+    out_channels: int = 3
+    size: int = 96
+    input_size: int = 12
+    base_channels: int = 32
+    depth: int = 3  # number of 2x downsamplings in the U-Net encoder
+    residual_upsample: bool = True  # predict a residual over the bicubically upsampled input (3-channel inputs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RegressorConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings for ``pixelnn train``."""
+
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-5  # the ||w||^2 term of eq. 1
+    max_steps: int = 100_000
+    minutes: float | None = None
+    val_every: int = 500
+    sample_every: int = 1000
+    seed: int = 0
+    num_threads: int | None = None
+    augment_flip: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class ModelFiles:
+    """File names inside a MODEL_DIR."""
+
+    weights: str = "regressor.safetensors"
+    config: str = "config.json"
+    state: str = "train_state.safetensors"
+    log: str = "train_log.jsonl"
+    samples: str = "samples"
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+MODEL_FILES = ModelFiles()
