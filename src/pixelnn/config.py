@@ -83,8 +83,9 @@ class RegressorConfig:
     out_channels: int = 3
     size: int = 96
     input_size: int = 12
-    base_channels: int = 32
-    depth: int = 3  # number of 2x downsamplings in the U-Net encoder
+    base_channels: int = 16
+    depth: int = 4  # number of 2x downsamplings in the U-Net encoder (96 -> 6)
+    norm: str = "batch"  # batch | group | none
     residual_upsample: bool = True  # predict a residual over the bicubically upsampled input (3-channel inputs)
 
     def to_dict(self) -> dict[str, Any]:

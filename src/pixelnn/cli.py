@@ -1,0 +1,134 @@
+"""The ``pixelnn`` command line: a thin shell over the library.
+
+Every subcommand parses its options, calls one library function and prints a short summary.
+User errors (:class:`PixelNNError`) are printed as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pixelnn import __version__
+from pixelnn.config import DIRECTIONS, EDGE_METHODS, TASKS, TaskConfig, TrainConfig
+from pixelnn.errors import PixelNNError
+
+log = logging.getLogger("pixelnn")
+
+
+def _add_task_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", choices=TASKS, required=True,
+                   help="superres: 12x12 thumbnail -> photo; edges: edge map -> photo; paired: inputs given (pix2pix A|B)")
+    p.add_argument("--size", type=int, default=96, help="side of the square output photos (default 96)")
+    p.add_argument("--factor", type=int, default=8, help="superres downsampling factor (default 8: 96 -> 12)")
+    p.add_argument("--edge-method", choices=EDGE_METHODS, default="hed", help="edge detector for --task edges")
+    p.add_argument("--direction", choices=DIRECTIONS, default="AtoB",
+                   help="paired images: AtoB = left half is the input; BtoA = right half is the input")
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from pixelnn.data.prepare import prepare_dataset
+
+    task = TaskConfig(name=args.task, size=args.size, factor=args.factor, edge_method=args.edge_method,
+                      direction=args.direction)
+    report = prepare_dataset(args.source, args.out, task, fit=args.fit, val_fraction=args.val_fraction,
+                             test_fraction=args.test_fraction, limit=args.limit, overwrite=args.overwrite,
+                             progress=not args.quiet)
+    print(report.summary())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pixelnn.training import train
+
+    config = TrainConfig(batch_size=args.batch_size, lr=args.lr, max_steps=args.steps, minutes=args.minutes,
+                         val_every=args.val_every, sample_every=args.sample_every, seed=args.seed,
+                         num_threads=args.threads)
+    overrides = {k: v for k, v in {"base_channels": args.base_channels, "depth": args.depth,
+                                   "norm": args.norm}.items() if v is not None}
+    result = train(args.data_dir, args.out, config, model_overrides=overrides, resume=not args.restart,
+                   progress=not args.quiet)
+    m = result.metrics
+    line = (f"trained {result.steps} steps in {result.seconds / 60:.1f} min ({result.images_per_second:.1f} img/s); "
+            f"val PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}")
+    if "bicubic_psnr" in m:
+        line += f" (bicubic: {m['bicubic_psnr']:.2f} dB, {m['bicubic_ssim']:.4f})"
+    print(line)
+    print(f"model: {result.model_dir}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pixelnn.demo import run_demo
+
+    page = run_demo(args.out, data=args.data, minutes=args.minutes, progress=not args.quiet)
+    print(f"demo page: {page}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pixelnn", description="PixelNN: example-based image synthesis")
+    parser.add_argument("--version", action="version", version=f"pixelnn {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="turn a folder or zip of photos (or pix2pix pairs) into a dataset")
+    p.add_argument("source", help="folder or .zip of photos, or of pix2pix A|B images for --task paired")
+    p.add_argument("--out", required=True, help="dataset folder to create")
+    _add_task_options(p)
+    p.add_argument("--fit", choices=("auto", "pad", "crop"), default="auto",
+                   help="pad: whole image on white (products); crop: centre square (faces); auto: decide from borders")
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--test-fraction", type=float, default=0.05)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N usable images (sorted by path)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train the stage-1 regressor (L2 loss) on a prepared dataset")
+    p.add_argument("data_dir", help="folder written by `pixelnn prepare`")
+    p.add_argument("--out", required=True, help="model folder (resumes if it holds a checkpoint)")
+    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget, counted across resumes")
+    p.add_argument("--steps", type=int, default=100_000, help="maximum optimisation steps (default 100000)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--val-every", type=int, default=500, help="validate and checkpoint every N steps")
+    p.add_argument("--sample-every", type=int, default=1000, help="write a sample grid every N steps")
+    p.add_argument("--base-channels", type=int, default=None, help="U-Net channels at full resolution (default 16)")
+    p.add_argument("--depth", type=int, default=None, help="U-Net downsamplings (default 4)")
+    p.add_argument("--norm", choices=("batch", "group", "none"), default=None)
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="prepare, train and show results on a small dataset (no data needed)")
+    p.add_argument("--data", default=None, help="a dataset zip or folder to use instead of the bundled photos")
+    p.add_argument("--out", default="pixelnn-demo", help="output folder (default ./pixelnn-demo)")
+    p.add_argument("--minutes", type=float, default=2.0, help="training budget in minutes (default 2)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except PixelNNError as e:
+        print(f"pixelnn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pixelnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""Training the stage-1 regressor with L2 loss (paper eq. 1), on the CPU, resumably.
+
+``train(DATA_DIR, MODEL_DIR)`` writes into MODEL_DIR:
+
+- ``regressor.safetensors``: the weights, with the model config in the file's metadata;
+- ``config.json``: task, model, training settings and the dataset it came from;
+- ``train_state.safetensors``: optimizer moments, step, elapsed time and RNG state, for resuming;
+- ``train_log.jsonl``: one line per validation (step, losses, PSNR, throughput);
+- ``samples/step_XXXXXXX.png`` and ``samples/latest.png``: input | f(x) | photo grids on val images;
+- ``metrics.json``: final validation PSNR/SSIM of f(x) against the photo (and bicubic for superres).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+from tqdm.auto import tqdm
+
+from pixelnn.config import MODEL_FILES, RegressorConfig, TaskConfig, TrainConfig
+from pixelnn.data.dataset import Dataset, SplitData, image_grid
+from pixelnn.errors import PixelNNError
+from pixelnn.evaluation.image_metrics import bicubic_upsample, psnr, ssim
+from pixelnn.io import atomic_path, save_image, write_json
+from pixelnn.models.regressor import Regressor, predict, to_tensor
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "pixelnn-model"
+MODEL_VERSION = 1
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    model_dir: Path
+    steps: int
+    seconds: float
+    images_per_second: float
+    metrics: dict[str, Any]
+
+
+def regressor_config_for(task: TaskConfig, input_channels: int, **overrides: Any) -> RegressorConfig:
+    """Regressor architecture matching a task's input and output shapes."""
+    return RegressorConfig(in_channels=input_channels, out_channels=3, size=task.size,
+                           input_size=task.input_size, **overrides)
+
+
+def load_model_dir(model_dir: str | Path) -> tuple[Regressor, dict[str, Any]]:
+    """Load a trained regressor and its ``config.json`` from MODEL_DIR."""
+    model_dir = Path(model_dir)
+    cfg_path = model_dir / MODEL_FILES.config
+    if not cfg_path.is_file():
+        raise PixelNNError(f"{model_dir} is not a PixelNN model directory (no {MODEL_FILES.config}); "
+                           f"train one with `pixelnn train DATA_DIR --out {model_dir}`")
+    config = json.loads(cfg_path.read_text())
+    return Regressor.load(model_dir / MODEL_FILES.weights), config
+
+
+def _lr_factor(progress: float, warmup: float = 0.02) -> float:
+    """Linear warm-up then cosine decay to 5% of the base rate; ``progress`` in [0, 1]."""
+    if progress < warmup:
+        return max(progress / warmup, 0.05)
+    p = min((progress - warmup) / (1 - warmup), 1.0)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def _sample_grid(model: Regressor, split: SplitData, n: int = 8) -> np.ndarray:
+    idx = np.linspace(0, len(split) - 1, min(n, len(split))).astype(int)
+    inputs, photos = np.asarray(split.inputs[idx]), np.asarray(split.photos[idx])
+    return image_grid([inputs, predict(model, inputs), photos])
+
+
+def evaluate_stage1(model: Regressor, split: SplitData, task: TaskConfig, limit: int | None = None,
+                    batch_size: int = 64) -> dict[str, Any]:
+    """PSNR and SSIM of f(x) against the photo on a split (and of bicubic upsampling for superres).
+
+    Returns
+    -------
+    dict
+        ``{"n", "psnr", "ssim"}`` and, for superres, ``"bicubic_psnr", "bicubic_ssim"`` (means over images).
+    """
+    n = len(split) if limit is None else min(limit, len(split))
+    inputs, photos = np.asarray(split.inputs[:n]), np.asarray(split.photos[:n])
+    out = predict(model, inputs, batch_size)
+    metrics: dict[str, Any] = {"n": n, "psnr": float(np.mean(psnr(out, photos))), "ssim": float(np.mean(ssim(out, photos)))}
+    if task.name == "superres":
+        bic = bicubic_upsample(inputs, task.size)
+        metrics["bicubic_psnr"] = float(np.mean(psnr(bic, photos)))
+        metrics["bicubic_ssim"] = float(np.mean(ssim(bic, photos)))
+    return metrics
+
+
+@torch.inference_mode()
+def _val_loss(model: Regressor, split: SplitData, limit: int = 512, batch_size: int = 64) -> float:
+    model.eval()
+    n = min(limit, len(split))
+    total = 0.0
+    for i in range(0, n, batch_size):
+        x = to_tensor(np.asarray(split.inputs[i:min(i + batch_size, n)]))
+        y = to_tensor(np.asarray(split.photos[i:min(i + batch_size, n)]))
+        total += torch.nn.functional.mse_loss(model(x), y, reduction="sum").item() / y[0].numel()
+    model.train()
+    return total / max(n, 1)
+
+
+def _save_state(path: Path, opt: torch.optim.Optimizer, step: int, elapsed: float, rng: np.random.Generator,
+                images_seen: int) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    for i, state in opt.state_dict()["state"].items():
+        for k, v in state.items():
+            tensors[f"{i}.{k}"] = torch.as_tensor(v).detach().clone().contiguous()
+    meta = {"step": str(step), "elapsed": repr(elapsed), "images_seen": str(images_seen),
+            "rng": json.dumps(rng.bit_generator.state)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def _load_state(path: Path, opt: torch.optim.Optimizer, rng: np.random.Generator) -> tuple[int, float, int]:
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    sd = opt.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        i, k = key.split(".", 1)
+        state.setdefault(int(i), {})[k] = v
+    sd["state"] = state
+    opt.load_state_dict(sd)
+    rng.bit_generator.state = json.loads(meta["rng"])
+    return int(meta["step"]), float(meta["elapsed"]), int(meta.get("images_seen", 0))
+
+
+def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | None = None, *,
+          model_overrides: dict[str, Any] | None = None, resume: bool = True, progress: bool = True,
+          final_eval_limit: int | None = None, should_stop: Callable[[int], bool] | None = None) -> TrainResult:
+    """Train (or resume training) the stage-1 regressor on a prepared dataset.
+
+    Parameters
+    ----------
+    data_dir : path
+        A dataset written by ``pixelnn prepare``.
+    model_dir : path
+        Where checkpoints, logs and samples go. If it holds a checkpoint and ``resume`` is true,
+        training continues from it (same architecture); ``config.max_steps`` and ``config.minutes``
+        then count in total, across runs.
+    config : TrainConfig, optional
+        Batch size, learning rate, step and time budgets, seed.
+    model_overrides : dict, optional
+        Architecture overrides for :class:`RegressorConfig` (``base_channels``, ``depth``, ``norm``).
+    final_eval_limit : int, optional
+        Evaluate the final model on at most this many val images (default: all).
+    should_stop : callable, optional
+        ``should_stop(step) -> bool``, checked before every step: stop early (and save a resumable
+        checkpoint) when it returns true. Ctrl-C does the same and then re-raises KeyboardInterrupt.
+    """
+    config = config or TrainConfig()
+    model_dir = Path(model_dir)
+    ds = Dataset(data_dir)
+    task = ds.task
+    train_split, val_split = ds.split("train", mmap=False), ds.split("val", mmap=False)
+    if len(train_split) == 0:
+        raise PixelNNError(f"{data_dir} has no training images")
+    if len(val_split) == 0:
+        log.warning("%s has no val split; validating on the first training images", data_dir)
+        val_split = SplitData(train_split.photos[:256], train_split.inputs[:256], train_split.records[:256])
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+
+    weights_path = model_dir / MODEL_FILES.weights
+    state_path = model_dir / MODEL_FILES.state
+    resuming = resume and weights_path.is_file() and state_path.is_file()
+    if resuming:
+        model = Regressor.load(weights_path)
+        log.info("resuming from %s", weights_path)
+    else:
+        if weights_path.exists() and not resume:
+            log.warning("overwriting the model in %s", model_dir)
+        model = Regressor(regressor_config_for(task, train_split.inputs.shape[-1], **(model_overrides or {})))
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    step, elapsed_before, images_seen = 0, 0.0, 0
+    if resuming:
+        step, elapsed_before, images_seen = _load_state(state_path, opt, rng)
+        log.info("resumed at step %d (%.0f s trained)", step, elapsed_before)
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / MODEL_FILES.samples).mkdir(exist_ok=True)
+    write_json(model_dir / MODEL_FILES.config, {
+        "format": MODEL_FORMAT, "version": MODEL_VERSION, "task": task.to_dict(),
+        "regressor": model.config.to_dict(), "train": config.to_dict(),
+        "dataset": {"path": str(Path(data_dir).resolve()), "counts": ds.manifest.get("counts"),
+                    "source": ds.manifest.get("source"), "label_keys": ds.manifest.get("label_keys", [])},
+    })
+    budget_s = config.minutes * 60 if config.minutes else None
+
+    def progress_frac(elapsed: float) -> float:
+        frac = step / config.max_steps
+        if budget_s:
+            frac = max(frac, elapsed / budget_s)
+        return frac
+
+    def save_all(elapsed: float) -> None:
+        model.save(weights_path, {"task": json.dumps(task.to_dict()), "step": str(step)})
+        _save_state(state_path, opt, step, elapsed, rng, images_seen)
+
+    stop = {"flag": False}
+
+    def on_sigint(signum, frame):  # finish the step, save, and exit cleanly
+        stop["flag"] = True
+
+    old_handler = signal.signal(signal.SIGINT, on_sigint) if _in_main_thread() else None
+    n_train = len(train_split)
+    t_start = time.perf_counter()
+    bar = tqdm(total=int(budget_s) if budget_s else config.max_steps, initial=int(elapsed_before) if budget_s else step,
+               unit="s" if budget_s else "step", disable=not progress, desc="train", dynamic_ncols=True)
+    last_bar = elapsed_before if budget_s else step
+    images_this_run = 0
+    train_loss_ema = None
+    try:
+        while True:
+            elapsed = elapsed_before + time.perf_counter() - t_start
+            if (step >= config.max_steps or (budget_s and elapsed >= budget_s) or stop["flag"]
+                    or (should_stop is not None and should_stop(step))):
+                break
+            for group in opt.param_groups:
+                group["lr"] = config.lr * _lr_factor(progress_frac(elapsed))
+            idx = rng.integers(0, n_train, size=config.batch_size)
+            x, y = to_tensor(train_split.inputs[idx]), to_tensor(train_split.photos[idx])  # (B,C,s,s), (B,3,S,S)
+            if config.augment_flip:
+                flip = torch.from_numpy(rng.random(config.batch_size) < 0.5)
+                x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
+            loss = torch.nn.functional.mse_loss(model(x), y)  # eq. 1; ||w||^2 is the optimizer's weight decay
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            images_seen += config.batch_size
+            images_this_run += config.batch_size
+            train_loss_ema = loss.item() if train_loss_ema is None else 0.95 * train_loss_ema + 0.05 * loss.item()
+            now = elapsed_before + time.perf_counter() - t_start
+            bar.update(int(now) - int(last_bar) if budget_s else 1)
+            last_bar = now if budget_s else step
+            if step % 10 == 0:
+                bar.set_postfix(step=step, loss=f"{train_loss_ema:.4f}")
+            if step % config.val_every == 0:
+                _log_validation(model, val_split, model_dir, step, now, train_loss_ema,
+                                images_this_run / max(time.perf_counter() - t_start, 1e-9))
+                save_all(now)
+            if step % config.sample_every == 0:
+                grid = _sample_grid(model, val_split)
+                save_image(model_dir / MODEL_FILES.samples / f"step_{step:07d}.png", grid)
+                save_image(model_dir / MODEL_FILES.samples / "latest.png", grid)
+                model.train()
+    finally:
+        bar.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+    run_seconds = time.perf_counter() - t_start
+    elapsed = elapsed_before + run_seconds
+    throughput = images_this_run / max(run_seconds, 1e-9)
+    if stop["flag"]:
+        log.warning("interrupted at step %d: saving a resumable checkpoint", step)
+    save_all(elapsed)
+    model.eval()
+    save_image(model_dir / MODEL_FILES.samples / "latest.png", _sample_grid(model, val_split))
+    val_loss = _log_validation(model, val_split, model_dir, step, elapsed, train_loss_ema, throughput)
+    metrics = evaluate_stage1(model, val_split, task, limit=final_eval_limit)
+    metrics.update({"split": "val", "val_mse": val_loss, "steps": step, "images_seen": images_seen,
+                    "train_seconds": elapsed, "images_per_second": throughput,
+                    "num_threads": torch.get_num_threads(), "parameters": sum(p.numel() for p in model.parameters())})
+    write_json(model_dir / "metrics.json", metrics)
+    log.info("val PSNR %.2f dB, SSIM %.4f after %d steps (%.1f img/s)", metrics["psnr"], metrics["ssim"], step, throughput)
+    if stop["flag"]:
+        raise KeyboardInterrupt
+    return TrainResult(model_dir, step, elapsed, throughput, metrics)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _log_validation(model: Regressor, val_split: SplitData, model_dir: Path, step: int, elapsed: float,
+                    train_loss: float | None, images_per_second: float) -> float:
+    val_loss = _val_loss(model, val_split)
+    # PSNR of images in [-1, 1] with MSE measured there: peak-to-peak is 2.
+    val_psnr = 10 * math.log10(4.0 / max(val_loss, 1e-12))
+    entry = {"step": step, "elapsed": round(elapsed, 1), "train_mse": train_loss, "val_mse": val_loss,
+             "val_psnr": round(val_psnr, 3), "images_per_second": round(images_per_second, 2)}
+    with open(model_dir / MODEL_FILES.log, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+    log.info("step %d: val mse %.5f (%.2f dB), %.1f img/s", step, val_loss, val_psnr, images_per_second)
+    return val_loss

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny synthetic datasets, and the path to ../shared/data when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pixelnn.config import TaskConfig
+from pixelnn.data.dataset import SplitData, write_dataset
+from pixelnn.tasks import area_downsample
+
+
+def shared_data_dir() -> Path | None:
+    """``../shared/data`` next to the repository (or $PIXELNN_SHARED_DATA), or None when absent."""
+    env = os.environ.get("PIXELNN_SHARED_DATA")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return path if path.is_dir() else None
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip("../shared/data is absent")
+    return path
+
+
+def synthetic_photos(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    """Smooth random colour blobs on a light background: (n, size, size, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = np.empty((n, size, size, 3), np.float32)
+    for i in range(n):
+        img = np.full((size, size, 3), 0.9, np.float32)
+        for _ in range(3):
+            cy, cx, r = rng.random(), rng.random(), 0.1 + 0.25 * rng.random()
+            mask = ((yy - cy) ** 2 + (xx - cx) ** 2) < r**2
+            img[mask] = rng.random(3)
+        out[i] = img
+    return (out * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def tiny_superres_dataset(tmp_path: Path) -> Path:
+    """A 48/8/8 superres dataset of 32x32 photos with 4x4 inputs (factor 8)."""
+    task = TaskConfig(name="superres", size=32, factor=8)
+    photos = synthetic_photos(64, 32)
+    inputs = area_downsample(photos, 8)
+    recs = [{"id": f"img{i:03d}", "source": f"img{i:03d}.png", "labels": {"kind": "blob" if i % 2 else "spot"}}
+            for i in range(64)]
+    splits = {"train": SplitData(photos[:48], inputs[:48], recs[:48]),
+              "val": SplitData(photos[48:56], inputs[48:56], recs[48:56]),
+              "test": SplitData(photos[56:], inputs[56:], recs[56:])}
+    return write_dataset(tmp_path / "data", task, splits, source="synthetic")
