@@ -1,0 +1,426 @@
+"""``pixelnn prepare``: turn a photo collection (folder or zip) or a pix2pix paired set into a dataset.
+
+See :func:`prepare_dataset`. The folder/zip conventions (labels from folders, ``train``/``val``/
+``test`` folders, CelebA identities) are described in :mod:`pixelnn.data.sources`; image decoding
+and fitting in :mod:`pixelnn.data.images`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from pixelnn.config import TaskConfig
+from pixelnn.data.dataset import SPLITS, SplitData, assign_split, write_dataset
+from pixelnn.data.images import (CORRUPT, DEFAULT_MAX_PIXELS, FITS, SKIP_REASONS, TOO_LARGE, UNSAFE_PATH,
+                                 UnusableImage, choose_fit, decode_image, fit_image, is_grayscale, pil_limits,
+                                 split_pair)
+from pixelnn.data.sources import DEFAULT_MAX_FILE_BYTES, Layout, Source, open_source, plan_layout
+from pixelnn.errors import PixelNNError
+
+log = logging.getLogger(__name__)
+
+#: Images may be enlarged by at most this factor to reach the output size (with a warning and a
+#: count in the report); smaller ones are skipped as "too small". 1.1 lets the 89x109 CelebA crops
+#: through at the default size 96 (x1.08); pass ``max_upscale=1.0`` to never enlarge.
+DEFAULT_MAX_UPSCALE = 1.1
+AUTO_FIT_SAMPLES = 50
+DERIVE_BATCH = 512
+
+
+@dataclass
+class PrepareReport:
+    """What :func:`prepare_dataset` did.
+
+    Attributes
+    ----------
+    out_dir : Path
+        The dataset written.
+    source : str
+        The source path; ``source_kind`` is ``"folder"`` or ``"zip"``.
+    counts : dict
+        Images per split (``train``, ``val``, ``test``).
+    skipped : dict
+        Reason -> count, reasons among :data:`pixelnn.data.images.SKIP_REASONS`; only non-zero ones.
+    label_keys : list of str
+        Label names of the records, in folder order.
+    fit : str
+        The fit used (``pad`` or ``crop``); ``fit_requested`` is what was asked (maybe ``auto``).
+    task : TaskConfig
+        The task as stored in the manifest (``input_channels`` may have been set to 1 for paired
+        grayscale inputs).
+    split_source : str
+        ``"hash"`` (assign_split on the ids) or ``"folders"`` (train/val/test folders).
+    found : int
+        Image files found in the source (before ``limit``).
+    upscaled : int
+        Images enlarged (by at most ``max_upscale``) to reach the output size.
+    seconds : float
+        Wall time.
+    """
+
+    out_dir: Path
+    source: str
+    source_kind: str
+    counts: dict[str, int]
+    skipped: dict[str, int]
+    label_keys: list[str]
+    fit: str
+    fit_requested: str
+    task: TaskConfig
+    split_source: str
+    found: int
+    upscaled: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        """A short human-readable summary (a few lines)."""
+        c = self.counts
+        lines = [f"prepared {self.total} {self.task.name} pairs in {self.out_dir} "
+                 f"(train {c.get('train', 0)}, val {c.get('val', 0)}, test {c.get('test', 0)}) "
+                 f"from {self.source_kind} {self.source} in {self.seconds:.1f} s",
+                 f"photos {self.task.size}x{self.task.size} fit={self.fit}"
+                 + (f" (auto)" if self.fit_requested == "auto" else "")
+                 + f", inputs {self.task.input_size}x{self.task.input_size}x{self.task.input_channels}"
+                 + f", split from {self.split_source}"
+                 + (f", labels: {', '.join(self.label_keys)}" if self.label_keys else ", no labels")]
+        skipped = ", ".join(f"{k} {v}" for k, v in self.skipped.items() if v)
+        lines.append(f"skipped: {skipped}" if skipped else "skipped: none")
+        if self.upscaled:
+            lines[-1] += f"; {self.upscaled} slightly enlarged"
+        return "\n".join(lines)
+
+
+def _skip_text(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{v} {k}" for k, v in skipped.items() if v) or "none"
+
+
+def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task: TaskConfig, *,
+                    fit: str = "auto", val_fraction: float = 0.05, test_fraction: float = 0.05,
+                    limit: int | None = None, overwrite: bool = False, progress: bool = True,
+                    label_names: Sequence[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    max_upscale: float = DEFAULT_MAX_UPSCALE, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                    workers: int | None = None) -> PrepareReport:
+    """Build a PixelNN dataset (see :mod:`pixelnn.data.dataset`) from a folder or a zip of images.
+
+    Parameters
+    ----------
+    source : path
+        A folder (recursive) or a ``.zip`` (read in place, never extracted). Images: .jpg .jpeg
+        .png .bmp .gif .tif .tiff .webp; other files are ignored. Labels come from sub-folders
+        (``Category``/``Subcategory``/``Brand`` for UT-Zappos50K, ``level1``, ``level2``, ...
+        otherwise, or ``label_names``) and from ``identity_CelebA.txt`` (label ``identity``); see
+        :mod:`pixelnn.data.sources`.
+    out_dir : path
+        The DATA_DIR to create. It appears only once complete; on any failure nothing is left.
+    task : TaskConfig
+        ``superres`` / ``edges``: the photos are fitted to ``task.size`` and the inputs derived
+        with :func:`pixelnn.tasks.derive_inputs`. ``paired``: every image is a pix2pix ``A|B`` pair
+        (two halves side by side, width ~ 2 x height). ``task.direction='AtoB'``: the LEFT half A
+        is the input x and the right half B the photo y; ``'BtoA'``: the right half is the input
+        and the LEFT half the photo. **edges2handbags-subset has the photo on the LEFT and the
+        edge map on the RIGHT, so edges -> photo there is ``direction='BtoA'``.** Both halves are
+        fitted to ``task.size``; when every input is essentially grayscale (edge maps) the inputs
+        are stored with 1 channel and ``input_channels=1`` is written into the manifest's task.
+    fit : {'auto', 'pad', 'crop'}
+        ``pad``: the whole image scaled into the square, centred on white (product photos such as
+        UT-Zappos shoes). ``crop``: centre square crop, then resize (faces, cats). ``auto``: pad
+        when most of the first ~50 images have a nearly white border, else crop.
+    val_fraction, test_fraction : float
+        Split fractions, assigned deterministically from a hash of each image's id (so the split
+        does not depend on file order, ``limit`` or other files). Sources with ``train/``,
+        ``val/``, ``test/`` folders use them instead; with ``train/`` and ``val/`` but no
+        ``test/``, the given val images are split half/half into val and test by the same hash.
+    limit : int, optional
+        Keep only the first ``limit`` usable images in sorted path order.
+    overwrite : bool
+        Replace an existing ``out_dir`` (only once the new dataset is complete).
+    progress : bool
+        Show tqdm progress bars.
+    label_names : sequence of str, optional
+        Names of the folder levels below the collection root (default: see above).
+    max_pixels : int
+        Images with more pixels are skipped as ``"too large"`` (decompression-bomb guard, 64 MP).
+    max_upscale : float
+        Images whose fitted side is smaller than ``task.size`` are skipped as ``"too small"``
+        unless ``task.size / side <= max_upscale`` (default 1.1, so 89-pixel-wide CelebA crops can
+        make 96x96 photos); enlarged images are counted (``report.upscaled``) and logged. Use 1.0
+        to never enlarge.
+    max_file_bytes : int
+        Image files bigger than this are skipped as ``"too large"`` without being read.
+    workers : int, optional
+        Decoding threads (default: up to 4, bounded by the CPU count).
+
+    Returns
+    -------
+    PrepareReport
+
+    Raises
+    ------
+    PixelNNError
+        The source does not exist, is not a folder or a zip, is an unreadable zip, holds no
+        images, or no usable image remains (the message gives the skip counts); ``out_dir``
+        exists and ``overwrite`` is false; invalid options.
+    """
+    t0 = time.perf_counter()
+    if fit not in FITS:
+        raise PixelNNError(f"invalid fit {fit!r}; valid: {', '.join(FITS)}")
+    for name, v in (("val fraction", val_fraction), ("test fraction", test_fraction)):
+        if not (0.0 <= v < 1.0) or math.isnan(v):
+            raise PixelNNError(f"{name} must be in [0, 1), got {v}")
+    if val_fraction + test_fraction >= 1.0:
+        raise PixelNNError(f"val fraction + test fraction must be below 1, got {val_fraction + test_fraction}")
+    if limit is not None and limit < 1:
+        raise PixelNNError(f"limit must be at least 1, got {limit}")
+    if max_upscale < 1.0:
+        raise PixelNNError(f"max_upscale must be >= 1, got {max_upscale}")
+    out_dir = Path(out_dir).expanduser()
+    src_path = Path(source).expanduser()
+    if out_dir.exists() and not overwrite:
+        raise PixelNNError(f"{out_dir} already exists; pass --overwrite to replace it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PixelNNError(f"{out_dir} exists and is not a folder")
+    if src_path.exists():
+        rs, ro = src_path.resolve(), out_dir.resolve()
+        if rs == ro or ro in rs.parents:
+            raise PixelNNError(f"the output {out_dir} must not contain the source {src_path}")
+
+    with open_source(src_path, exclude=out_dir) as src:
+        skipped = {r: 0 for r in SKIP_REASONS}
+        skipped[UNSAFE_PATH] = src.unsafe
+        if src.unsafe:
+            log.warning("%s: refused %d zip entries with absolute paths, '..' components or symlinks",
+                        src.path, src.unsafe)
+        if not src.images:
+            what = f" ({src.unsafe} unsafe entries refused)" if src.unsafe else ""
+            raise PixelNNError(f"no images found in {src.path}{what}; looked for "
+                               f".jpg .jpeg .png .bmp .gif .tif .tiff .webp files")
+        layout = plan_layout(src, label_names)
+        log.info("%s %s: %d image files%s%s", src.kind, src.path, len(src.images),
+                 f", collection root {layout.root!r}" if layout.root else "",
+                 f", split folders {', '.join(layout.split_folders)}" if layout.presplit else "")
+
+        paired = task.name == "paired"
+        draft = None if paired else 2 * task.size
+        n_workers = workers or max(1, min(4, os.cpu_count() or 1))
+
+        def load(path: str):
+            """-> list of RGB PIL images ([photo] or [input, photo]) or an UnusableImage."""
+            try:
+                if src.file_size(path) > max_file_bytes:
+                    raise UnusableImage(TOO_LARGE, f"file larger than {max_file_bytes} bytes")
+                try:
+                    data = src.read(path)
+                except MemoryError:
+                    raise UnusableImage(TOO_LARGE, "out of memory while reading") from None
+                except Exception as e:  # OSError, BadZipFile (CRC), RuntimeError (encrypted), zlib.error...
+                    raise UnusableImage(CORRUPT, f"cannot read: {e}") from None
+                im = decode_image(data, max_pixels=max_pixels, draft_size=draft)
+                if not paired:
+                    return [im]
+                a, b = split_pair(im)
+                return [a, b] if task.direction == "AtoB" else [b, a]
+            except UnusableImage as e:
+                return e
+
+        with pil_limits(max_pixels), ThreadPoolExecutor(n_workers) as pool:
+            fit_used = fit
+            if fit == "auto":
+                fit_used = _auto_fit(src.images, load, pool, paired)
+                log.info("fit auto -> %s", fit_used)
+            side_of = max if fit_used == "pad" else min
+
+            def process(path: str):
+                res = load(path)
+                if isinstance(res, UnusableImage):
+                    return res
+                try:
+                    arrays, up = [], False
+                    for im in res:
+                        ow, oh = im.info.get("original_size", im.size)
+                        up |= side_of(ow, oh) < task.size
+                        arrays.append(fit_image(im, task.size, fit_used, max_upscale=max_upscale,
+                                                original_size=(ow, oh)))
+                    return arrays, up
+                except UnusableImage as e:
+                    return e
+
+            collected = _collect(src, layout, process, pool, limit, skipped, progress, task,
+                                 val_fraction, test_fraction)
+        per_split, upscaled, n_used = collected
+        skipped = {k: v for k, v in skipped.items() if v}
+        if n_used == 0:
+            raise PixelNNError(f"no usable images in {src.path}: {len(src.images)} image files, "
+                               f"skipped {_skip_text(skipped)}")
+        if skipped:
+            log.warning("skipped %d of %d files: %s", sum(skipped.values()) - skipped.get(UNSAFE_PATH, 0),
+                        len(src.images), _skip_text(skipped))
+        if upscaled:
+            log.warning("%d images were smaller than %dx%d and were enlarged (by at most x%.2f)",
+                        upscaled, task.size, task.size, max_upscale)
+
+        splits, task_out = _build_splits(per_split, task, progress)
+        if not len(splits.get("train", ())):
+            log.warning("the train split is empty (only %d usable images)", n_used)
+        split_source = "folders" if layout.presplit else "hash"
+        extra: dict[str, Any] = {
+            "source_kind": src.kind,
+            "skipped": skipped,
+            "fit": fit_used,
+            "fit_requested": fit,
+            "label_keys": layout.label_keys,
+            "split_source": split_source,
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+            "limit": limit,
+            "found": len(src.images),
+            "upscaled": upscaled,
+            "max_upscale": max_upscale,
+            "max_pixels": max_pixels,
+        }
+        notes = []
+        if layout.presplit:
+            extra["split_folders"] = list(layout.split_folders)
+            if "val" in layout.split_folders and "test" not in layout.split_folders:
+                extra["val_split_into_val_test"] = True
+                notes.append("no test/ folder: the val/ images were split half/half into val and test")
+            elif "val" not in layout.split_folders:
+                notes.append("no val/ folder: val (and test) drawn from train/ by hash")
+        if layout.identity_file:
+            extra["identity_file"] = layout.identity_file
+        if paired:
+            extra["paired_halves"] = ("input=left A, photo=right B" if task.direction == "AtoB"
+                                      else "input=right B, photo=left A")
+        extra["notes"] = notes
+        source_str = str(src.path)
+        source_kind = src.kind
+        found = len(src.images)
+
+    write_dataset(out_dir, task_out, splits, source=source_str, extra=extra, overwrite=overwrite)
+    report = PrepareReport(out_dir=out_dir, source=source_str, source_kind=source_kind,
+                           counts={s: len(splits[s]) if s in splits else 0 for s in SPLITS},
+                           skipped=skipped, label_keys=list(layout.label_keys), fit=fit_used, fit_requested=fit,
+                           task=task_out, split_source=split_source, found=found, upscaled=upscaled,
+                           seconds=time.perf_counter() - t0, notes=notes)
+    log.info("%s", report.summary())
+    return report
+
+
+def _auto_fit(paths: list[str], load, pool: ThreadPoolExecutor, paired: bool) -> str:
+    """Decode the first ~50 usable images (photos) and choose pad/crop from their borders."""
+    samples: list[np.ndarray] = []
+    for i in range(0, min(len(paths), 8 * AUTO_FIT_SAMPLES), AUTO_FIT_SAMPLES):
+        for res in pool.map(load, paths[i:i + AUTO_FIT_SAMPLES]):
+            if isinstance(res, UnusableImage):
+                continue
+            samples.append(np.asarray(res[-1]))  # the photo (for paired: the photo half)
+            if len(samples) >= AUTO_FIT_SAMPLES:
+                return choose_fit(samples)
+    return choose_fit(samples)
+
+
+def _split_for(item_id: str, folder: str | None, layout: Layout, val_fraction: float, test_fraction: float) -> str:
+    if not layout.presplit:
+        return assign_split(item_id, val_fraction, test_fraction)
+    have = layout.split_folders
+    if folder == "test":
+        return "test"
+    if folder == "val":
+        return "val" if "test" in have else assign_split(item_id, 0.5, 0.5)
+    # train/
+    if "val" in have:
+        return "train"
+    return assign_split(item_id, val_fraction, 0.0 if "test" in have else test_fraction)
+
+
+def _collect(src: Source, layout: Layout, process, pool: ThreadPoolExecutor, limit: int | None,
+             skipped: dict[str, int], progress: bool, task: TaskConfig, val_fraction: float,
+             test_fraction: float):
+    from tqdm.auto import tqdm
+
+    per_split: dict[str, dict[str, list]] = {s: {"photos": [], "inputs": [], "records": []} for s in SPLITS}
+    paired = task.name == "paired"
+    n_used = upscaled = 0
+    total = len(src.images) if limit is None else min(limit, len(src.images))
+    chunk, pos, images = 256, 0, src.images
+    with tqdm(total=total, desc="reading images", unit="img", disable=not progress, leave=False) as bar:
+        while pos < len(images) and (limit is None or n_used < limit):
+            # with a limit, do not decode much past it
+            want = chunk if limit is None else min(chunk, limit - n_used + 16)
+            paths = images[pos:pos + want]
+            pos += len(paths)
+            for path, res in zip(paths, pool.map(process, paths)):
+                if limit is not None and n_used >= limit:
+                    break
+                if isinstance(res, UnusableImage):
+                    skipped[res.reason] = skipped.get(res.reason, 0) + 1
+                    log.debug("skipping %s: %s", path, res)
+                    if limit is None:
+                        bar.update(1)
+                    continue
+                arrays, up = res
+                item_id, folder, labels = layout.items[path]
+                split = _split_for(item_id, folder, layout, val_fraction, test_fraction)
+                d = per_split[split]
+                if paired:
+                    d["inputs"].append(arrays[0])
+                d["photos"].append(arrays[-1])
+                d["records"].append({"id": item_id, "source": path, "labels": labels})
+                n_used += 1
+                upscaled += bool(up)
+                bar.update(1)
+    return per_split, upscaled, n_used
+
+
+def _build_splits(per_split: dict[str, dict[str, list]], task: TaskConfig, progress: bool):
+    """Stack the per-split lists into arrays and make the inputs."""
+    from tqdm.auto import tqdm
+
+    from pixelnn.tasks import derive_inputs
+
+    splits: dict[str, SplitData] = {}
+    task_out = task
+    if task.name == "paired":
+        gray = all(is_grayscale(x) for d in per_split.values() for x in d["inputs"])
+        task_out = dataclasses.replace(task, input_channels=1 if gray else 3)
+        if gray:
+            log.info("paired inputs are grayscale: stored with 1 channel")
+    for name in SPLITS:
+        d = per_split[name]
+        if not d["photos"]:
+            continue
+        photos = np.stack(d["photos"])
+        d["photos"].clear()
+        if task.name == "paired":
+            inputs = np.stack(d["inputs"])
+            d["inputs"].clear()
+            if task_out.input_channels == 1:
+                inputs = np.rint(inputs.astype(np.float32).mean(axis=-1, keepdims=True)).astype(np.uint8)
+        else:
+            parts = []
+            with tqdm(total=len(photos), desc=f"inputs ({name})", unit="img", leave=False,
+                      disable=not progress or task.name == "superres") as bar:  # superres is instant
+                for i in range(0, len(photos), DERIVE_BATCH):
+                    batch = photos[i:i + DERIVE_BATCH]
+                    parts.append(derive_inputs(batch, task, progress=False))
+                    bar.update(len(batch))
+            inputs = np.concatenate(parts)
+        splits[name] = SplitData(photos, inputs, d["records"])
+    return splits, task_out
+
+
+__all__ = ["DEFAULT_MAX_UPSCALE", "PrepareReport", "prepare_dataset"]
