@@ -225,7 +225,8 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
     n_train = len(train_split)
     t_start = time.perf_counter()
     bar = tqdm(total=int(budget_s) if budget_s else config.max_steps, initial=int(elapsed_before) if budget_s else step,
-               unit="s" if budget_s else "step", disable=not progress, desc="train", dynamic_ncols=True)
+               unit="s" if budget_s else "step", disable=not progress, desc="train", dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]" if budget_s else None)
     last_bar = elapsed_before if budget_s else step
     images_this_run = 0
     train_loss_ema = None
