@@ -24,6 +24,8 @@ def _add_task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=96, help="side of the square output photos (default 96)")
     p.add_argument("--factor", type=int, default=8, help="superres downsampling factor (default 8: 96 -> 12)")
     p.add_argument("--edge-method", choices=EDGE_METHODS, default="hed", help="edge detector for --task edges")
+    p.add_argument("--hed-scale", type=float, default=2.0,
+                   help="run HED on the photo enlarged this much (default 2: sharper; 1 is ~3.5x faster)")
     p.add_argument("--direction", choices=DIRECTIONS, default="AtoB",
                    help="paired images: AtoB = left half is the input; BtoA = right half is the input")
 
@@ -32,7 +34,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from pixelnn.data.prepare import prepare_dataset
 
     task = TaskConfig(name=args.task, size=args.size, factor=args.factor, edge_method=args.edge_method,
-                      direction=args.direction)
+                      hed_scale=args.hed_scale, direction=args.direction)
     report = prepare_dataset(args.source, args.out, task, fit=args.fit, val_fraction=args.val_fraction,
                              test_fraction=args.test_fraction, limit=args.limit, overwrite=args.overwrite,
                              progress=not args.quiet)

@@ -55,6 +55,6 @@ def derive_inputs(photos: np.ndarray, task: TaskConfig, progress: bool = False) 
         from pixelnn import edges
 
         if task.edge_method == "hed":
-            return edges.hed_edge_maps(photos, progress=progress)
+            return edges.hed_edge_maps(photos, progress=progress, scale=task.hed_scale)
         return edges.canny_edge_maps(photos)
     raise PixelNNError("task 'paired' takes its inputs from the data; they cannot be derived from a photo")
