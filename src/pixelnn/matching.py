@@ -1,0 +1,214 @@
+"""Windowed pixel matching between a query and K exemplars (paper section 3, "Efficient search").
+
+For every query pixel i and every exemplar k, find the exemplar pixel j inside a T x T window
+around i whose descriptor is most similar (cosine = dot product of unit vectors). All windows
+are computed in one pass from the same similarity rows: a row of query pixel i against all
+exemplar pixels is computed once, and each window just takes its max over a subset of it.
+Windows are clipped *inward* at the borders (a 7x7 window at pixel (0, 0) covers [0, 7) x [0, 7)),
+so the windows of one pixel nest: same pixel ⊂ 7x7 ⊂ 11x11 ⊂ whole image.
+
+Plain functions on tensors:
+
+- :func:`window_indices`: for each pixel, the flat indices of the pixels in its window;
+- :func:`match_windows`: best similarity and position per (exemplar, window, query pixel);
+- :func:`match_windows_naive`: the same, pixel by pixel (reference for tests);
+- :func:`select_sets`: combine per-exemplar matches into the matches of exemplar *sets*.
+
+Shapes use P = H * W pixels, K exemplars, W windows, d descriptor dims.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from pixelnn.errors import PixelNNError
+
+#: The authors' windows: same pixel, 7x7, 11x11, whole image (None).
+DEFAULT_WINDOWS: tuple[int | None, ...] = (1, 7, 11, None)
+
+
+def default_exemplar_sets() -> list[tuple[int, ...]]:
+    """The authors' 18 exemplar sets as 0-based neighbour ranks (they need K = 11 neighbours).
+
+    Single exemplars at ranks 1..10; 3 consecutive ranks starting at 1, 3, 5, 7, 9; 5 consecutive
+    ranks starting at 1, 4, 7 (1-based ranks in the authors' description).
+    """
+    singles = [(r,) for r in range(10)]
+    triples = [tuple(range(s, s + 3)) for s in (0, 2, 4, 6, 8)]
+    fives = [tuple(range(s, s + 5)) for s in (0, 3, 6)]
+    return singles + triples + fives
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One output: an exemplar set (0-based neighbour ranks) and a window (side, or None = whole image)."""
+
+    ranks: tuple[int, ...]
+    window: int | None
+
+    @property
+    def window_name(self) -> str:
+        return "whole" if self.window is None else ("same pixel" if self.window == 1 else f"{self.window}x{self.window}")
+
+
+def default_output_specs(sets: Sequence[Sequence[int]] | None = None,
+                         windows: Sequence[int | None] = DEFAULT_WINDOWS) -> list[OutputSpec]:
+    """Exemplar sets x windows: the authors' 18 x 4 = 72 outputs by default (set-major order)."""
+    sets = default_exemplar_sets() if sets is None else sets
+    return [OutputSpec(tuple(int(r) for r in s), w) for s in sets for w in windows]
+
+
+def window_indices(height: int, width: int, window: int) -> torch.Tensor:
+    """Flat pixel indices of each pixel's ``window x window`` neighbourhood, shifted inward at borders.
+
+    Parameters
+    ----------
+    height, width : int
+        Image size; P = height * width.
+    window : int
+        Odd or even side T, 1 <= T <= min(height, width).
+
+    Returns
+    -------
+    Tensor, (P, T * T) int64
+    """
+    if not 1 <= window <= min(height, width):
+        raise PixelNNError(f"window {window} must be between 1 and the image size {min(height, width)}")
+    half = window // 2
+    ys = torch.arange(height).clamp(half, height - window + half) - half  # (H,) top row of each window
+    xs = torch.arange(width).clamp(half, width - window + half) - half  # (W,)
+    off = torch.arange(window)
+    rows = ys[:, None] + off[None, :]  # (H, T)
+    cols = xs[:, None] + off[None, :]  # (W, T)
+    idx = rows[:, None, :, None] * width + cols[None, :, None, :]  # (H, W, T, T)
+    return idx.reshape(height * width, window * window)
+
+
+def _check(query: torch.Tensor, exemplars: torch.Tensor, height: int, width: int) -> None:
+    if query.ndim != 2 or exemplars.ndim != 3:
+        raise ValueError(f"query must be (P, d) and exemplars (K, P, d); got {tuple(query.shape)}, "
+                         f"{tuple(exemplars.shape)}")
+    if query.shape[0] != height * width or exemplars.shape[1] != height * width:
+        raise ValueError(f"descriptors have {query.shape[0]} / {exemplars.shape[1]} pixels, expected {height * width}")
+    if query.shape[1] != exemplars.shape[2]:
+        raise ValueError(f"descriptor dims differ: {query.shape[1]} vs {exemplars.shape[2]}")
+
+
+@torch.inference_mode()
+def match_windows(query: torch.Tensor, exemplars: torch.Tensor, height: int, width: int,
+                  windows: Sequence[int | None] = DEFAULT_WINDOWS, chunk: int = 512
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best match of every query pixel in every exemplar, for every window, in one pass.
+
+    Parameters
+    ----------
+    query : Tensor, (P, d)
+        Unit-norm descriptors of the query's pixels.
+    exemplars : Tensor, (K, P, d)
+        Unit-norm descriptors of the K exemplars' pixels.
+    height, width : int
+        Pixel grid, P = height * width.
+    windows : sequence of int or None
+        Window sides; None means the whole image.
+    chunk : int
+        Query pixels per block (bounds memory to chunk * K * P floats).
+
+    Returns
+    -------
+    best_sim : Tensor, (K, W, P) float32
+        Highest cosine similarity inside each window.
+    best_pos : Tensor, (K, W, P) int64
+        Flat exemplar pixel index j achieving it (ties: the lowest index).
+    """
+    _check(query, exemplars, height, width)
+    k, p, d = exemplars.shape
+    n_win = len(windows)
+    flat = exemplars.reshape(k * p, d).contiguous()  # (K*P, d)
+    win_idx = [None if w is None else window_indices(height, width, w) for w in windows]
+    best_sim = torch.empty(k, n_win, p, dtype=torch.float32)
+    best_pos = torch.empty(k, n_win, p, dtype=torch.int64)
+    for start in range(0, p, chunk):
+        stop = min(start + chunk, p)
+        sims = (query[start:stop] @ flat.T).view(stop - start, k, p)  # (R, K, P): the unavoidable product
+        for w, idx in enumerate(win_idx):
+            if idx is None:  # whole image
+                val, pos = sims.max(dim=2)  # (R, K)
+            else:
+                cand = idx[start:stop]  # (R, T*T)
+                vals = sims.gather(2, cand[:, None, :].expand(-1, k, -1))  # (R, K, T*T)
+                val, arg = vals.max(dim=2)  # (R, K)
+                pos = cand.gather(1, arg)  # (R, K): back to flat exemplar positions
+            best_sim[:, w, start:stop] = val.T
+            best_pos[:, w, start:stop] = pos.T
+    return best_sim, best_pos
+
+
+def match_windows_naive(query: np.ndarray, exemplars: np.ndarray, height: int, width: int,
+                        windows: Sequence[int | None] = DEFAULT_WINDOWS) -> tuple[np.ndarray, np.ndarray]:
+    """Reference implementation of :func:`match_windows`: explicit loops over pixels and windows.
+
+    Slow (use only on small images). Ties resolve to the lowest flat index, as in the fast path.
+    """
+    query, exemplars = np.asarray(query, np.float32), np.asarray(exemplars, np.float32)
+    k, p, _ = exemplars.shape
+    best_sim = np.empty((k, len(windows), p), np.float32)
+    best_pos = np.empty((k, len(windows), p), np.int64)
+    for e in range(k):
+        for i in range(p):
+            y, x = divmod(i, width)
+            row = exemplars[e] @ query[i]  # (P,)
+            for w, win in enumerate(windows):
+                if win is None:
+                    cand = np.arange(p)
+                else:
+                    y0 = min(max(y - win // 2, 0), height - win)
+                    x0 = min(max(x - win // 2, 0), width - win)
+                    cand = np.array([yy * width + xx for yy in range(y0, y0 + win) for xx in range(x0, x0 + win)])
+                j = cand[np.argmax(row[cand])]
+                best_sim[e, w, i], best_pos[e, w, i] = row[j], j
+    return best_sim, best_pos
+
+
+def select_sets(best_sim: torch.Tensor, best_pos: torch.Tensor, specs: Sequence[OutputSpec],
+                windows: Sequence[int | None] = DEFAULT_WINDOWS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Matches for each output: per pixel, the set member whose best window match is most similar.
+
+    Parameters
+    ----------
+    best_sim, best_pos : Tensor, (K, W, P)
+        From :func:`match_windows`.
+    specs : sequence of OutputSpec
+        Output definitions; ranks index the K exemplars.
+    windows : sequence
+        The windows ``best_sim`` was computed for (to find each spec's window).
+
+    Returns
+    -------
+    rank : Tensor, (O, P) int64
+        Chosen neighbour rank (index into the K exemplars) per output pixel.
+    pos : Tensor, (O, P) int64
+        Matched flat pixel index in that exemplar.
+    sim : Tensor, (O, P) float32
+        Its cosine similarity.
+    """
+    k = best_sim.shape[0]
+    win_of = {w: i for i, w in enumerate(windows)}
+    ranks, poss, sims = [], [], []
+    for spec in specs:
+        if spec.window not in win_of:
+            raise PixelNNError(f"window {spec.window} was not matched; matched windows: {list(windows)}")
+        bad = [r for r in spec.ranks if not 0 <= r < k]
+        if bad:
+            raise PixelNNError(f"exemplar set {spec.ranks} needs {max(spec.ranks) + 1} neighbours, only {k} available")
+        w = win_of[spec.window]
+        members = torch.tensor(spec.ranks)
+        s = best_sim[members, w]  # (n, P)
+        arg = s.argmax(dim=0)  # (P,) index into members (first max on ties: lowest rank)
+        ranks.append(members[arg])
+        sims.append(s.gather(0, arg[None]).squeeze(0))
+        poss.append(best_pos[members, w].gather(0, arg[None]).squeeze(0))
+    return torch.stack(ranks), torch.stack(poss), torch.stack(sims)

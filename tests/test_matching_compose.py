@@ -1,0 +1,117 @@
+"""Pixel matching and composition: fast path vs a naive reference, exactness, provenance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pixelnn.compose import compose, recompose
+from pixelnn.errors import PixelNNError
+from pixelnn.matching import (OutputSpec, default_exemplar_sets, default_output_specs, match_windows,
+                              match_windows_naive, select_sets, window_indices)
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+def test_default_specs_are_the_authors_72():
+    sets = default_exemplar_sets()
+    assert len(sets) == 18 and sets[:10] == [(r,) for r in range(10)]
+    assert sets[10:15] == [(0, 1, 2), (2, 3, 4), (4, 5, 6), (6, 7, 8), (8, 9, 10)]
+    assert sets[15:] == [(0, 1, 2, 3, 4), (3, 4, 5, 6, 7), (6, 7, 8, 9, 10)]
+    specs = default_output_specs()
+    assert len(specs) == 72 and len(set(specs)) == 72
+    assert max(max(s.ranks) for s in specs) == 10  # K = 11 neighbours
+
+
+def test_window_indices_shift_inward_and_nest():
+    idx3 = window_indices(6, 6, 3)
+    assert sorted(idx3[0].tolist()) == [0, 1, 2, 6, 7, 8, 12, 13, 14]  # corner: shifted inward
+    assert sorted(idx3[35].tolist()) == [21, 22, 23, 27, 28, 29, 33, 34, 35]
+    idx5 = window_indices(6, 6, 5)
+    for i in range(36):  # same pixel ⊂ 3x3 ⊂ 5x5
+        assert i in idx3[i].tolist() and set(idx3[i].tolist()) <= set(idx5[i].tolist())
+    with pytest.raises(PixelNNError):
+        window_indices(6, 6, 7)
+
+
+@pytest.mark.parametrize("h,w,chunk", [(9, 9, 7), (8, 11, 100)])
+def test_fast_matching_equals_naive_reference(h, w, chunk):
+    g = torch.Generator().manual_seed(0)
+    q = unit(torch.randn(h * w, 6, generator=g))
+    e = unit(torch.randn(4, h * w, 6, generator=g))
+    windows = (1, 3, 5, None)
+    sim, pos = match_windows(q, e, h, w, windows, chunk=chunk)
+    sim_ref, pos_ref = match_windows_naive(q.numpy(), e.numpy(), h, w, windows)
+    assert np.array_equal(pos.numpy(), pos_ref)
+    assert np.allclose(sim.numpy(), sim_ref, atol=1e-6)
+
+
+def test_select_sets_takes_most_similar_member():
+    best_sim = torch.tensor([[[0.9, 0.1]], [[0.2, 0.8]], [[0.5, 0.5]]])  # (K=3, W=1, P=2)
+    best_pos = torch.tensor([[[5, 6]], [[7, 8]], [[9, 10]]])
+    rank, pos, sim = select_sets(best_sim, best_pos, [OutputSpec((0, 1), None), OutputSpec((2,), None)], (None,))
+    assert rank.tolist() == [[0, 1], [2, 2]]
+    assert pos.tolist() == [[5, 8], [9, 10]]
+    assert torch.allclose(sim, torch.tensor([[0.9, 0.8], [0.5, 0.5]]))
+    with pytest.raises(PixelNNError, match="needs 5 neighbours"):
+        select_sets(best_sim, best_pos, [OutputSpec((4,), None)], (None,))
+
+
+def _random_images(n, size, seed):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_identical_query_reproduces_exemplar():
+    """Query = exemplar, K = 1, same-pixel window: the output is the exemplar's photo, exactly."""
+    size = 8
+    photo, stage1 = _random_images(1, size, 0), _random_images(1, size, 1)
+    desc = unit(torch.randn(size * size, 5))
+    sim, pos = match_windows(desc, desc[None], size, size, (1,))
+    specs = [OutputSpec((0,), 1)]
+    rank, pos, _ = select_sets(sim, pos, specs, (1,))
+    assert torch.equal(pos[0], torch.arange(size * size))
+    out = compose(stage1[0], photo, stage1, rank, pos, specs, mode="matched", color="rgb")
+    assert np.array_equal(out[0], photo[0])
+    # luma mode copies luminance only: the output keeps f(x)'s colour, so it is not the photo
+    luma = compose(stage1[0], photo, stage1, rank, pos, specs, mode="matched", color="luma")
+    y = lambda im: im.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)  # noqa: E731
+    assert np.abs(y(luma[0]) - y(photo[0])).mean() < np.abs(y(stage1[0]) - y(photo[0])).mean() / 3
+
+
+@pytest.mark.parametrize("color", ["rgb", "luma"])
+def test_recompose_from_correspondences_is_exact(color):
+    size, k = 10, 4
+    g = torch.Generator().manual_seed(3)
+    q = unit(torch.randn(size * size, 6, generator=g))
+    e = unit(torch.randn(k, size * size, 6, generator=g))
+    lib_photos, lib_stage1 = _random_images(20, size, 1), _random_images(20, size, 2)
+    neighbours = np.array([7, 3, 12, 0])
+    query_stage1 = _random_images(1, size, 4)[0]
+    specs = default_output_specs(sets=[(0,), (1, 2), (0, 1, 2, 3)], windows=(1, 3, None))
+    sim, pos = match_windows(q, e, size, size, (1, 3, None))
+    rank, pos, _ = select_sets(sim, pos, specs, (1, 3, None))
+    outs = compose(query_stage1, lib_photos[neighbours], lib_stage1[neighbours], rank, pos, specs, color=color)
+    exemplar = neighbours[rank.numpy()].reshape(-1, size, size)
+    sy, sx = np.divmod(pos.numpy().reshape(-1, size, size), size)
+    again = recompose(query_stage1, lib_photos, lib_stage1, exemplar, sy, sx, color=color)
+    assert np.array_equal(outs, again)
+
+
+def test_global_and_authors_modes():
+    size = 6
+    photos, stage1s = _random_images(2, size, 5), _random_images(2, size, 6)
+    query = _random_images(1, size, 7)[0]
+    specs = [OutputSpec((0,), None), OutputSpec((0, 1), None)]
+    dummy = torch.zeros(2, size * size, dtype=torch.int64)
+    out = compose(query, photos, stage1s, dummy, dummy, specs, mode="global")
+    expected = np.clip(np.round(query.astype(np.float32) + photos[0] - stage1s[0]), 0, 255)
+    assert np.array_equal(out[0], expected.astype(np.uint8))  # eq. 2
+    best_sim = torch.stack([torch.full((1, size * size), 1.0), torch.full((1, size * size), 0.0)])  # (K, W, P)
+    out = compose(query, photos, stage1s, dummy, dummy, specs, mode="authors", best_sim=best_sim, windows=(None,))
+    # exemplar 1 has weight 0: the set's output equals exemplar 0's co-located residual
+    assert np.array_equal(out[1], expected.astype(np.uint8))
+    with pytest.raises(PixelNNError, match="valid: matched, global, authors"):
+        compose(query, photos, stage1s, dummy, dummy, specs, mode="nope")
