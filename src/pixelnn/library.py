@@ -1,0 +1,670 @@
+"""The exemplar library: every training pair with its stage-1 output and global descriptor.
+
+PixelNN's second stage matches a stage-1 output f(x) against the stage-1 outputs f(x_n) of the
+training pairs (Dist(f(x), f(x_n)) compares stage-1 outputs) and copies pixels from the photos
+y_n. The library stores, for every exemplar n:
+
+- the photo y_n, (S, S, 3) uint8;
+- the stage-1 output f(x_n), (S, S, 3) uint8, from :func:`pixelnn.models.regressor.predict`;
+- the global descriptor of f(x_n), (D,) float32 (:func:`pixelnn.retrieval.global_descriptors`,
+  D = 6400 for S = 96);
+- the pair's record: ``{"id", "source", "labels", "dataset", "split"}``.
+
+Layout (default ``MODEL_DIR/library``)::
+
+    LIB_DIR/
+      library.json              manifest, written last: format, version, task, descriptor, model
+                                reference, live count, the list of shards and their tombstones
+      regressor.safetensors     a copy of the stage-1 weights the library was built with
+      shards/0000/              one shard per dataset added (never rewritten, except by compact())
+        photos.npy              (n, S, S, 3) uint8
+        stage1.npy              (n, S, S, 3) uint8
+        global.npy              (n, D) float32
+        records.jsonl           n JSON lines
+
+Arrays are ``.npy`` read with ``allow_pickle=False`` and memory-mapped. Crash safety: a shard is
+built under a temporary name and renamed into place, then ``library.json`` is replaced
+atomically; the manifest alone says which shards and rows exist, so a crash at any point leaves
+the previous library (a shard folder that no manifest lists is an orphan, deleted by the next
+write). Removal appends the ids to their shard's ``removed`` list in the manifest (tombstones);
+:meth:`ExemplarLibrary.compact` rewrites the affected shards without them. One writer at a time:
+nothing locks the folder.
+
+Positions 0..len-1 number the live exemplars in shard order then row order; they are what
+:meth:`ExemplarLibrary.search` returns and what :meth:`ExemplarLibrary.select` produces.
+
+The stage-1 outputs must all come from one model, so the library keeps its own copy of the
+regressor weights (:meth:`ExemplarLibrary.load_model`); :meth:`ExemplarLibrary.add` uses that
+copy even if the model directory has since been trained further.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, NamedTuple
+
+import numpy as np
+
+from pixelnn.config import MODEL_FILES, TaskConfig
+from pixelnn.data.dataset import SPLITS, Dataset
+from pixelnn.errors import PixelNNError
+from pixelnn.io import atomic_dir, write_json
+from pixelnn.retrieval import (DESCRIPTOR_LAYER, DESCRIPTOR_NAME, INDEX_KINDS, GlobalIndex, descriptor_dim,
+                               global_descriptors)
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "pixelnn-library"
+FORMAT_VERSION = 1
+MANIFEST = "library.json"
+WEIGHTS = "regressor.safetensors"
+SHARDS = "shards"
+DEFAULT_DIRNAME = "library"
+#: The arrays of a shard (file stems).
+_ARRAYS = ("photos", "stage1", "global")
+#: Rows processed per chunk while building a shard (bounds memory).
+CHUNK = 256
+
+
+class AddResult(NamedTuple):
+    """What :meth:`ExemplarLibrary.add` did."""
+
+    dataset: str
+    added: int
+    skipped: int  # ids already in the library (or repeated in the dataset)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _few(items: Iterable[Any], n: int = 5) -> str:
+    items = list(items)
+    text = ", ".join(repr(x) for x in items[:n])
+    return text + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def _task_fields(task: TaskConfig) -> dict[str, Any]:
+    """The fields of a task that change the inputs x (others are irrelevant for that task)."""
+    fields = {"name": task.name, "size": task.size, "input_channels": task.input_channels}
+    if task.name == "superres":
+        fields["factor"] = task.factor
+    elif task.name == "edges":
+        fields.update(edge_method=task.edge_method, hed_scale=task.hed_scale)
+    else:
+        fields["direction"] = task.direction
+    return fields
+
+
+def _check_task(expected: TaskConfig, got: TaskConfig, what: str) -> None:
+    a, b = _task_fields(expected), _task_fields(got)
+    diffs = [f"{k} {b.get(k)!r} (library: {a[k]!r})" for k in a if a[k] != b.get(k)]
+    if diffs:
+        raise PixelNNError(f"{what} has a different task than the library: {'; '.join(diffs)}")
+
+
+def _read_model(model_dir: Path) -> tuple[bytes, dict[str, Any]]:
+    """The weights file's bytes (read once, so a training run replacing it cannot race) and config.json."""
+    cfg_path = model_dir / MODEL_FILES.config
+    weights = model_dir / MODEL_FILES.weights
+    if not cfg_path.is_file():
+        raise PixelNNError(f"{model_dir} is not a PixelNN model directory (no {MODEL_FILES.config}); "
+                           f"train one with `pixelnn train DATA_DIR --out {model_dir}`")
+    if not weights.is_file():
+        raise PixelNNError(f"{model_dir} has no {MODEL_FILES.weights} yet; wait for the first checkpoint "
+                           f"of `pixelnn train`")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise PixelNNError(f"{cfg_path} is corrupt: {e}") from None
+    if "task" not in config:
+        raise PixelNNError(f"{cfg_path} has no task; retrain the model with this version of pixelnn")
+    return weights.read_bytes(), config
+
+
+def _load_regressor(path: Path):
+    from pixelnn.models.regressor import Regressor
+
+    return Regressor.load(path)
+
+
+class _Shard:
+    """One shard folder, memory-mapped, with its tombstones."""
+
+    def __init__(self, root: Path, entry: dict[str, Any], size: int, dim: int):
+        self.name = str(entry.get("name", ""))
+        self.path = root / SHARDS / self.name
+        self.count = int(entry.get("count", -1))
+        try:
+            self.arrays = {a: np.load(self.path / f"{a}.npy", mmap_mode="r", allow_pickle=False) for a in _ARRAYS}
+            lines = (self.path / "records.jsonl").read_text().splitlines()
+            self.records = [json.loads(line) for line in lines if line.strip()]
+        except (OSError, ValueError) as e:
+            raise PixelNNError(f"library shard {self.path} is unreadable: {e}") from None
+        expect = {"photos": ((self.count, size, size, 3), np.uint8), "stage1": ((self.count, size, size, 3), np.uint8),
+                  "global": ((self.count, dim), np.float32)}
+        for a, (shape, dtype) in expect.items():
+            arr = self.arrays[a]
+            if arr.shape != shape or arr.dtype != dtype:
+                raise PixelNNError(f"library shard {self.path} is corrupt: {a}.npy is {arr.dtype}{list(arr.shape)}, "
+                                   f"expected {np.dtype(dtype)}{list(shape)}")
+        if not all(isinstance(r, dict) and isinstance(r.get("id"), str) for r in self.records):
+            raise PixelNNError(f"library shard {self.path} is corrupt: a record without an id")
+        if len(self.records) != self.count:
+            raise PixelNNError(f"library shard {self.path} is corrupt: {len(self.records)} records, "
+                               f"expected {self.count}")
+        self.removed = set(entry.get("removed", []))
+        self.live = np.array([i for i, r in enumerate(self.records) if r["id"] not in self.removed], np.int64)
+
+
+class ExemplarLibrary:
+    """The exemplar store of a trained model; see the module docstring for the layout.
+
+    Create one with :meth:`build`, load one with :meth:`open`.
+
+    Parameters
+    ----------
+    root : path
+        The library folder (holding ``library.json``).
+    index : {'flat', 'ivf'}
+        Kind of :class:`pixelnn.retrieval.GlobalIndex` that :meth:`search` builds (on first use).
+    nlist, nprobe : int, optional
+        IVF options (see :class:`~pixelnn.retrieval.GlobalIndex`).
+    """
+
+    def __init__(self, root: str | Path, index: str = "flat", nlist: int | None = None, nprobe: int | None = None):
+        if index not in INDEX_KINDS:
+            raise PixelNNError(f"invalid index kind {index!r}; valid: {', '.join(INDEX_KINDS)}")
+        self.root = Path(root)
+        self.index_kind, self.nlist, self.nprobe = index, nlist, nprobe
+        self._load()
+
+    # ---------------------------------------------------------------------------------- loading
+    @classmethod
+    def open(cls, lib_dir: str | Path, index: str = "flat", nlist: int | None = None,
+             nprobe: int | None = None) -> "ExemplarLibrary":
+        """Load a library folder (arrays memory-mapped); raises PixelNNError if it is missing or corrupt."""
+        return cls(lib_dir, index=index, nlist=nlist, nprobe=nprobe)
+
+    def _load(self) -> None:
+        path = self.root / MANIFEST
+        if not path.is_file():
+            raise PixelNNError(f"{self.root} is not a PixelNN library (no {MANIFEST}); build one with "
+                               f"`pixelnn index DATA_DIR --model MODEL_DIR`")
+        try:
+            manifest = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise PixelNNError(f"{path} is corrupt: {e}") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+            raise PixelNNError(f"{path} is not a {FORMAT_NAME} manifest")
+        if not isinstance(manifest.get("version"), int) or manifest["version"] > FORMAT_VERSION:
+            raise PixelNNError(f"{path} has format version {manifest.get('version')!r}; this PixelNN reads up to "
+                               f"{FORMAT_VERSION}: upgrade pixelnn")
+        try:
+            desc = manifest["descriptor"]
+            self.task = TaskConfig.from_dict(manifest["task"])
+            self.image_size = int(manifest["image_size"])
+            self.dim = int(desc["dim"])
+            entries = list(manifest["shards"])
+            count = int(manifest["count"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise PixelNNError(f"{path} is corrupt: missing or bad field {e}") from None
+        if desc.get("name") != DESCRIPTOR_NAME:
+            raise PixelNNError(f"{self.root} uses descriptor {desc.get('name')!r}; this PixelNN uses "
+                               f"{DESCRIPTOR_NAME!r}: rebuild it with `pixelnn index ... --overwrite`")
+        self.manifest: dict[str, Any] = manifest
+        self._shards = [_Shard(self.root, e, self.image_size, self.dim) for e in entries]
+        n = sum(len(s.live) for s in self._shards)
+        if n != count:
+            raise PixelNNError(f"{path} is corrupt: count {count} but the shards hold {n} live exemplars")
+        self._records = [s.records[i] for s in self._shards for i in s.live]
+        self._ids = [r["id"] for r in self._records]
+        self._pos = {rid: p for p, rid in enumerate(self._ids)}
+        if len(self._pos) != len(self._ids):
+            raise PixelNNError(f"{self.root} is corrupt: repeated exemplar ids")
+        self._arrays: dict[str, np.ndarray] = {}
+        self._index: GlobalIndex | None = None
+
+    # ---------------------------------------------------------------------------------- building
+    @classmethod
+    def build(cls, out_dir: str | Path | None, model_dir: str | Path, data_dirs: list[str | Path],
+              split: str = "train", progress: bool = True, overwrite: bool = False, batch_size: int = 64,
+              id_prefix: str | None = None) -> "ExemplarLibrary":
+        """Build a library from the ``split`` pairs of prepared datasets, with a trained stage-1 model.
+
+        Parameters
+        ----------
+        out_dir : path or None
+            The library folder; None means ``MODEL_DIR/library``.
+        model_dir : path
+            A trained model (``regressor.safetensors`` + ``config.json``); its weights are copied in.
+        data_dirs : list of path
+            Prepared datasets, all with the model's task; one shard each. Ids already added (by an
+            earlier dataset of the list) are skipped.
+        split : {'train', 'val', 'test'}
+        progress : bool
+            tqdm progress bars.
+        overwrite : bool
+            Replace an existing library (only once the new one is complete).
+        batch_size : int
+            Images per forward pass of the regressor and of AlexNet.
+        id_prefix : str, optional
+            Prepended to every record id (to keep datasets with clashing ids apart).
+        """
+        model_dir = Path(model_dir)
+        out_dir = Path(out_dir) if out_dir is not None else model_dir / DEFAULT_DIRNAME
+        if out_dir.exists() and not overwrite:
+            raise PixelNNError(f"{out_dir} already exists; add datasets to it with `--add`, or pass --overwrite")
+        if not data_dirs:
+            raise PixelNNError("no datasets given to build the library from")
+        weights, config = _read_model(model_dir)
+        task = TaskConfig.from_dict(config["task"])
+        datasets = [Dataset(d) for d in data_dirs]
+        for ds in datasets:  # fail before any work
+            _check_task(task, ds.task, f"dataset {ds.root}")
+        manifest = {
+            "format": FORMAT_NAME, "version": FORMAT_VERSION, "created": _now(), "updated": _now(),
+            "task": task.to_dict(), "image_size": task.size,
+            "descriptor": {"name": DESCRIPTOR_NAME, "layer": DESCRIPTOR_LAYER, "dim": descriptor_dim(task.size),
+                           "normalised": "l2", "similarity": "inner product"},
+            "model": {"path": str(model_dir.resolve()), "weights": WEIGHTS,
+                      "weights_sha256": hashlib.sha256(weights).hexdigest(),
+                      "regressor": config.get("regressor"), "trained_on": (config.get("dataset") or {}).get("path")},
+            "count": 0, "shards": [], "datasets": [],
+        }
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            (tmp / WEIGHTS).write_bytes(weights)
+            (tmp / SHARDS).mkdir()
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            lib = cls(tmp)
+            model = lib.load_model()
+            for ds in datasets:
+                lib._add_dataset(ds, split, model, progress=progress, batch_size=batch_size, id_prefix=id_prefix)
+        log.info("built %s: %d exemplars", out_dir, len(lib))
+        return cls(out_dir)
+
+    def load_model(self):
+        """The library's copy of the stage-1 regressor (:class:`pixelnn.models.regressor.Regressor`), in eval mode."""
+        return _load_regressor(self.root / self.manifest["model"].get("weights", WEIGHTS))
+
+    def add(self, data_dir: str | Path, split: str = "train", progress: bool = True, batch_size: int = 64,
+            id_prefix: str | None = None) -> AddResult:
+        """Add the ``split`` pairs of another prepared dataset, as one new shard.
+
+        Pairs whose id is already in the library (or repeated in the dataset) are skipped and
+        counted; a removed id can be added again. The dataset's task must match the library's.
+        Stage-1 outputs are computed with the library's own copy of the regressor.
+
+        Returns
+        -------
+        AddResult
+            ``(dataset, added, skipped)``.
+        """
+        ds = Dataset(data_dir)
+        _check_task(self.task, ds.task, f"dataset {ds.root}")
+        return self._add_dataset(ds, split, self.load_model(), progress=progress, batch_size=batch_size,
+                                 id_prefix=id_prefix)
+
+    def _add_dataset(self, ds: Dataset, split: str, model, progress: bool, batch_size: int,
+                     id_prefix: str | None) -> AddResult:
+        from tqdm.auto import tqdm
+
+        from pixelnn.models.regressor import predict
+
+        if split not in SPLITS:
+            raise PixelNNError(f"invalid split {split!r}; valid: {', '.join(SPLITS)}")
+        data = ds.split(split)
+        size = self.image_size
+        if data.photos.shape[1:] != (size, size, 3):
+            raise PixelNNError(f"dataset {ds.root} has {list(data.photos.shape[1:])} photos; the library holds "
+                               f"{[size, size, 3]}")
+        if data.inputs.shape[-1] != model.config.in_channels:
+            raise PixelNNError(f"dataset {ds.root} has {data.inputs.shape[-1]}-channel inputs; the library's "
+                               f"model takes {model.config.in_channels}")
+        prefix = id_prefix or ""
+        seen = set(self._pos)
+        keep: list[int] = []
+        for j, r in enumerate(data.records):
+            rid = prefix + str(r["id"])
+            if rid not in seen:
+                seen.add(rid)
+                keep.append(j)
+        skipped = len(data.records) - len(keep)
+        dataset_path = str(ds.root.resolve())
+        if skipped:
+            log.info("%s: skipping %d of %d pairs whose ids are already in the library", ds.root, skipped,
+                     len(data.records))
+        if not keep:
+            return AddResult(dataset_path, 0, skipped)
+
+        self._remove_orphans()
+        name = self._next_shard_name()
+        n, dim = len(keep), self.dim
+        rows = np.asarray(keep, np.int64)
+        contiguous = n == len(data.records)
+        with atomic_dir(self.root / SHARDS / name) as tmp:
+            out = {"photos": np.lib.format.open_memmap(tmp / "photos.npy", "w+", np.uint8, (n, size, size, 3)),
+                   "stage1": np.lib.format.open_memmap(tmp / "stage1.npy", "w+", np.uint8, (n, size, size, 3)),
+                   "global": np.lib.format.open_memmap(tmp / "global.npy", "w+", np.float32, (n, dim))}
+            with tqdm(total=n, desc=f"library {ds.root.name}/{split}", unit="img", disable=not progress,
+                      dynamic_ncols=True) as bar:
+                for i in range(0, n, CHUNK):
+                    sel = slice(i, min(i + CHUNK, n)) if contiguous else rows[i:i + CHUNK]
+                    photos, inputs = np.asarray(data.photos[sel]), np.asarray(data.inputs[sel])
+                    stage1 = predict(model, inputs, batch_size)  # (B, S, S, 3) uint8
+                    out["photos"][i:i + len(photos)] = photos
+                    out["stage1"][i:i + len(photos)] = stage1
+                    out["global"][i:i + len(photos)] = global_descriptors(stage1, batch_size)
+                    bar.update(len(photos))
+            for a in _ARRAYS:
+                out[a].flush()
+            del out  # close the memory maps before the folder is renamed
+            with open(tmp / "records.jsonl", "w") as f:
+                for j in keep:
+                    r = data.records[j]
+                    rec = {"id": prefix + str(r["id"]), "source": r.get("source"), "labels": r.get("labels", {}),
+                           "dataset": dataset_path, "split": split}
+                    if prefix:
+                        rec["dataset_id"] = r["id"]
+                    f.write(json.dumps(rec, sort_keys=True) + "\n")
+        manifest = json.loads(json.dumps(self.manifest))
+        manifest["shards"].append({"name": name, "count": n, "dataset": dataset_path, "split": split, "removed": []})
+        manifest["datasets"].append({"path": dataset_path, "split": split, "added": n, "skipped": skipped,
+                                     "time": _now()})
+        manifest["count"] = len(self) + n
+        self._commit(manifest)
+        log.info("added %d exemplars from %s (%d skipped)", n, ds.root, skipped)
+        return AddResult(dataset_path, n, skipped)
+
+    def _commit(self, manifest: dict[str, Any]) -> None:
+        """Write the manifest (the commit point) and reload."""
+        manifest["updated"] = _now()
+        write_json(self.root / MANIFEST, manifest)
+        self._load()  # drops the cached arrays and index
+
+    def _next_shard_name(self) -> str:
+        names = [e["name"] for e in self.manifest["shards"]]
+        shard_dir = self.root / SHARDS
+        if shard_dir.is_dir():
+            names += [p.name for p in shard_dir.iterdir()]
+        nums = [int(x) for x in names if x.isdigit()]
+        return f"{max(nums, default=-1) + 1:04d}"
+
+    def _remove_orphans(self) -> None:
+        """Delete shard folders no manifest lists (left by a crash between a shard and its manifest)."""
+        shard_dir = self.root / SHARDS
+        shard_dir.mkdir(exist_ok=True)
+        listed = {e["name"] for e in self.manifest["shards"]}
+        for p in shard_dir.iterdir():
+            if p.name not in listed:
+                log.info("removing orphan %s", p)
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+    def remove(self, ids: Iterable[str]) -> int:
+        """Remove exemplars by id (tombstones in the manifest; :meth:`compact` reclaims the space).
+
+        Raises PixelNNError, removing nothing, if any id is not in the library. Returns the number removed.
+        """
+        ids = list(dict.fromkeys(str(i) for i in ([ids] if isinstance(ids, str) else ids)))
+        unknown = [i for i in ids if i not in self._pos]
+        if unknown:
+            raise PixelNNError(f"{len(unknown)} unknown exemplar id(s): {_few(unknown, 3)}; "
+                               f"the library has {len(self)}, e.g. {_few(self._ids[:3], 3)}")
+        if not ids:
+            return 0
+        owner = {}
+        for s, shard in enumerate(self._shards):
+            for i in shard.live:
+                owner[shard.records[i]["id"]] = s
+        manifest = json.loads(json.dumps(self.manifest))
+        for rid in ids:
+            manifest["shards"][owner[rid]].setdefault("removed", []).append(rid)
+        manifest["count"] = len(self) - len(ids)
+        self._commit(manifest)
+        log.info("removed %d exemplars", len(ids))
+        return len(ids)
+
+    def compact(self) -> int:
+        """Rewrite the shards that have removed rows without them; returns the number of rows dropped.
+
+        Positions are unchanged. New shards are written first, then the manifest, then the old
+        folders are deleted, so a crash leaves a loadable library.
+        """
+        todo = [(k, s) for k, s in enumerate(self._shards) if len(s.live) < s.count]
+        if not todo:
+            return 0
+        self._remove_orphans()
+        manifest = json.loads(json.dumps(self.manifest))
+        old, dropped = [], 0
+        for k, shard in todo:
+            entry = manifest["shards"][k]
+            dropped += shard.count - len(shard.live)
+            old.append(shard.path)
+            if len(shard.live) == 0:
+                entry["drop"] = True
+                continue
+            name = self._next_shard_name()
+            with atomic_dir(self.root / SHARDS / name) as tmp:
+                for a in _ARRAYS:
+                    np.save(tmp / f"{a}.npy", np.ascontiguousarray(shard.arrays[a][shard.live]), allow_pickle=False)
+                with open(tmp / "records.jsonl", "w") as f:
+                    for i in shard.live:
+                        f.write(json.dumps(shard.records[i], sort_keys=True) + "\n")
+            entry.update(name=name, count=len(shard.live), removed=[])
+        manifest["shards"] = [e for e in manifest["shards"] if not e.get("drop")]
+        self._commit(manifest)
+        for p in old:
+            shutil.rmtree(p, ignore_errors=True)
+        log.info("compacted %d shards, dropped %d rows", len(todo), dropped)
+        return dropped
+
+    # ---------------------------------------------------------------------------------- access
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __repr__(self) -> str:
+        return (f"ExemplarLibrary({str(self.root)!r}, n={len(self)}, shards={len(self._shards)}, "
+                f"task={self.task.name}, size={self.image_size}, dim={self.dim})")
+
+    @property
+    def ids(self) -> list[str]:
+        """Exemplar ids in position order."""
+        return list(self._ids)
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """Records ``{"id", "source", "labels", "dataset", "split"}`` in position order."""
+        return self._records
+
+    @property
+    def model_dir(self) -> Path:
+        """The model directory the library was built from (its weights are copied in the library)."""
+        return Path(self.manifest["model"]["path"])
+
+    def _gather(self, name: str) -> np.ndarray:
+        if name not in self._arrays:
+            parts = [s.arrays[name] if len(s.live) == s.count else s.arrays[name][s.live]
+                     for s in self._shards if len(s.live)]
+            if len(parts) == 1:
+                self._arrays[name] = parts[0]  # the memory map itself
+            elif parts:
+                self._arrays[name] = np.concatenate(parts)
+            else:
+                shape = (self.dim,) if name == "global" else (self.image_size, self.image_size, 3)
+                self._arrays[name] = np.zeros((0, *shape), np.float32 if name == "global" else np.uint8)
+        return self._arrays[name]
+
+    @property
+    def photos(self) -> np.ndarray:
+        """Photos y_n, (N, S, S, 3) uint8, in position order (memory-mapped for a single clean shard)."""
+        return self._gather("photos")
+
+    @property
+    def stage1(self) -> np.ndarray:
+        """Stage-1 outputs f(x_n), (N, S, S, 3) uint8, in position order."""
+        return self._gather("stage1")
+
+    @property
+    def global_desc(self) -> np.ndarray:
+        """Global descriptors of f(x_n), (N, D) float32 with unit rows, in position order."""
+        return self._gather("global")
+
+    def position(self, exemplar_id: str) -> int:
+        """Position of an exemplar id; PixelNNError if unknown."""
+        try:
+            return self._pos[exemplar_id]
+        except KeyError:
+            raise PixelNNError(f"unknown exemplar id {exemplar_id!r}; the library has {len(self)}, "
+                               f"e.g. {_few(self._ids[:3], 3)}") from None
+
+    def labels_index(self) -> dict[str, dict[str, int]]:
+        """``{label key: {value: count}}`` over the live exemplars (values as str, most frequent first)."""
+        counts: dict[str, dict[str, int]] = {}
+        for r in self._records:
+            for k, v in (r.get("labels") or {}).items():
+                d = counts.setdefault(str(k), {})
+                d[str(v)] = d.get(str(v), 0) + 1
+        return {k: dict(sorted(v.items(), key=lambda kv: (-kv[1], kv[0]))) for k, v in sorted(counts.items())}
+
+    def select(self, where: dict[str, list[str] | str] | None = None, ids: list[str] | None = None) -> np.ndarray:
+        """Positions of the exemplars matching label constraints and/or an id list.
+
+        Parameters
+        ----------
+        where : dict of str -> list of str, optional
+            ``{label key: allowed values}``: AND across keys, OR within a key's values. A bare
+            string is a one-value list. Unknown keys or values raise PixelNNError.
+        ids : list of str, optional
+            Only these exemplars (unknown ids raise PixelNNError).
+
+        Returns
+        -------
+        ndarray, (M,) int64
+            Sorted positions (all positions when both are None), usable as ``allowed=`` in :meth:`search`.
+        """
+        mask = np.ones(len(self), bool)
+        if where:
+            index = self.labels_index()
+            for key, values in where.items():
+                if key not in index:
+                    raise PixelNNError(f"unknown label key {key!r}; valid: {', '.join(index) or '(none)'}")
+                values = [values] if isinstance(values, str) else [str(v) for v in values]
+                if not values:
+                    raise PixelNNError(f"no values given for label {key!r}; e.g. {_few(index[key], 5)}")
+                unknown = [v for v in values if v not in index[key]]
+                if unknown:
+                    raise PixelNNError(f"unknown {key} value(s) {_few(unknown, 3)}; valid include "
+                                       f"{_few(index[key], 5)}")
+                wanted = set(values)
+                labels = [r.get("labels") or {} for r in self._records]
+                mask &= np.array([key in lab and str(lab[key]) in wanted for lab in labels], bool)
+        if ids is not None:
+            ids = [ids] if isinstance(ids, str) else list(ids)
+            unknown = [i for i in ids if i not in self._pos]
+            if unknown:
+                raise PixelNNError(f"{len(unknown)} unknown exemplar id(s): {_few(unknown, 3)}; "
+                                   f"the library has {len(self)}, e.g. {_few(self._ids[:3], 3)}")
+            m = np.zeros(len(self), bool)
+            m[[self._pos[i] for i in ids]] = True
+            mask &= m
+        return np.flatnonzero(mask).astype(np.int64)
+
+    # ---------------------------------------------------------------------------------- search
+    @property
+    def index(self) -> GlobalIndex:
+        """The :class:`~pixelnn.retrieval.GlobalIndex` over :attr:`global_desc`, built on first use."""
+        if self._index is None:
+            self._index = GlobalIndex(self.dim, self.index_kind, nlist=self.nlist, nprobe=self.nprobe)
+            if len(self):
+                self._index.add(self.global_desc)
+        return self._index
+
+    def search(self, query_desc: np.ndarray, k: int, allowed: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Global nearest exemplars of query descriptors (of stage-1 outputs f(x)).
+
+        Parameters
+        ----------
+        query_desc : ndarray, (Q, D) float32
+            From :func:`pixelnn.retrieval.global_descriptors` of f(x).
+        k : int
+        allowed : ndarray of positions, optional
+            Restrict to these positions (e.g. from :meth:`select`).
+
+        Returns
+        -------
+        D : ndarray, (Q, k) float32
+            Cosine similarities, decreasing; ``-inf`` where fewer than k exemplars are available.
+        I : ndarray, (Q, k) int64
+            Positions; ``-1`` in the padded columns.
+        """
+        return self.index.search(query_desc, k, allowed)
+
+    def disk_bytes(self) -> int:
+        """Bytes on disk of the library folder (manifest, weights copy and all shards)."""
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+
+    def summary(self) -> str:
+        """One line: size, shards, tombstones, descriptor and disk use."""
+        removed = sum(s.count - len(s.live) for s in self._shards)
+        datasets = sorted({e.get("dataset") for e in self.manifest["shards"]})
+        return (f"{self.root}: {len(self)} exemplars from {len(datasets)} dataset(s) in {len(self._shards)} "
+                f"shard(s){f' ({removed} removed, not yet compacted)' if removed else ''}; "
+                f"{self.image_size}x{self.image_size} images, {DESCRIPTOR_NAME} {self.dim}-d descriptors; "
+                f"{self.disk_bytes() / 2**20:.1f} MiB on disk")
+
+
+def index_command(data_dir: str | Path, model_dir: str | Path, out: str | Path | None = None,
+                  add: list[str | Path] | None = None, remove: list[str] | None = None, progress: bool = True,
+                  overwrite: bool = False, split: str = "train") -> str:
+    """``pixelnn index DATA_DIR --model MODEL_DIR [--out LIB_DIR] [--add DATA_DIR2 ...] [--remove ID ...]``.
+
+    CLI semantics:
+
+    - The library lives in ``--out`` (default ``MODEL_DIR/library``).
+    - If it does not exist (or ``--overwrite``), it is built from the train pairs of DATA_DIR and
+      of every ``--add`` dataset, with the model in MODEL_DIR (whose weights are copied in).
+    - If it exists, DATA_DIR and every ``--add`` dataset are added: pairs whose ids are already in
+      the library are skipped, so re-running the same command is cheap and changes nothing. The
+      library keeps using its own copy of the weights; a warning is logged if MODEL_DIR is another
+      model or has been trained further since.
+    - ``--remove ID ...`` then removes exemplars by id (all ids must exist, or nothing is removed).
+    - Any dataset whose task or image size differs from the library's is refused.
+
+    Returns
+    -------
+    str
+        A few summary lines for the CLI to print.
+    """
+    model_dir = Path(model_dir)
+    lib_dir = Path(out) if out is not None else model_dir / DEFAULT_DIRNAME
+    datasets = [Path(data_dir), *[Path(d) for d in (add or [])]]
+    lines = []
+    if overwrite or not (lib_dir / MANIFEST).is_file():
+        if lib_dir.exists() and not overwrite:
+            raise PixelNNError(f"{lib_dir} exists but is not a PixelNN library (no {MANIFEST}); choose another "
+                               f"--out or pass --overwrite")
+        lib = ExemplarLibrary.build(lib_dir, model_dir, datasets, split=split, progress=progress, overwrite=overwrite)
+        lines.append(f"built {lib_dir} from {len(datasets)} dataset(s) with the model {model_dir}")
+    else:
+        lib = ExemplarLibrary.open(lib_dir)
+        weights = model_dir / MODEL_FILES.weights
+        if model_dir.resolve() != lib.model_dir:
+            log.warning("%s was built with the model %s, not %s; new pairs use the library's copy of its weights",
+                        lib_dir, lib.model_dir, model_dir)
+        elif weights.is_file() and hashlib.sha256(weights.read_bytes()).hexdigest() != \
+                lib.manifest["model"].get("weights_sha256"):
+            log.warning("%s has changed since %s was built; new pairs use the library's copy of the old weights "
+                        "(rebuild with --overwrite to use the new ones)", weights, lib_dir)
+        for d in datasets:
+            r = lib.add(d, split=split, progress=progress)
+            lines.append(f"added {r.added} exemplars from {d} ({r.skipped} already present)")
+    if remove:
+        lines.append(f"removed {lib.remove(remove)} exemplars")
+    lines.append(lib.summary())
+    return "\n".join(lines)
