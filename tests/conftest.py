@@ -55,3 +55,36 @@ def tiny_superres_dataset(tmp_path: Path) -> Path:
               "val": SplitData(photos[48:56], inputs[48:56], recs[48:56]),
               "test": SplitData(photos[56:], inputs[56:], recs[56:])}
     return write_dataset(tmp_path / "data", task, splits, source="synthetic")
+
+
+def make_dataset(path: Path, n: int = 24, seed: int = 0, prefix: str = "a", size: int = 32,
+                 factor: int = 8) -> Path:
+    """A superres dataset of ``n`` blob photos (the last 4 are val) with labels ``kind`` and ``shade``."""
+    task = TaskConfig(name="superres", size=size, factor=factor)
+    photos = synthetic_photos(n, size, seed=seed)
+    inputs = area_downsample(photos, factor)
+    recs = [{"id": f"{prefix}{i:03d}", "source": f"{prefix}{i:03d}.png",
+             "labels": {"kind": "blob" if i % 2 else "spot", "shade": ["red", "green", "blue"][i % 3]}}
+            for i in range(n)]
+    k = n - 4
+    splits = {"train": SplitData(photos[:k], inputs[:k], recs[:k]),
+              "val": SplitData(photos[k:], inputs[k:], recs[k:])}
+    return write_dataset(path, task, splits, source="synthetic")
+
+
+def make_tiny_model_dir(d: Path) -> Path:
+    """A tiny random-init regressor for 32x32 superres (factor 8), saved as a MODEL_DIR."""
+    import torch
+
+    from pixelnn.config import RegressorConfig
+    from pixelnn.io import write_json
+    from pixelnn.models.regressor import Regressor
+
+    torch.manual_seed(0)
+    model = Regressor(RegressorConfig(in_channels=3, input_size=4, size=32, base_channels=8, depth=2))
+    torch.nn.init.normal_(model.head.weight, std=0.05)  # not just bicubic upsampling
+    model.save(d / "regressor.safetensors")
+    write_json(d / "config.json", {"format": "pixelnn-model", "version": 1,
+                                   "task": TaskConfig(name="superres", size=32, factor=8).to_dict(),
+                                   "regressor": model.config.to_dict()})
+    return d

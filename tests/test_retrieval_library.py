@@ -18,7 +18,7 @@ from pixelnn.models.regressor import Regressor, predict
 from pixelnn.retrieval import GlobalIndex, descriptor_dim, global_descriptors
 from pixelnn.tasks import area_downsample
 
-from .conftest import synthetic_photos
+from .conftest import make_dataset, make_tiny_model_dir, synthetic_photos
 
 faiss = pytest.importorskip("faiss")
 
@@ -48,32 +48,9 @@ def brute_force(x: np.ndarray, q: np.ndarray, k: int, allowed: np.ndarray | None
     return np.take_along_axis(sims, order, axis=1), pos[order]
 
 
-def make_dataset(path: Path, n: int = 24, seed: int = 0, prefix: str = "a", size: int = 32,
-                 factor: int = 8) -> Path:
-    task = TaskConfig(name="superres", size=size, factor=factor)
-    photos = synthetic_photos(n, size, seed=seed)
-    inputs = area_downsample(photos, factor)
-    recs = [{"id": f"{prefix}{i:03d}", "source": f"{prefix}{i:03d}.png",
-             "labels": {"kind": "blob" if i % 2 else "spot", "shade": ["red", "green", "blue"][i % 3]}}
-            for i in range(n)]
-    k = n - 4
-    splits = {"train": SplitData(photos[:k], inputs[:k], recs[:k]),
-              "val": SplitData(photos[k:], inputs[k:], recs[k:])}
-    return write_dataset(path, task, splits, source="synthetic")
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    """A tiny random-init regressor for 32x32 superres (factor 8), saved as a MODEL_DIR."""
-    d = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    model = Regressor(RegressorConfig(in_channels=3, input_size=4, size=32, base_channels=8, depth=2))
-    torch.nn.init.normal_(model.head.weight, std=0.05)  # not just bicubic upsampling
-    model.save(d / "regressor.safetensors")
-    write_json(d / "config.json", {"format": "pixelnn-model", "version": 1,
-                                   "task": TaskConfig(name="superres", size=32, factor=8).to_dict(),
-                                   "regressor": model.config.to_dict()})
-    return d
+    return make_tiny_model_dir(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

@@ -70,6 +70,58 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from pixelnn.library import index_command
+
+    print(index_command(args.data_dir, args.model, out=args.out, add=args.add, remove=args.remove,
+                        progress=not args.quiet))
+    return 0
+
+
+def _parse_where(items: list[str] | None) -> dict[str, list[str]]:
+    where: dict[str, list[str]] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise PixelNNError(f"--where expects KEY=VALUE, got {item!r}")
+        where.setdefault(key, []).append(value)
+    return where
+
+
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    from pixelnn.pipeline import PixelNNPipeline, load_image_file, save_result
+
+    library_dir = None
+    if args.library:  # another model's folder (its library/ inside) or a library folder itself
+        library_dir = Path(args.library) / "library" if (Path(args.library) / "library").is_dir() else Path(args.library)
+    pipe = PixelNNPipeline.from_model_dir(args.model, library_dir=library_dir, descriptor=args.descriptor,
+                                          pca_dims=None if args.pca_dims == 0 else args.pca_dims)
+    where = _parse_where(args.where)
+    exemplars = [e for item in args.exemplars or [] for e in item.split(",") if e]
+    like = [load_image_file(p, pipe.task.size, fit=args.fit) for p in args.like or []]
+    specs = None
+    if args.windows or args.sets:
+        from pixelnn.matching import default_exemplar_sets, default_output_specs
+
+        windows = [None if w == "whole" else int(w) for w in (args.windows or "1,7,11,whole").split(",")]
+        sets = [tuple(int(r) - 1 for r in s.split("-")) for s in args.sets.split(",")] if args.sets else \
+            default_exemplar_sets()
+        specs = default_output_specs(sets, windows)
+    for path in args.inputs:
+        if args.from_photo:
+            photo = load_image_file(path, pipe.task.size, fit=args.fit)
+            x = pipe.input_from_photo(photo)
+        else:
+            photo = None
+            x = load_image_file(path, None, expect=pipe.regressor.config)
+        result = pipe(x, specs=specs, top_k=args.top_k, mode=args.mode, color=args.color, where=where or None,
+                      exemplars=exemplars or None, like=like or None, num_outputs=args.num_outputs, seed=args.seed)
+        out = save_result(result, Path(args.out) / Path(path).stem, pipe.library, photo=photo)
+        t = result.timings
+        print(f"{path}: {len(result.outputs)} outputs in {t['total']:.2f} s -> {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pixelnn", description="PixelNN: example-based image synthesis")
     parser.add_argument("--version", action="version", version=f"pixelnn {__version__}")
@@ -105,6 +157,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm", choices=("batch", "group", "none"), default=None)
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("index", help="build or update the exemplar library of a trained model")
+    p.add_argument("data_dir", help="prepared dataset whose train pairs become exemplars")
+    p.add_argument("--model", required=True, help="model folder from `pixelnn train`")
+    p.add_argument("--out", default=None, help="library folder (default MODEL/library)")
+    p.add_argument("--add", nargs="+", default=None, metavar="DATA_DIR", help="add these datasets' train pairs")
+    p.add_argument("--remove", nargs="+", default=None, metavar="ID", help="remove these exemplar ids")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("synthesize", help="many outputs with per-pixel correspondences for each input")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="input images (or photos with --from-photo)")
+    p.add_argument("--model", required=True, help="model folder (with its library)")
+    p.add_argument("--out", required=True, help="results folder; one subfolder per input")
+    p.add_argument("--from-photo", action="store_true", help="derive each input from a photo with the model's task")
+    p.add_argument("--mode", choices=("matched", "global", "authors"), default="matched",
+                   help="matched: eq. 3 (default); global: eq. 2; authors: co-located, similarity-weighted")
+    p.add_argument("--color", choices=("rgb", "luma"), default="rgb", help="copy residuals in RGB or luminance only")
+    p.add_argument("--descriptor", choices=("hypercolumn", "regressor"), default="hypercolumn",
+                   help="pixel descriptor: VGG-16 hypercolumns (default) or the stage-1 network's features")
+    p.add_argument("--pca-dims", type=int, default=64, help="reduce descriptors by PCA (0: full descriptor)")
+    p.add_argument("--top-k", type=int, default=11, help="global neighbours K (the default sets need 11)")
+    p.add_argument("--windows", default=None, help="comma list of window sides or 'whole' (default 1,7,11,whole)")
+    p.add_argument("--sets", default=None, help="comma list of 1-based rank ranges, e.g. 1,2,1-3,1-5")
+    p.add_argument("--num-outputs", type=int, default=None, help="keep a random subset of the outputs (with --seed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--where", action="append", metavar="KEY=VALUE", help="only exemplars with this label (repeatable)")
+    p.add_argument("--like", nargs="+", metavar="PHOTO", help="only exemplars that look like these photos")
+    p.add_argument("--exemplars", action="append", metavar="ID,...", help="only these exemplar ids")
+    p.add_argument("--library", default=None, metavar="LIB_DIR", help="borrow another library's exemplars")
+    p.add_argument("--fit", choices=("pad", "crop"), default="pad", help="how photos are fitted to the square")
+    p.set_defaults(func=cmd_synthesize)
 
     p = sub.add_parser("demo", help="prepare, train and show results on a small dataset (no data needed)")
     p.add_argument("--data", default=None, help="a dataset zip or folder to use instead of the bundled photos")

@@ -66,7 +66,7 @@ WEIGHTS = "regressor.safetensors"
 SHARDS = "shards"
 DEFAULT_DIRNAME = "library"
 #: The arrays of a shard (file stems).
-_ARRAYS = ("photos", "stage1", "global")
+_ARRAYS = ("photos", "stage1", "global", "inputs")
 #: Rows processed per chunk while building a shard (bounds memory).
 CHUNK = 256
 
@@ -153,6 +153,8 @@ class _Shard:
             if arr.shape != shape or arr.dtype != dtype:
                 raise PixelNNError(f"library shard {self.path} is corrupt: {a}.npy is {arr.dtype}{list(arr.shape)}, "
                                    f"expected {np.dtype(dtype)}{list(shape)}")
+        if self.arrays["inputs"].ndim != 4 or len(self.arrays["inputs"]) != self.count:
+            raise PixelNNError(f"library shard {self.path} is corrupt: inputs.npy is {list(self.arrays['inputs'].shape)}")
         if not all(isinstance(r, dict) and isinstance(r.get("id"), str) for r in self.records):
             raise PixelNNError(f"library shard {self.path} is corrupt: a record without an id")
         if len(self.records) != self.count:
@@ -350,7 +352,8 @@ class ExemplarLibrary:
         with atomic_dir(self.root / SHARDS / name) as tmp:
             out = {"photos": np.lib.format.open_memmap(tmp / "photos.npy", "w+", np.uint8, (n, size, size, 3)),
                    "stage1": np.lib.format.open_memmap(tmp / "stage1.npy", "w+", np.uint8, (n, size, size, 3)),
-                   "global": np.lib.format.open_memmap(tmp / "global.npy", "w+", np.float32, (n, dim))}
+                   "global": np.lib.format.open_memmap(tmp / "global.npy", "w+", np.float32, (n, dim)),
+                   "inputs": np.lib.format.open_memmap(tmp / "inputs.npy", "w+", np.uint8, (n, *data.inputs.shape[1:]))}
             with tqdm(total=n, desc=f"library {ds.root.name}/{split}", unit="img", disable=not progress,
                       dynamic_ncols=True) as bar:
                 for i in range(0, n, CHUNK):
@@ -360,6 +363,7 @@ class ExemplarLibrary:
                     out["photos"][i:i + len(photos)] = photos
                     out["stage1"][i:i + len(photos)] = stage1
                     out["global"][i:i + len(photos)] = global_descriptors(stage1, batch_size)
+                    out["inputs"][i:i + len(photos)] = inputs
                     bar.update(len(photos))
             for a in _ARRAYS:
                 out[a].flush()
@@ -494,6 +498,8 @@ class ExemplarLibrary:
                 self._arrays[name] = parts[0]  # the memory map itself
             elif parts:
                 self._arrays[name] = np.concatenate(parts)
+            elif name == "inputs":
+                raise PixelNNError("the library is empty: it has no exemplar inputs")
             else:
                 shape = (self.dim,) if name == "global" else (self.image_size, self.image_size, 3)
                 self._arrays[name] = np.zeros((0, *shape), np.float32 if name == "global" else np.uint8)
@@ -508,6 +514,11 @@ class ExemplarLibrary:
     def stage1(self) -> np.ndarray:
         """Stage-1 outputs f(x_n), (N, S, S, 3) uint8, in position order."""
         return self._gather("stage1")
+
+    @property
+    def inputs(self) -> np.ndarray:
+        """Inputs x_n, (N, s, s, C) uint8, in position order (for descriptors computed from inputs)."""
+        return self._gather("inputs")
 
     @property
     def global_desc(self) -> np.ndarray:

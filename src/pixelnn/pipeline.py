@@ -1,0 +1,361 @@
+"""The PixelNN pipeline: input -> stage 1 -> retrieval -> pixel matching -> composition.
+
+>>> pipe = PixelNNPipeline.from_model_dir("models/shoes-edges")          # doctest: +SKIP
+>>> result = pipe(edge_map, where={"Subcategory": ["Sneakers"]}, seed=0)  # doctest: +SKIP
+>>> result.outputs.shape                                                 # doctest: +SKIP
+(72, 96, 96, 3)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from pixelnn.compose import COLORS, MODES, check_option, compose
+from pixelnn.config import TaskConfig
+from pixelnn.errors import PixelNNError
+from pixelnn.matching import OutputSpec, default_output_specs, match_windows, select_sets
+from pixelnn.models.regressor import Regressor, predict
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOP_K = 11
+DEFAULT_DESCRIPTOR = "hypercolumn"
+DEFAULT_PCA_DIMS = 64
+PCA_FIT_IMAGES = 200
+
+
+def load_pixel_descriptor(library: Any, name: str = DEFAULT_DESCRIPTOR, regressor: Regressor | None = None,
+                          pca_dims: int | None = DEFAULT_PCA_DIMS, seed: int = 0) -> Any:
+    """A pixel descriptor for a library, with its PCA fitted once on the library's exemplars and cached.
+
+    The PCA (``pca_dims`` components) is fitted on up to 200 evenly spaced exemplars (their stage-1
+    images for ``hypercolumn``, their inputs for ``regressor``) and stored in the library folder as
+    ``pca_<name>_<dims>.safetensors``; ``pca_dims=None`` returns the full descriptor.
+    """
+    from pixelnn.descriptors import PixelPCA, fit_pca, make_descriptor
+
+    full = make_descriptor(name, regressor=regressor)
+    if pca_dims is None:
+        return full
+    path = Path(library.root) / f"pca_{name}_{pca_dims}.safetensors"
+    if path.is_file():
+        pca = PixelPCA.load(path)
+    else:
+        n = len(library)
+        if n == 0:
+            raise PixelNNError("the library is empty")
+        pick = np.unique(np.linspace(0, n - 1, min(PCA_FIT_IMAGES, n)).astype(int))
+        images = library.inputs[pick] if full.takes == "inputs" else library.stage1[pick]
+        log.info("fitting a %d-dim PCA of the %s descriptor on %d exemplars (once per library)", pca_dims, name, len(pick))
+        pca = fit_pca(np.asarray(images), dims=pca_dims, seed=seed, descriptor=full)
+        pca.save(path)
+    return make_descriptor(name, regressor=regressor, pca=pca)
+
+
+@dataclass
+class SynthesisResult:
+    """Everything one synthesis produced, with per-pixel provenance.
+
+    Attributes
+    ----------
+    input : ndarray, (s, s, C) uint8
+        The input x.
+    stage1 : ndarray, (S, S, 3) uint8
+        f(x), the stage-1 regression.
+    outputs : ndarray, (O, S, S, 3) uint8
+        The composed outputs, one per spec.
+    specs : list of OutputSpec
+        Exemplar set (neighbour ranks) and window of every output.
+    neighbours : ndarray, (K,) int64
+        Library positions of the K retrieved exemplars, in rank order.
+    neighbour_ids : list of str
+        Their exemplar ids.
+    neighbour_similarity : ndarray, (K,) float32
+        Cosine similarity of their global descriptors to f(x)'s.
+    exemplar : ndarray, (O, S, S) int64
+        Library position each output pixel was copied from.
+    source_y, source_x : ndarray, (O, S, S) int64
+        Position in that exemplar.
+    similarity : ndarray, (O, S, S) float32
+        Cosine similarity of the pixel descriptors of the match.
+    mode, color : str
+        Composition mode and colour space used.
+    timings : dict
+        Seconds per step.
+    """
+
+    input: np.ndarray
+    stage1: np.ndarray
+    outputs: np.ndarray
+    specs: list[OutputSpec]
+    neighbours: np.ndarray
+    neighbour_ids: list[str]
+    neighbour_similarity: np.ndarray
+    exemplar: np.ndarray
+    source_y: np.ndarray
+    source_x: np.ndarray
+    similarity: np.ndarray
+    mode: str
+    color: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class PixelNNPipeline:
+    """Composes a stage-1 regressor, an exemplar library and a pixel descriptor.
+
+    Parameters
+    ----------
+    regressor : Regressor
+        The stage-1 network f.
+    library : pixelnn.library.ExemplarLibrary
+        Exemplars (photos y_n, stage-1 outputs f(x_n), global descriptors, labels).
+    task : TaskConfig
+        How inputs relate to photos (used by ``from_photo``).
+    descriptor : callable
+        Pixel descriptor: images (N, S, S, 3) uint8 -> (N, S*S, d) unit vectors.
+    """
+
+    def __init__(self, regressor: Regressor, library: Any, task: TaskConfig, descriptor: Any):
+        self.regressor = regressor.eval()
+        self.library = library
+        self.task = task
+        self.descriptor = descriptor
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path, library_dir: str | Path | None = None,
+                       descriptor: str = DEFAULT_DESCRIPTOR, pca_dims: int | None = DEFAULT_PCA_DIMS
+                       ) -> "PixelNNPipeline":
+        """Load the regressor, its library (default ``MODEL_DIR/library``) and a pixel descriptor.
+
+        ``pca_dims=None`` uses the full descriptor (1472 dims for the hypercolumn).
+        """
+        from pixelnn.library import ExemplarLibrary
+        from pixelnn.training import load_model_dir
+
+        regressor, config = load_model_dir(model_dir)
+        lib_dir = Path(library_dir) if library_dir else Path(model_dir) / "library"
+        if not (lib_dir / "library.json").is_file():
+            raise PixelNNError(f"no exemplar library in {lib_dir}; build it with `pixelnn index DATA_DIR --model {model_dir}`")
+        library = ExemplarLibrary.open(lib_dir)
+        task = TaskConfig.from_dict(config["task"])
+        return cls(regressor, library, task, load_pixel_descriptor(library, descriptor, regressor, pca_dims))
+
+    # ------------------------------------------------------------------ helpers
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """Validate an input against the task: (s, s, C) uint8 (a 2-D edge map gets a channel axis)."""
+        x = np.asarray(x)
+        if x.ndim == 2:
+            x = x[:, :, None]
+        c = self.regressor.config.in_channels
+        if x.ndim != 3 or x.dtype != np.uint8:
+            raise PixelNNError(f"input must be an (H, W, C) uint8 image, got {x.shape} {x.dtype}")
+        if x.shape[2] != c:
+            if c == 1 and x.shape[2] == 3:
+                x = np.round(x.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[:, :, None].astype(np.uint8)
+            elif c == 3 and x.shape[2] == 1:
+                x = np.repeat(x, 3, axis=2)
+            else:
+                raise PixelNNError(f"input has {x.shape[2]} channels; this model takes {c}")
+        s = self.regressor.config.input_size
+        if x.shape[:2] != (s, s):
+            raise PixelNNError(f"input is {x.shape[1]}x{x.shape[0]}; this model takes {s}x{s} "
+                               f"(use --from-photo to derive it from a photo)")
+        return x
+
+    def input_from_photo(self, photo: np.ndarray) -> np.ndarray:
+        """Derive the model's input from a photo (S, S, 3) uint8 with the task's rule."""
+        from pixelnn.tasks import derive_inputs
+
+        return derive_inputs(np.asarray(photo)[None], self.task)[0]
+
+    def allowed_positions(self, where: dict[str, Sequence[str]] | None = None, exemplars: Sequence[str] | None = None,
+                          like: Sequence[np.ndarray] | None = None, like_k: int = 50) -> np.ndarray | None:
+        """Library positions the exemplars may come from (None: all).
+
+        ``where`` keeps exemplars whose labels match (AND across keys, OR within one key's values);
+        ``exemplars`` names ids directly; ``like`` keeps the ``like_k`` exemplars nearest to each
+        given photo (compared as stage-1 reconstructions, like the query). Filters intersect.
+        """
+        allowed = None
+        if where or exemplars:
+            allowed = self.library.select(where=where or None, ids=list(exemplars) if exemplars else None)
+        if like:
+            from pixelnn.retrieval import global_descriptors
+
+            photos = np.stack([np.asarray(p) for p in like])
+            inputs = np.stack([self.input_from_photo(p) for p in photos]) if self.task.name != "paired" else None
+            recon = predict(self.regressor, inputs) if inputs is not None else photos
+            _, idx = self.library.search(global_descriptors(recon), like_k, allowed)
+            near = np.unique(idx[idx >= 0])
+            allowed = near if allowed is None else np.intersect1d(allowed, near)
+        if allowed is not None and len(allowed) == 0:
+            raise PixelNNError("the exemplar filters leave no exemplars; relax --where/--exemplars/--like")
+        return allowed
+
+    # ------------------------------------------------------------------ the story
+    def __call__(self, x: np.ndarray, *, specs: Sequence[OutputSpec] | None = None, top_k: int = DEFAULT_TOP_K,
+                 mode: str = "matched", color: str = "rgb", where: dict[str, Sequence[str]] | None = None,
+                 exemplars: Sequence[str] | None = None, like: Sequence[np.ndarray] | None = None,
+                 num_outputs: int | None = None, seed: int | None = None) -> SynthesisResult:
+        """Synthesize many outputs for one input x (s, s, C) uint8; see :class:`SynthesisResult`.
+
+        ``num_outputs`` keeps a random subset of the specs (drawn with ``seed``).
+        """
+        check_option("composition mode", mode, MODES)
+        check_option("color", color, COLORS)
+        t = {"start": time.perf_counter()}
+        specs = list(specs) if specs is not None else default_output_specs()
+        if num_outputs is not None and num_outputs < len(specs):
+            keep = np.sort(np.random.default_rng(seed).choice(len(specs), num_outputs, replace=False))
+            specs = [specs[i] for i in keep]
+        # 1. Stage 1: the smooth regression f(x).
+        x = self.check_input(x)
+        stage1 = predict(self.regressor, x[None])[0]  # (S, S, 3)
+        t["stage1"] = time.perf_counter()
+        # 2. Global retrieval: the K library exemplars whose f(x_n) is nearest to f(x), within the filters.
+        from pixelnn.retrieval import global_descriptors
+
+        allowed = self.allowed_positions(where, exemplars, like)
+        sim, idx = self.library.search(global_descriptors(stage1[None]), top_k, allowed)
+        found = idx[0] >= 0
+        neighbours, neighbour_sim = idx[0][found], sim[0][found]
+        if len(neighbours) == 0:
+            raise PixelNNError("no exemplars available for this query")
+        needed = max(max(s.ranks) for s in specs) + 1
+        if len(neighbours) < needed:
+            log.warning("%d exemplars retrieved (top_k=%d, %s available after filters) but the outputs use up to %d; "
+                        "outputs needing more are dropped", len(neighbours), top_k,
+                        "all" if allowed is None else len(allowed), needed)
+            specs = [s for s in specs if max(s.ranks) < len(neighbours)]
+            if not specs:
+                raise PixelNNError(f"only {len(neighbours)} exemplars available: no output's exemplar set fits")
+        t["retrieval"] = time.perf_counter()
+        # 3. Pixel descriptors of the query's and the neighbours' stage-1 images.
+        ex_photos = np.asarray(self.library.photos[neighbours])
+        ex_stage1 = np.asarray(self.library.stage1[neighbours])
+        desc = self._describe(x, stage1, neighbours, ex_stage1)  # (1 + K, P, d)
+        t["descriptors"] = time.perf_counter()
+        # 4. Windowed matching for all windows in one pass, then the exemplar sets.
+        size = stage1.shape[0]
+        windows = tuple(dict.fromkeys(s.window for s in specs))
+        best_sim, best_pos = match_windows(desc[0], desc[1:], size, size, windows)
+        rank, pos, pix_sim = select_sets(best_sim, best_pos, specs, windows)
+        t["matching"] = time.perf_counter()
+        # 5. Composition: copy the exemplars' high frequencies onto f(x).
+        outputs = compose(stage1, ex_photos, ex_stage1, rank, pos, specs, mode=mode, color=color,
+                          best_sim=best_sim, windows=windows)
+        t["composition"] = time.perf_counter()
+        # 6. Correspondences in library coordinates.
+        o = len(specs)
+        if mode == "global":  # same position, top-ranked member of the set
+            rank = torch.tensor([s.ranks[0] for s in specs])[:, None].expand(o, size * size)
+            pos = torch.arange(size * size)[None].expand(o, -1)
+        elif mode == "authors":  # same position, the member with the highest window similarity
+            pos = torch.arange(size * size)[None].expand(o, -1)
+        exemplar = neighbours[rank.numpy()].reshape(o, size, size)
+        sy, sx = np.divmod(pos.numpy().reshape(o, size, size), size)
+        steps = list(t)
+        timings = {b: t[b] - t[a] for a, b in zip(steps, steps[1:])}
+        timings["total"] = t[steps[-1]] - t["start"]
+        return SynthesisResult(
+            input=x, stage1=stage1, outputs=outputs, specs=specs, neighbours=neighbours,
+            neighbour_ids=[self.library.ids[i] for i in neighbours], neighbour_similarity=neighbour_sim,
+            exemplar=exemplar, source_y=sy, source_x=sx, similarity=pix_sim.numpy().reshape(o, size, size),
+            mode=mode, color=color, timings=timings)
+
+    def _describe(self, x: np.ndarray, stage1: np.ndarray, neighbours: np.ndarray, ex_stage1: np.ndarray) -> torch.Tensor:
+        if getattr(self.descriptor, "takes", "stage1") == "inputs":
+            ex_inputs = np.asarray(self.library.inputs[neighbours])
+            d = self.descriptor(np.concatenate([x[None], ex_inputs]))
+        else:
+            d = self.descriptor(np.concatenate([stage1[None], ex_stage1]))
+        return torch.as_tensor(d)
+
+
+def load_image_file(path: str | Path, size: int | None = None, fit: str = "pad", expect: Any = None) -> np.ndarray:
+    """Read a user's image file as uint8.
+
+    With ``size``: a photo fitted to ``size x size`` (``fit`` = pad on white or centre crop),
+    (S, S, 3). With ``expect`` (a RegressorConfig): a model input resized to its ``input_size``
+    (with a warning if it had another size) and converted to its channel count, (s, s, C).
+    Unreadable or corrupt files raise a one-line PixelNNError.
+    """
+    from PIL import Image
+
+    from pixelnn.data.images import UnusableImage, decode_image, fit_image
+
+    path = Path(path)
+    if not path.is_file():
+        raise PixelNNError(f"no such image file: {path}")
+    try:
+        im = decode_image(str(path))
+    except UnusableImage as e:
+        raise PixelNNError(f"cannot use {path}: {e}") from None
+    if size is not None:
+        return fit_image(im, size, fit, max_upscale=float("inf"))
+    s, c = expect.input_size, expect.in_channels
+    if im.size != (s, s):
+        log.warning("%s is %dx%d; resizing it to the model's %dx%d input", path, im.size[0], im.size[1], s, s)
+        im = im.resize((s, s), Image.BOX if im.size[0] > s else Image.BICUBIC)
+    arr = np.asarray(im.convert("L"))[:, :, None] if c == 1 else np.asarray(im)
+    return np.ascontiguousarray(arr)
+
+
+def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save_correspondence_maps: bool = True,
+                photo: np.ndarray | None = None) -> Path:
+    """Write a result the way ``pixelnn synthesize`` does, into ``out_dir`` (created atomically).
+
+    Files: ``input.png``, ``stage1.png``, ``output_001.png``..., ``grid.png``, ``correspondences.npz``
+    (per output and pixel: library position, exemplar index into ``exemplar_ids``, source y, source x,
+    similarity), ``manifest.json`` (per output: exemplar ids and ranks, window, mean similarity; per
+    exemplar id: source file and labels) and ``correspondence_001.png``... (paper Fig. 5).
+    """
+    import json
+
+    from pixelnn.io import atomic_dir, save_image
+    from pixelnn.visualize import correspondence_figure, output_grid
+
+    out_dir = Path(out_dir)
+    n = len(result.outputs)
+    k = len(result.neighbours)
+    ex_photos = np.asarray(library.photos[result.neighbours])
+    rank_of = {int(p): r for r, p in enumerate(result.neighbours)}
+    ranks = np.vectorize(rank_of.__getitem__, otypes=[np.int64])(result.exemplar)  # (O, S, S)
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        save_image(tmp / "input.png", result.input)
+        save_image(tmp / "stage1.png", result.stage1)
+        if photo is not None:
+            save_image(tmp / "photo.png", photo)
+        for o in range(n):
+            save_image(tmp / f"output_{o + 1:03d}.png", result.outputs[o])
+            if save_correspondence_maps:
+                fig = correspondence_figure(result.outputs[o], ranks[o], result.source_y[o], result.source_x[o],
+                                            result.specs[o].ranks, ex_photos, k)
+                save_image(tmp / f"correspondence_{o + 1:03d}.png", fig)
+        save_image(tmp / "grid.png", output_grid(result.stage1, result.input, result.outputs))
+        np.savez_compressed(tmp / "correspondences.npz", library_position=result.exemplar.astype(np.int64),
+                            exemplar_index=ranks.astype(np.int16), source_y=result.source_y.astype(np.int16),
+                            source_x=result.source_x.astype(np.int16), similarity=result.similarity.astype(np.float32),
+                            exemplar_ids=np.array(result.neighbour_ids))
+        manifest = {
+            "format": "pixelnn-synthesis", "version": 1, "mode": result.mode, "color": result.color,
+            "timings": {k_: round(v, 4) for k_, v in result.timings.items()},
+            "outputs": [{"file": f"output_{o + 1:03d}.png", "exemplar_ranks": [r + 1 for r in s.ranks],
+                         "exemplar_ids": [result.neighbour_ids[r] for r in s.ranks], "window": s.window_name,
+                         "window_size": s.window, "mean_similarity": round(float(result.similarity[o].mean()), 5)}
+                        for o, s in enumerate(result.specs)],
+            "exemplars": {result.neighbour_ids[r]: {"rank": r + 1, "library_position": int(p),
+                                                    "global_similarity": round(float(result.neighbour_similarity[r]), 5),
+                                                    "source": library.records[int(p)].get("source"),
+                                                    "labels": library.records[int(p)].get("labels", {})}
+                          for r, p in enumerate(result.neighbours)},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return out_dir

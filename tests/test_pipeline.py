@@ -1,0 +1,126 @@
+"""End-to-end stage 2 on tiny data: library -> pipeline -> saved results, filters and provenance."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pixelnn.cli import main
+from pixelnn.compose import recompose
+from pixelnn.data.dataset import Dataset
+from pixelnn.errors import PixelNNError
+from pixelnn.library import ExemplarLibrary
+from pixelnn.matching import OutputSpec, default_output_specs
+from pixelnn.pipeline import PixelNNPipeline, save_result
+
+from .conftest import make_dataset, make_tiny_model_dir
+
+pytest.importorskip("faiss")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("pipe")
+    model = make_tiny_model_dir(root / "model")
+    data = make_dataset(root / "data", n=30, seed=0)
+    ExemplarLibrary.build(None, model, [data], progress=False)
+    pipe = PixelNNPipeline.from_model_dir(model, pca_dims=16)
+    return root, model, data, pipe
+
+
+def test_72_outputs_with_consistent_provenance(setup):
+    root, model, data, pipe = setup
+    x = Dataset(data).split("val").inputs[0]
+    result = pipe(np.asarray(x), top_k=11)
+    assert result.outputs.shape == (72, 32, 32, 3)
+    assert len(result.neighbours) == 11 and len(set(result.neighbours.tolist())) == 11
+    assert result.exemplar.shape == result.source_y.shape == result.similarity.shape == (72, 32, 32)
+    for o, spec in enumerate(result.specs):  # every pixel comes from a member of the output's set
+        members = set(result.neighbours[list(spec.ranks)].tolist())
+        assert set(np.unique(result.exemplar[o]).tolist()) <= members
+    # the saved correspondences re-compose every output exactly from the library
+    lib = pipe.library
+    again = recompose(result.stage1, lib.photos, lib.stage1, result.exemplar, result.source_y, result.source_x)
+    assert np.array_equal(again, result.outputs)
+    # same-pixel windows copy from the same position
+    same = [o for o, s in enumerate(result.specs) if s.window == 1]
+    yy, xx = np.mgrid[0:32, 0:32]
+    assert all(np.array_equal(result.source_y[o], yy) and np.array_equal(result.source_x[o], xx) for o in same)
+
+
+def test_query_equal_to_exemplar_reproduces_it(setup):
+    root, model, data, pipe = setup
+    train = Dataset(data).split("train")
+    x = np.asarray(train.inputs[5])
+    result = pipe(x, specs=[OutputSpec((0,), 1)], top_k=1)
+    assert result.neighbour_ids == [train.records[5]["id"]]
+    assert np.array_equal(result.outputs[0], np.asarray(train.photos[5]))
+
+
+def test_filters_never_let_excluded_exemplars_in(setup):
+    root, model, data, pipe = setup
+    x = np.asarray(Dataset(data).split("val").inputs[1])
+    lib = pipe.library
+    allowed = set(lib.select(where={"kind": ["blob"]}).tolist())
+    result = pipe(x, where={"kind": ["blob"]}, top_k=11)
+    assert set(np.unique(result.exemplar).tolist()) <= allowed
+    assert all(lib.records[p]["labels"]["kind"] == "blob" for p in result.neighbours)
+    ids = [lib.ids[0], lib.ids[3], lib.ids[4]]
+    result = pipe(x, exemplars=ids, top_k=11)  # fewer than K: outputs needing more are dropped
+    assert set(result.neighbour_ids) == set(ids)
+    assert all(max(s.ranks) < 3 for s in result.specs) and len(result.specs) == 4 * 4  # 3 singles + (1,2,3)
+    like = [np.asarray(Dataset(data).split("train").photos[2])]
+    result = pipe(x, like=like, top_k=3)
+    near = set(pipe.allowed_positions(like=like).tolist())
+    assert set(np.unique(result.exemplar).tolist()) <= near
+    with pytest.raises(PixelNNError, match="kind"):
+        pipe(x, where={"kind": ["nonexistent"]})
+    with pytest.raises(PixelNNError):
+        pipe(x, where={"nolabel": ["x"]})
+
+
+@pytest.mark.parametrize("mode,color", [("matched", "luma"), ("global", "rgb"), ("authors", "rgb")])
+def test_modes_run(setup, mode, color):
+    root, model, data, pipe = setup
+    x = np.asarray(Dataset(data).split("val").inputs[2])
+    result = pipe(x, mode=mode, color=color, specs=default_output_specs(sets=[(0,), (0, 1, 2)], windows=(1, None)))
+    assert result.outputs.shape == (4, 32, 32, 3) and result.mode == mode
+
+
+def test_regressor_descriptor(setup):
+    root, model, data, pipe = setup
+    other = PixelNNPipeline.from_model_dir(model, descriptor="regressor", pca_dims=8)
+    result = other(np.asarray(Dataset(data).split("val").inputs[0]), top_k=11, num_outputs=5, seed=1)
+    assert result.outputs.shape == (5, 32, 32, 3)
+
+
+def test_save_result_and_cli(setup, tmp_path, capsys):
+    root, model, data, pipe = setup
+    x = np.asarray(Dataset(data).split("val").inputs[0])
+    result = pipe(x, num_outputs=6, seed=0)
+    out = save_result(result, tmp_path / "res", pipe.library)
+    names = {p.name for p in out.iterdir()}
+    assert {"input.png", "stage1.png", "grid.png", "correspondences.npz", "manifest.json",
+            "output_001.png", "output_006.png", "correspondence_006.png"} <= names
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["outputs"]) == 6 and set(manifest["exemplars"]) == set(result.neighbour_ids)
+    corr = np.load(out / "correspondences.npz", allow_pickle=False)
+    assert corr["library_position"].shape == (6, 32, 32)
+    # CLI: from a photo, with a label filter
+    from PIL import Image
+
+    Image.fromarray(np.asarray(Dataset(data).split("val").photos[0])).save(tmp_path / "shoe.png")
+    assert main(["-q", "synthesize", str(tmp_path / "shoe.png"), "--from-photo", "--model", str(model),
+                 "--out", str(tmp_path / "cli"), "--where", "kind=spot", "--pca-dims", "16",
+                 "--num-outputs", "4"]) == 0
+    manifest = json.loads((tmp_path / "cli" / "shoe" / "manifest.json").read_text())
+    assert all(e["labels"]["kind"] == "spot" for e in manifest["exemplars"].values())
+    assert (tmp_path / "cli" / "shoe" / "photo.png").is_file()
+    # bad input: one line, exit 2
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    assert main(["-q", "synthesize", str(tmp_path / "bad.png"), "--model", str(model), "--out", str(tmp_path / "x")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
