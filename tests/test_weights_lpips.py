@@ -251,3 +251,14 @@ def test_lpips_known_answers(net, expected):
     ref = np.stack([ims["ex_ref"], ims["ex_ref"]])
     d = lpips_distance(ref, np.stack([ims["ex_p0"], ims["ex_p1"]]), net=net)
     np.testing.assert_allclose(d, expected, atol=1e-3)
+
+
+def test_pairwise_lpips_matches_direct_distances():
+    from pixelnn.evaluation.lpips import lpips_distance, lpips_pairwise, mean_pairwise_lpips
+
+    imgs = np.random.default_rng(0).integers(0, 256, (4, 40, 40, 3), dtype=np.uint8)
+    d = lpips_pairwise(imgs)
+    assert d.shape == (4, 4) and np.allclose(d, d.T) and np.all(np.diag(d) == 0)
+    direct = lpips_distance(imgs[[0, 1, 2]], imgs[[1, 3, 3]])
+    assert np.allclose([d[0, 1], d[1, 3], d[2, 3]], direct, rtol=1e-4, atol=1e-5)
+    assert mean_pairwise_lpips(imgs) == pytest.approx(d[np.triu_indices(4, 1)].mean())

@@ -18,6 +18,8 @@ from __future__ import annotations
 import functools
 import logging
 
+import math
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -172,3 +174,45 @@ def lpips_distance(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, n
     if not out:
         return np.zeros(0, dtype=np.float64)
     return torch.cat(out).double().numpy()
+
+
+@torch.no_grad()
+def lpips_embed(images: np.ndarray | torch.Tensor, net: str = "alex", batch_size: int = 64) -> list[torch.Tensor]:
+    """Per-layer LPIPS embeddings: channel-normalised features scaled by sqrt of the linear heads.
+
+    LPIPS(a, b) = sum over layers of mean over positions of ||E_a - E_b||^2, so distances among
+    many images follow from one forward pass each (see :func:`lpips_pairwise`).
+
+    Returns
+    -------
+    list of Tensor
+        One (N, C_l * h_l * w_l) tensor per layer, divided by sqrt(h_l * w_l).
+    """
+    x = _to_lpips_tensor(images)
+    model = _cached_lpips(net)
+    per_layer: list[list[torch.Tensor]] = [[] for _ in model.layers]
+    for i in range(0, x.shape[0], batch_size):
+        feats = model.net((x[i:i + batch_size] - model.shift) / model.scale, layers=model.layers)
+        for j, (lin, name) in enumerate(zip(model.lins, model.layers)):
+            f = _normalize_channels(feats[name])  # (B, C, h, w)
+            e = f * lin.weight.view(1, -1, 1, 1).sqrt()
+            per_layer[j].append(e.flatten(1) / math.sqrt(f.shape[2] * f.shape[3]))
+    return [torch.cat(p) for p in per_layer]
+
+
+def lpips_pairwise(images: np.ndarray | torch.Tensor, net: str = "alex") -> np.ndarray:
+    """All pairwise LPIPS v0.1 distances among N images, (N, N) float64 (one forward pass per image)."""
+    total = None
+    for e in lpips_embed(images, net):
+        sq = (e * e).sum(dim=1)
+        d = (sq[:, None] + sq[None, :] - 2 * (e @ e.T)).clamp_min(0).double()
+        total = d if total is None else total + d
+    total.fill_diagonal_(0)
+    return total.numpy()
+
+
+def mean_pairwise_lpips(images: np.ndarray | torch.Tensor, net: str = "alex") -> float:
+    """Diversity: the mean LPIPS over all unordered pairs of distinct images."""
+    d = lpips_pairwise(images, net)
+    n = len(d)
+    return float(d[np.triu_indices(n, 1)].mean()) if n > 1 else 0.0
