@@ -58,7 +58,8 @@ def bundled_photo_folder(out_dir: Path, n: int = 800, seed: int = 0) -> Path:
 
 def run_demo(out_dir: str | Path, data: str | None = None, minutes: float = 2.0, progress: bool = True,
              limit: int = 3000) -> Path:
-    """Prepare a superres dataset, train stage 1 for ``minutes``, and write ``out_dir/index.html``.
+    """Prepare a superres dataset, train stage 1 for ``minutes``, build the exemplar library,
+    synthesize 72 outputs for three test inputs, and write ``out_dir/index.html``.
 
     Returns the path of the HTML page.
     """
@@ -71,26 +72,45 @@ def run_demo(out_dir: str | Path, data: str | None = None, minutes: float = 2.0,
     data_dir = out_dir / "data"
     with tempfile.TemporaryDirectory() as tmp:
         source = data if data else str(bundled_photo_folder(Path(tmp) / "photos"))
-        log.info("1/3 preparing a %s dataset from %s", task.name, data or "scikit-image's bundled photos")
+        log.info("1/4 preparing a %s dataset from %s", task.name, data or "scikit-image's bundled photos")
         report = prepare_dataset(source, data_dir, task, fit="crop" if not data else "auto", limit=limit,
                                  overwrite=True, progress=progress)
     log.info("%s", report.summary())
-    log.info("2/3 training the stage-1 regressor for %.1f min", minutes)
+    log.info("2/4 training the stage-1 regressor for %.1f min", minutes)
     result = train(data_dir, out_dir / "model", TrainConfig(minutes=minutes, val_every=100, sample_every=200),
                    resume=False, progress=progress)
 
-    log.info("3/3 writing the results page")
+    log.info("3/4 building the exemplar library and synthesizing")
+    from pixelnn.library import ExemplarLibrary
     from pixelnn.models.regressor import Regressor, predict
+    from pixelnn.pipeline import PixelNNPipeline, load_pixel_descriptor, save_result
+    from pixelnn.visualize import correspondence_figure
 
     ds = Dataset(data_dir)
     split = ds.split("test") if ds.manifest["counts"]["test"] else ds.split("val")
     model = Regressor.load(out_dir / "model" / "regressor.safetensors")
+    library = ExemplarLibrary.build(None, out_dir / "model", [data_dir], progress=progress, overwrite=True)
+    pipe = PixelNNPipeline(model, library, task, load_pixel_descriptor(library, regressor=model, fit_images=64))
     n = min(8, len(split))
     inputs, photos = np.asarray(split.inputs[:n]), np.asarray(split.photos[:n])
     stage1 = predict(model, inputs)
     bicubic = bicubic_upsample(inputs, task.size)
+    results = [pipe(x) for x in inputs[:3]]
+    for i, r in enumerate(results):
+        save_result(r, out_dir / "synthesis" / f"test_{i}", library, photo=photos[i])
+    log.info("4/4 writing the results page")
     save_image(out_dir / "results.png", image_grid([inputs, bicubic, stage1, photos]))
     save_image(out_dir / "training_samples.png", np.asarray(Image.open(out_dir / "model" / "samples" / "latest.png")))
+    save_image(out_dir / "stage2.png", image_grid([np.stack([r.stage1 for r in results])] +
+                                                  [r.outputs[[0, 14, 44, 60, 71]] for r in results] +
+                                                  [photos[:len(results)]]))
+    r0 = results[0]
+    ranks = np.vectorize({int(p): k for k, p in enumerate(r0.neighbours)}.__getitem__)(r0.exemplar)  # (O, S, S)
+    o = 71  # 5 exemplars, whole-image window: the most compositional output
+    save_image(out_dir / "correspondence.png", correspondence_figure(r0.outputs[o], ranks[o], r0.source_y[o],
+                                                                     r0.source_x[o], r0.specs[o].ranks,
+                                                                     np.asarray(library.photos[r0.neighbours]),
+                                                                     len(r0.neighbours)))
     m = result.metrics
     table = [["method", "PSNR (dB)", "SSIM"],
              ["bicubic upsampling", f"{m['bicubic_psnr']:.2f}", f"{m['bicubic_ssim']:.4f}"],
@@ -106,13 +126,23 @@ def run_demo(out_dir: str | Path, data: str | None = None, minutes: float = 2.0,
                  f"({result.seconds / 60:.1f} min, {result.images_per_second:.1f} images/s on this CPU). "
                  f"The 8 images below: PSNR {shown[0]} dB, SSIM {shown[1]}."],
                 table, [("results.png", "rows: 12x12 input (shown enlarged), bicubic, stage-1 f(x), photo")]),
+        Section("Stage 2: many outputs by copying exemplars' high frequencies",
+                [f"Exemplar library: {len(library)} training pairs. Each column is one test input: f(x), then "
+                 f"outputs 1, 15, 45, 61 and 72 of the {len(results[0].outputs)} (exemplar sets x windows), then "
+                 f"the photo. Full results with every output and its correspondences: synthesis/test_*/ "
+                 f"({results[0].timings['total']:.1f} s per input)."],
+                None, [("stage2.png", "rows: f(x); five of the 72 outputs; the photo"),
+                       ("correspondence.png", "top: an output (5 exemplars, whole-image window), where each pixel "
+                        "came from (colour = exemplar, shade = source position), source positions; bottom: the "
+                        "exemplars, framed in their colours")]),
         Section("Training", [], None, [("loss.png", "validation PSNR during training"),
                                        ("training_samples.png", "val samples: input, f(x), photo")]),
     ]
     return write_page(out_dir / "index.html", "PixelNN demo", sections,
-                      "Stage 1 of PixelNN: a fully convolutional regressor trained with L2 loss maps a 12x12 "
-                      "thumbnail to a smooth 96x96 image. Stage 2 (exemplar matching) will add the missing high "
-                      "frequencies and many diverse outputs.")
+                      "PixelNN turns an incomplete input (here a 12x12 thumbnail) into many photorealistic 96x96 "
+                      "images. Stage 1, a fully convolutional regressor trained with L2 loss, gives a smooth f(x); "
+                      "stage 2 copies the missing high frequencies from the nearest training exemplars, pixel by "
+                      "pixel, so every output pixel names the exemplar and position it came from.")
 
 
 def _plot_log(log_path: Path, out_png: Path) -> None:

@@ -32,10 +32,11 @@ PCA_FIT_IMAGES = 200
 
 
 def load_pixel_descriptor(library: Any, name: str = DEFAULT_DESCRIPTOR, regressor: Regressor | None = None,
-                          pca_dims: int | None = DEFAULT_PCA_DIMS, seed: int = 0) -> Any:
+                          pca_dims: int | None = DEFAULT_PCA_DIMS, seed: int = 0,
+                          fit_images: int = PCA_FIT_IMAGES) -> Any:
     """A pixel descriptor for a library, with its PCA fitted once on the library's exemplars and cached.
 
-    The PCA (``pca_dims`` components) is fitted on up to 200 evenly spaced exemplars (their stage-1
+    The PCA (``pca_dims`` components) is fitted on up to ``fit_images`` (200) evenly spaced exemplars (their stage-1
     images for ``hypercolumn``, their inputs for ``regressor``) and stored in the library folder as
     ``pca_<name>_<dims>.safetensors``; ``pca_dims=None`` returns the full descriptor.
     """
@@ -51,7 +52,7 @@ def load_pixel_descriptor(library: Any, name: str = DEFAULT_DESCRIPTOR, regresso
         n = len(library)
         if n == 0:
             raise PixelNNError("the library is empty")
-        pick = np.unique(np.linspace(0, n - 1, min(PCA_FIT_IMAGES, n)).astype(int))
+        pick = np.unique(np.linspace(0, n - 1, min(fit_images, n)).astype(int))
         images = library.inputs[pick] if full.takes == "inputs" else library.stage1[pick]
         log.info("fitting a %d-dim PCA of the %s descriptor on %d exemplars (once per library)", pca_dims, name, len(pick))
         pca = fit_pca(np.asarray(images), dims=pca_dims, seed=seed, descriptor=full)
