@@ -124,3 +124,18 @@ def test_save_result_and_cli(setup, tmp_path, capsys):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     assert main(["-q", "synthesize", str(tmp_path / "bad.png"), "--model", str(model), "--out", str(tmp_path / "x")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_borrowed_library(setup, tmp_path):
+    """--library OTHER_MODEL_DIR: exemplars come only from the other library (e.g. bags for shoes)."""
+    root, model, data, pipe = setup
+    other_model = make_tiny_model_dir(tmp_path / "other")
+    other_data = make_dataset(tmp_path / "other_data", n=20, seed=5, prefix="bag")
+    ExemplarLibrary.build(None, other_model, [other_data], progress=False)
+    from PIL import Image
+
+    Image.fromarray(np.asarray(Dataset(data).split("val").inputs[0])).save(tmp_path / "thumb.png")
+    assert main(["-q", "synthesize", str(tmp_path / "thumb.png"), "--model", str(model), "--library",
+                 str(other_model), "--out", str(tmp_path / "res"), "--pca-dims", "8", "--num-outputs", "3"]) == 0
+    manifest = json.loads((tmp_path / "res" / "thumb" / "manifest.json").read_text())
+    assert manifest["exemplars"] and all(i.startswith("bag") for i in manifest["exemplars"])
