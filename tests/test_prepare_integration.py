@@ -14,11 +14,13 @@ import pytest
 from pixelnn.config import TaskConfig
 from pixelnn.data.dataset import Dataset
 from pixelnn.data.prepare import prepare_dataset
+from pixelnn.config import TrainConfig
+from pixelnn.training import train
 
 pytestmark = pytest.mark.integration
 
 DATA = Path(os.environ.get("PIXELNN_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-N = 200
+N = 200  # images per zip
 
 
 def shared(name: str) -> Path:
@@ -37,6 +39,14 @@ def load_all(out: Path):
     return ds, photos, inputs, records
 
 
+def train_few_steps(data_dir: Path, model_dir: Path) -> None:
+    """A few optimisation steps of the real (default-size) regressor on the prepared data."""
+    result = train(data_dir, model_dir, TrainConfig(batch_size=4, max_steps=3, val_every=10**6, sample_every=10**6),
+                   progress=False, final_eval_limit=8)
+    assert result.steps == 3 and np.isfinite(result.metrics["psnr"])
+    assert (model_dir / "regressor.safetensors").is_file() and (model_dir / "samples" / "latest.png").is_file()
+
+
 def test_shoes_superres_pad(tmp_path):
     rep = prepare_dataset(shared("ut-zap50k-images-subset.zip"), tmp_path / "shoes", TaskConfig(),
                           fit="pad", limit=N, progress=False)
@@ -52,6 +62,7 @@ def test_shoes_superres_pad(tmp_path):
     corners = np.concatenate([photos[:, :4, :4], photos[:, -4:, -4:]], axis=1)
     assert corners.mean() > 250
     assert ds.manifest["fit"] == "pad" and ds.manifest["source_kind"] == "zip"
+    train_few_steps(tmp_path / "shoes", tmp_path / "model")
 
 
 def test_celeba_superres_crop_identity(tmp_path):
@@ -65,6 +76,7 @@ def test_celeba_superres_crop_identity(tmp_path):
     assert by_id["img_align_celeba/000001"]["labels"] == {"identity": "2880"}  # from the README example
     assert all(r["labels"]["identity"].isdigit() for r in records)
     assert photos.mean(axis=(1, 2, 3)).std() > 5  # real, varied faces (not blank padding)
+    train_few_steps(tmp_path / "celeba", tmp_path / "model")
 
 
 def test_cats_superres(tmp_path):
@@ -73,6 +85,7 @@ def test_cats_superres(tmp_path):
     ds, photos, inputs, records = load_all(tmp_path / "cats")
     assert photos.shape == (N, 96, 96, 3) and inputs.shape == (N, 12, 12, 3)
     assert all(r["labels"] == {} for r in records)
+    train_few_steps(tmp_path / "cats", tmp_path / "model")
 
 
 def test_edges2handbags_paired_btoa(tmp_path):
@@ -88,3 +101,18 @@ def test_edges2handbags_paired_btoa(tmp_path):
     chroma = photos.astype(int).max(-1) - photos.astype(int).min(-1)
     assert chroma.mean() > 5
     assert all(r["source"].startswith("edges2handbags-subset/train/") for r in records)  # first N in order
+    train_few_steps(tmp_path / "bags", tmp_path / "model")
+
+
+def test_shoes_hed_edges(tmp_path):
+    """HED edge maps of real shoes (a few dozen: HED is the slow part), then a few training steps."""
+    pytest.importorskip("h5py")
+    task = TaskConfig(name="edges", edge_method="hed")
+    rep = prepare_dataset(shared("ut-zap50k-images-subset.zip"), tmp_path / "edges", task, limit=24, progress=False)
+    ds, photos, inputs, records = load_all(tmp_path / "edges")
+    assert inputs.shape == (24, 96, 96, 1) and rep.task.input_channels == 1
+    # black strokes on white: mostly background, some strokes, and strokes sit where the shoe is (not on white)
+    strokes = inputs[..., 0] == 0
+    assert 0.01 < strokes.mean() < 0.2
+    assert (photos[strokes].mean() < photos[~strokes].mean())
+    train_few_steps(tmp_path / "edges", tmp_path / "model")
