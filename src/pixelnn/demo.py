@@ -127,11 +127,11 @@ def run_demo(out_dir: str | Path, data: str | None = None, minutes: float = 2.0,
                  f"The 8 images below: PSNR {shown[0]} dB, SSIM {shown[1]}."],
                 table, [("results.png", "rows: 12x12 input (shown enlarged), bicubic, stage-1 f(x), photo")]),
         Section("Stage 2: many outputs by copying exemplars' high frequencies",
-                [f"Exemplar library: {len(library)} training pairs. Each column is one test input: f(x), then "
-                 f"outputs 1, 15, 45, 61 and 72 of the {len(results[0].outputs)} (exemplar sets x windows), then "
-                 f"the photo. Full results with every output and its correspondences: synthesis/test_*/ "
+                [f"Exemplar library: {len(library)} training pairs. Top row: f(x) of three test inputs; then one "
+                 f"row per input with its outputs 1, 15, 45, 61 and 72 of {len(results[0].outputs)} (exemplar sets "
+                 f"x windows); bottom row: the photos. Every output with its correspondences: synthesis/test_*/ "
                  f"({results[0].timings['total']:.1f} s per input)."],
-                None, [("stage2.png", "rows: f(x); five of the 72 outputs; the photo"),
+                None, [("stage2.png", "top: f(x) per input; middle: five of the 72 outputs per input; bottom: the photos"),
                        ("correspondence.png", "top: an output (5 exemplars, whole-image window), where each pixel "
                         "came from (colour = exemplar, shade = source position), source positions; bottom: the "
                         "exemplars, framed in their colours")]),
