@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pixelnn.models.vgg import IMAGENET_MEAN, IMAGENET_STD, _check_layers, imagenet_normalize
+from pixelnn.models.vgg import IMAGENET_MEAN, IMAGENET_STD, imagenet_normalize, run_named_layers
 
 log = logging.getLogger(__name__)
 
@@ -64,20 +64,7 @@ class AlexNet(nn.Module):
         dict[str, Tensor]
             ``{name: activation}`` in the order requested (shapes in the module docstring).
         """
-        wanted = _check_layers(layers, self.layer_names)
-        out: dict[str, torch.Tensor] = {}
-        for name in self.layer_names:
-            if len(out) == len(wanted):
-                break  # nothing deeper is needed
-            if name.startswith("conv"):
-                x = getattr(self, name)(x)
-            elif name.startswith("relu"):
-                x = F.relu(x)
-            else:
-                x = F.max_pool2d(x, kernel_size=3, stride=2)
-            if name in wanted:
-                out[name] = x
-        return {name: out[name] for name in layers}
+        return run_named_layers(self, x, layers, lambda t: F.max_pool2d(t, kernel_size=3, stride=2))
 
 
 def alexnet(pretrained: bool = True) -> AlexNet:

@@ -15,7 +15,7 @@ Layer map for a (N, 3, 224, 224) input::
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -100,20 +100,27 @@ class VGG16(nn.Module):
             ``{name: activation}`` in the order requested; block b has 64·2^(b-1) channels
             (capped at 512) and spatial size H / 2^(b-1) (pool{b}: H / 2^b, floored).
         """
-        wanted = _check_layers(layers, self.layer_names)
-        out: dict[str, torch.Tensor] = {}
-        for name in self.layer_names:
-            if len(out) == len(wanted):
-                break  # nothing deeper is needed
-            if name.startswith("conv"):
-                x = getattr(self, name)(x)
-            elif name.startswith("relu"):
-                x = F.relu(x)
-            else:
-                x = F.max_pool2d(x, kernel_size=2, stride=2)
-            if name in wanted:
-                out[name] = x
-        return {name: out[name] for name in layers}
+        return run_named_layers(self, x, layers, lambda t: F.max_pool2d(t, kernel_size=2, stride=2))
+
+
+def run_named_layers(net: nn.Module, x: torch.Tensor, layers: Iterable[str],
+                     pool: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Run ``net.layer_names`` in order (``conv*`` submodules, ``relu*``, ``pool*`` via ``pool``),
+    stopping after the deepest requested layer; return the requested activations in request order."""
+    wanted = _check_layers(layers, net.layer_names)
+    out: dict[str, torch.Tensor] = {}
+    for name in net.layer_names:
+        if len(out) == len(wanted):
+            break  # nothing deeper is needed
+        if name.startswith("conv"):
+            x = getattr(net, name)(x)
+        elif name.startswith("relu"):
+            x = F.relu(x)
+        else:
+            x = pool(x)
+        if name in wanted:
+            out[name] = x
+    return {name: out[name] for name in layers}
 
 
 def _check_layers(layers: Iterable[str], known: list[str]) -> set[str]:
