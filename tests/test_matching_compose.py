@@ -9,7 +9,7 @@ import torch
 from pixelnn.compose import compose, recompose
 from pixelnn.errors import PixelNNError
 from pixelnn.matching import (OutputSpec, default_exemplar_sets, default_output_specs, match_windows,
-                              match_windows_naive, select_sets, window_indices)
+                              match_windows_naive, nested_offsets, select_sets, window_indices)
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
@@ -37,16 +37,36 @@ def test_window_indices_shift_inward_and_nest():
         window_indices(6, 6, 7)
 
 
-@pytest.mark.parametrize("h,w,chunk", [(9, 9, 7), (8, 11, 100)])
-def test_fast_matching_equals_naive_reference(h, w, chunk):
+@pytest.mark.parametrize("h,w,chunk,windows", [(9, 9, 7, (1, 3, 5, None)), (8, 11, 100, (1, 3, 5, None)),
+                                                (10, 7, 16, (None, 5, 1)), (6, 6, 5, (3,)), (5, 9, 64, (None,)),
+                                                (7, 7, 3, (4, 2, 6))])
+def test_fast_matching_equals_naive_reference(h, w, chunk, windows):
     g = torch.Generator().manual_seed(0)
     q = unit(torch.randn(h * w, 6, generator=g))
     e = unit(torch.randn(4, h * w, 6, generator=g))
-    windows = (1, 3, 5, None)
     sim, pos = match_windows(q, e, h, w, windows, chunk=chunk)
     sim_ref, pos_ref = match_windows_naive(q.numpy(), e.numpy(), h, w, windows)
     assert np.array_equal(pos.numpy(), pos_ref)
     assert np.allclose(sim.numpy(), sim_ref, atol=1e-6)
+
+
+def test_ties_resolve_to_the_lowest_index_like_the_reference():
+    g = torch.Generator().manual_seed(1)
+    q = torch.randint(0, 2, (8 * 8, 3), generator=g).float()  # few distinct values: many exact ties
+    e = torch.randint(0, 2, (3, 8 * 8, 3), generator=g).float()
+    windows = (1, 3, 5, None)
+    sim, pos = match_windows(q, e, 8, 8, windows, chunk=10)
+    sim_ref, pos_ref = match_windows_naive(q.numpy(), e.numpy(), 8, 8, windows)
+    assert np.array_equal(pos.numpy(), pos_ref) and np.array_equal(sim.numpy(), sim_ref)
+
+
+def test_nested_offsets_locate_inner_windows():
+    for h, w, outer, inner in [(9, 9, 5, 3), (7, 12, 7, 1), (6, 6, 6, 4)]:
+        big, small = window_indices(h, w, outer), window_indices(h, w, inner)
+        off = nested_offsets(h, w, outer, inner)
+        assert torch.equal(big.gather(1, off), small)
+    with pytest.raises(PixelNNError):
+        nested_offsets(9, 9, 3, 5)
 
 
 def test_select_sets_takes_most_similar_member():
@@ -56,6 +76,9 @@ def test_select_sets_takes_most_similar_member():
     assert rank.tolist() == [[0, 1], [2, 2]]
     assert pos.tolist() == [[5, 8], [9, 10]]
     assert torch.allclose(sim, torch.tensor([[0.9, 0.8], [0.5, 0.5]]))
+    tied = torch.tensor([[[0.5]], [[0.7]], [[0.7]]])  # ranks 1 and 2 tie: the lower rank wins
+    rank, _, _ = select_sets(tied, best_pos[:, :, :1], [OutputSpec((0, 1, 2), None), OutputSpec((2, 1), None)], (None,))
+    assert rank.tolist() == [[1], [2]]
     with pytest.raises(PixelNNError, match="needs 5 neighbours"):
         select_sets(best_sim, best_pos, [OutputSpec((4,), None)], (None,))
 

@@ -75,6 +75,13 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     print(index_command(args.data_dir, args.model, out=args.out, add=args.add, remove=args.remove,
                         progress=not args.quiet))
+    if args.pixel_cache:
+        from pixelnn.pipeline import PixelNNPipeline
+
+        pipe = PixelNNPipeline.from_model_dir(args.model, library_dir=args.out, descriptor=args.descriptor,
+                                              pca_dims=args.pca_dims)
+        added = pipe.fill_pixel_cache(progress=not args.quiet)
+        print(f"pixel cache: described {added} exemplars ({pipe.descriptor.name}) -> {pipe.pixel_cache.dir}")
     return 0
 
 
@@ -95,7 +102,8 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     if args.library:  # another model's folder (its library/ inside) or a library folder itself
         library_dir = Path(args.library) / "library" if (Path(args.library) / "library").is_dir() else Path(args.library)
     pipe = PixelNNPipeline.from_model_dir(args.model, library_dir=library_dir, descriptor=args.descriptor,
-                                          pca_dims=None if args.pca_dims == 0 else args.pca_dims)
+                                          pca_dims=None if args.pca_dims == 0 else args.pca_dims,
+                                          pixel_cache=not args.no_pixel_cache)
     where = _parse_where(args.where)
     exemplars = [e for item in args.exemplars or [] for e in item.split(",") if e]
     like = [load_image_file(p, pipe.task.size, fit=args.fit) for p in args.like or []]
@@ -164,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="library folder (default MODEL/library)")
     p.add_argument("--add", nargs="+", default=None, metavar="DATA_DIR", help="add these datasets' train pairs")
     p.add_argument("--remove", nargs="+", default=None, metavar="ID", help="remove these exemplar ids")
+    p.add_argument("--pixel-cache", action="store_true",
+                   help="also store every exemplar's pixel descriptors (1.2 MB each at 64 dims): faster synthesis")
+    p.add_argument("--descriptor", choices=("hypercolumn", "regressor"), default="hypercolumn",
+                   help="pixel descriptor to cache (with --pixel-cache)")
+    p.add_argument("--pca-dims", type=int, default=64, help="its PCA dims (with --pixel-cache)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("synthesize", help="many outputs with per-pixel correspondences for each input")
@@ -177,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--descriptor", choices=("hypercolumn", "regressor"), default="hypercolumn",
                    help="pixel descriptor: VGG-16 hypercolumns (default) or the stage-1 network's features")
     p.add_argument("--pca-dims", type=int, default=64, help="reduce descriptors by PCA (0: full descriptor)")
+    p.add_argument("--no-pixel-cache", action="store_true",
+                   help="do not read or store exemplar pixel descriptors in LIB_DIR/pixel_cache")
     p.add_argument("--top-k", type=int, default=11, help="global neighbours K (the default sets need 11)")
     p.add_argument("--windows", default=None, help="comma list of window sides or 'whole' (default 1,7,11,whole)")
     p.add_argument("--sets", default=None, help="comma list of 1-based rank ranges, e.g. 1,2,1-3,1-5")

@@ -121,22 +121,32 @@ class PixelNNPipeline:
         How inputs relate to photos (used by ``from_photo``).
     descriptor : callable
         Pixel descriptor: images (N, S, S, 3) uint8 -> (N, S*S, d) unit vectors.
+
+    pixel_cache : PixelDescriptorCache, optional
+        Where the exemplars' pixel descriptors are read from and stored (see :mod:`pixelnn.pixel_cache`);
+        None computes them for every query.
     """
 
-    def __init__(self, regressor: Regressor, library: Any, task: TaskConfig, descriptor: Any):
+    def __init__(self, regressor: Regressor, library: Any, task: TaskConfig, descriptor: Any,
+                 pixel_cache: Any = None):
         self.regressor = regressor.eval()
         self.library = library
         self.task = task
         self.descriptor = descriptor
+        self.pixel_cache = pixel_cache
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, library_dir: str | Path | None = None,
-                       descriptor: str = DEFAULT_DESCRIPTOR, pca_dims: int | None = DEFAULT_PCA_DIMS
-                       ) -> "PixelNNPipeline":
+                       descriptor: str = DEFAULT_DESCRIPTOR, pca_dims: int | None = DEFAULT_PCA_DIMS,
+                       pixel_cache: bool = True) -> "PixelNNPipeline":
         """Load the regressor, its library (default ``MODEL_DIR/library``) and a pixel descriptor.
 
-        ``pca_dims=None`` uses the full descriptor (1472 dims for the hypercolumn).
+        ``pca_dims=None`` uses the full descriptor (1472 dims for the hypercolumn). With
+        ``pixel_cache`` (default), exemplar pixel descriptors of at most 256 dims are kept in
+        ``LIB_DIR/pixel_cache`` once computed (1.2 MB per exemplar at 64 dims).
         """
+        from pixelnn.pixel_cache import MAX_CACHED_DIMS, PixelDescriptorCache
+
         from pixelnn.library import ExemplarLibrary
         from pixelnn.training import load_model_dir
 
@@ -146,7 +156,22 @@ class PixelNNPipeline:
             raise PixelNNError(f"no exemplar library in {lib_dir}; build it with `pixelnn index DATA_DIR --model {model_dir}`")
         library = ExemplarLibrary.open(lib_dir)
         task = TaskConfig.from_dict(config["task"])
-        return cls(regressor, library, task, load_pixel_descriptor(library, descriptor, regressor, pca_dims))
+        desc = load_pixel_descriptor(library, descriptor, regressor, pca_dims)
+        cache = PixelDescriptorCache(lib_dir / "pixel_cache", desc) if pixel_cache and desc.dims <= MAX_CACHED_DIMS else None
+        return cls(regressor, library, task, desc, cache)
+
+    def fill_pixel_cache(self, progress: bool = True) -> int:
+        """Describe every library exemplar not yet in the pixel cache (``pixelnn index --pixel-cache``).
+
+        Returns the number of exemplars described. Costs one descriptor pass per exemplar (about
+        0.07 s at 96x96 on 2 cores) and 1.2 MB of disk per exemplar at 64 dims.
+        """
+        if self.pixel_cache is None:
+            raise PixelNNError(f"descriptor {self.descriptor.name} ({self.descriptor.dims} dims) is not cached; "
+                               f"use a PCA-reduced descriptor")
+        takes_inputs = getattr(self.descriptor, "takes", "stage1") == "inputs"
+        images = self.library.inputs if takes_inputs else self.library.stage1
+        return self.pixel_cache.fill(images, progress=progress)
 
     # ------------------------------------------------------------------ helpers
     def check_input(self, x: np.ndarray) -> np.ndarray:
@@ -272,12 +297,18 @@ class PixelNNPipeline:
             mode=mode, color=color, timings=timings)
 
     def _describe(self, x: np.ndarray, stage1: np.ndarray, neighbours: np.ndarray, ex_stage1: np.ndarray) -> torch.Tensor:
+        """Pixel descriptors (1 + K, P, d) of the query and its neighbours, rounded to float16 precision
+        so that they are the same whether an exemplar's come from the pixel cache or not."""
+        from pixelnn.pixel_cache import round_descriptors
+
         if getattr(self.descriptor, "takes", "stage1") == "inputs":
-            ex_inputs = np.asarray(self.library.inputs[neighbours])
-            d = self.descriptor(np.concatenate([x[None], ex_inputs]))
+            query, ex_images = x[None], np.asarray(self.library.inputs[neighbours])
         else:
-            d = self.descriptor(np.concatenate([stage1[None], ex_stage1]))
-        return torch.as_tensor(d)
+            query, ex_images = stage1[None], ex_stage1
+        q = round_descriptors(torch.as_tensor(self.descriptor(query)))  # (1, P, d)
+        ex = self.pixel_cache(ex_images) if self.pixel_cache is not None else \
+            round_descriptors(torch.as_tensor(self.descriptor(ex_images)))  # (K, P, d)
+        return torch.cat([q, ex])
 
 
 def load_image_file(path: str | Path, size: int | None = None, fit: str = "pad", expect: Any = None) -> np.ndarray:
