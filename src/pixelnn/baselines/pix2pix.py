@@ -42,7 +42,8 @@ budget (steps or minutes) and decays linearly to 0 over the second half.
 - ``generator.safetensors`` / ``discriminator.safetensors``: weights, config in the metadata;
 - ``config.json``: task, both architectures, training settings, dataset;
 - ``train_state.safetensors``: both optimizers, step, time, data and dropout RNG states (resume);
-- ``train_log.jsonl``: one line per validation (losses, val L1/PSNR of one dropout sample);
+- ``train_log.jsonl``: one line per validation (smoothed train losses, val L1/PSNR of one dropout
+  sample per image on the first 256 val images; L1s in [0, 1] units);
 - ``samples/step_XXXXXXX.png`` and ``samples/latest.png``: rows input | 3 samples | photo;
 - ``metrics.json``: final val PSNR/SSIM/L1 of one sample per image and the spread of the samples.
 """
@@ -683,7 +684,8 @@ def _log_validation(gen: Generator, val_split: SplitData, out_dir: Path, step: i
     inputs, photos = np.asarray(val_split.inputs[:n]), np.asarray(val_split.photos[:n])
     out = _one_sample_each(gen, inputs, seed=0)
     entry = {"step": step, "elapsed": round(elapsed, 1),
-             "train_d": ema.get("d"), "train_g_gan": ema.get("g_gan"), "train_l1": ema.get("l1"),
+             "train_d": ema.get("d"), "train_g_gan": ema.get("g_gan"),
+             "train_l1": ema["l1"] / 2 if "l1" in ema else None,  # [-1, 1] -> [0, 1] units, as val_l1
              "val_l1": round(float(np.abs(out.astype(np.float32) - photos).mean() / 255.0), 5),
              "val_psnr": round(float(np.mean(psnr(out, photos))), 3),
              "images_per_second": round(images_per_second, 2)}
