@@ -62,6 +62,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_baseline_train(args: argparse.Namespace) -> int:
+    from pixelnn.baselines.pix2pix import Pix2PixConfig, train_pix2pix
+
+    config = Pix2PixConfig(batch_size=args.batch_size, max_steps=args.steps, minutes=args.minutes, seed=args.seed,
+                           num_threads=args.threads)
+    result = train_pix2pix(args.data_dir, args.out, config, resume=not args.restart, progress=not args.quiet)
+    m = result.metrics
+    print(f"pix2pix: trained {result.steps} steps in {result.seconds / 60:.1f} min ({result.images_per_second:.1f} img/s); "
+          f"val (one dropout sample per image) L1 {m['l1']:.4f}, PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}; "
+          f"sample spread (pairwise L1) {m['pairwise_l1']:.4f}")
+    print(f"model: {result.model_dir}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pixelnn.demo import run_demo
 
@@ -165,6 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm", choices=("batch", "group", "none"), default=None)
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("baseline-train", help="train the pix2pix baseline (U-Net + PatchGAN, L1 + cGAN) on a dataset")
+    p.add_argument("data_dir", help="folder written by `pixelnn prepare`")
+    p.add_argument("--out", required=True, help="model folder (resumes if it holds a checkpoint)")
+    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget, counted across resumes")
+    p.add_argument("--steps", type=int, default=100_000, help="maximum optimisation steps (default 100000)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    p.set_defaults(func=cmd_baseline_train)
 
     p = sub.add_parser("index", help="build or update the exemplar library of a trained model")
     p.add_argument("data_dir", help="prepared dataset whose train pairs become exemplars")

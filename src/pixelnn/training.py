@@ -114,12 +114,31 @@ def _val_loss(model: Regressor, split: SplitData, limit: int = 512, batch_size: 
     return total / max(n, 1)
 
 
-def _save_state(path: Path, opt: torch.optim.Optimizer, step: int, elapsed: float, rng: np.random.Generator,
-                images_seen: int) -> None:
+def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "") -> dict[str, torch.Tensor]:
+    """An optimizer's per-parameter state as flat tensors ``{prefix}{param_index}.{key}`` (for safetensors)."""
     tensors: dict[str, torch.Tensor] = {}
     for i, state in opt.state_dict()["state"].items():
         for k, v in state.items():
-            tensors[f"{i}.{k}"] = torch.as_tensor(v).detach().clone().contiguous()
+            tensors[f"{prefix}{i}.{k}"] = torch.as_tensor(v).detach().clone().contiguous()
+    return tensors
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str = "") -> None:
+    """Restore the state written by :func:`optimizer_tensors` (keys without ``prefix`` are ignored)."""
+    sd = opt.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        if not key.startswith(prefix):
+            continue
+        i, k = key[len(prefix):].split(".", 1)
+        state.setdefault(int(i), {})[k] = v
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+def _save_state(path: Path, opt: torch.optim.Optimizer, step: int, elapsed: float, rng: np.random.Generator,
+                images_seen: int) -> None:
+    tensors = optimizer_tensors(opt)
     meta = {"step": str(step), "elapsed": repr(elapsed), "images_seen": str(images_seen),
             "rng": json.dumps(rng.bit_generator.state)}
     with atomic_path(path) as tmp:
@@ -130,13 +149,7 @@ def _load_state(path: Path, opt: torch.optim.Optimizer, rng: np.random.Generator
     tensors = load_file(str(path))
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-    sd = opt.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, v in tensors.items():
-        i, k = key.split(".", 1)
-        state.setdefault(int(i), {})[k] = v
-    sd["state"] = state
-    opt.load_state_dict(sd)
+    load_optimizer_tensors(opt, tensors)
     rng.bit_generator.state = json.loads(meta["rng"])
     return int(meta["step"]), float(meta["elapsed"]), int(meta.get("images_seen", 0))
 
@@ -224,9 +237,7 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
     old_handler = signal.signal(signal.SIGINT, on_sigint) if _in_main_thread() else None
     n_train = len(train_split)
     t_start = time.perf_counter()
-    bar = tqdm(total=int(budget_s) if budget_s else config.max_steps, initial=int(elapsed_before) if budget_s else step,
-               unit="s" if budget_s else "step", disable=not progress, desc="train", dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]" if budget_s else None)
+    bar = budget_bar(budget_s, config.max_steps, elapsed_before, step, progress)
     last_bar = elapsed_before if budget_s else step
     images_this_run = 0
     train_loss_ema = None
@@ -287,6 +298,14 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
     if stop["flag"]:
         raise KeyboardInterrupt
     return TrainResult(model_dir, step, elapsed, throughput, metrics)
+
+
+def budget_bar(budget_s: float | None, max_steps: int, elapsed_before: float, step: int, progress: bool,
+               desc: str = "train") -> tqdm:
+    """A tqdm bar counting seconds of a time budget (or steps when there is none), resumed where it stopped."""
+    return tqdm(total=int(budget_s) if budget_s else max_steps, initial=int(elapsed_before) if budget_s else step,
+                unit="s" if budget_s else "step", disable=not progress, desc=desc, dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]" if budget_s else None)
 
 
 def _in_main_thread() -> bool:

@@ -54,6 +54,18 @@ def conv_block(c_in: int, c_out: int, norm: str = "batch") -> nn.Sequential:
     )
 
 
+def upsample_input(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize inputs x (B, C, s, s) to the output grid (B, C, size, size).
+
+    Bicubic for 3-channel images (superres thumbnails), bilinear for 1-channel maps (edges);
+    inputs already at ``size`` pass through unchanged.
+    """
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    mode = "bicubic" if x.shape[1] == 3 else "bilinear"
+    return F.interpolate(x, size=(size, size), mode=mode, align_corners=False)
+
+
 class Regressor(nn.Module):
     """U-Net regressor mapping an input x to a smooth image f(x).
 
@@ -85,10 +97,7 @@ class Regressor(nn.Module):
 
     def upsample_input(self, x: torch.Tensor) -> torch.Tensor:
         """Resize x (B, C, s, s) to the output grid (B, C, S, S): bicubic for images, bilinear for maps."""
-        if x.shape[-1] == self.config.size and x.shape[-2] == self.config.size:
-            return x
-        mode = "bicubic" if self.config.in_channels == 3 else "bilinear"
-        return F.interpolate(x, size=(self.config.size, self.config.size), mode=mode, align_corners=False)
+        return upsample_input(x, self.config.size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C_in, s, s) in [-1, 1] -> f(x): (B, C_out, S, S) in about [-1, 1]."""
