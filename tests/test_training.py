@@ -105,3 +105,20 @@ def test_minutes_budget_stops_training(tiny_superres_dataset, tmp_path):
 def test_not_a_dataset(tmp_path):
     with pytest.raises(PixelNNError, match="not a PixelNN dataset"):
         train(tmp_path, tmp_path / "m", progress=False)
+
+
+def test_cpu_clock_budget_counts_process_time(tiny_superres_dataset, tmp_path, monkeypatch):
+    import time as _time
+
+    cpu = {"t": 0.0}
+
+    def fake_process_time() -> float:  # CPU time advances 1 s per call: the budget ends after a few steps
+        cpu["t"] += 1.0
+        return cpu["t"]
+
+    monkeypatch.setattr(_time, "process_time", fake_process_time)
+    cfg = TrainConfig(batch_size=4, max_steps=1000, minutes=5 / 60, clock="cpu", val_every=1000, sample_every=1000)
+    result = train(tiny_superres_dataset, tmp_path / "m", cfg, progress=False, final_eval_limit=4)
+    assert 1 <= result.steps <= 5  # wall time would have allowed hundreds of steps
+    with pytest.raises(PixelNNError, match="valid: wall, cpu"):
+        TrainConfig(clock="gpu")

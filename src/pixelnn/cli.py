@@ -46,7 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pixelnn.training import train
 
     config = TrainConfig(batch_size=args.batch_size, lr=args.lr, max_steps=args.steps, minutes=args.minutes,
-                         val_every=args.val_every, sample_every=args.sample_every, seed=args.seed,
+                         clock=args.clock, val_every=args.val_every, sample_every=args.sample_every, seed=args.seed,
                          num_threads=args.threads)
     overrides = {k: v for k, v in {"base_channels": args.base_channels, "depth": args.depth,
                                    "norm": args.norm}.items() if v is not None}
@@ -66,7 +66,7 @@ def cmd_baseline_train(args: argparse.Namespace) -> int:
     from pixelnn.baselines.pix2pix import Pix2PixConfig, train_pix2pix
 
     config = Pix2PixConfig(batch_size=args.batch_size, max_steps=args.steps, minutes=args.minutes, seed=args.seed,
-                           num_threads=args.threads)
+                           num_threads=args.threads, clock=args.clock)
     result = train_pix2pix(args.data_dir, args.out, config, resume=not args.restart, progress=not args.quiet)
     m = result.metrics
     print(f"pix2pix: trained {result.steps} steps in {result.seconds / 60:.1f} min ({result.images_per_second:.1f} img/s); "
@@ -166,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the stage-1 regressor (L2 loss) on a prepared dataset")
     p.add_argument("data_dir", help="folder written by `pixelnn prepare`")
     p.add_argument("--out", required=True, help="model folder (resumes if it holds a checkpoint)")
-    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget, counted across resumes")
+    p.add_argument("--minutes", type=float, default=None, help="time budget, counted across resumes (see --clock)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="what --minutes counts: wall-clock time (default) or this process's CPU time, "
+                        "fair on a shared machine (with --threads 1 the two agree on an idle one)")
     p.add_argument("--steps", type=int, default=100_000, help="maximum optimisation steps (default 100000)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -183,7 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("baseline-train", help="train the pix2pix baseline (U-Net + PatchGAN, L1 + cGAN) on a dataset")
     p.add_argument("data_dir", help="folder written by `pixelnn prepare`")
     p.add_argument("--out", required=True, help="model folder (resumes if it holds a checkpoint)")
-    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget, counted across resumes")
+    p.add_argument("--minutes", type=float, default=None, help="time budget, counted across resumes (see --clock)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="what --minutes counts: wall-clock time (default) or this process's CPU time, "
+                        "fair on a shared machine (with --threads 1 the two agree on an idle one)")
     p.add_argument("--steps", type=int, default=100_000, help="maximum optimisation steps (default 100000)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)

@@ -101,6 +101,18 @@ class RegressorConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+#: What a training time budget counts: wall-clock time, or this process's CPU time (fair when the
+#: machine is shared: other programs' load does not eat the budget).
+CLOCKS = ("wall", "cpu")
+
+
+def check_clock(clock: str) -> None:
+    if clock not in CLOCKS:
+        from pixelnn.errors import PixelNNError
+
+        raise PixelNNError(f"invalid clock {clock!r}; valid: {', '.join(CLOCKS)}")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings for ``pixelnn train``."""
@@ -110,11 +122,15 @@ class TrainConfig:
     weight_decay: float = 1e-5  # the ||w||^2 term of eq. 1
     max_steps: int = 100_000
     minutes: float | None = None
+    clock: str = "wall"  # what `minutes` counts: "wall" time, or "cpu" time of this process (all threads)
     val_every: int = 500
     sample_every: int = 1000
     seed: int = 0
     num_threads: int | None = None
     augment_flip: bool = True
+
+    def __post_init__(self) -> None:
+        check_clock(self.clock)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -237,13 +237,15 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
     old_handler = signal.signal(signal.SIGINT, on_sigint) if _in_main_thread() else None
     n_train = len(train_split)
     t_start = time.perf_counter()
+    clock = budget_clock(config.clock)
+    c_start = clock()
     bar = budget_bar(budget_s, config.max_steps, elapsed_before, step, progress)
     last_bar = elapsed_before if budget_s else step
     images_this_run = 0
     train_loss_ema = None
     try:
         while True:
-            elapsed = elapsed_before + time.perf_counter() - t_start
+            elapsed = elapsed_before + clock() - c_start
             if (step >= config.max_steps or (budget_s and elapsed >= budget_s) or stop["flag"]
                     or (should_stop is not None and should_stop(step))):
                 break
@@ -262,7 +264,7 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
             images_seen += config.batch_size
             images_this_run += config.batch_size
             train_loss_ema = loss.item() if train_loss_ema is None else 0.95 * train_loss_ema + 0.05 * loss.item()
-            now = elapsed_before + time.perf_counter() - t_start
+            now = elapsed_before + clock() - c_start
             bar.update(int(now) - int(last_bar) if budget_s else 1)
             last_bar = now if budget_s else step
             if step % 10 == 0:
@@ -281,7 +283,7 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
     run_seconds = time.perf_counter() - t_start
-    elapsed = elapsed_before + run_seconds
+    elapsed = elapsed_before + clock() - c_start
     throughput = images_this_run / max(run_seconds, 1e-9)
     if stop["flag"]:
         log.warning("interrupted at step %d: saving a resumable checkpoint", step)
@@ -298,6 +300,14 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
     if stop["flag"]:
         raise KeyboardInterrupt
     return TrainResult(model_dir, step, elapsed, throughput, metrics)
+
+
+def budget_clock(clock: str):
+    """The timer a training budget counts: ``time.perf_counter`` ("wall") or ``time.process_time`` ("cpu")."""
+    from pixelnn.config import check_clock
+
+    check_clock(clock)
+    return time.process_time if clock == "cpu" else time.perf_counter
 
 
 def budget_bar(budget_s: float | None, max_steps: int, elapsed_before: float, step: int, progress: bool,

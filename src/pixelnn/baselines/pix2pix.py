@@ -72,7 +72,7 @@ from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.image_metrics import psnr, ssim
 from pixelnn.io import atomic_path, save_image, write_json
 from pixelnn.models.regressor import to_tensor, to_uint8, upsample_input
-from pixelnn.training import (TrainResult, _in_main_thread, budget_bar, load_optimizer_tensors,
+from pixelnn.training import (TrainResult, _in_main_thread, budget_bar, budget_clock, load_optimizer_tensors,
                               optimizer_tensors)
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,7 @@ class Pix2PixConfig:
     gan_loss: str = "bce"
     max_steps: int = 100_000
     minutes: float | None = None
+    clock: str = "wall"  # what `minutes` counts: "wall" time, or "cpu" time of this process (all threads)
     val_every: int = 200
     sample_every: int = 500
     seed: int = 0
@@ -590,13 +591,15 @@ def train_pix2pix(data_dir: str | Path, out_dir: str | Path, config: Pix2PixConf
     old_handler = signal.signal(signal.SIGINT, on_sigint) if _in_main_thread() else None
     n_train, size = len(train_split), gen.config.size
     t_start = time.perf_counter()
+    clock = budget_clock(config.clock)
+    c_start = clock()
     bar = budget_bar(budget_s, config.max_steps, elapsed_before, step, progress, desc="pix2pix")
     last_bar = elapsed_before if budget_s else step
     images_this_run = 0
     ema: dict[str, float] = {}
     try:
         while True:
-            elapsed = elapsed_before + time.perf_counter() - t_start
+            elapsed = elapsed_before + clock() - c_start
             if (step >= config.max_steps or (budget_s and elapsed >= budget_s) or stop["flag"]
                     or (should_stop is not None and should_stop(step))):
                 break
@@ -636,7 +639,7 @@ def train_pix2pix(data_dir: str | Path, out_dir: str | Path, config: Pix2PixConf
             images_this_run += config.batch_size
             for k, v in (("d", loss_d.item()), ("g_gan", loss_g_gan.item()), ("l1", loss_l1.item())):
                 ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
-            now = elapsed_before + time.perf_counter() - t_start
+            now = elapsed_before + clock() - c_start
             bar.update(int(now) - int(last_bar) if budget_s else 1)
             last_bar = now if budget_s else step
             if step % 10 == 0:
@@ -654,7 +657,7 @@ def train_pix2pix(data_dir: str | Path, out_dir: str | Path, config: Pix2PixConf
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
     run_seconds = time.perf_counter() - t_start
-    elapsed = elapsed_before + run_seconds
+    elapsed = elapsed_before + clock() - c_start
     throughput = images_this_run / max(run_seconds, 1e-9)
     if stop["flag"]:
         log.warning("interrupted at step %d: saving a resumable checkpoint", step)
