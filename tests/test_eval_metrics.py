@@ -46,6 +46,18 @@ def test_frechet_distance_is_rotation_invariant_and_zero_for_equal_gaussians():
         fidm.frechet_distance(mu, sigma, mu, sigma2, method="sqrtm"), rel=1e-8)
 
 
+def test_fid_from_features_equals_the_covariance_route():
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(6, 10)) @ rng.normal(size=(10, 10))  # fewer samples than dims: singular covariances
+    b = rng.normal(size=(9, 10)) + 0.5
+    expected = fidm.frechet_distance(*fidm.feature_stats(a), *fidm.feature_stats(b))
+    assert fidm.fid(a, b) == pytest.approx(expected, rel=1e-6)
+    c = rng.normal(size=(40, 10))  # more samples than dims: the covariance route itself
+    assert fidm.fid(c, b) == pytest.approx(fidm.frechet_distance(*fidm.feature_stats(c), *fidm.feature_stats(b),
+                                                                 method="sqrtm"), rel=1e-6)
+    assert fidm.fid(a, a) == pytest.approx(0.0, abs=1e-9)
+
+
 def test_fid_and_kid_on_features_grow_with_a_shift():
     rng = np.random.default_rng(1)
     a = rng.normal(size=(400, 8))
@@ -62,6 +74,11 @@ def test_kid_known_value_and_unbiased_near_zero_for_one_distribution():
     # cross terms (1, 1, 1, 27) -> MMD^2 = 1 + 1 - 2 * 7.5 = -13
     mean, std = fidm.kid(np.array([[0.0], [1.0]]), np.array([[0.0], [2.0]]), subsets=1, subset_size=2)
     assert mean == pytest.approx(-13.0) and std == 0.0
+    # cached kernel matrices and per-subset kernels give the same draws and numbers
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(30, 6)), rng.normal(size=(25, 6)) + 0.3
+    assert fidm.kid(x, y, subsets=7, subset_size=20, seed=1) == pytest.approx(
+        fidm.kid(x, y, subsets=7, subset_size=20, seed=1, max_cached=0), rel=1e-9)
     rng = np.random.default_rng(2)
     vals = np.array([fidm.kid(rng.normal(size=(40, 4)), rng.normal(size=(40, 4)), subsets=1, subset_size=40)[0]
                      for _ in range(300)])

@@ -40,7 +40,11 @@ def inception_path():
 @functools.lru_cache(maxsize=2)
 def load_inception(device: str = "cpu") -> torch.jit.ScriptModule:
     """The FID Inception-v3 feature extractor: (N, 3, 299, 299) in [-1, 1) -> (N, 2048) pool features."""
-    model = torch.jit.load(str(inception_path()), map_location=device)
+    import warnings
+
+    with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript loading; the file is TorchScript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = torch.jit.load(str(inception_path()), map_location=device)
     model.eval()  # saved in training mode; its convolutions have folded batch norm, but be explicit
     return model
 
@@ -116,10 +120,11 @@ def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return feats.mean(axis=0), np.cov(feats, rowvar=False)
 
 
-def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric PSD matrix (negative rounding eigenvalues clipped to 0)."""
-    w, v = np.linalg.eigh((sigma + sigma.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+def _psd_sqrt(sigma: np.ndarray) -> torch.Tensor:
+    """Symmetric square root of a symmetric PSD matrix (negative rounding eigenvalues clipped to 0), float64."""
+    s = torch.from_numpy(np.ascontiguousarray((sigma + sigma.T) / 2))
+    w, v = torch.linalg.eigh(s)
+    return (v * w.clamp_min(0).sqrt()) @ v.T
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
@@ -148,9 +153,11 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         raise ValueError(f"mismatched Gaussian shapes: {mu1.shape}, {sigma1.shape}, {mu2.shape}, {sigma2.shape}")
     diff = mu1 - mu2
     if method == "eigh":
+        # torch's LAPACK/BLAS: numpy's bundled OpenBLAS took minutes for one 2048x2048 eigh here
         root1 = _psd_sqrt(sigma1)
-        lam = np.linalg.eigvalsh(root1 @ ((sigma2 + sigma2.T) / 2) @ root1)
-        tr_covmean = float(np.sqrt(np.clip(lam, 0, None)).sum())
+        s2 = torch.from_numpy(np.ascontiguousarray((sigma2 + sigma2.T) / 2))
+        lam = torch.linalg.eigvalsh(root1 @ s2 @ root1)
+        tr_covmean = float(lam.clamp_min(0).sqrt().sum())
     elif method == "sqrtm":
         covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
         if not np.isfinite(covmean).all():
@@ -169,24 +176,50 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def fid(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
-    """FID between two feature sets (N_a, d) and (N_b, d) (e.g. :func:`inception_features`)."""
-    return frechet_distance(*feature_stats(feats_a), *feature_stats(feats_b))
+    """FID between two feature sets (N_a, d) and (N_b, d) (e.g. :func:`inception_features`).
+
+    Equal to ``frechet_distance(*feature_stats(a), *feature_stats(b))``. When a set has fewer samples
+    than dimensions it is computed from the features directly: with centred ``A = (a - mean) / sqrt(N_a - 1)``
+    and ``B`` likewise, ``sigma_a sigma_b = A^T A B^T B`` has the nonzero eigenvalues of ``(A B^T)(A B^T)^T``,
+    so ``tr((sigma_a sigma_b)^(1/2))`` is the sum of the singular values of the (N_a, N_b) matrix
+    ``A B^T`` — exact, real, and far cheaper than a (d, d) matrix square root.
+    """
+    a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
+        raise ValueError(f"need two feature sets (N >= 2, d) of one width, got {a.shape} and {b.shape}")
+    if min(len(a), len(b)) > a.shape[1]:
+        return frechet_distance(*feature_stats(a), *feature_stats(b))
+    ta = torch.from_numpy(a)
+    tb = torch.from_numpy(b)
+    ma, mb = ta.mean(0), tb.mean(0)
+    ca = (ta - ma) / np.sqrt(len(a) - 1)
+    cb = (tb - mb) / np.sqrt(len(b) - 1)
+    tr_covmean = torch.linalg.svdvals(ca @ cb.T).sum()
+    d = ((ma - mb) ** 2).sum() + (ca ** 2).sum() + (cb ** 2).sum() - 2 * tr_covmean
+    return float(d)
 
 
-def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
-    """Unbiased MMD^2 with the polynomial kernel k(a, b) = (a.b / d + 1)^3, x (m, d), y (m, d)."""
-    m, d = x.shape
-    kxx = (x @ x.T / d + 1) ** 3
-    kyy = (y @ y.T / d + 1) ** 3
-    kxy = (x @ y.T / d + 1) ** 3
-    sum_xx = (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
-    sum_yy = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+def _poly_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """k(a, b) = (a.b / d + 1)^3 between rows of x (m, d) and y (n, d) -> (m, n) float64."""
+    return (x @ y.T / x.shape[1] + 1) ** 3
+
+
+def _mmd2_unbiased(kxx: torch.Tensor, kyy: torch.Tensor, kxy: torch.Tensor) -> float:
+    """Unbiased MMD^2 from the kernel blocks of two samples of one size m."""
+    m = kxx.shape[0]
+    sum_xx = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
+    sum_yy = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
     return float(sum_xx + sum_yy - 2 * kxy.mean())
 
 
 def kid(feats_a: np.ndarray, feats_b: np.ndarray, subsets: int = 100, subset_size: int = 1000,
-        seed: int = 0) -> tuple[float, float]:
+        seed: int = 0, max_cached: int = 6000) -> tuple[float, float]:
     """Kernel Inception Distance: unbiased polynomial-kernel MMD^2, averaged over random subsets.
+
+    As torch-fidelity / clean-fid: kernel ``k(a, b) = (a.b / d + 1)^3``; each of ``subsets`` rounds
+    draws ``m = min(subset_size, N_a, N_b)`` samples of each set without replacement and computes
+    the unbiased MMD^2. The full kernel matrices are computed once (when both sets have at most
+    ``max_cached`` samples) and indexed per subset.
 
     Parameters
     ----------
@@ -197,17 +230,31 @@ def kid(feats_a: np.ndarray, feats_b: np.ndarray, subsets: int = 100, subset_siz
         Samples per subset (capped at min(N_a, N_b); at least 2 are needed).
     seed : int
         Seed of the subset draws.
+    max_cached : int
+        Largest set for which the whole kernel matrix is kept.
 
     Returns
     -------
     (float, float)
         Mean and standard deviation of MMD^2 over the subsets (the KID and its spread).
     """
-    a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
+    a = torch.from_numpy(np.ascontiguousarray(feats_a, np.float64))
+    b = torch.from_numpy(np.ascontiguousarray(feats_b, np.float64))
     m = min(subset_size, len(a), len(b))
     if m < 2:
         raise ValueError(f"KID needs at least 2 samples per set, got {len(a)} and {len(b)}")
     rng = np.random.default_rng(seed)
-    vals = np.array([_mmd2_unbiased(a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)])
-                     for _ in range(subsets)])
-    return float(vals.mean()), float(vals.std())
+    cached = max(len(a), len(b)) <= max_cached
+    if cached:
+        kaa, kbb, kab = _poly_kernel(a, a), _poly_kernel(b, b), _poly_kernel(a, b)
+    vals = []
+    for _ in range(subsets):
+        ia = torch.from_numpy(rng.choice(len(a), m, replace=False))
+        ib = torch.from_numpy(rng.choice(len(b), m, replace=False))
+        if cached:
+            vals.append(_mmd2_unbiased(kaa[ia][:, ia], kbb[ib][:, ib], kab[ia][:, ib]))
+        else:
+            x, y = a[ia], b[ib]
+            vals.append(_mmd2_unbiased(_poly_kernel(x, x), _poly_kernel(y, y), _poly_kernel(x, y)))
+    v = np.array(vals)
+    return float(v.mean()), float(v.std())
