@@ -105,8 +105,8 @@ def fidelity(outputs: np.ndarray, photo: np.ndarray, rand_index: int) -> dict[st
     from pixelnn.evaluation.image_metrics import psnr, ssim
     from pixelnn.evaluation.lpips import lpips_distance
 
-    photos = np.broadcast_to(photo, outputs.shape)
-    lp = lpips_distance(outputs, np.ascontiguousarray(photos))
+    photos = np.repeat(np.asarray(photo)[None], len(outputs), axis=0)
+    lp = lpips_distance(np.ascontiguousarray(outputs), photos)
     ps = np.minimum(psnr(outputs, photos), 100.0)  # identical images: cap +inf at 100 dB
     ss = ssim(outputs, photos)
     best = int(np.argmin(lp))
@@ -249,8 +249,8 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
         bar = tqdm(total=len(positions), desc="evaluate", unit="input")
     for row, pos in enumerate(positions):
         pos = int(pos)
-        x = np.asarray(split.inputs[pos])
-        photo = np.asarray(split.photos[pos])
+        x = np.array(split.inputs[pos])  # copies: the split is memory-mapped read-only
+        photo = np.array(split.photos[pos])
         rng = np.random.default_rng([settings.seed, pos])  # per-input draws, independent of the other inputs
         t = time.perf_counter()
         res = pipe(x, top_k=settings.top_k, num_outputs=settings.num_outputs, seed=settings.seed + pos)
@@ -373,8 +373,9 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
         "seconds_per_input": {k: round(v / n_eval, 4) for k, v in timings.items() if k.startswith("synthesis")},
         "wall_seconds": round(timings["total"], 2),
     }
+    metrics = _jsonable(metrics)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        write_json(tmp / "metrics.json", _jsonable(metrics))
+        write_json(tmp / "metrics.json", metrics)
         with open(tmp / "per_input.jsonl", "w") as f:
             for r in per_input:
                 f.write(json.dumps(_jsonable(r)) + "\n")
