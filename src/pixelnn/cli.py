@@ -140,8 +140,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                  overwrite=args.overwrite, progress=not args.quiet)
     for name, s in m["methods"].items():
         fid = "-" if s.get("fid") is None else f"{s['fid']:.1f}"
+        div = "-" if s.get("diversity_lpips") is None else f"{s['diversity_lpips']:.3f}"
         print(f"{name}: LPIPS Rand-1 {s['rand1_lpips']:.3f} Oracle {s['oracle_lpips']:.3f}; "
-              f"diversity {s.get('diversity_lpips') or 0:.3f}; FID {fid}; spectral distance {s['spectral_distance_db']:.2f} dB")
+              f"diversity {div}; FID {fid}; spectral distance {s['spectral_distance_db']:.2f} dB")
     print(f"evaluated {m['num_inputs']} inputs in {m['wall_seconds'] / 60:.1f} min -> {args.out}")
     return 0
 
