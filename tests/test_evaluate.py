@@ -81,6 +81,7 @@ def test_evaluate_writes_every_number(setup):
     with np.load(out / "examples.npz") as ex:
         assert ex["pixelnn"].shape == (2, 8, 32, 32, 3) and ex["pix2pix"].shape == (2, 8, 32, 32, 3)
         assert ex["inputs"].shape == ex["photos"].shape == ex["stage1"].shape == ex["correspondence"].shape == (2, 32, 32, 3)
+        assert ex["correspondence_index"].shape == (2,) and ((0 <= ex["correspondence_index"]) & (ex["correspondence_index"] < 8)).all()
     with np.load(out / "spectra.npz") as sp:
         assert set(sp.files) == {"freqs", "pixelnn", "pix2pix", "stage1", "photos"} and sp["freqs"].shape == (17,)
 

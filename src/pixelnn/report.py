@@ -82,7 +82,7 @@ def evaluation_sections(metrics: dict, image_dir: str) -> list[Section]:
                         _fmt(s["rand1_ssim"]), "", ""])
         quality.append([f"{_METHOD_LABELS[m]} (Oracle)", _fmt(s["oracle_lpips"]), _fmt(s["oracle_psnr"], 2),
                         _fmt(s["oracle_ssim"]), _fmt(s["oracle_own_psnr"], 2), _fmt(s["oracle_own_ssim"])])
-    faith = metrics["protocol"]["faithfulness"]
+    faith = metrics.get("faithfulness_kind")
     head = ["method"]
     if faith == "superres_psnr":
         head.append("input PSNR ↑ (dB)")
@@ -108,7 +108,7 @@ def evaluation_sections(metrics: dict, image_dir: str) -> list[Section]:
             "lowest LPIPS (its PSNR and SSIM alongside); best PSNR / best SSIM: each metric's own best output."],
             table=quality),
         Section("Faithfulness, diversity, realism, frequency content", [
-            f"Faithfulness: {faith}. " + metrics["protocol"]["diversity"] + ". FID/KID: " + metrics["protocol"]["fid_kid"]
+            f"Faithfulness: {metrics['protocol']['faithfulness']}. Diversity: " + metrics["protocol"]["diversity"] + ". FID/KID: " + metrics["protocol"]["fid_kid"]
             + ". Spectral distance: " + metrics["protocol"]["spectral_distance_db"] + "."], table=other),
         Section("Frequency analysis (paper Fig. 4)", figures=[(f"{image_dir}/spectrum.png",
                                                                "Radially averaged power spectra")]),
@@ -166,8 +166,10 @@ def write_evaluation_page(report_dir: str | Path, page_dir: str | Path, name: st
                 row.append(ex["photos"][i:i + 1])
                 file = f"example_{i + 1:02d}.png"
                 save_image(img_dir / file, image_grid([np.concatenate(row)]))
-                figs.append((f"{name}/{file}", f"Input {i + 1}"))
-        order = "input, stage 1, eight PixelNN outputs, the correspondence map of the first of them"
+                j = int(ex["correspondence_index"][i]) + 1 if "correspondence_index" in ex.files else 1
+                figs.append((f"{name}/{file}", f"Input {i + 1}; the correspondence map is of PixelNN output {j} of 8"))
+        order = ("input, stage 1, eight PixelNN outputs, the correspondence map of one of them (each pixel coloured by "
+                 "the exemplar it was copied from, shaded by the source position)")
         order += ", eight pix2pix samples" if has_p2p else " (pix2pix not evaluated)"
         sections.insert(2, Section("Examples", [order + ", the photo."], figures=figs))
     task = metrics.get("task", {})

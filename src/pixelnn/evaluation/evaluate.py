@@ -352,13 +352,19 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
         "experiment": out.name, "model_dir": str(model_dir), "data_dir": str(data_dir),
         "library_dir": str(library_dir) if library_dir else str(model_dir / "library"),
         "pix2pix_dir": str(pix2pix) if isinstance(pix2pix, (str, Path)) else (type(pix2pix).__name__ if pix2pix else None),
-        "task": task.to_dict(), "split": settings.split, "split_size": len(split), "num_inputs": n_eval,
+        "faithfulness_kind": faith_kind, "task": task.to_dict(), "split": settings.split, "split_size": len(split),
+        "num_inputs": n_eval,
         "settings": asdict(settings),
         "protocol": {
             "rand1": "one output per input drawn with the seed; LPIPS, PSNR and SSIM of that output",
             "oracle": "the output with the lowest LPIPS to the photo; its LPIPS, PSNR and SSIM",
             "oracle_own": "best PSNR and best SSIM among the outputs, each chosen by itself",
-            "faithfulness": faith_kind or "none (inputs are neither thumbnails nor edge maps)",
+            "faithfulness": {
+                "superres_psnr": f"PSNR of every output area-downsampled by {task.factor} to the input thumbnail",
+                "edges": f"{task.edge_method.upper()} edges of {settings.faithfulness_outputs_per_input} seeded outputs per "
+                         f"input (scale {task.hed_scale}, pix2pix NMS) vs the input strokes: average precision and best "
+                         f"F1 over 99 thresholds, {settings.edge_tolerance:g}-px tolerance",
+            }.get(faith_kind, "none (the inputs are neither thumbnails nor edge maps)"),
             "diversity": f"mean LPIPS between consecutive outputs of {settings.diversity_outputs} seeded outputs per "
                          f"input, over the first {min(settings.diversity_inputs, n_eval)} inputs (BicycleGAN)",
             "fid_kid": f"{settings.fid_outputs_per_input} seeded outputs per input vs {len(real_feats)} real photos "
@@ -397,7 +403,8 @@ def _nanmean(a: np.ndarray) -> float | None:
 
 def _collect_example(examples: dict[str, list[np.ndarray]], x: np.ndarray, photo: np.ndarray, res: Any,
                      p2p: np.ndarray | None, library: Any) -> None:
-    """Arrays for one report row: input (as RGB at photo size), photo, stage-1, 8 outputs, correspondence map."""
+    """Arrays for one report row: input (as RGB at photo size), photo, stage-1, 8 outputs, the correspondence map
+    of the one of them that uses the most exemplars (its position among the 8 in ``correspondence_index``)."""
     from pixelnn.data.dataset import resize_nearest, to_rgb
     from pixelnn.visualize import correspondence_map
 
@@ -409,7 +416,10 @@ def _collect_example(examples: dict[str, list[np.ndarray]], x: np.ndarray, photo
     examples["stage1"].append(res.stage1)
     examples["pixelnn"].append(res.outputs[pick])
     rank_of = {int(p): r for r, p in enumerate(res.neighbours)}
-    o = int(pick[0])
+    # map the shown output that draws on the most exemplars (the most telling composition)
+    j = int(np.argmax([len(np.unique(res.exemplar[o])) for o in pick]))
+    o = int(pick[j])
+    examples["correspondence_index"].append(np.int64(j))
     ranks = np.vectorize(rank_of.__getitem__, otypes=[np.int64])(res.exemplar[o])
     examples["correspondence"].append(correspondence_map(ranks, res.source_y[o], res.source_x[o], len(res.neighbours)))
     examples["correspondence_output"].append(res.outputs[o])
