@@ -101,6 +101,7 @@ def evaluation_sections(metrics: dict, image_dir: str) -> list[Section]:
         row += [_fmt(s.get("diversity_lpips")), _fmt(s.get("fid"), 1), kid, _fmt(s.get("spectral_distance_db"), 2)]
         other.append(row)
     st = metrics["settings"]
+    proto = metrics["protocol"]
     sections = [
         Section("Fidelity to the photo (paper Tables 1–2)", [
             f"{metrics['num_inputs']} inputs of the {metrics['split']} split ({metrics['split_size']} pairs), "
@@ -108,8 +109,8 @@ def evaluation_sections(metrics: dict, image_dir: str) -> list[Section]:
             "lowest LPIPS (its PSNR and SSIM alongside); best PSNR / best SSIM: each metric's own best output."],
             table=quality),
         Section("Faithfulness, diversity, realism, frequency content", [
-            f"Faithfulness: {metrics['protocol']['faithfulness']}. Diversity: " + metrics["protocol"]["diversity"] + ". FID/KID: " + metrics["protocol"]["fid_kid"]
-            + ". Spectral distance: " + metrics["protocol"]["spectral_distance_db"] + "."], table=other),
+            f"Faithfulness: {proto['faithfulness']}. Diversity: {proto['diversity']}. FID/KID: {proto['fid_kid']}. "
+            f"Spectral distance: {proto['spectral_distance_db']}."], table=other),
         Section("Frequency analysis (paper Fig. 4)", figures=[(f"{image_dir}/spectrum.png",
                                                                "Radially averaged power spectra")]),
     ]
