@@ -144,6 +144,38 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pixelnn.evaluation.evaluate import EvalSettings, evaluate
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    library_dir = None
+    if args.library:  # as in synthesize: another model's folder or a library folder itself
+        library_dir = Path(args.library) / "library" if (Path(args.library) / "library").is_dir() else Path(args.library)
+    settings = EvalSettings(split=args.split, num_inputs=args.num_inputs, num_outputs=args.num_outputs, seed=args.seed,
+                            fid_outputs_per_input=args.fid_outputs_per_input, fid_real_photos=args.fid_real_photos,
+                            faithfulness_outputs_per_input=args.faithfulness_outputs_per_input,
+                            num_examples=args.num_examples)
+    m = evaluate(args.model, args.out, settings, data_dir=args.data, pix2pix=args.pix2pix, library_dir=library_dir,
+                 overwrite=args.overwrite, progress=not args.quiet)
+    for name, s in m["methods"].items():
+        fid = "-" if s.get("fid") is None else f"{s['fid']:.1f}"
+        div = "-" if s.get("diversity_lpips") is None else f"{s['diversity_lpips']:.3f}"
+        print(f"{name}: LPIPS Rand-1 {s['rand1_lpips']:.3f} Oracle {s['oracle_lpips']:.3f}; "
+              f"diversity {div}; FID {fid}; spectral distance {s['spectral_distance_db']:.2f} dB")
+    print(f"evaluated {m['num_inputs']} inputs in {m['wall_seconds'] / 60:.1f} min -> {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pixelnn.report import report_command
+
+    print(f"report: {report_command(args.report_dirs, args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pixelnn", description="PixelNN: example-based image synthesis")
     parser.add_argument("--version", action="version", version=f"pixelnn {__version__}")
@@ -234,6 +266,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--library", default=None, metavar="LIB_DIR", help="borrow another library's exemplars")
     p.add_argument("--fit", choices=("pad", "crop"), default="pad", help="how photos are fitted to the square")
     p.set_defaults(func=cmd_synthesize)
+
+    p = sub.add_parser("evaluate", help="fidelity, faithfulness, diversity, FID/KID and spectra on a dataset split")
+    p.add_argument("model", metavar="MODEL_DIR", help="model folder (with its library)")
+    p.add_argument("--out", required=True, metavar="REPORT_DIR", help="folder for metrics.json, plots and examples")
+    p.add_argument("--split", default="test", help="dataset split to evaluate (default test)")
+    p.add_argument("--data", default=None, metavar="DATA_DIR", help="dataset (default: the one the model was trained on)")
+    p.add_argument("--num-inputs", type=int, default=100, help="inputs evaluated (seeded random subset; default 100)")
+    p.add_argument("--num-outputs", type=int, default=72, help="outputs per input for each method (default 72)")
+    p.add_argument("--pix2pix", default=None, metavar="P2P_DIR", help="also evaluate this pix2pix baseline")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fid-outputs-per-input", type=int, default=8,
+                   help="seeded outputs per input that enter FID/KID (default 8; Inception costs ~0.1-0.5 s/image)")
+    p.add_argument("--fid-real-photos", type=int, default=None,
+                   help="use only the first N photos of the split as the real set (default all)")
+    p.add_argument("--faithfulness-outputs-per-input", type=int, default=8,
+                   help="outputs per input whose HED edges are scored against edge inputs (default 8)")
+    p.add_argument("--num-examples", type=int, default=6, help="inputs kept as examples for the report (default 6)")
+    p.add_argument("--library", default=None, metavar="LIB_DIR", help="use another library's exemplars")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing REPORT_DIR")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="HTML pages (tables, examples, spectra) from evaluation folders")
+    p.add_argument("report_dirs", nargs="+", metavar="REPORT_DIR", help="folders written by `pixelnn evaluate`")
+    p.add_argument("--out", required=True, metavar="PAGE_DIR", help="folder for index.html and one page per experiment")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="prepare, train and show results on a small dataset (no data needed)")
     p.add_argument("--data", default=None, help="a dataset zip or folder to use instead of the bundled photos")

@@ -54,3 +54,160 @@ def write_page(path: str | Path, title: str, sections: list[Section], intro: str
     """Write an HTML page atomically and return its path."""
     write_text(path, render(title, sections, intro))
     return Path(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation pages (``pixelnn report``)
+
+_METHOD_LABELS = {"pixelnn": "PixelNN", "pix2pix": "pix2pix", "stage1": "Stage 1 (regressor)"}
+
+
+def _fmt(v: object, digits: int = 3, scale: float = 1.0) -> str:
+    return "–" if v is None else f"{float(v) * scale:.{digits}f}"  # type: ignore[arg-type]
+
+
+def evaluation_sections(metrics: dict, image_dir: str) -> list[Section]:
+    """Sections of one experiment's page from its ``metrics.json`` (figures relative to the page)."""
+    methods = [m for m in ("pixelnn", "pix2pix", "stage1") if m in metrics["methods"]]
+    ms = metrics["methods"]
+    n_out = metrics["settings"]["num_outputs"]
+    quality = [["method", "LPIPS ↓", "PSNR ↑", "SSIM ↑", "best PSNR ↑", "best SSIM ↑"]]
+    for m in methods:
+        s = ms[m]
+        if m == "stage1":
+            quality.append([_METHOD_LABELS[m], _fmt(s["rand1_lpips"]), _fmt(s["rand1_psnr"], 2), _fmt(s["rand1_ssim"]),
+                            "", ""])
+            continue
+        quality.append([f"{_METHOD_LABELS[m]} (Rand-1)", _fmt(s["rand1_lpips"]), _fmt(s["rand1_psnr"], 2),
+                        _fmt(s["rand1_ssim"]), "", ""])
+        quality.append([f"{_METHOD_LABELS[m]} (Oracle)", _fmt(s["oracle_lpips"]), _fmt(s["oracle_psnr"], 2),
+                        _fmt(s["oracle_ssim"]), _fmt(s["oracle_own_psnr"], 2), _fmt(s["oracle_own_ssim"])])
+    faith = metrics.get("faithfulness_kind")
+    head = ["method"]
+    if faith == "superres_psnr":
+        head.append("input PSNR ↑ (dB)")
+    elif faith == "edges":
+        head += ["edge AP ↑", "edge best F1 ↑"]
+    head += ["diversity LPIPS ↑", "FID ↓", "KID ×1000 ↓", "spectral distance ↓ (dB)"]
+    other = [head]
+    for m in methods:
+        s = ms[m]
+        row = [_METHOD_LABELS[m]]
+        if faith == "superres_psnr":
+            row.append(_fmt(s.get("faithfulness_psnr"), 2))
+        elif faith == "edges":
+            row += [_fmt(s.get("faithfulness_ap")), _fmt(s.get("faithfulness_f1"))]
+        kid = "–" if s.get("kid") is None else f"{s['kid'] * 1000:.2f} ± {s['kid_std'] * 1000:.2f}"
+        row += [_fmt(s.get("diversity_lpips")), _fmt(s.get("fid"), 1), kid, _fmt(s.get("spectral_distance_db"), 2)]
+        other.append(row)
+    st = metrics["settings"]
+    proto = metrics["protocol"]
+    sections = [
+        Section("Fidelity to the photo (paper Tables 1–2)", [
+            f"{metrics['num_inputs']} inputs of the {metrics['split']} split ({metrics['split_size']} pairs), "
+            f"{n_out} outputs per input. Rand-1: one output drawn with seed {st['seed']}. Oracle: the output with the "
+            "lowest LPIPS (its PSNR and SSIM alongside); best PSNR / best SSIM: each metric's own best output."],
+            table=quality),
+        Section("Faithfulness, diversity, realism, frequency content", [
+            f"Faithfulness: {proto['faithfulness']}. Diversity: {proto['diversity']}. FID/KID: {proto['fid_kid']}. "
+            f"Spectral distance: {proto['spectral_distance_db']}."], table=other),
+        Section("Frequency analysis (paper Fig. 4)", figures=[(f"{image_dir}/spectrum.png",
+                                                               "Radially averaged power spectra")]),
+    ]
+    timing = [["stage", "seconds"]] + [[k, f"{v:.1f}"] for k, v in metrics["timings_seconds"].items()]
+    sections.append(Section("Settings and timings", [
+        f"Model {metrics['model_dir']}, data {metrics['data_dir']}, library {metrics['library_dir']}, "
+        f"pix2pix {metrics.get('pix2pix_dir') or 'not evaluated'}.",
+        "Settings: " + ", ".join(f"{k}={v}" for k, v in st.items()) + "."], table=timing))
+    return sections
+
+
+def write_evaluation_page(report_dir: str | Path, page_dir: str | Path, name: str | None = None) -> Path:
+    """One experiment's HTML page in ``page_dir`` from a REPORT_DIR written by ``pixelnn evaluate``.
+
+    Writes ``page_dir/NAME.html`` and its images in ``page_dir/NAME/``: the spectrum plot and one
+    strip per example input (input, stage 1, eight PixelNN outputs, a correspondence map, eight
+    pix2pix samples when evaluated, the photo).
+    """
+    import json
+    import shutil
+
+    import numpy as np
+
+    from pixelnn.data.dataset import image_grid
+    from pixelnn.errors import PixelNNError
+    from pixelnn.io import atomic_path, save_image
+
+    report_dir, page_dir = Path(report_dir), Path(page_dir)
+    path = report_dir / "metrics.json"
+    if not path.is_file():
+        raise PixelNNError(f"{report_dir} is not an evaluation folder (no metrics.json); run `pixelnn evaluate` first")
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PixelNNError(f"{path} is corrupt: {e}") from None
+    if metrics.get("format") != "pixelnn-evaluation":
+        raise PixelNNError(f"{path} is not a pixelnn-evaluation file")
+    name = name or metrics.get("experiment") or report_dir.name
+    img_dir = page_dir / name
+    img_dir.mkdir(parents=True, exist_ok=True)
+    if (report_dir / "spectrum.png").is_file():
+        with atomic_path(img_dir / "spectrum.png") as tmp:
+            shutil.copyfile(report_dir / "spectrum.png", tmp)
+    sections = evaluation_sections(metrics, name)
+    ex_path = report_dir / "examples.npz"
+    if ex_path.is_file():
+        with np.load(ex_path, allow_pickle=False) as ex:
+            has_p2p = "pix2pix" in ex.files
+            figs = []
+            for i in range(len(ex["photos"])):
+                row = [ex["inputs"][i:i + 1], ex["stage1"][i:i + 1], ex["pixelnn"][i], ex["correspondence"][i:i + 1]]
+                if has_p2p:
+                    row.append(ex["pix2pix"][i])
+                row.append(ex["photos"][i:i + 1])
+                file = f"example_{i + 1:02d}.png"
+                save_image(img_dir / file, image_grid([np.concatenate(row)]))
+                j = int(ex["correspondence_index"][i]) + 1 if "correspondence_index" in ex.files else 1
+                figs.append((f"{name}/{file}", f"Input {i + 1}; the correspondence map is of PixelNN output {j} of 8"))
+        order = ("input, stage 1, eight PixelNN outputs, the correspondence map of one of them (each pixel coloured by "
+                 "the exemplar it was copied from, shaded by the source position)")
+        order += ", eight pix2pix samples" if has_p2p else " (pix2pix not evaluated)"
+        sections.insert(2, Section("Examples", [order + ", the photo."], figures=figs))
+    task = metrics.get("task", {})
+    intro = (f"Task {task.get('name')}" + (f" (edges: {task.get('edge_method')})" if task.get("name") == "edges" else "")
+             + f"; evaluated in {metrics.get('wall_seconds', 0) / 60:.1f} min.")
+    return write_page(page_dir / f"{name}.html", f"PixelNN evaluation: {name}", sections, intro)
+
+
+def report_command(report_dirs: list[str | Path], page_dir: str | Path) -> Path:
+    """``pixelnn report``: one page per REPORT_DIR plus ``index.html`` linking them; returns the index path."""
+    import html as _html
+    import json
+
+    from pixelnn.errors import PixelNNError
+    from pixelnn.io import write_text
+
+    page_dir = Path(page_dir)
+    names, rows = [], []
+    for d in report_dirs:
+        d = Path(d)
+        if not (d / "metrics.json").is_file():
+            raise PixelNNError(f"{d} is not an evaluation folder (no metrics.json); run `pixelnn evaluate` first")
+        name = json.loads((d / "metrics.json").read_text()).get("experiment") or d.name
+        if name in names:
+            name = f"{name}-{len(names) + 1}"
+        page = write_evaluation_page(d, page_dir, name)
+        names.append(name)
+        m = json.loads((d / "metrics.json").read_text())["methods"]
+        pn = m.get("pixelnn", {})
+        rows.append(f"<tr><td><a href='{_html.escape(page.name)}'>{_html.escape(name)}</a></td>"
+                    f"<td>{_fmt(pn.get('rand1_lpips'))}</td><td>{_fmt(pn.get('oracle_lpips'))}</td>"
+                    f"<td>{_fmt(pn.get('diversity_lpips'))}</td><td>{_fmt(pn.get('fid'), 1)}</td>"
+                    f"<td>{_fmt(m.get('pix2pix', {}).get('fid'), 1)}</td></tr>")
+    body = [f"<!doctype html><html><head><meta charset='utf-8'><title>PixelNN evaluations</title>"
+            f"<style>{_STYLE}</style></head><body><h1>PixelNN evaluations</h1>",
+            "<table><tr><th>experiment</th><th>PixelNN LPIPS (Rand-1)</th><th>PixelNN LPIPS (Oracle)</th>"
+            "<th>PixelNN diversity</th><th>PixelNN FID</th><th>pix2pix FID</th></tr>", *rows, "</table></body></html>\n"]
+    index = page_dir / "index.html"
+    write_text(index, "\n".join(body))
+    return index

