@@ -272,7 +272,7 @@ def test_browser_photo_sketch_and_correspondences(browser_page, tiny):
     page.wait_for_function("document.querySelectorAll('#contributors img').length >= 1")
     # 3. Click a pixel of the map: its source exemplar and position.
     box = corr.bounding_box()
-    page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.7)
+    corr.click(position={"x": box["width"] * 0.3, "y": box["height"] * 0.7})
     page.wait_for_function("document.querySelector('#pixel-info').innerText.includes('came from exemplar')")
     assert "of output 71" in page.locator("#pixel-info").inner_text()
     page.locator("#source-view img").wait_for()
@@ -288,6 +288,7 @@ def test_browser_photo_sketch_and_correspondences(browser_page, tiny):
     page.get_by_role("tab", name="Sketch").click()
     page.locator("#sketch button[aria-label=Brush]").click()
     canvas = page.locator("#sketch canvas").first
+    canvas.scroll_into_view_if_needed()
     b = canvas.bounding_box()
     page.mouse.move(b["x"] + b["width"] * 0.3, b["y"] + b["height"] * 0.2)
     page.mouse.down()

@@ -274,6 +274,8 @@ def _set_name(ranks: Sequence[int]) -> str:
 # ====================================================================== the page
 _CSS = """
 #gallery .thumbnail-item img, #gallery img {image-rendering: pixelated}
+#gallery .grid-container {grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important;
+                          grid-auto-rows: auto !important; gap: 6px}
 .pixelated img {image-rendering: pixelated}
 #status {min-height: 2.5em}
 """
