@@ -120,6 +120,15 @@ def test_synthesize_views_and_downloads(app, tiny):
     assert out_img.shape == cmap.shape == (32 * app.scale, 32 * app.scale, 3)
     assert np.array_equal(out_img[::app.scale, ::app.scale], result.outputs[70])
     assert 1 <= len(thumbs) <= 5 and "share of pixels" in table and "kind=blob" in table
+    import html
+    import json
+    import re
+
+    data = json.loads(html.unescape(re.search(r"data-map='([^']*)'", app.hover_html(result, 70)).group(1)))
+    assert data["size"] == 32 and data["ids"] == result.neighbour_ids and data["output"] == 71
+    i = 9 * 32 + 5
+    assert result.neighbours[data["rank"][i]] == result.exemplar[70, 9, 5]
+    assert (data["sy"][i], data["sx"][i]) == (result.source_y[70, 9, 5], result.source_x[70, 9, 5])
     text, src_img, marked = app.pixel_view(result, 70, view_x=5 * app.scale + 1, view_y=9 * app.scale + 2)
     pos = int(result.exemplar[70, 9, 5])
     assert f"`{app.pipe.library.ids[pos]}`" in text and "(y=9, x=5)" in text
@@ -270,8 +279,11 @@ def test_browser_photo_sketch_and_correspondences(browser_page, tiny):
     corr.wait_for()
     assert corr.evaluate("i => i.naturalWidth") == 32 * (384 // 32)
     page.wait_for_function("document.querySelectorAll('#contributors img').length >= 1")
-    # 3. Click a pixel of the map: its source exemplar and position.
+    # 3. Hover over the map: a tooltip names the pixel's source; click it: the source exemplar, pixel marked.
     box = corr.bounding_box()
+    corr.hover(position={"x": box["width"] * 16.5 / 32, "y": box["height"] * 8.5 / 32})  # the middle of pixel (8, 16)
+    page.wait_for_function("(document.getElementById('pixelnn-tip') || {}).textContent?.includes('rank')")
+    assert "output 71 (y=8, x=16) <- " in page.locator("#pixelnn-tip").inner_text()
     corr.click(position={"x": box["width"] * 0.3, "y": box["height"] * 0.7})
     page.wait_for_function("document.querySelector('#pixel-info').innerText.includes('came from exemplar')")
     assert "of output 71" in page.locator("#pixel-info").inner_text()

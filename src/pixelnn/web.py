@@ -212,6 +212,20 @@ class WebApp:
         return (enlarge(result.outputs[output], self.scale), enlarge(cmap, self.scale), thumbs,
                 head + "\n".join(rows))
 
+    def hover_html(self, result: Any, output: int) -> str:
+        """An empty element carrying output ``output``'s per-pixel sources as JSON (``data-map``), read by the
+        page's hover script: ``{"size", "ids": [K], "rank": [S*S], "sy": [S*S], "sx": [S*S]}``."""
+        import html
+        import json
+
+        from pixelnn.provenance import exemplar_ranks
+
+        ranks = exemplar_ranks(result.exemplar[output], result.neighbours)
+        data = {"size": int(ranks.shape[0]), "output": int(output) + 1, "ids": list(result.neighbour_ids),
+                "rank": ranks.ravel().tolist(), "sy": result.source_y[output].ravel().tolist(),
+                "sx": result.source_x[output].ravel().tolist()}
+        return f"<div id='pixel-map' data-map='{html.escape(json.dumps(data, separators=(',', ':')), quote=True)}'></div>"
+
     def pixel_view(self, result: Any, output: int, view_x: int, view_y: int) -> tuple[str, np.ndarray, np.ndarray]:
         """A click at (``view_x``, ``view_y``) on an enlarged view of output ``output``: a Markdown line about
         the source, the source exemplar's photo with the pixel marked, and the output with the pixel marked."""
@@ -281,6 +295,44 @@ _CSS = """
 """
 
 
+_PIXEL_HINT = ("Hover over the selected output or its map to see where each pixel came from; click to mark it "
+               "on its source exemplar.")
+
+# Hovering the selected output or its correspondence map shows each pixel's source in a tooltip, from the
+# JSON that WebApp.hover_html puts in the page (no request per mouse move).
+_HOVER_JS = """
+<script>
+document.addEventListener('mousemove', (ev) => {
+  let tip = document.getElementById('pixelnn-tip');
+  const img = ev.target;
+  const holder = document.getElementById('pixel-map');
+  const onView = img && img.tagName === 'IMG' && (img.closest('#output-view') || img.closest('#corr-view'));
+  if (!onView || !holder || !img.naturalWidth) { if (tip) tip.style.display = 'none'; return; }
+  if (holder._src !== holder.dataset.map) { holder._parsed = JSON.parse(holder.dataset.map); holder._src = holder.dataset.map; }
+  const d = holder._parsed;
+  const r = img.getBoundingClientRect();
+  const k = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight);
+  const w = img.naturalWidth * k, h = img.naturalHeight * k;
+  const x = Math.floor((ev.clientX - r.left - (r.width - w) / 2) / w * d.size);
+  const y = Math.floor((ev.clientY - r.top - (r.height - h) / 2) / h * d.size);
+  if (x < 0 || y < 0 || x >= d.size || y >= d.size) { if (tip) tip.style.display = 'none'; return; }
+  if (!tip) {
+    tip = document.createElement('div');
+    tip.id = 'pixelnn-tip';
+    tip.style.cssText = 'position:fixed;z-index:1000;pointer-events:none;background:#222;color:#fff;' +
+      'font:12px/1.3 system-ui,sans-serif;padding:3px 6px;border-radius:4px;max-width:40em';
+    document.body.appendChild(tip);
+  }
+  const i = y * d.size + x;
+  tip.textContent = `output ${d.output} (y=${y}, x=${x}) <- ${d.ids[d.rank[i]]} (rank ${d.rank[i] + 1}) at (y=${d.sy[i]}, x=${d.sx[i]})`;
+  tip.style.left = (ev.clientX + 14) + 'px';
+  tip.style.top = (ev.clientY + 14) + 'px';
+  tip.style.display = 'block';
+});
+</script>
+"""
+
+
 def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
     """The Gradio page over ``app`` (a ``gr.Blocks``, queued: one synthesis at a time)."""
     import gradio as gr
@@ -344,7 +396,8 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
                                  elem_classes=["pixelated"])
             source_view = gr.Image(label="Source exemplar, pixel marked", type="numpy", format="png",
                                    interactive=False, elem_id="source-view", elem_classes=["pixelated"])
-        pixel_info = gr.Markdown("", elem_id="pixel-info")
+        pixel_info = gr.Markdown(_PIXEL_HINT, elem_id="pixel-info")
+        hover_data = gr.HTML("", elem_id="pixel-map-holder", padding=False)
         with gr.Row():
             with gr.Column(scale=2):
                 contributors = gr.Gallery(label="Exemplars that contributed most", columns=TOP_CONTRIBUTORS // 2,
@@ -368,20 +421,20 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
             except PixelNNError as e:
                 log.info("request refused: %s", e)
                 gr.Warning(str(e))
-                return (_error(e),) + (gr.skip(),) * 10
+                return (_error(e),) + (gr.skip(),) * 11
             except Exception as e:  # keep serving; say what happened
                 log.exception("synthesis failed")
-                return (_error(f"internal error ({type(e).__name__}: {e})"),) + (gr.skip(),) * 10
+                return (_error(f"internal error ({type(e).__name__}: {e})"),) + (gr.skip(),) * 11
             from pixelnn.data.dataset import resize_nearest, to_rgb
 
             shown_input = to_rgb(resize_nearest(result.input[None], app.size))[0]
             msg = app.summary(result, {"photo": "photo", "input": "input image", "sketch": "sketch"}[source],
                               time.perf_counter() - t0)
             return (msg, shown_input, result.stage1, app.gallery(result), result, photo, None,
-                    None, None, None, "")
+                    None, None, None, _PIXEL_HINT, "")
 
         synth_outputs = [status, input_view, stage1_view, gallery, result_state, photo_state, output_state,
-                         output_view, corr_view, source_view, pixel_info]
+                         output_view, corr_view, source_view, pixel_info, hover_data]
         common = [photo_file, input_file, sketch, like_files, num_outputs, seed, mode, *label_menus]
         for button, source in ((run_photo, "photo"), (run_input, "input"), (run_sketch, "sketch")):
             button.click(functools.partial(on_synthesize, source), inputs=common, outputs=synth_outputs,
@@ -405,16 +458,16 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
 
         def on_select(result, evt: gr.SelectData):
             if result is None:
-                return (gr.skip(),) * 7
+                return (gr.skip(),) * 8
             k = int(evt.index)
             try:
                 out_img, cmap, thumbs, table = app.output_view(result, k)
             except PixelNNError as e:
-                return (_error(e),) + (gr.skip(),) * 6
-            return gr.skip(), out_img, cmap, None, thumbs, table, k
+                return (_error(e),) + (gr.skip(),) * 7
+            return gr.skip(), out_img, cmap, None, thumbs, table, k, app.hover_html(result, k)
 
         gallery.select(on_select, result_state, [status, output_view, corr_view, source_view, contributors,
-                                                 contrib_table, output_state],
+                                                 contrib_table, output_state, hover_data],
                        concurrency_limit=4, api_name=False)
 
         def on_pixel(result, k, evt: gr.SelectData):
@@ -452,7 +505,7 @@ def launch(demo: Any, host: str = "127.0.0.1", port: int = 7860, max_upload_byte
     """Start the server (no share link, no SSR node server, analytics off)."""
     return demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False,
                        max_file_size=max_upload_bytes, show_error=False, prevent_thread_lock=not block,
-                       quiet=quiet, css=_CSS, footer_links=[], pwa=False, mcp_server=False)
+                       quiet=quiet, css=_CSS, head=_HOVER_JS, footer_links=[], pwa=False, mcp_server=False)
 
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, library_dir: str | Path | None = None,
