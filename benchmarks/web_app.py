@@ -108,7 +108,9 @@ def main() -> None:
             for i in range(args.repeats):
                 sec, status = synthesize(page, args.photo[i % len(args.photo)], 72)
                 pipe = re.search(r"pipeline ([0-9.]+) s", status)
-                print(f"request -> 72 images in the gallery: {sec:.2f} s (pipeline {pipe.group(1) if pipe else '?'} s)"
+                handler = re.search(r" in ([0-9.]+) s", status)
+                print(f"request -> 72 images in the gallery: {sec:.2f} s (request handler {handler.group(1) if handler else '?'}"
+                      f" s, of which pipeline {pipe.group(1) if pipe else '?'} s)"
                       f" | load {os.getloadavg()[0]:.2f}")
             # Two users at once: two pages, same server.
             other = ctx.new_page()
@@ -142,6 +144,7 @@ def main() -> None:
                 page.wait_for_function("document.querySelector('#pixel-info').innerText.includes('came from')")
                 page.wait_for_function("document.querySelectorAll('#contributors img').length >= 1")
                 time.sleep(1.0)
+                page.mouse.move(1, 1)  # no hover tooltip in the picture
                 page.evaluate("window.scrollTo(0, 0)")
                 page.screenshot(path=args.screenshot, full_page=True)
                 shrink_png(args.screenshot)

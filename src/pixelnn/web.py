@@ -302,6 +302,10 @@ _PIXEL_HINT = ("Hover over the selected output or its map to see where each pixe
 # JSON that WebApp.hover_html puts in the page (no request per mouse move).
 _HOVER_JS = """
 <script>
+document.addEventListener('scroll', () => {
+  const tip = document.getElementById('pixelnn-tip');
+  if (tip) tip.style.display = 'none';
+}, true);
 document.addEventListener('mousemove', (ev) => {
   let tip = document.getElementById('pixelnn-tip');
   const img = ev.target;
