@@ -34,6 +34,12 @@ GALLERY_LOADED = ("n => { const im = [...document.querySelectorAll('#gallery img
                   " return im.length >= n && im.every(i => i.complete && i.naturalWidth > 0); }")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its finished children (Linux /proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -106,12 +112,14 @@ def main() -> None:
             page.goto(url)
             page.wait_for_selector("#run-photo")
             for i in range(args.repeats):
+                cpu0 = cpu_seconds(proc.pid)
                 sec, status = synthesize(page, args.photo[i % len(args.photo)], 72)
+                cpu = cpu_seconds(proc.pid) - cpu0
                 pipe = re.search(r"pipeline ([0-9.]+) s", status)
                 handler = re.search(r" in ([0-9.]+) s", status)
                 print(f"request -> 72 images in the gallery: {sec:.2f} s (request handler {handler.group(1) if handler else '?'}"
                       f" s, of which pipeline {pipe.group(1) if pipe else '?'} s)"
-                      f" | load {os.getloadavg()[0]:.2f}")
+                      f"; server CPU {cpu:.2f} s (upload check included) | load {os.getloadavg()[0]:.2f}")
             # Two users at once: two pages, same server.
             other = ctx.new_page()
             other.goto(url)

@@ -142,6 +142,13 @@ def test_synthesize_views_and_downloads(app, tiny):
         z.extractall(tiny["root"] / "unzipped")
     npz = np.load(tiny["root"] / "unzipped" / "pixelnn-output-071" / "correspondences.npz")
     assert np.array_equal(npz["library_position"][0], result.exemplar[70])
+    from pixelnn.pipeline import subset_result
+
+    part = subset_result(result, [3, 70])
+    assert part.outputs.shape == (2, 32, 32, 3) and part.specs == [result.specs[3], result.specs[70]]
+    assert np.array_equal(part.source_x[1], result.source_x[70])
+    with pytest.raises(PixelNNError, match="do not exist"):
+        subset_result(result, [72])
     with zipfile.ZipFile(app.download(result, None)) as z:
         assert sum(n.endswith(".png") and "/output_" in n for n in z.namelist()) == 72
 
