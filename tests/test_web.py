@@ -149,6 +149,8 @@ def test_synthesize_views_and_downloads(app, tiny):
     assert np.array_equal(part.source_x[1], result.source_x[70])
     with pytest.raises(PixelNNError, match="do not exist"):
         subset_result(result, [72])
+    files = app.png_files({"a": result.outputs[0], "b": result.stage1})
+    assert np.array_equal(np.asarray(Image.open(files["a"])), result.outputs[0]) and files["b"].endswith("b.png")
     with zipfile.ZipFile(app.download(result, None)) as z:
         assert sum(n.endswith(".png") and "/output_" in n for n in z.namelist()) == 72
 
@@ -190,7 +192,7 @@ def test_simultaneous_users_are_queued(app, tiny):
     runs_before = app.runs
     demo = build_ui(app)
     port = _free_port()
-    launch(demo, port=port, block=False, quiet=True)
+    launch(demo, app, port=port, block=False, quiet=True)
     try:
         _wait_http(f"http://127.0.0.1:{port}/")
         client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)

@@ -42,7 +42,7 @@ MAX_UPLOAD_PIXELS = 25_000_000
 #: At most this many "like these" photos.
 MAX_LIKE_PHOTOS = 8
 #: Label keys with more distinct values than this get no menu (e.g. a per-image id).
-MAX_LABEL_VALUES = 1000
+MAX_LABEL_VALUES = 10000
 #: Number of top contributing exemplars shown for an output.
 TOP_CONTRIBUTORS = 6
 #: Side, in pixels, at which outputs, correspondence maps and exemplars are shown (nearest enlargement).
@@ -253,6 +253,22 @@ class WebApp:
             if d.is_dir() and now - d.stat().st_mtime > max_age_s:
                 shutil.rmtree(d, ignore_errors=True)
 
+    def png_files(self, images: dict[str, np.ndarray]) -> dict[str, str]:
+        """Write images as PNGs into a new folder (atomically) and return their paths, for the page.
+
+        The page gets files rather than arrays: Gradio copies a returned file into its cache atomically,
+        whereas it rewrites the cache file of a returned array in place, which a browser still fetching the
+        same image of an earlier, identical request could then read truncated.
+        """
+        from pixelnn.io import save_image
+
+        d = self._new_dir("page")
+        paths = {}
+        for name, image in images.items():
+            save_image(d / f"{name}.png", np.asarray(image))
+            paths[name] = str(d / f"{name}.png")
+        return paths
+
     def download(self, result: Any, output: int | None = None, photo: np.ndarray | None = None) -> Path:
         """Zip of one output (``output``) or all outputs (None) with their correspondences, as ``save_result`` writes them."""
         from pixelnn.io import zip_dir
@@ -366,8 +382,8 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
                         gr.Markdown("Pick the brush, then draw black strokes on white (edge models expect outlines).")
                         sketch = gr.Sketchpad(label="Sketch", type="numpy", image_mode="RGBA",
                                               canvas_size=(CANVAS_SIDE, CANVAS_SIDE), fixed_canvas=True,
-                                              brush=gr.Brush(default_size=3, colors=["#000000"], color_mode="fixed"), layers=False,
-                                              elem_id="sketch")
+                                              brush=gr.Brush(default_size=3, colors=["#000000"], color_mode="fixed"),
+                                              layers=False, elem_id="sketch")
                         run_sketch = gr.Button("Synthesize from sketch", variant="primary", elem_id="run-sketch")
                 with gr.Accordion("Restrict the exemplars", open=False):
                     label_menus = [gr.Dropdown(choices=[(f"{v} ({n})", v) for v, n in values.items()], multiselect=True,
@@ -432,9 +448,13 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
             from pixelnn.data.dataset import resize_nearest, to_rgb
 
             shown_input = to_rgb(resize_nearest(result.input[None], app.size))[0]
+            items = app.gallery(result)
+            files = app.png_files({"input": shown_input, "stage1": result.stage1,
+                                   **{f"output_{o + 1:03d}": im for o, (im, _) in enumerate(items)}})
+            shown = [(files[f"output_{o + 1:03d}"], caption) for o, (_, caption) in enumerate(items)]
             msg = app.summary(result, {"photo": "photo", "input": "input image", "sketch": "sketch"}[source],
                               time.perf_counter() - t0)
-            return (msg, shown_input, result.stage1, app.gallery(result), result, photo, None,
+            return (msg, files["input"], files["stage1"], shown, result, photo, None,
                     None, None, None, _PIXEL_HINT, "")
 
         synth_outputs = [status, input_view, stage1_view, gallery, result_state, photo_state, output_state,
@@ -468,7 +488,11 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
                 out_img, cmap, thumbs, table = app.output_view(result, k)
             except PixelNNError as e:
                 return (_error(e),) + (gr.skip(),) * 7
-            return gr.skip(), out_img, cmap, None, thumbs, table, k, app.hover_html(result, k)
+            files = app.png_files({f"output_{k + 1:03d}": out_img, f"correspondence_{k + 1:03d}": cmap,
+                                   **{f"exemplar_{i + 1}": im for i, (im, _) in enumerate(thumbs)}})
+            shown = [(files[f"exemplar_{i + 1}"], caption) for i, (_, caption) in enumerate(thumbs)]
+            return (gr.skip(), files[f"output_{k + 1:03d}"], files[f"correspondence_{k + 1:03d}"], None, shown, table,
+                    k, app.hover_html(result, k))
 
         gallery.select(on_select, result_state, [status, output_view, corr_view, source_view, contributors,
                                                  contrib_table, output_state, hover_data],
@@ -481,7 +505,8 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
                 text, src, marked = app.pixel_view(result, k, *evt.index[:2])
             except PixelNNError as e:
                 return _error(e), gr.skip(), gr.skip()
-            return text, src, marked
+            files = app.png_files({"source": src, f"output_{k + 1:03d}": marked})
+            return text, files["source"], files[f"output_{k + 1:03d}"]
 
         for view in (output_view, corr_view):
             view.select(on_pixel, [result_state, output_state], [pixel_info, source_view, output_view],
@@ -504,12 +529,13 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
     return demo
 
 
-def launch(demo: Any, host: str = "127.0.0.1", port: int = 7860, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-           block: bool = True, quiet: bool = False) -> Any:
-    """Start the server (no share link, no SSR node server, analytics off)."""
+def launch(demo: Any, app: WebApp, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
+           quiet: bool = False) -> Any:
+    """Start the server for ``demo`` (built over ``app``): no share link, no SSR node server, analytics off."""
     return demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False,
-                       max_file_size=max_upload_bytes, show_error=False, prevent_thread_lock=not block,
-                       quiet=quiet, css=_CSS, head=_HOVER_JS, footer_links=[], pwa=False, mcp_server=False)
+                       allowed_paths=[str(app.work_dir)], max_file_size=app.max_upload_bytes, show_error=False,
+                       prevent_thread_lock=not block, quiet=quiet, css=_CSS, head=_HOVER_JS, footer_links=[],
+                       pwa=False, mcp_server=False)
 
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, library_dir: str | Path | None = None,
@@ -532,7 +558,7 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, libr
     app = WebApp(pipe, max_upload_bytes=max_upload_bytes, max_upload_pixels=max_upload_pixels)
     warm_up(app)
     log.info("model loaded in %.1f s; serving on http://%s:%d", time.perf_counter() - t0, host, port)
-    launch(build_ui(app), host=host, port=port, max_upload_bytes=max_upload_bytes)
+    launch(build_ui(app), app, host=host, port=port)
 
 
 def warm_up(app: WebApp) -> None:
