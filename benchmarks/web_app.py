@@ -134,12 +134,16 @@ def main() -> None:
             t0 = time.perf_counter()
             page.click("#run-photo")
             other.click("#run-photo")
-            for name, pg in (("user 1", page), ("user 2", other)):
-                pg.wait_for_function(GALLERY_LOADED, arg=72)
-                pg.wait_for_function("document.querySelector('#status').innerText.includes('outputs from')")
-                done[name] = time.perf_counter() - t0
+            pending = {"user 1": page, "user 2": other}
+            while pending:  # poll both pages, so each one's time is its own
+                for name, pg in list(pending.items()):
+                    if pg.evaluate("document.querySelector('#status').innerText.includes('outputs from')") \
+                            and pg.evaluate(GALLERY_LOADED, 72):
+                        done[name] = time.perf_counter() - t0
+                        del pending[name]
+                time.sleep(0.05)
             print("two users pressing Synthesize together: " +
-                  ", ".join(f"{k} had 72 images after {v:.2f} s" for k, v in done.items()))
+                  ", ".join(f"{k} had 72 images after {v:.2f} s" for k, v in sorted(done.items(), key=lambda kv: kv[1])))
             other.close()
             if args.screenshot:
                 k = args.output - 1
