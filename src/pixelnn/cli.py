@@ -176,6 +176,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pixelnn.web import serve
+
+    library_dir = None
+    if args.library:
+        library_dir = Path(args.library) / "library" if (Path(args.library) / "library").is_dir() else Path(args.library)
+    serve(args.model, host=args.host, port=args.port, library_dir=library_dir,
+          max_upload_bytes=int(args.max_upload_mb * 2**20), max_upload_pixels=int(args.max_upload_mp * 1e6),
+          threads=args.threads)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pixelnn", description="PixelNN: example-based image synthesis")
     parser.add_argument("--version", action="version", version=f"pixelnn {__version__}")
@@ -292,6 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("report_dirs", nargs="+", metavar="REPORT_DIR", help="folders written by `pixelnn evaluate`")
     p.add_argument("--out", required=True, metavar="PAGE_DIR", help="folder for index.html and one page per experiment")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("serve", help="web app: draw or upload an input, browse the outputs, see where pixels came from")
+    p.add_argument("--model", required=True, help="model folder (with its library)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--library", default=None, metavar="LIB_DIR", help="borrow another library's exemplars")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload in MB (default 10)")
+    p.add_argument("--max-upload-mp", type=float, default=25.0, help="largest upload in megapixels (default 25)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="prepare, train and show results on a small dataset (no data needed)")
     p.add_argument("--data", default=None, help="a dataset zip or folder to use instead of the bundled photos")

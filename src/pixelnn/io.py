@@ -129,3 +129,19 @@ def package_file(package: str, *parts: str) -> Path:
     if not path.is_file():
         raise PixelNNError(f"{path} is missing from the installed {package!r} package")
     return path
+
+
+def zip_dir(folder: str | os.PathLike, zip_path: str | os.PathLike) -> Path:
+    """Zip a folder (entries under the folder's name, e.g. ``result/output_001.png``), atomically.
+
+    Returns the zip's path.
+    """
+    import zipfile
+
+    folder, zip_path = Path(folder), Path(zip_path)
+    with atomic_path(zip_path, suffix=".zip") as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            for f in sorted(folder.rglob("*")):
+                if f.is_file():
+                    z.write(f, Path(folder.name) / f.relative_to(folder))
+    return zip_path

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -311,33 +312,99 @@ class PixelNNPipeline:
         return torch.cat([q, ex])
 
 
-def load_image_file(path: str | Path, size: int | None = None, fit: str = "pad", expect: Any = None) -> np.ndarray:
+def fit_input(im: Any, expect: Any) -> np.ndarray:
+    """Turn an RGB image into a model input: resized to ``expect.input_size`` and ``expect.in_channels``.
+
+    Parameters
+    ----------
+    im : PIL.Image.Image or ndarray, (H, W, 3) uint8
+        The image (a warning is logged when it has to be resized).
+    expect : RegressorConfig
+        The model's input size s and channel count C.
+
+    Returns
+    -------
+    ndarray, (s, s, C) uint8
+    """
+    from PIL import Image
+
+    if isinstance(im, np.ndarray):
+        im = Image.fromarray(np.ascontiguousarray(im))
+    im = im.convert("RGB")
+    s, c = expect.input_size, expect.in_channels
+    if im.size != (s, s):
+        log.info("input image is %dx%d; resizing it to the model's %dx%d input", im.size[0], im.size[1], s, s)
+        im = im.resize((s, s), Image.BOX if im.size[0] > s else Image.BICUBIC)
+    arr = np.asarray(im.convert("L"))[:, :, None] if c == 1 else np.asarray(im)
+    return np.ascontiguousarray(arr)
+
+
+def input_from_drawing(drawing: np.ndarray, expect: Any) -> np.ndarray:
+    """A model input from a drawing (e.g. a sketch pad's canvas): transparency onto white, then :func:`fit_input`.
+
+    Parameters
+    ----------
+    drawing : ndarray, (H, W), (H, W, 3) or (H, W, 4) uint8
+        Strokes on a white or transparent canvas (edge models expect black strokes on white).
+    expect : RegressorConfig
+
+    Returns
+    -------
+    ndarray, (s, s, C) uint8
+    """
+    a = np.asarray(drawing)
+    if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)) or a.size == 0:
+        raise PixelNNError(f"a drawing must be an (H, W[, 1|3|4]) uint8 image, got {a.shape} {a.dtype}")
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    if a.shape[2] == 4:
+        alpha = a[:, :, 3:].astype(np.float32) / 255.0
+        a = np.rint(a[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return fit_input(a, expect)
+
+
+def load_image_file(path: str | Path, size: int | None = None, fit: str = "pad", expect: Any = None,
+                    max_pixels: int | None = None, max_bytes: int | None = None) -> np.ndarray:
     """Read a user's image file as uint8.
 
     With ``size``: a photo fitted to ``size x size`` (``fit`` = pad on white or centre crop),
     (S, S, 3). With ``expect`` (a RegressorConfig): a model input resized to its ``input_size``
     (with a warning if it had another size) and converted to its channel count, (s, s, C).
-    Unreadable or corrupt files raise a one-line PixelNNError.
+    Unreadable or corrupt files, files over ``max_bytes`` bytes and images over ``max_pixels``
+    pixels (default: the decoder's 64 MP guard) raise a one-line PixelNNError.
     """
-    from PIL import Image
-
-    from pixelnn.data.images import UnusableImage, decode_image, fit_image
+    from pixelnn.data.images import DEFAULT_MAX_PIXELS, UnusableImage, decode_image, fit_image
 
     path = Path(path)
     if not path.is_file():
         raise PixelNNError(f"no such image file: {path}")
+    if max_bytes is not None and path.stat().st_size > max_bytes:
+        raise PixelNNError(f"{path.name} is {path.stat().st_size / 2**20:.1f} MB; the limit is "
+                           f"{max_bytes / 2**20:.1f} MB")
     try:
-        im = decode_image(str(path))
+        im = decode_image(str(path), max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
     except UnusableImage as e:
-        raise PixelNNError(f"cannot use {path}: {e}") from None
+        raise PixelNNError(f"cannot use {path.name}: {e}") from None
     if size is not None:
         return fit_image(im, size, fit, max_upscale=float("inf"))
-    s, c = expect.input_size, expect.in_channels
+    s = expect.input_size
     if im.size != (s, s):
         log.warning("%s is %dx%d; resizing it to the model's %dx%d input", path, im.size[0], im.size[1], s, s)
-        im = im.resize((s, s), Image.BOX if im.size[0] > s else Image.BICUBIC)
-    arr = np.asarray(im.convert("L"))[:, :, None] if c == 1 else np.asarray(im)
-    return np.ascontiguousarray(arr)
+    return fit_input(im, expect)
+
+
+def subset_result(result: SynthesisResult, indices: Sequence[int]) -> SynthesisResult:
+    """The same result with only the outputs ``indices`` (0-based), e.g. to save one output with its correspondences."""
+    idx = [int(i) for i in indices]
+    n = len(result.outputs)
+    bad = [i for i in idx if not 0 <= i < n]
+    if bad or not idx:
+        raise PixelNNError(f"output(s) {bad or idx} do not exist; this result has outputs 0..{n - 1}")
+    return dataclasses.replace(result, outputs=result.outputs[idx], specs=[result.specs[i] for i in idx],
+                               exemplar=result.exemplar[idx], source_y=result.source_y[idx],
+                               source_x=result.source_x[idx], similarity=result.similarity[idx])
 
 
 def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save_correspondence_maps: bool = True,
@@ -352,14 +419,14 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
     import json
 
     from pixelnn.io import atomic_dir, save_image
+    from pixelnn.provenance import exemplar_ranks
     from pixelnn.visualize import correspondence_figure, output_grid
 
     out_dir = Path(out_dir)
     n = len(result.outputs)
     k = len(result.neighbours)
     ex_photos = np.asarray(library.photos[result.neighbours])
-    rank_of = {int(p): r for r, p in enumerate(result.neighbours)}
-    ranks = np.vectorize(rank_of.__getitem__, otypes=[np.int64])(result.exemplar)  # (O, S, S)
+    ranks = exemplar_ranks(result.exemplar, result.neighbours)  # (O, S, S)
     with atomic_dir(out_dir, overwrite=True) as tmp:
         save_image(tmp / "input.png", result.input)
         save_image(tmp / "stage1.png", result.stage1)

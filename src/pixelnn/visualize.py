@@ -72,3 +72,47 @@ def output_grid(stage1: np.ndarray, inputs: np.ndarray, outputs: np.ndarray, per
     """Grid: first row the input (enlarged) and f(x); then all outputs, ``per_row`` per row."""
     head = np.concatenate([to_rgb(resize_nearest(inputs[None], stage1.shape[0])), stage1[None]])
     return image_grid([head] + [outputs[i:i + per_row] for i in range(0, len(outputs), per_row)])
+
+
+def enlarge(image: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour enlargement by an integer factor, (H, W[, C]) -> (H*scale, W*scale[, C]), for display."""
+    if scale < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
+    return np.repeat(np.repeat(np.asarray(image), scale, axis=0), scale, axis=1)
+
+
+def mark_pixel(image: np.ndarray, y: int, x: int, scale: int = 4, color: tuple[int, int, int] = (255, 0, 255)
+               ) -> np.ndarray:
+    """Enlarge an image and mark one of its pixels with a hollow square and crosshair ticks.
+
+    Parameters
+    ----------
+    image : ndarray, (H, W, 3) uint8
+    y, x : int
+        The pixel to mark (in ``image`` coordinates).
+    scale : int
+        Enlargement factor (the marked pixel becomes a ``scale`` x ``scale`` block, left visible).
+    color : tuple of int
+        Marker colour.
+
+    Returns
+    -------
+    ndarray, (H*scale, W*scale, 3) uint8
+    """
+    out = enlarge(np.asarray(image), scale).copy()
+    h, w = out.shape[:2]
+    y0, x0 = y * scale, x * scale
+    r = max(2 * scale, 6)  # half side of the square around the pixel's block
+    top, bottom = max(y0 - r, 0), min(y0 + scale + r, h) - 1
+    left, right = max(x0 - r, 0), min(x0 + scale + r, w) - 1
+    t = max(scale // 2, 1)  # line thickness
+    out[top:top + t, left:right + 1] = color
+    out[bottom - t + 1:bottom + 1, left:right + 1] = color
+    out[top:bottom + 1, left:left + t] = color
+    out[top:bottom + 1, right - t + 1:right + 1] = color
+    cy, cx = y0 + scale // 2, x0 + scale // 2  # ticks from the square to the image border
+    out[max(cy - t // 2, 0):cy - t // 2 + t, :max(left, 0)] = color
+    out[max(cy - t // 2, 0):cy - t // 2 + t, right + 1:] = color
+    out[:max(top, 0), max(cx - t // 2, 0):cx - t // 2 + t] = color
+    out[bottom + 1:, max(cx - t // 2, 0):cx - t // 2 + t] = color
+    return out

@@ -1,0 +1,571 @@
+"""The PixelNN web app: ``pixelnn serve --model MODEL_DIR`` (Gradio, bound to 127.0.0.1:7860 by default).
+
+A thin shell over the library. :class:`WebApp` holds the loaded :class:`~pixelnn.pipeline.PixelNNPipeline`
+and turns the page's raw values (uploaded file paths, the sketch pad's canvas, the label choices) into
+library calls; every method is plain Python, so it is tested without a browser. :func:`build_ui` lays
+out the page and wires its events; :func:`serve` loads a model and runs it.
+
+What a user can do: give an input (a photo, from which the model's task derives the input; an input
+image; or a sketch drawn on the page), restrict the exemplars (label values offered by the library,
+"like these" photos), see the stage-1 image and the gallery of all outputs, click an output to see its
+correspondence map and the exemplars that supplied most of its pixels, click a pixel to see its source
+exemplar and position, and download one output or all of them with their correspondences.
+
+Under use: synthesis runs one request at a time (a queue; other users wait their turn and see their
+position), uploads over :data:`MAX_UPLOAD_BYTES` or :data:`MAX_UPLOAD_PIXELS`, non-images and corrupt
+files get a one-line message in the page, and the app keeps serving. Nothing is fetched from the
+network (Gradio's analytics are off).
+"""
+
+import functools
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from pixelnn.errors import PixelNNError
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no phoning home
+
+log = logging.getLogger(__name__)
+
+#: Largest upload accepted, in bytes (Gradio refuses bigger files at upload; the app re-checks).
+MAX_UPLOAD_BYTES = 10 * 2**20
+#: Largest image accepted, in pixels (checked from the header, before decoding).
+MAX_UPLOAD_PIXELS = 25_000_000
+#: At most this many "like these" photos.
+MAX_LIKE_PHOTOS = 8
+#: Label keys with more distinct values than this get no menu (e.g. a per-image id).
+MAX_LABEL_VALUES = 10000
+#: Number of top contributing exemplars shown for an output.
+TOP_CONTRIBUTORS = 6
+#: Side, in pixels, at which outputs, correspondence maps and exemplars are shown (nearest enlargement).
+VIEW_SIDE = 384
+#: Sketch pad canvas side in pixels (the drawing is reduced to the model's input size).
+CANVAS_SIDE = 384
+
+SOURCES = ("photo", "input", "sketch")
+
+
+class WebApp:
+    """The app's logic over one pipeline, independent of Gradio.
+
+    Parameters
+    ----------
+    pipe : PixelNNPipeline
+        The loaded model and library.
+    max_upload_bytes, max_upload_pixels : int
+        Upload limits (files and decoded images).
+    work_dir : path, optional
+        Where download zips are written (default: a temporary folder removed at exit).
+    """
+
+    def __init__(self, pipe: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+                 max_upload_pixels: int = MAX_UPLOAD_PIXELS, work_dir: str | Path | None = None):
+        self.pipe = pipe
+        self.max_upload_bytes = int(max_upload_bytes)
+        self.max_upload_pixels = int(max_upload_pixels)
+        self._tmp = None if work_dir else tempfile.TemporaryDirectory(prefix="pixelnn-web-")
+        self.work_dir = Path(work_dir) if work_dir else Path(self._tmp.name)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.labels = {k: v for k, v in pipe.library.labels_index().items() if len(v) <= MAX_LABEL_VALUES}
+        self.size = int(pipe.task.size)
+        self.scale = max(1, VIEW_SIDE // self.size)
+        # Bookkeeping of concurrent pipeline runs: the queue lets one run at a time; the lock makes
+        # sure of it even if the app is wired differently, and ``peak_active`` shows it in tests.
+        self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self.active = 0
+        self.peak_active = 0
+        self.runs = 0
+
+    # ------------------------------------------------------------------ description
+    @property
+    def task_name(self) -> str:
+        return self.pipe.task.name
+
+    def describe(self) -> str:
+        """One Markdown paragraph about the model and library."""
+        cfg = self.pipe.regressor.config
+        task = {"superres": f"{cfg.input_size}x{cfg.input_size} thumbnail -> {self.size}x{self.size} photo",
+                "edges": f"edge map -> {self.size}x{self.size} photo",
+                "paired": f"{cfg.input_size}x{cfg.input_size} input -> {self.size}x{self.size} photo"}[self.task_name]
+        return (f"Model: **{self.task_name}** ({task}); library: **{len(self.pipe.library)}** exemplars"
+                + (f", labels: {', '.join(self.labels)}" if self.labels else "") + ".")
+
+    # ------------------------------------------------------------------ inputs
+    def read_photo(self, path: str | Path | None) -> np.ndarray:
+        """An uploaded photo fitted to the model's square, (S, S, 3) uint8."""
+        from pixelnn.pipeline import load_image_file
+
+        if not path:
+            raise PixelNNError("upload a photo first")
+        return load_image_file(path, self.size, fit="pad", max_pixels=self.max_upload_pixels,
+                               max_bytes=self.max_upload_bytes)
+
+    def read_input(self, path: str | Path | None) -> np.ndarray:
+        """An uploaded input image resized to the model's input, (s, s, C) uint8."""
+        from pixelnn.pipeline import load_image_file
+
+        if not path:
+            raise PixelNNError("upload an input image first")
+        return load_image_file(path, None, expect=self.pipe.regressor.config, max_pixels=self.max_upload_pixels,
+                               max_bytes=self.max_upload_bytes)
+
+    def read_drawing(self, drawing: Any) -> np.ndarray:
+        """The sketch pad's value (``{"composite": (H, W, 4) uint8, ...}`` or an array) as a model input."""
+        from pixelnn.pipeline import input_from_drawing
+
+        canvas = drawing.get("composite") if isinstance(drawing, dict) else drawing
+        if canvas is None:
+            raise PixelNNError("the sketch pad is empty: draw some strokes first")
+        canvas = np.asarray(canvas)
+        if canvas.ndim == 3 and canvas.shape[2] == 4:
+            ink = (canvas[:, :, 3] > 0) & (canvas[:, :, :3].min(axis=2) < 250)
+        else:
+            ink = np.asarray(canvas).reshape(canvas.shape[0], canvas.shape[1], -1).min(axis=2) < 250
+        if not ink.any():
+            raise PixelNNError("the sketch pad is empty: draw some strokes first")
+        return input_from_drawing(canvas, self.pipe.regressor.config)
+
+    def make_input(self, source: str, photo_path: str | None = None, input_path: str | None = None,
+                   drawing: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The model input x (s, s, C) uint8 and the photo it came from (or None) for one input source."""
+        if source == "photo":
+            photo = self.read_photo(photo_path)
+            return self.pipe.input_from_photo(photo), photo
+        if source == "input":
+            return self.read_input(input_path), None
+        if source == "sketch":
+            return self.read_drawing(drawing), None
+        raise PixelNNError(f"unknown input source {source!r}; choose one of {', '.join(SOURCES)}")
+
+    def filters(self, label_values: dict[str, Sequence[str] | None] | None = None,
+                like_paths: Sequence[str] | None = None) -> tuple[dict[str, list[str]] | None, list[np.ndarray] | None]:
+        """``where`` and ``like`` for the pipeline from the page's label menus and "like these" uploads."""
+        where = {k: [str(v) for v in vals] for k, vals in (label_values or {}).items() if vals}
+        paths = [p for p in (like_paths or []) if p]
+        if len(paths) > MAX_LIKE_PHOTOS:
+            raise PixelNNError(f"{len(paths)} 'like these' photos; the limit is {MAX_LIKE_PHOTOS}")
+        like = [self.read_photo(p) for p in paths]
+        return where or None, like or None
+
+    # ------------------------------------------------------------------ synthesis
+    def synthesize(self, x: np.ndarray, where: dict[str, list[str]] | None = None,
+                   like: list[np.ndarray] | None = None, num_outputs: int | None = None, seed: int = 0,
+                   mode: str = "matched") -> Any:
+        """Run the pipeline on x (one run at a time); returns its SynthesisResult."""
+        with self._count_lock:
+            self.active += 1
+            self.peak_active = max(self.peak_active, self.active)
+        try:
+            with self._lock:
+                return self.pipe(x, where=where, like=like, num_outputs=num_outputs, seed=seed, mode=mode)
+        finally:
+            with self._count_lock:
+                self.active -= 1
+                self.runs += 1
+
+    def gallery(self, result: Any) -> list[tuple[np.ndarray, str]]:
+        """The outputs with captions ``"k: #1-3 7x7"`` (output, exemplar ranks and window, 1-based), for a gallery."""
+        return [(result.outputs[o], f"{o + 1}: {_set_name(s.ranks)} {_window_short(s.window)}")
+                for o, s in enumerate(result.specs)]
+
+    def summary(self, result: Any, source: str, seconds: float) -> str:
+        t = result.timings
+        steps = ", ".join(f"{k} {v:.2f} s" for k, v in t.items() if k != "total")
+        return (f"{len(result.outputs)} outputs from the {source} in {seconds:.1f} s "
+                f"(pipeline {t.get('total', 0):.2f} s: {steps}). Click an output to see where its pixels came from.")
+
+    # ------------------------------------------------------------------ provenance views
+    def output_view(self, result: Any, output: int) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, str]], str]:
+        """For output ``output``: the output and its correspondence map enlarged (VIEW_SIDE), the top
+        contributing exemplars as (photo, caption) and a Markdown table of them."""
+        from pixelnn.provenance import exemplar_ranks, format_labels, top_contributors
+        from pixelnn.visualize import correspondence_map, enlarge, palette
+
+        tops = top_contributors(result, output, self.pipe.library)
+        ranks = exemplar_ranks(result.exemplar[output], result.neighbours)
+        k = len(result.neighbours)
+        cmap = correspondence_map(ranks, result.source_y[output], result.source_x[output], k)
+        pal = palette(k)
+        thumbs = []
+        rows = ["| colour | exemplar | rank | share of pixels | labels |", "|---|---|---|---|---|"]
+        for c in tops:
+            photo = np.asarray(self.pipe.library.photos[c.library_position]).copy()
+            photo[:3], photo[-3:], photo[:, :3], photo[:, -3:] = (pal[c.rank],) * 4  # framed in its map colour
+            if len(thumbs) < TOP_CONTRIBUTORS:
+                thumbs.append((photo, f"{c.exemplar_id}: {100 * c.share:.0f}% ({format_labels(c.labels)})"))
+            colour = "#%02x%02x%02x" % tuple(int(v) for v in pal[c.rank])
+            rows.append(f"| <span style='color:{colour}'>&#9632;</span> | `{c.exemplar_id}` | {c.rank + 1} | "
+                        f"{100 * c.share:.1f}% ({c.pixels} px) | {format_labels(c.labels)} |")
+        spec = result.specs[output]
+        head = (f"**Output {output + 1}** of {len(result.outputs)}: window {spec.window_name}, exemplar set "
+                f"{_set_name(spec.ranks)}, mean pixel similarity "
+                f"{float(result.similarity[output].mean()):.3f}. Click a pixel of the output or the map.\n\n")
+        return (enlarge(result.outputs[output], self.scale), enlarge(cmap, self.scale), thumbs,
+                head + "\n".join(rows))
+
+    def hover_html(self, result: Any, output: int) -> str:
+        """An empty element carrying output ``output``'s per-pixel sources as JSON (``data-map``), read by the
+        page's hover script: ``{"size", "ids": [K], "rank": [S*S], "sy": [S*S], "sx": [S*S]}``."""
+        import html
+        import json
+
+        from pixelnn.provenance import exemplar_ranks
+
+        ranks = exemplar_ranks(result.exemplar[output], result.neighbours)
+        data = {"size": int(ranks.shape[0]), "output": int(output) + 1, "ids": list(result.neighbour_ids),
+                "rank": ranks.ravel().tolist(), "sy": result.source_y[output].ravel().tolist(),
+                "sx": result.source_x[output].ravel().tolist()}
+        return f"<div id='pixel-map' data-map='{html.escape(json.dumps(data, separators=(',', ':')), quote=True)}'></div>"
+
+    def pixel_view(self, result: Any, output: int, view_x: int, view_y: int) -> tuple[str, np.ndarray, np.ndarray]:
+        """A click at (``view_x``, ``view_y``) on an enlarged view of output ``output``: a Markdown line about
+        the source, the source exemplar's photo with the pixel marked, and the output with the pixel marked."""
+        from pixelnn.provenance import format_labels, pixel_source
+        from pixelnn.visualize import mark_pixel
+
+        y, x = int(view_y) // self.scale, int(view_x) // self.scale
+        src = pixel_source(result, output, y, x, self.pipe.library)
+        photo = np.asarray(self.pipe.library.photos[src.library_position])
+        text = (f"Pixel (y={y}, x={x}) of output {output + 1} came from exemplar **`{src.exemplar_id}`** "
+                f"(rank {src.rank + 1}; {format_labels(src.labels)}) at (y={src.source_y}, x={src.source_x}); "
+                f"descriptor similarity {src.similarity:.3f}.")
+        return (text, mark_pixel(photo, src.source_y, src.source_x, self.scale),
+                mark_pixel(result.outputs[output], y, x, self.scale))
+
+    # ------------------------------------------------------------------ downloads
+    def _new_dir(self, name: str) -> Path:
+        self._prune()
+        return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.work_dir))
+
+    def _prune(self, max_age_s: float = 3600.0) -> None:
+        """Remove download folders older than an hour (Gradio has copied them to its own cache by then)."""
+        now = time.time()
+        for d in self.work_dir.iterdir():
+            if d.is_dir() and now - d.stat().st_mtime > max_age_s:
+                shutil.rmtree(d, ignore_errors=True)
+
+    def png_files(self, images: dict[str, np.ndarray]) -> dict[str, str]:
+        """Write images as PNGs into a new folder (atomically) and return their paths, for the page.
+
+        The page gets files rather than arrays: Gradio copies a returned file into its cache atomically,
+        whereas it rewrites the cache file of a returned array in place, which a browser still fetching the
+        same image of an earlier, identical request could then read truncated.
+        """
+        from pixelnn.io import save_image
+
+        d = self._new_dir("page")
+        paths = {}
+        for name, image in images.items():
+            save_image(d / f"{name}.png", np.asarray(image))
+            paths[name] = str(d / f"{name}.png")
+        return paths
+
+    def download(self, result: Any, output: int | None = None, photo: np.ndarray | None = None) -> Path:
+        """Zip of one output (``output``) or all outputs (None) with their correspondences, as ``save_result`` writes them."""
+        from pixelnn.io import zip_dir
+        from pixelnn.pipeline import save_result, subset_result
+
+        name = "pixelnn-all" if output is None else f"pixelnn-output-{int(output) + 1:03d}"
+        part = result if output is None else subset_result(result, [output])
+        d = self._new_dir(name)
+        folder = save_result(part, d / name, self.pipe.library, photo=photo)
+        if output is not None:  # keep the output's number in its file names
+            for f in sorted(folder.glob("*_001.png")):
+                f.rename(f.with_name(f.name.replace("_001", f"_{int(output) + 1:03d}")))
+            import json
+
+            m = json.loads((folder / "manifest.json").read_text())
+            m["outputs"][0]["file"] = f"output_{int(output) + 1:03d}.png"
+            (folder / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
+        return zip_dir(folder, d / f"{name}.zip")
+
+
+def _window_short(window: int | None) -> str:
+    return "whole" if window is None else f"{window}x{window}"
+
+
+def _set_name(ranks: Sequence[int]) -> str:
+    """0-based neighbour ranks -> ``"#2"`` or ``"#1-5"`` (1-based)."""
+    r = [int(v) + 1 for v in ranks]
+    if len(r) > 1 and r == list(range(r[0], r[-1] + 1)):
+        return f"#{r[0]}-{r[-1]}"
+    return "#" + "+".join(map(str, r))
+
+
+# ====================================================================== the page
+_CSS = """
+#gallery .thumbnail-item img, #gallery img {image-rendering: pixelated}
+#gallery .grid-container {grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important;
+                          grid-auto-rows: auto !important; gap: 6px}
+.pixelated img {image-rendering: pixelated}
+#status {min-height: 2.5em}
+"""
+
+
+_PIXEL_HINT = ("Hover over the selected output or its map to see where each pixel came from; click to mark it "
+               "on its source exemplar.")
+
+# Hovering the selected output or its correspondence map shows each pixel's source in a tooltip, from the
+# JSON that WebApp.hover_html puts in the page (no request per mouse move).
+_HOVER_JS = """
+<script>
+document.addEventListener('scroll', () => {
+  const tip = document.getElementById('pixelnn-tip');
+  if (tip) tip.style.display = 'none';
+}, true);
+document.addEventListener('mousemove', (ev) => {
+  let tip = document.getElementById('pixelnn-tip');
+  const img = ev.target;
+  const holder = document.getElementById('pixel-map');
+  const onView = img && img.tagName === 'IMG' && (img.closest('#output-view') || img.closest('#corr-view'));
+  if (!onView || !holder || !img.naturalWidth) { if (tip) tip.style.display = 'none'; return; }
+  if (holder._src !== holder.dataset.map) { holder._parsed = JSON.parse(holder.dataset.map); holder._src = holder.dataset.map; }
+  const d = holder._parsed;
+  const r = img.getBoundingClientRect();
+  const k = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight);
+  const w = img.naturalWidth * k, h = img.naturalHeight * k;
+  const x = Math.floor((ev.clientX - r.left - (r.width - w) / 2) / w * d.size);
+  const y = Math.floor((ev.clientY - r.top - (r.height - h) / 2) / h * d.size);
+  if (x < 0 || y < 0 || x >= d.size || y >= d.size) { if (tip) tip.style.display = 'none'; return; }
+  if (!tip) {
+    tip = document.createElement('div');
+    tip.id = 'pixelnn-tip';
+    tip.style.cssText = 'position:fixed;z-index:1000;pointer-events:none;background:#222;color:#fff;' +
+      'font:12px/1.3 system-ui,sans-serif;padding:3px 6px;border-radius:4px;max-width:40em';
+    document.body.appendChild(tip);
+  }
+  const i = y * d.size + x;
+  tip.textContent = `output ${d.output} (y=${y}, x=${x}) <- ${d.ids[d.rank[i]]} (rank ${d.rank[i] + 1}) at (y=${d.sy[i]}, x=${d.sx[i]})`;
+  tip.style.left = (ev.clientX + 14) + 'px';
+  tip.style.top = (ev.clientY + 14) + 'px';
+  tip.style.display = 'block';
+});
+</script>
+"""
+
+
+def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
+    """The Gradio page over ``app`` (a ``gr.Blocks``, queued: one synthesis at a time)."""
+    import gradio as gr
+
+    def _error(e: Exception) -> str:
+        return f"**Error:** {e}"
+
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        result_state = gr.State(None)   # SynthesisResult of this browser session
+        photo_state = gr.State(None)    # the photo it came from, if any
+        output_state = gr.State(None)   # selected output index
+
+        gr.Markdown(f"# PixelNN: many outputs, and where every pixel came from\n{app.describe()}")
+        with gr.Row():
+            with gr.Column(scale=1):
+                with gr.Tabs():
+                    with gr.Tab("Photo", id="tab-photo"):
+                        gr.Markdown(f"Upload a photo; the model's input is derived from it ({app.task_name}).")
+                        photo_file = gr.File(label="Photo", file_types=["image"], type="filepath", elem_id="photo-file")
+                        run_photo = gr.Button("Synthesize from photo", variant="primary", elem_id="run-photo")
+                    with gr.Tab("Input image", id="tab-input"):
+                        gr.Markdown("Upload an input image as the model takes it (it is resized to the model's input).")
+                        input_file = gr.File(label="Input image", file_types=["image"], type="filepath",
+                                             elem_id="input-file")
+                        run_input = gr.Button("Synthesize from input image", variant="primary", elem_id="run-input")
+                    with gr.Tab("Sketch", id="tab-sketch"):
+                        gr.Markdown("Pick the brush, then draw black strokes on white (edge models expect outlines).")
+                        sketch = gr.Sketchpad(label="Sketch", type="numpy", image_mode="RGBA",
+                                              canvas_size=(CANVAS_SIDE, CANVAS_SIDE), fixed_canvas=True,
+                                              brush=gr.Brush(default_size=3, colors=["#000000"], color_mode="fixed"),
+                                              layers=False, elem_id="sketch")
+                        run_sketch = gr.Button("Synthesize from sketch", variant="primary", elem_id="run-sketch")
+                with gr.Accordion("Restrict the exemplars", open=False):
+                    label_menus = [gr.Dropdown(choices=[(f"{v} ({n})", v) for v, n in values.items()], multiselect=True,
+                                               label=key, elem_id=f"label-{i}")
+                                   for i, (key, values) in enumerate(app.labels.items())]
+                    if not app.labels:
+                        gr.Markdown("This library has no labels.")
+                    like_files = gr.File(label=f"Only exemplars like these photos (up to {MAX_LIKE_PHOTOS})",
+                                         file_count="multiple", file_types=["image"], type="filepath",
+                                         elem_id="like-files")
+                with gr.Accordion("Options", open=False):
+                    num_outputs = gr.Slider(1, 72, value=72, step=1, label="Number of outputs (random subset)")
+                    seed = gr.Number(value=0, precision=0, label="Seed (for the subset)")
+                    mode = gr.Dropdown(choices=["matched", "global", "authors"], value="matched",
+                                       label="Composition mode")
+            with gr.Column(scale=2):
+                status = gr.Markdown("Give an input on the left.", elem_id="status")
+                with gr.Row():
+                    input_view = gr.Image(label="Input x", type="numpy", format="png", interactive=False,
+                                          elem_id="input-view", elem_classes=["pixelated"], height=200)
+                    stage1_view = gr.Image(label="Stage 1: f(x)", type="numpy", format="png", interactive=False,
+                                           elem_id="stage1-view", elem_classes=["pixelated"], height=200)
+        gallery = gr.Gallery(label="Outputs (click one)", columns=12, format="png", allow_preview=False,
+                             object_fit="contain", height="auto", elem_id="gallery")
+        with gr.Row():
+            output_view = gr.Image(label="Selected output (click a pixel)", type="numpy", format="png",
+                                   interactive=False, elem_id="output-view", elem_classes=["pixelated"])
+            corr_view = gr.Image(label="Correspondence map: colour = exemplar, shade = source position (click a pixel)",
+                                 type="numpy", format="png", interactive=False, elem_id="corr-view",
+                                 elem_classes=["pixelated"])
+            source_view = gr.Image(label="Source exemplar, pixel marked", type="numpy", format="png",
+                                   interactive=False, elem_id="source-view", elem_classes=["pixelated"])
+        pixel_info = gr.Markdown(_PIXEL_HINT, elem_id="pixel-info")
+        hover_data = gr.HTML("", elem_id="pixel-map-holder", padding=False)
+        with gr.Row():
+            with gr.Column(scale=2):
+                contributors = gr.Gallery(label="Exemplars that contributed most", columns=TOP_CONTRIBUTORS // 2,
+                                          format="png", allow_preview=False, height="auto", fit_columns=False,
+                                          elem_id="contributors")
+            with gr.Column(scale=3):
+                contrib_table = gr.Markdown("", elem_id="contrib-table")
+        with gr.Row():
+            dl_one = gr.Button("Download this output (zip)", elem_id="download-one")
+            dl_all = gr.Button("Download all outputs (zip)", elem_id="download-all")
+            dl_file = gr.File(label="Download", interactive=False, visible=False, elem_id="download-file")
+
+        # ------------------------------------------------------------ handlers
+        def on_synthesize(source, photo_path, input_path, drawing, like_paths, n_out, seed_value, mode_value, *labels):
+            t0 = time.perf_counter()
+            try:
+                x, photo = app.make_input(source, photo_path, input_path, drawing)
+                where, like = app.filters(dict(zip(app.labels, labels)), like_paths)
+                result = app.synthesize(x, where=where, like=like, num_outputs=int(n_out), seed=int(seed_value or 0),
+                                        mode=mode_value)
+            except PixelNNError as e:
+                log.info("request refused: %s", e)
+                gr.Warning(str(e))
+                return (_error(e),) + (gr.skip(),) * 11
+            except Exception as e:  # keep serving; say what happened
+                log.exception("synthesis failed")
+                return (_error(f"internal error ({type(e).__name__}: {e})"),) + (gr.skip(),) * 11
+            from pixelnn.data.dataset import resize_nearest, to_rgb
+
+            shown_input = to_rgb(resize_nearest(result.input[None], app.size))[0]
+            items = app.gallery(result)
+            files = app.png_files({"input": shown_input, "stage1": result.stage1,
+                                   **{f"output_{o + 1:03d}": im for o, (im, _) in enumerate(items)}})
+            shown = [(files[f"output_{o + 1:03d}"], caption) for o, (_, caption) in enumerate(items)]
+            msg = app.summary(result, {"photo": "photo", "input": "input image", "sketch": "sketch"}[source],
+                              time.perf_counter() - t0)
+            return (msg, files["input"], files["stage1"], shown, result, photo, None,
+                    None, None, None, _PIXEL_HINT, "")
+
+        synth_outputs = [status, input_view, stage1_view, gallery, result_state, photo_state, output_state,
+                         output_view, corr_view, source_view, pixel_info, hover_data]
+        common = [photo_file, input_file, sketch, like_files, num_outputs, seed, mode, *label_menus]
+        for button, source in ((run_photo, "photo"), (run_input, "input"), (run_sketch, "sketch")):
+            button.click(functools.partial(on_synthesize, source), inputs=common, outputs=synth_outputs,
+                         concurrency_limit=1, concurrency_id="pipeline", api_name=f"synthesize_{source}")
+
+        def on_upload(path, kind):
+            try:
+                if kind == "photo":
+                    app.read_photo(path)
+                else:
+                    app.read_input(path)
+            except PixelNNError as e:
+                gr.Warning(str(e))
+                return _error(e)
+            return f"{Path(path).name} is ready: press *Synthesize*."
+
+        photo_file.upload(lambda p: on_upload(p, "photo"), photo_file, status, concurrency_limit=4,
+                          api_name="check_photo")
+        input_file.upload(lambda p: on_upload(p, "input"), input_file, status, concurrency_limit=4,
+                          api_name="check_input")
+
+        def on_select(result, evt: gr.SelectData):
+            if result is None:
+                return (gr.skip(),) * 8
+            k = int(evt.index)
+            try:
+                out_img, cmap, thumbs, table = app.output_view(result, k)
+            except PixelNNError as e:
+                return (_error(e),) + (gr.skip(),) * 7
+            files = app.png_files({f"output_{k + 1:03d}": out_img, f"correspondence_{k + 1:03d}": cmap,
+                                   **{f"exemplar_{i + 1}": im for i, (im, _) in enumerate(thumbs)}})
+            shown = [(files[f"exemplar_{i + 1}"], caption) for i, (_, caption) in enumerate(thumbs)]
+            return (gr.skip(), files[f"output_{k + 1:03d}"], files[f"correspondence_{k + 1:03d}"], None, shown, table,
+                    k, app.hover_html(result, k))
+
+        gallery.select(on_select, result_state, [status, output_view, corr_view, source_view, contributors,
+                                                 contrib_table, output_state, hover_data],
+                       concurrency_limit=4, api_name=False)
+
+        def on_pixel(result, k, evt: gr.SelectData):
+            if result is None or k is None:
+                return "Select an output first.", gr.skip(), gr.skip()
+            try:
+                text, src, marked = app.pixel_view(result, k, *evt.index[:2])
+            except PixelNNError as e:
+                return _error(e), gr.skip(), gr.skip()
+            files = app.png_files({"source": src, f"output_{k + 1:03d}": marked})
+            return text, files["source"], files[f"output_{k + 1:03d}"]
+
+        for view in (output_view, corr_view):
+            view.select(on_pixel, [result_state, output_state], [pixel_info, source_view, output_view],
+                        concurrency_limit=4, api_name=False)
+
+        def on_download(result, k, photo, which):
+            if result is None:
+                gr.Warning("nothing to download yet: synthesize first")
+                return gr.skip()
+            if which == "one" and k is None:
+                gr.Warning("click an output first")
+                return gr.skip()
+            return gr.update(value=str(app.download(result, k if which == "one" else None, photo=photo)), visible=True)
+
+        dl_one.click(lambda r, k, p: on_download(r, k, p, "one"), [result_state, output_state, photo_state], dl_file,
+                     concurrency_limit=1, concurrency_id="files", api_name=False)
+        dl_all.click(lambda r, k, p: on_download(r, k, p, "all"), [result_state, output_state, photo_state], dl_file,
+                     concurrency_limit=1, concurrency_id="files", api_name=False)
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    return demo
+
+
+def launch(demo: Any, app: WebApp, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
+           quiet: bool = False) -> Any:
+    """Start the server for ``demo`` (built over ``app``): no share link, no SSR node server, analytics off."""
+    return demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False,
+                       allowed_paths=[str(app.work_dir)], max_file_size=app.max_upload_bytes, show_error=False,
+                       prevent_thread_lock=not block, quiet=quiet, css=_CSS, head=_HOVER_JS, footer_links=[],
+                       pwa=False, mcp_server=False)
+
+
+def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, library_dir: str | Path | None = None,
+          max_upload_bytes: int = MAX_UPLOAD_BYTES, max_upload_pixels: int = MAX_UPLOAD_PIXELS,
+          threads: int | None = None) -> None:
+    """Load a model and its library and serve the web app until interrupted."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise PixelNNError("the web app needs gradio: install the web extra (pip install -e '.[web]', "
+                           "or run scripts/install.sh)") from None
+    import torch
+
+    from pixelnn.pipeline import PixelNNPipeline
+
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    pipe = PixelNNPipeline.from_model_dir(model_dir, library_dir=library_dir)
+    app = WebApp(pipe, max_upload_bytes=max_upload_bytes, max_upload_pixels=max_upload_pixels)
+    warm_up(app)
+    log.info("model loaded in %.1f s; serving on http://%s:%d", time.perf_counter() - t0, host, port)
+    launch(build_ui(app), app, host=host, port=port)
+
+
+def warm_up(app: WebApp) -> None:
+    """Run the pipeline once on a blank input so the first user does not pay for lazy loading."""
+    cfg = app.pipe.regressor.config
+    x = np.full((cfg.input_size, cfg.input_size, cfg.in_channels), 255, np.uint8)
+    try:
+        app.pipe(x, num_outputs=1, seed=0)
+    except PixelNNError as e:  # e.g. a library too small for the default sets: the app will say so per request
+        log.warning("warm-up skipped: %s", e)

@@ -1,0 +1,336 @@
+"""The web app: its logic without a browser, the queue under simultaneous users, and a real browser.
+
+The browser tests drive Debian's chromium (/usr/bin/chromium, installed by .ci/run) with Playwright's
+Python package; no browser is ever downloaded. They skip with a reason when gradio, playwright or
+chromium is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pixelnn.cli import build_parser
+from pixelnn.errors import PixelNNError
+from pixelnn.library import ExemplarLibrary
+from pixelnn.pipeline import PixelNNPipeline
+from pixelnn.web import MAX_LIKE_PHOTOS, WebApp
+
+from .conftest import make_dataset, make_tiny_model_dir, synthetic_photos
+
+pytest.importorskip("faiss")
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny 4x4 -> 32x32 superres model with a 26-exemplar library (labels kind, shade), a photo and files."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("web")
+    model = make_tiny_model_dir(root / "model")
+    data = make_dataset(root / "data", n=30, seed=0)
+    ExemplarLibrary.build(None, model, [data], progress=False)
+    photo = root / "photo.png"
+    Image.fromarray(synthetic_photos(1, 64, seed=7)[0]).save(photo)
+    corrupt = root / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 40)
+    text = root / "notes.png"
+    text.write_text("hello, I am text with an image's name\n")
+    return {"root": root, "model": model, "photo": photo, "corrupt": corrupt, "text": text}
+
+
+@pytest.fixture(scope="module")
+def app(tiny):
+    pipe = PixelNNPipeline.from_model_dir(tiny["model"], pca_dims=16)
+    return WebApp(pipe, max_upload_bytes=200_000, max_upload_pixels=1_000_000, work_dir=tiny["root"] / "work")
+
+
+# ---------------------------------------------------------------------------- logic, no browser
+def test_serve_command_defaults_to_loopback():
+    args = build_parser().parse_args(["serve", "--model", "m"])
+    assert (args.host, args.port) == ("127.0.0.1", 7860)
+
+
+def test_inputs_from_each_source(app, tiny):
+    x, photo = app.make_input("photo", photo_path=str(tiny["photo"]))
+    assert x.shape == (4, 4, 3) and photo.shape == (32, 32, 3)
+    x, photo = app.make_input("input", input_path=str(tiny["photo"]))  # any image, resized to the input
+    assert x.shape == (4, 4, 3) and photo is None
+    canvas = np.zeros((64, 64, 4), np.uint8)
+    canvas[10:50, 32:40] = (0, 0, 0, 255)  # one black vertical stroke on a transparent canvas
+    x, _ = app.make_input("sketch", drawing={"composite": canvas, "layers": [], "background": None})
+    assert x.shape == (4, 4, 3) and x[:, 0].min() == 255 and x[1:3, 2].max() < 200
+    with pytest.raises(PixelNNError, match="sketch pad is empty"):
+        app.make_input("sketch", drawing={"composite": np.zeros((64, 64, 4), np.uint8)})
+    with pytest.raises(PixelNNError, match="upload a photo first"):
+        app.make_input("photo", photo_path=None)
+
+
+def test_bad_uploads_give_one_line_errors(app, tiny):
+    with pytest.raises(PixelNNError, match="corrupt"):
+        app.read_photo(tiny["corrupt"])
+    with pytest.raises(PixelNNError, match="corrupt"):
+        app.read_photo(tiny["text"])
+    big = tiny["root"] / "big.png"
+    Image.fromarray(np.zeros((1100, 1000, 3), np.uint8)).save(big)  # 1.1 MP > 1 MP limit, small file
+    with pytest.raises(PixelNNError, match="too large"):
+        app.read_photo(big)
+    heavy = tiny["root"] / "heavy.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)).save(heavy)
+    with pytest.raises(PixelNNError, match="limit is"):  # ~270 KB > 200 KB
+        app.read_photo(heavy)
+
+
+def test_filters(app, tiny):
+    assert set(app.labels) == {"kind", "shade"} and sum(app.labels["kind"].values()) == 26
+    where, like = app.filters({"kind": ["blob"], "shade": []}, None)
+    assert where == {"kind": ["blob"]} and like is None
+    _, like = app.filters({}, [str(tiny["photo"])])
+    assert len(like) == 1 and like[0].shape == (32, 32, 3)
+    with pytest.raises(PixelNNError, match="limit is"):
+        app.filters({}, [str(tiny["photo"])] * (MAX_LIKE_PHOTOS + 1))
+
+
+def test_synthesize_views_and_downloads(app, tiny):
+    x, photo = app.make_input("photo", photo_path=str(tiny["photo"]))
+    where, _ = app.filters({"kind": ["blob"]}, None)
+    result = app.synthesize(x, where=where, seed=0)
+    assert result.outputs.shape == (72, 32, 32, 3)
+    blobs = {r["id"] for r in app.pipe.library.records if r["labels"]["kind"] == "blob"}
+    assert set(result.neighbour_ids) <= blobs
+    items = app.gallery(result)
+    assert len(items) == 72 and items[0][1] == "1: #1 1x1" and items[-1][1].startswith("72: #7-11")
+    out_img, cmap, thumbs, table = app.output_view(result, 70)
+    assert out_img.shape == cmap.shape == (32 * app.scale, 32 * app.scale, 3)
+    assert np.array_equal(out_img[::app.scale, ::app.scale], result.outputs[70])
+    assert 1 <= len(thumbs) <= 5 and "share of pixels" in table and "kind=blob" in table
+    import html
+    import json
+    import re
+
+    data = json.loads(html.unescape(re.search(r"data-map='([^']*)'", app.hover_html(result, 70)).group(1)))
+    assert data["size"] == 32 and data["ids"] == result.neighbour_ids and data["output"] == 71
+    i = 9 * 32 + 5
+    assert result.neighbours[data["rank"][i]] == result.exemplar[70, 9, 5]
+    assert (data["sy"][i], data["sx"][i]) == (result.source_y[70, 9, 5], result.source_x[70, 9, 5])
+    text, src_img, marked = app.pixel_view(result, 70, view_x=5 * app.scale + 1, view_y=9 * app.scale + 2)
+    pos = int(result.exemplar[70, 9, 5])
+    assert f"`{app.pipe.library.ids[pos]}`" in text and "(y=9, x=5)" in text
+    assert src_img.shape == marked.shape == out_img.shape
+    one = app.download(result, 70, photo=photo)
+    with zipfile.ZipFile(one) as z:
+        names = set(z.namelist())
+        assert {"pixelnn-output-071/output_071.png", "pixelnn-output-071/correspondence_071.png",
+                "pixelnn-output-071/correspondences.npz", "pixelnn-output-071/manifest.json",
+                "pixelnn-output-071/photo.png"} <= names
+        z.extractall(tiny["root"] / "unzipped")
+    npz = np.load(tiny["root"] / "unzipped" / "pixelnn-output-071" / "correspondences.npz")
+    assert np.array_equal(npz["library_position"][0], result.exemplar[70])
+    from pixelnn.pipeline import subset_result
+
+    part = subset_result(result, [3, 70])
+    assert part.outputs.shape == (2, 32, 32, 3) and part.specs == [result.specs[3], result.specs[70]]
+    assert np.array_equal(part.source_x[1], result.source_x[70])
+    with pytest.raises(PixelNNError, match="do not exist"):
+        subset_result(result, [72])
+    files = app.png_files({"a": result.outputs[0], "b": result.stage1})
+    assert np.array_equal(np.asarray(Image.open(files["a"])), result.outputs[0]) and files["b"].endswith("b.png")
+    with zipfile.ZipFile(app.download(result, None)) as z:
+        assert sum(n.endswith(".png") and "/output_" in n for n in z.namelist()) == 72
+
+
+def test_empty_filters_are_an_error(app, tiny):
+    x, _ = app.make_input("photo", photo_path=str(tiny["photo"]))
+    with pytest.raises(PixelNNError):
+        app.synthesize(x, where={"kind": ["no-such-kind"]})
+
+
+# ---------------------------------------------------------------------------- the server
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 600.0) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}:\n{proc.stdout.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def test_simultaneous_users_are_queued(app, tiny):
+    """Three clients submit at once: all get 72 outputs, and the pipeline never runs two at a time."""
+    pytest.importorskip("gradio")
+    gradio_client = pytest.importorskip("gradio_client")
+    from pixelnn.web import build_ui, launch
+
+    app.peak_active = 0
+    runs_before = app.runs
+    demo = build_ui(app)
+    port = _free_port()
+    launch(demo, app, port=port, block=False, quiet=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/")
+        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        photo = gradio_client.handle_file(str(tiny["photo"]))
+        label_args = [[] for _ in app.labels]
+        jobs = [client.submit(photo, None, None, [], 72, i, "matched", *label_args, api_name="/synthesize_photo")
+                for i in range(3)]
+        results = [j.result(timeout=600) for j in jobs]
+        for r in results:
+            assert r[0].startswith("72 outputs from the photo"), r[0]
+            assert len(r[3]) == 72
+        assert app.runs - runs_before == 3
+        assert app.peak_active == 1  # queued: never two requests inside the pipeline call at once
+    finally:
+        demo.close()
+
+
+# ---------------------------------------------------------------------------- a real browser
+@pytest.fixture(scope="module")
+def server(tiny):
+    """``pixelnn serve`` on a free loopback port, in a subprocess."""
+    pytest.importorskip("gradio")
+    port = _free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
+    proc = subprocess.Popen([sys.executable, "-m", "pixelnn.cli", "serve", "--model", str(tiny["model"]),
+                             "--port", str(port), "--threads", "1", "--max-upload-mb", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/", proc)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser_page(server):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (/usr/bin/chromium; apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with tempfile.TemporaryDirectory(prefix="pixelnn-chromium-") as profile, sync_api.sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(profile, executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                                   headless=True, viewport={"width": 1400, "height": 1300},
+                                                   accept_downloads=True)
+        ctx.set_default_timeout(300_000)  # generous: the machine may be shared and busy
+        page = ctx.new_page()
+        page.goto(server)
+        page.wait_for_selector("#run-photo")
+        yield page
+        ctx.close()
+
+
+def _status(page) -> str:
+    return page.locator("#status").inner_text()
+
+
+def _wait_status(page, text: str, timeout: float = 300_000) -> str:
+    page.wait_for_function("t => document.querySelector('#status').innerText.includes(t)", arg=text, timeout=timeout)
+    return _status(page)
+
+
+def _upload(page, elem_id: str, path: Path) -> None:
+    """Set a file on a gr.File, clearing the one it holds first."""
+    box = page.locator(f"#{elem_id}")
+    if box.locator("input[type=file]").count() == 0:
+        box.get_by_role("button", name="Clear").click()
+    box.locator("input[type=file]").set_input_files(str(path))
+
+
+def _wait_gallery(page, n: int = 72) -> None:
+    page.wait_for_function(
+        "n => { const im = [...document.querySelectorAll('#gallery img')];"
+        " return im.length >= n && im.every(i => i.complete && i.naturalWidth > 0); }", arg=n, timeout=300_000)
+
+
+def test_browser_photo_sketch_and_correspondences(browser_page, tiny):
+    page = browser_page
+    # 1. Upload a photo, synthesize, and all 72 images arrive.
+    _upload(page, "photo-file", tiny["photo"])
+    _wait_status(page, "is ready")
+    page.click("#run-photo")
+    assert "72 outputs from the photo" in _wait_status(page, "outputs from the photo")
+    _wait_gallery(page)
+    assert page.locator("#stage1-view img").evaluate("i => i.naturalWidth") == 32
+    # 2. Click an output: its correspondence map and contributing exemplars open.
+    page.locator("#gallery img").nth(70).click()
+    page.wait_for_function("document.querySelector('#contrib-table').innerText.includes('share of pixels')")
+    assert "Output 71" in page.locator("#contrib-table").inner_text()
+    corr = page.locator("#corr-view img")
+    corr.wait_for()
+    assert corr.evaluate("i => i.naturalWidth") == 32 * (384 // 32)
+    page.wait_for_function("document.querySelectorAll('#contributors img').length >= 1")
+    # 3. Hover over the map: a tooltip names the pixel's source; click it: the source exemplar, pixel marked.
+    box = corr.bounding_box()
+    corr.hover(position={"x": box["width"] * 16.5 / 32, "y": box["height"] * 8.5 / 32})  # the middle of pixel (8, 16)
+    page.wait_for_function("(document.getElementById('pixelnn-tip') || {}).textContent?.includes('rank')")
+    assert "output 71 (y=8, x=16) <- " in page.locator("#pixelnn-tip").inner_text()
+    corr.click(position={"x": box["width"] * 0.3, "y": box["height"] * 0.7})
+    page.wait_for_function("document.querySelector('#pixel-info').innerText.includes('came from exemplar')")
+    assert "of output 71" in page.locator("#pixel-info").inner_text()
+    page.locator("#source-view img").wait_for()
+    # 4. Download everything.
+    page.click("#download-all")
+    link = page.locator("#download-file a").first
+    link.wait_for()
+    with page.expect_download() as dl:
+        link.click()
+    with zipfile.ZipFile(dl.value.path()) as z:
+        assert sum("/output_" in n for n in z.namelist()) == 72 and any(n.endswith("manifest.json") for n in z.namelist())
+    # 5. Draw a stroke on the sketch pad and synthesize from it.
+    page.get_by_role("tab", name="Sketch").click()
+    page.locator("#sketch button[aria-label=Brush]").click()
+    canvas = page.locator("#sketch canvas").first
+    canvas.scroll_into_view_if_needed()
+    b = canvas.bounding_box()
+    page.mouse.move(b["x"] + b["width"] * 0.3, b["y"] + b["height"] * 0.2)
+    page.mouse.down()
+    for i in range(1, 21):
+        page.mouse.move(b["x"] + b["width"] * (0.3 + 0.02 * i), b["y"] + b["height"] * (0.2 + 0.03 * i))
+    page.mouse.up()
+    page.click("#run-sketch")
+    assert "72 outputs from the sketch" in _wait_status(page, "outputs from the sketch")
+    _wait_gallery(page)
+
+
+def test_browser_corrupt_upload_shows_error_then_next_request_works(browser_page, tiny):
+    page = browser_page
+    page.get_by_role("tab", name="Photo").click()
+    _upload(page, "photo-file", tiny["corrupt"])
+    assert "cannot use corrupt.png" in _wait_status(page, "Error")
+    page.click("#run-photo")  # synthesizing from it says the same, and the app keeps serving
+    page.wait_for_function("document.querySelectorAll('.toast-body').length >= 1")
+    assert "corrupt" in _status(page)
+    _upload(page, "photo-file", tiny["photo"])
+    _wait_status(page, "is ready")
+    page.click("#run-photo")
+    _wait_status(page, "outputs from the photo")
+    _wait_gallery(page)
