@@ -462,7 +462,10 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
         common = [photo_file, input_file, sketch, like_files, num_outputs, seed, mode, *label_menus]
         for button, source in ((run_photo, "photo"), (run_input, "input"), (run_sketch, "sketch")):
             button.click(functools.partial(on_synthesize, source), inputs=common, outputs=synth_outputs,
-                         concurrency_limit=1, concurrency_id="pipeline", api_name=f"synthesize_{source}")
+                         concurrency_limit=1, concurrency_id="pipeline", api_name=f"synthesize_{source}",
+                         # the full-page progress overlay animates at the display's frame rate: on a 2-core machine
+                         # serving its own browser that animation costs the pipeline about a second
+                         show_progress="minimal")
 
         def on_upload(path, kind):
             try:
