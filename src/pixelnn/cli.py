@@ -30,6 +30,17 @@ def _add_task_options(p: argparse.ArgumentParser) -> None:
                    help="paired images: AtoB = left half is the input; BtoA = right half is the input")
 
 
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    """The dataset, output folder and budgets shared by ``train`` and ``baseline-train``."""
+    p.add_argument("data_dir", help="folder written by `pixelnn prepare`")
+    p.add_argument("--out", required=True, help="model folder (resumes if it holds a checkpoint)")
+    p.add_argument("--minutes", type=float, default=None, help="time budget, counted across resumes (see --clock)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="what --minutes counts: wall-clock time (default) or this process's CPU time, "
+                        "fair on a shared machine (with --threads 1 the two agree on an idle one)")
+    p.add_argument("--steps", type=int, default=100_000, help="maximum optimisation steps (default 100000)")
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from pixelnn.data.prepare import prepare_dataset
 
@@ -208,13 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train the stage-1 regressor (L2 loss) on a prepared dataset")
-    p.add_argument("data_dir", help="folder written by `pixelnn prepare`")
-    p.add_argument("--out", required=True, help="model folder (resumes if it holds a checkpoint)")
-    p.add_argument("--minutes", type=float, default=None, help="time budget, counted across resumes (see --clock)")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="what --minutes counts: wall-clock time (default) or this process's CPU time, "
-                        "fair on a shared machine (with --threads 1 the two agree on an idle one)")
-    p.add_argument("--steps", type=int, default=100_000, help="maximum optimisation steps (default 100000)")
+    _add_training_options(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -228,13 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("baseline-train", help="train the pix2pix baseline (U-Net + PatchGAN, L1 + cGAN) on a dataset")
-    p.add_argument("data_dir", help="folder written by `pixelnn prepare`")
-    p.add_argument("--out", required=True, help="model folder (resumes if it holds a checkpoint)")
-    p.add_argument("--minutes", type=float, default=None, help="time budget, counted across resumes (see --clock)")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="what --minutes counts: wall-clock time (default) or this process's CPU time, "
-                        "fair on a shared machine (with --threads 1 the two agree on an idle one)")
-    p.add_argument("--steps", type=int, default=100_000, help="maximum optimisation steps (default 100000)")
+    _add_training_options(p)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

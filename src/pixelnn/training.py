@@ -179,14 +179,8 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
     """
     config = config or TrainConfig()
     model_dir = Path(model_dir)
-    ds = Dataset(data_dir)
+    ds, train_split, val_split = load_training_splits(data_dir)
     task = ds.task
-    train_split, val_split = ds.split("train", mmap=False), ds.split("val", mmap=False)
-    if len(train_split) == 0:
-        raise PixelNNError(f"{data_dir} has no training images")
-    if len(val_split) == 0:
-        log.warning("%s has no val split; validating on the first training images", data_dir)
-        val_split = SplitData(train_split.photos[:256], train_split.inputs[:256], train_split.records[:256])
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
@@ -300,6 +294,18 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
     if stop["flag"]:
         raise KeyboardInterrupt
     return TrainResult(model_dir, step, elapsed, throughput, metrics)
+
+
+def load_training_splits(data_dir: str | Path) -> tuple[Dataset, SplitData, SplitData]:
+    """A prepared dataset's train and val splits in memory (val falls back to the first 256 train pairs)."""
+    ds = Dataset(data_dir)
+    train_split, val_split = ds.split("train", mmap=False), ds.split("val", mmap=False)
+    if len(train_split) == 0:
+        raise PixelNNError(f"{data_dir} has no training images")
+    if len(val_split) == 0:
+        log.warning("%s has no val split; validating on the first training images", data_dir)
+        val_split = SplitData(train_split.photos[:256], train_split.inputs[:256], train_split.records[:256])
+    return ds, train_split, val_split
 
 
 def budget_clock(clock: str):

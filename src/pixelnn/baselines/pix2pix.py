@@ -53,7 +53,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import signal
 import time
 from dataclasses import dataclass
@@ -67,13 +66,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, safe_open, save_file
 
 from pixelnn.config import TaskConfig
-from pixelnn.data.dataset import Dataset, SplitData, image_grid
+from pixelnn.data.dataset import SplitData, image_grid
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.image_metrics import psnr, ssim
 from pixelnn.io import atomic_path, save_image, write_json
 from pixelnn.models.regressor import to_tensor, to_uint8, upsample_input
 from pixelnn.training import (TrainResult, _in_main_thread, budget_bar, budget_clock, load_optimizer_tensors,
-                              optimizer_tensors)
+                              load_training_splits, optimizer_tensors)
 
 log = logging.getLogger(__name__)
 
@@ -520,14 +519,8 @@ def train_pix2pix(data_dir: str | Path, out_dir: str | Path, config: Pix2PixConf
     """
     config = config or Pix2PixConfig()
     out_dir = Path(out_dir)
-    ds = Dataset(data_dir)
+    ds, train_split, val_split = load_training_splits(data_dir)
     task = ds.task
-    train_split, val_split = ds.split("train", mmap=False), ds.split("val", mmap=False)
-    if len(train_split) == 0:
-        raise PixelNNError(f"{data_dir} has no training images")
-    if len(val_split) == 0:
-        log.warning("%s has no val split; validating on the first training images", data_dir)
-        val_split = SplitData(train_split.photos[:256], train_split.inputs[:256], train_split.records[:256])
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     rng = np.random.default_rng(config.seed)  # batches and flips

@@ -94,7 +94,7 @@ class PrepareReport:
                  f"(train {c.get('train', 0)}, val {c.get('val', 0)}, test {c.get('test', 0)}) "
                  f"from {self.source_kind} {self.source} in {self.seconds:.1f} s",
                  f"photos {self.task.size}x{self.task.size} fit={self.fit}"
-                 + (f" (auto)" if self.fit_requested == "auto" else "")
+                 + (" (auto)" if self.fit_requested == "auto" else "")
                  + f", inputs {self.task.input_size}x{self.task.input_size}x{self.task.input_channels}"
                  + f", split from {self.split_source}"
                  + (f", labels: {', '.join(self.label_keys)}" if self.label_keys else ", no labels")]
