@@ -49,6 +49,18 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file; an unreadable or corrupt one raises a one-line PixelNNError."""
+    from pixelnn.errors import PixelNNError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PixelNNError(f"{path} is corrupt: {e}") from None
+    except OSError as e:
+        raise PixelNNError(f"cannot read {path}: {e.strerror or e}") from None
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write text atomically."""
     with atomic_path(path) as tmp:

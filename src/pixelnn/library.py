@@ -53,7 +53,7 @@ import numpy as np
 from pixelnn.config import MODEL_FILES, TaskConfig
 from pixelnn.data.dataset import SPLITS, Dataset
 from pixelnn.errors import PixelNNError
-from pixelnn.io import atomic_dir, write_json
+from pixelnn.io import atomic_dir, read_json, write_json
 from pixelnn.retrieval import (DESCRIPTOR_LAYER, DESCRIPTOR_NAME, INDEX_KINDS, GlobalIndex, descriptor_dim,
                                global_descriptors)
 
@@ -118,10 +118,7 @@ def _read_model(model_dir: Path) -> tuple[bytes, dict[str, Any]]:
     if not weights.is_file():
         raise PixelNNError(f"{model_dir} has no {MODEL_FILES.weights} yet; wait for the first checkpoint "
                            f"of `pixelnn train`")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise PixelNNError(f"{cfg_path} is corrupt: {e}") from None
+    config = read_json(cfg_path)
     if "task" not in config:
         raise PixelNNError(f"{cfg_path} has no task; retrain the model with this version of pixelnn")
     return weights.read_bytes(), config
@@ -198,10 +195,7 @@ class ExemplarLibrary:
         if not path.is_file():
             raise PixelNNError(f"{self.root} is not a PixelNN library (no {MANIFEST}); build one with "
                                f"`pixelnn index DATA_DIR --model MODEL_DIR`")
-        try:
-            manifest = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise PixelNNError(f"{path} is corrupt: {e}") from None
+        manifest = read_json(path)
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
             raise PixelNNError(f"{path} is not a {FORMAT_NAME} manifest")
         if not isinstance(manifest.get("version"), int) or manifest["version"] > FORMAT_VERSION:

@@ -6,7 +6,7 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pixelnn.io import write_text
+from pixelnn.io import read_json, write_text
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;line-height:1.45}
@@ -129,7 +129,6 @@ def write_evaluation_page(report_dir: str | Path, page_dir: str | Path, name: st
     strip per example input (input, stage 1, eight PixelNN outputs, a correspondence map, eight
     pix2pix samples when evaluated, the photo).
     """
-    import json
     import shutil
 
     import numpy as np
@@ -142,10 +141,7 @@ def write_evaluation_page(report_dir: str | Path, page_dir: str | Path, name: st
     path = report_dir / "metrics.json"
     if not path.is_file():
         raise PixelNNError(f"{report_dir} is not an evaluation folder (no metrics.json); run `pixelnn evaluate` first")
-    try:
-        metrics = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise PixelNNError(f"{path} is corrupt: {e}") from None
+    metrics = read_json(path)
     if metrics.get("format") != "pixelnn-evaluation":
         raise PixelNNError(f"{path} is not a pixelnn-evaluation file")
     name = name or metrics.get("experiment") or report_dir.name
@@ -182,7 +178,6 @@ def write_evaluation_page(report_dir: str | Path, page_dir: str | Path, name: st
 def report_command(report_dirs: list[str | Path], page_dir: str | Path) -> Path:
     """``pixelnn report``: one page per REPORT_DIR plus ``index.html`` linking them; returns the index path."""
     import html as _html
-    import json
 
     from pixelnn.errors import PixelNNError
     from pixelnn.io import write_text
@@ -193,12 +188,13 @@ def report_command(report_dirs: list[str | Path], page_dir: str | Path) -> Path:
         d = Path(d)
         if not (d / "metrics.json").is_file():
             raise PixelNNError(f"{d} is not an evaluation folder (no metrics.json); run `pixelnn evaluate` first")
-        name = json.loads((d / "metrics.json").read_text()).get("experiment") or d.name
+        metrics = read_json(d / "metrics.json")  # read once: name and table row
+        name = metrics.get("experiment") or d.name
         if name in names:
             name = f"{name}-{len(names) + 1}"
         page = write_evaluation_page(d, page_dir, name)
         names.append(name)
-        m = json.loads((d / "metrics.json").read_text())["methods"]
+        m = metrics["methods"]
         pn = m.get("pixelnn", {})
         rows.append(f"<tr><td><a href='{_html.escape(page.name)}'>{_html.escape(name)}</a></td>"
                     f"<td>{_fmt(pn.get('rand1_lpips'))}</td><td>{_fmt(pn.get('oracle_lpips'))}</td>"

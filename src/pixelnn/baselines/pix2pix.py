@@ -69,7 +69,7 @@ from pixelnn.config import TaskConfig
 from pixelnn.data.dataset import SplitData, image_grid
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.image_metrics import psnr, ssim
-from pixelnn.io import atomic_path, save_image, write_json
+from pixelnn.io import atomic_path, read_json, save_image, write_json
 from pixelnn.models.regressor import to_tensor, to_uint8, upsample_input
 from pixelnn.training import (TrainResult, _in_main_thread, budget_bar, budget_clock, load_optimizer_tensors,
                               load_training_splits, optimizer_tensors)
@@ -343,10 +343,7 @@ class Pix2PixSampler:
         if not cfg_path.is_file():
             raise PixelNNError(f"{out_dir} is not a pix2pix model directory (no {FILES.config}); "
                                f"train one with `pixelnn baseline-train DATA_DIR --out {out_dir}`")
-        try:
-            config = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise PixelNNError(f"{cfg_path} is corrupt: {e}") from None
+        config = read_json(cfg_path)
         if config.get("format") != FORMAT:
             raise PixelNNError(f"{out_dir} is not a pix2pix model directory ({cfg_path} has format "
                                f"{config.get('format')!r})")

@@ -152,10 +152,9 @@ def _resolve_data_dir(model_dir: Path, data_dir: str | Path | None) -> Path:
     if data_dir is not None:
         return Path(data_dir)
     cfg_path = model_dir / "config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise PixelNNError(f"cannot read {cfg_path}: {e}") from None
+    from pixelnn.io import read_json
+
+    cfg = read_json(cfg_path)
     path = cfg.get("dataset", {}).get("path")
     if not path:
         raise PixelNNError(f"{cfg_path} does not name its dataset; pass --data DATA_DIR")
