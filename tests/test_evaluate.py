@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from pixelnn.cli import main
+from pixelnn.compose import COLORS, MODES
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.evaluate import EvalSettings, evaluate, select_inputs
 from pixelnn.library import ExemplarLibrary
@@ -69,6 +71,11 @@ def test_evaluate_writes_every_number(setup):
         assert s["num_generated"] == (2 * 3 if name != "stage1" else 3) and s["num_real"] == 4
     assert metrics["methods"]["stage1"]["rand1_lpips"] == metrics["methods"]["stage1"]["oracle_lpips"]
     assert "diversity_lpips" not in metrics["methods"]["stage1"]
+    # coherence: PixelNN only, with the composition recorded (the pipeline's defaults)
+    assert metrics["settings"]["mode"] == "matched" and metrics["settings"]["color"] == "rgb"
+    assert "seam_rate" in metrics["protocol"] and "'matched'" in metrics["protocol"]["seam_rate"]
+    assert 0 <= metrics["methods"]["pixelnn"]["seam_rate"] <= 1
+    assert metrics["methods"]["pix2pix"]["seam_rate"] is None and metrics["methods"]["stage1"]["seam_rate"] is None
     # the fake pix2pix is nearly collapsed: far less diverse than PixelNN's compositions
     assert metrics["methods"]["pix2pix"]["diversity_lpips"] < metrics["methods"]["pixelnn"]["diversity_lpips"]
     for key in ("synthesis_pixelnn", "synthesis_pix2pix", "fidelity_lpips_psnr_ssim", "fid_features", "total"):
@@ -78,6 +85,10 @@ def test_evaluate_writes_every_number(setup):
     assert rows[0]["methods"]["pixelnn"]["num_outputs"] == 12
     mean_rand1 = np.mean([r["methods"]["pixelnn"]["rand1_lpips"] for r in rows])
     assert mean_rand1 == pytest.approx(metrics["methods"]["pixelnn"]["rand1_lpips"], abs=1e-5)
+    assert all(0 <= r["methods"]["pixelnn"]["seam_rate"] <= 1 for r in rows)
+    assert all(r["methods"][m]["seam_rate"] is None for r in rows for m in ("pix2pix", "stage1"))
+    mean_seams = np.mean([r["methods"]["pixelnn"]["seam_rate"] for r in rows])
+    assert mean_seams == pytest.approx(metrics["methods"]["pixelnn"]["seam_rate"], abs=1e-5)
     with np.load(out / "examples.npz") as ex:
         assert ex["pixelnn"].shape == (2, 8, 32, 32, 3) and ex["pix2pix"].shape == (2, 8, 32, 32, 3)
         assert ex["inputs"].shape == ex["photos"].shape == ex["stage1"].shape == ex["correspondence"].shape == (2, 32, 32, 3)
@@ -99,6 +110,34 @@ def test_evaluate_is_deterministic_and_refuses_to_overwrite(setup, tmp_path):
             assert again["methods"][name].get(key) == metrics["methods"][name].get(key), (name, key)
 
 
+def test_seam_rate_of_the_global_mode_is_zero(setup, tmp_path):
+    """Eq. 2 records each output's correspondences as one exemplar (its set's top rank) at the same positions:
+    no pair of neighbours breaks that copy, so the seam rate is exactly 0 (by construction)."""
+    root, model, data, pipe, metrics, fake = setup
+    settings = EvalSettings(split="val", num_inputs=2, num_outputs=4, fid_outputs_per_input=1, num_examples=0,
+                            diversity_outputs=4, kid_subsets=2, mode="global", color="luma")
+    glob = evaluate(model, tmp_path / "global", settings, data_dir=data, pipeline=pipe, progress=False)
+    assert glob["settings"]["mode"] == "global" and glob["settings"]["color"] == "luma"
+    assert glob["methods"]["pixelnn"]["seam_rate"] == 0.0 and glob["methods"]["stage1"]["seam_rate"] is None
+    rows = [json.loads(line) for line in (tmp_path / "global" / "per_input.jsonl").read_text().splitlines()]
+    assert [r["methods"]["pixelnn"]["seam_rate"] for r in rows] == [0.0, 0.0]
+    # the matched outputs of the same model do break their copies
+    assert metrics["methods"]["pixelnn"]["seam_rate"] > 0
+
+
+def test_invalid_mode_or_color_lists_the_valid_ones(setup, tmp_path):
+    root, model, data, pipe, *_ = setup
+    for field, valid in (("mode", MODES), ("color", COLORS)):
+        settings = EvalSettings(split="val", num_inputs=1, **{field: "bogus"})
+        with pytest.raises(PixelNNError, match="bogus") as e:
+            evaluate(model, tmp_path / "x", settings, data_dir=data, pipeline=pipe, progress=False)
+        assert "\n" not in str(e.value) and all(v in str(e.value) for v in valid), str(e.value)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit) as exit_:  # argparse: choices are compose.MODES
+        main(["evaluate", str(model), "--mode", "bogus", "--out", str(tmp_path / "x")])
+    assert exit_.value.code == 2
+
+
 def test_select_inputs():
     assert select_inputs(5, 10, 0).tolist() == [0, 1, 2, 3, 4]
     pick = select_inputs(100, 10, 3)
@@ -115,6 +154,8 @@ def test_report_pages_reference_existing_images(setup, tmp_path, capsys):
     assert "report.html" in index
     page = (tmp_path / "pages" / "report.html").read_text()
     assert "Rand-1" in page and "Oracle" in page and "pix2pix" in page and "FID" in page
+    assert "<th>seam rate</th>" in page and "composition matched, rgb" in page
+    assert "<th>PixelNN seam rate</th>" in index and "<td>matched, rgb</td>" in index
     srcs = re.findall(r"src='([^']+)'", page)
     assert "report/spectrum.png" in srcs and "report/example_01.png" in srcs and "report/example_02.png" in srcs
     for src in srcs:
@@ -126,14 +167,34 @@ def test_report_pages_reference_existing_images(setup, tmp_path, capsys):
     assert strip.size == (20 * 34 + 2, 36)
 
 
+def test_report_reads_evaluations_without_seam_rate_or_mode(setup, tmp_path):
+    """metrics.json written before the seam rate and the composition mode were recorded."""
+    root, *_ = setup
+    old = tmp_path / "old"
+    shutil.copytree(root / "report", old)
+    m = json.loads((old / "metrics.json").read_text())
+    for s in m["methods"].values():
+        del s["seam_rate"]
+    del m["protocol"]["seam_rate"], m["settings"]["mode"], m["settings"]["color"]
+    (old / "metrics.json").write_text(json.dumps(m))
+    index = main(["report", str(old), "--out", str(tmp_path / "pages")])
+    assert index == 0
+    page = (tmp_path / "pages" / "report.html").read_text()
+    assert "<th>seam rate</th>" in page and "not measured in this evaluation" in page
+    assert "<td>matched, rgb</td><td>" in (tmp_path / "pages" / "index.html").read_text()
+
+
 def test_cli_evaluate_runs_and_bad_input_exits_2(setup, tmp_path, capsys):
     root, model, data, *_ = setup
     code = main(["-q", "evaluate", str(model), "--data", str(data), "--split", "val", "--num-inputs", "2",
                  "--num-outputs", "6", "--fid-outputs-per-input", "1", "--num-examples", "1", "--threads", "1",
-                 "--out", str(tmp_path / "r")])
+                 "--mode", "global", "--color", "luma", "--out", str(tmp_path / "r")])
     out = capsys.readouterr().out
     assert code == 0 and "pixelnn: LPIPS Rand-1" in out and "stage1:" in out and "pix2pix" not in out
-    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["num_inputs"] == 2
+    assert "seam rate 0.000" in out
+    written = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert written["num_inputs"] == 2
+    assert (written["settings"]["mode"], written["settings"]["color"]) == ("global", "luma")
     bad = [["evaluate", str(tmp_path / "missing"), "--out", str(tmp_path / "x")],
            ["evaluate", str(model), "--data", str(data), "--split", "bogus", "--out", str(tmp_path / "x")],
            ["evaluate", str(model), "--out", str(tmp_path / "x")],  # the tiny model names no dataset

@@ -10,12 +10,32 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from pixelnn import __version__
 from pixelnn.config import DIRECTIONS, EDGE_METHODS, TASKS, TaskConfig, TrainConfig
 from pixelnn.errors import PixelNNError
 
 log = logging.getLogger("pixelnn")
+
+
+class _ComposeChoices(Sequence[str]):
+    """``pixelnn.compose.MODES`` or ``COLORS`` as argparse choices, read when first used: importing
+    :mod:`pixelnn.compose` (torch) when the parser is built would slow every command by ~2 s."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def _values(self) -> Sequence[str]:
+        from pixelnn import compose
+
+        return getattr(compose, self.name)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._values()[i]
+
+    def __len__(self) -> int:
+        return len(self._values())
 
 
 def _add_task_options(p: argparse.ArgumentParser) -> None:
@@ -168,14 +188,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = EvalSettings(split=args.split, num_inputs=args.num_inputs, num_outputs=args.num_outputs, seed=args.seed,
                             fid_outputs_per_input=args.fid_outputs_per_input, fid_real_photos=args.fid_real_photos,
                             faithfulness_outputs_per_input=args.faithfulness_outputs_per_input,
-                            num_examples=args.num_examples)
+                            num_examples=args.num_examples, mode=args.mode, color=args.color)
     m = evaluate(args.model, args.out, settings, data_dir=args.data, pix2pix=args.pix2pix, library_dir=library_dir,
                  overwrite=args.overwrite, progress=not args.quiet)
     for name, s in m["methods"].items():
         fid = "-" if s.get("fid") is None else f"{s['fid']:.1f}"
         div = "-" if s.get("diversity_lpips") is None else f"{s['diversity_lpips']:.3f}"
+        seams = "" if s.get("seam_rate") is None else f"; seam rate {s['seam_rate']:.3f}"
         print(f"{name}: LPIPS Rand-1 {s['rand1_lpips']:.3f} Oracle {s['oracle_lpips']:.3f}; "
-              f"diversity {div}; FID {fid}; spectral distance {s['spectral_distance_db']:.2f} dB")
+              f"diversity {div}{seams}; FID {fid}; spectral distance {s['spectral_distance_db']:.2f} dB")
     print(f"evaluated {m['num_inputs']} inputs in {m['wall_seconds'] / 60:.1f} min -> {args.out}")
     return 0
 
@@ -286,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-inputs", type=int, default=100, help="inputs evaluated (seeded random subset; default 100)")
     p.add_argument("--num-outputs", type=int, default=72, help="outputs per input for each method (default 72)")
     p.add_argument("--pix2pix", default=None, metavar="P2P_DIR", help="also evaluate this pix2pix baseline")
+    p.add_argument("--mode", choices=_ComposeChoices("MODES"), default="matched", metavar="MODE",
+                   help="composition mode of the PixelNN outputs, as in `pixelnn synthesize`: %(choices)s "
+                        "(default %(default)s, eq. 3)")
+    p.add_argument("--color", choices=_ComposeChoices("COLORS"), default="rgb", metavar="COLOR",
+                   help="copy residuals in RGB or luminance only: %(choices)s (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fid-outputs-per-input", type=int, default=8,
                    help="seeded outputs per input that enter FID/KID (default 8; Inception costs ~0.1-0.5 s/image)")

@@ -66,6 +66,13 @@ def _fmt(v: object, digits: int = 3, scale: float = 1.0) -> str:
     return "–" if v is None else f"{float(v) * scale:.{digits}f}"  # type: ignore[arg-type]
 
 
+def _composition(metrics: dict) -> str:
+    """The PixelNN composition mode and colour of an evaluation, e.g. ``matched, rgb`` (evaluations written before
+    they were recorded used the pipeline's defaults, matched and rgb)."""
+    st = metrics.get("settings", {})
+    return f"{st.get('mode', 'matched')}, {st.get('color', 'rgb')}"
+
+
 def evaluation_sections(metrics: dict, image_dir: str) -> list[Section]:
     """Sections of one experiment's page from its ``metrics.json`` (figures relative to the page)."""
     methods = [m for m in ("pixelnn", "pix2pix", "stage1") if m in metrics["methods"]]
@@ -88,7 +95,7 @@ def evaluation_sections(metrics: dict, image_dir: str) -> list[Section]:
         head.append("input PSNR ↑ (dB)")
     elif faith == "edges":
         head += ["edge AP ↑", "edge best F1 ↑"]
-    head += ["diversity LPIPS ↑", "FID ↓", "KID ×1000 ↓", "spectral distance ↓ (dB)"]
+    head += ["diversity LPIPS ↑", "seam rate", "FID ↓", "KID ×1000 ↓", "spectral distance ↓ (dB)"]
     other = [head]
     for m in methods:
         s = ms[m]
@@ -98,19 +105,22 @@ def evaluation_sections(metrics: dict, image_dir: str) -> list[Section]:
         elif faith == "edges":
             row += [_fmt(s.get("faithfulness_ap")), _fmt(s.get("faithfulness_f1"))]
         kid = "–" if s.get("kid") is None else f"{s['kid'] * 1000:.2f} ± {s['kid_std'] * 1000:.2f}"
-        row += [_fmt(s.get("diversity_lpips")), _fmt(s.get("fid"), 1), kid, _fmt(s.get("spectral_distance_db"), 2)]
+        row += [_fmt(s.get("diversity_lpips")), _fmt(s.get("seam_rate")), _fmt(s.get("fid"), 1), kid,
+                _fmt(s.get("spectral_distance_db"), 2)]
         other.append(row)
     st = metrics["settings"]
     proto = metrics["protocol"]
     sections = [
         Section("Fidelity to the photo (paper Tables 1–2)", [
             f"{metrics['num_inputs']} inputs of the {metrics['split']} split ({metrics['split_size']} pairs), "
-            f"{n_out} outputs per input. Rand-1: one output drawn with seed {st['seed']}. Oracle: the output with the "
-            "lowest LPIPS (its PSNR and SSIM alongside); best PSNR / best SSIM: each metric's own best output."],
+            f"{n_out} outputs per input; PixelNN composition mode and colour: {_composition(metrics)}. Rand-1: one "
+            f"output drawn with seed {st['seed']}. Oracle: the output with the lowest LPIPS (its PSNR and SSIM "
+            "alongside); best PSNR / best SSIM: each metric's own best output."],
             table=quality),
-        Section("Faithfulness, diversity, realism, frequency content", [
-            f"Faithfulness: {proto['faithfulness']}. Diversity: {proto['diversity']}. FID/KID: {proto['fid_kid']}. "
-            f"Spectral distance: {proto['spectral_distance_db']}."], table=other),
+        Section("Faithfulness, diversity, coherence, realism, frequency content", [
+            f"Faithfulness: {proto['faithfulness']}. Diversity: {proto['diversity']}. "
+            f"Seam rate (lower: longer coherent copies): {proto.get('seam_rate', 'not measured in this evaluation')}. "
+            f"FID/KID: {proto['fid_kid']}. Spectral distance: {proto['spectral_distance_db']}."], table=other),
         Section("Frequency analysis (paper Fig. 4)", figures=[(f"{image_dir}/spectrum.png",
                                                                "Radially averaged power spectra")]),
     ]
@@ -171,7 +181,8 @@ def write_evaluation_page(report_dir: str | Path, page_dir: str | Path, name: st
         sections.insert(2, Section("Examples", [order + ", the photo."], figures=figs))
     task = metrics.get("task", {})
     intro = (f"Task {task.get('name')}" + (f" (edges: {task.get('edge_method')})" if task.get("name") == "edges" else "")
-             + f"; evaluated in {metrics.get('wall_seconds', 0) / 60:.1f} min.")
+             + f"; PixelNN composition {_composition(metrics)}; "
+             f"evaluated in {metrics.get('wall_seconds', 0) / 60:.1f} min.")
     return write_page(page_dir / f"{name}.html", f"PixelNN evaluation: {name}", sections, intro)
 
 
@@ -197,13 +208,15 @@ def report_command(report_dirs: list[str | Path], page_dir: str | Path) -> Path:
         m = metrics["methods"]
         pn = m.get("pixelnn", {})
         rows.append(f"<tr><td><a href='{_html.escape(page.name)}'>{_html.escape(name)}</a></td>"
+                    f"<td>{_html.escape(_composition(metrics))}</td>"
                     f"<td>{_fmt(pn.get('rand1_lpips'))}</td><td>{_fmt(pn.get('oracle_lpips'))}</td>"
-                    f"<td>{_fmt(pn.get('diversity_lpips'))}</td><td>{_fmt(pn.get('fid'), 1)}</td>"
-                    f"<td>{_fmt(m.get('pix2pix', {}).get('fid'), 1)}</td></tr>")
+                    f"<td>{_fmt(pn.get('diversity_lpips'))}</td><td>{_fmt(pn.get('seam_rate'))}</td>"
+                    f"<td>{_fmt(pn.get('fid'), 1)}</td><td>{_fmt(m.get('pix2pix', {}).get('fid'), 1)}</td></tr>")
     body = [f"<!doctype html><html><head><meta charset='utf-8'><title>PixelNN evaluations</title>"
             f"<style>{_STYLE}</style></head><body><h1>PixelNN evaluations</h1>",
-            "<table><tr><th>experiment</th><th>PixelNN LPIPS (Rand-1)</th><th>PixelNN LPIPS (Oracle)</th>"
-            "<th>PixelNN diversity</th><th>PixelNN FID</th><th>pix2pix FID</th></tr>", *rows, "</table></body></html>\n"]
+            "<table><tr><th>experiment</th><th>composition</th><th>PixelNN LPIPS (Rand-1)</th>"
+            "<th>PixelNN LPIPS (Oracle)</th><th>PixelNN diversity</th><th>PixelNN seam rate</th><th>PixelNN FID</th>"
+            "<th>pix2pix FID</th></tr>", *rows, "</table></body></html>\n"]
     index = page_dir / "index.html"
     write_text(index, "\n".join(body))
     return index

@@ -19,7 +19,11 @@ each method — ``pixelnn`` (N composed outputs), ``pix2pix`` (N samples, when a
   outputs per input and the split's real photos (all of them, or the first ``fid_real_photos``);
 - frequency content: the radially averaged power spectrum of all outputs, of the stage-1 images and
   of the evaluated inputs' photos, plotted in ``spectrum.png``, with each method's spectral distance
-  to the photos (:mod:`pixelnn.evaluation.spectrum`).
+  to the photos (:mod:`pixelnn.evaluation.spectrum`);
+- coherence (``pixelnn`` only: the other methods have no correspondences): the seam rate of every
+  output (:func:`pixelnn.evaluation.coherence.seam_rate`), averaged per input and over inputs.
+
+The PixelNN outputs are composed with the settings' ``mode`` and ``color`` (see :mod:`pixelnn.compose`).
 
 Files in REPORT_DIR (written under a temporary name and renamed when complete): ``metrics.json``
 (every summary number, the settings and the wall time per stage), ``per_input.jsonl`` (one line per
@@ -57,7 +61,11 @@ class Sampler(Protocol):
 
 @dataclass
 class EvalSettings:
-    """Everything that decides the numbers of one evaluation (stored in ``metrics.json``)."""
+    """Everything that decides the numbers of one evaluation (stored in ``metrics.json``).
+
+    ``mode`` and ``color`` are the PixelNN composition's (one of :data:`pixelnn.compose.MODES` and
+    :data:`pixelnn.compose.COLORS`; defaults as in :class:`pixelnn.pipeline.PixelNNPipeline`).
+    """
 
     split: str = "test"
     num_inputs: int = 100
@@ -73,14 +81,21 @@ class EvalSettings:
     kid_subset_size: int = 1000
     num_examples: int = 6
     top_k: int = 11
+    mode: str = "matched"
+    color: str = "rgb"
 
     def check(self) -> None:
+        """Raise a one-line PixelNNError for a setting out of range or an unknown composition mode or colour."""
+        from pixelnn.compose import COLORS, MODES, check_option
+
         for name in ("num_inputs", "num_outputs", "fid_outputs_per_input", "faithfulness_outputs_per_input",
                      "diversity_outputs", "kid_subsets", "kid_subset_size"):
             if getattr(self, name) < 1:
                 raise PixelNNError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.fid_real_photos is not None and self.fid_real_photos < 2:
             raise PixelNNError(f"fid-real-photos must be at least 2, got {self.fid_real_photos}")
+        check_option("composition mode", self.mode, MODES)
+        check_option("color", self.color, COLORS)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -200,6 +215,7 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
     from pixelnn.evaluation import faithfulness as faith
     from pixelnn.evaluation import fid as fidm
     from pixelnn.evaluation import spectrum as spec
+    from pixelnn.evaluation.coherence import seam_rate
     from pixelnn.io import atomic_dir, write_json
     from pixelnn.pipeline import PixelNNPipeline
 
@@ -252,8 +268,11 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
         photo = np.array(split.photos[pos])
         rng = np.random.default_rng([settings.seed, pos])  # per-input draws, independent of the other inputs
         t = time.perf_counter()
-        res = pipe(x, top_k=settings.top_k, num_outputs=settings.num_outputs, seed=settings.seed + pos)
+        res = pipe(x, top_k=settings.top_k, mode=settings.mode, color=settings.color, num_outputs=settings.num_outputs,
+                   seed=settings.seed + pos)
         t = _timer(timings, "synthesis_pixelnn", t)
+        seams = float(np.mean(seam_rate(res.exemplar, res.source_y, res.source_x)))  # mean over the outputs
+        t = _timer(timings, "seam_rate", t)
         outs = {"pixelnn": res.outputs, "stage1": res.stage1[None]}
         if sampler is not None:
             samples = np.asarray(sampler.sample(x, num_outputs=settings.num_outputs, seed=settings.seed + pos))
@@ -266,7 +285,7 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
         for name in methods:
             o = outs[name]
             n = len(o)
-            m: dict[str, Any] = {"num_outputs": n}
+            m: dict[str, Any] = {"num_outputs": n, "seam_rate": seams if name == "pixelnn" else None}
             t = time.perf_counter()
             m.update(fidelity(o, photo, int(rng.integers(n))))
             t = _timer(timings, "fidelity_lpips_psnr_ssim", t)
@@ -372,6 +391,10 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
             "spectral_distance_db": "mean |10 log10 P_method(k) - 10 log10 P_photos(k)| over rings k >= 1 of the "
                                     "radially averaged power spectrum (luma, Hann window); photos = the evaluated "
                                     "inputs' photos",
+            "seam_rate": f"fraction of 4-neighbour pixel pairs of an output whose correspondences do not continue one "
+                         f"copy (same exemplar, source offset = output offset), mean over all outputs of an input, "
+                         f"then over inputs; the correspondences the pipeline records for composition mode "
+                         f"{settings.mode!r}; PixelNN only (pix2pix and stage 1 have none: null)",
         },
         "methods": summary,
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
