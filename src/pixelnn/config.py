@@ -101,6 +101,9 @@ class RegressorConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+#: Default VGG-16 layers of the perceptual loss (cheap, low- and mid-level: 96x96 -> 24x24 at relu3_3).
+PERCEPTUAL_LAYERS = ("relu1_2", "relu2_2", "relu3_3")
+
 #: What a training time budget counts: wall-clock time, or this process's CPU time (fair when the
 #: machine is shared: other programs' load does not eat the budget).
 CLOCKS = ("wall", "cpu")
@@ -128,9 +131,25 @@ class TrainConfig:
     seed: int = 0
     num_threads: int | None = None
     augment_flip: bool = True
+    # Loss = MSE + perceptual_weight * sum over perceptual_layers of the MSE of frozen ImageNet VGG-16
+    # activations of f(x) and y; 0 is the paper's pure L2 (eq. 1) and skips VGG entirely.
+    perceptual_weight: float = 0.0
+    perceptual_layers: tuple[str, ...] = PERCEPTUAL_LAYERS
+    # A model folder or regressor.safetensors whose weights (and architecture) start the training;
+    # ignored when MODEL_DIR holds its own checkpoint to resume from.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         check_clock(self.clock)
+        if not self.perceptual_weight >= 0:  # also refuses NaN
+            raise PixelNNError(f"perceptual weight must be >= 0, got {self.perceptual_weight}")
+        if isinstance(self.perceptual_layers, str):
+            self.perceptual_layers = tuple(n.strip() for n in self.perceptual_layers.split(",") if n.strip())
+        self.perceptual_layers = tuple(self.perceptual_layers)  # a JSON list back to a tuple
+        if not self.perceptual_layers:
+            raise PixelNNError("perceptual layers must name at least one VGG-16 layer, e.g. relu2_2")
+        if self.init_from is not None:
+            self.init_from = str(self.init_from)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

