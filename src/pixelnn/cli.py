@@ -291,9 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder (with its library)")
     p.add_argument("--out", required=True, help="results folder; one subfolder per input")
     p.add_argument("--from-photo", action="store_true", help="derive each input from a photo with the model's task")
-    p.add_argument("--mode", choices=("matched", "global", "authors"), default="matched",
-                   help="matched: eq. 3 (default); global: eq. 2; authors: co-located, similarity-weighted")
-    p.add_argument("--color", choices=("rgb", "luma"), default="rgb", help="copy residuals in RGB or luminance only")
+    p.add_argument("--mode", choices=_ComposeChoices("MODES"), default="matched", metavar="MODE",
+                   help="composition mode, one of %(choices)s: matched: eq. 3 (default); coherent: eq. 3 with "
+                        "coherent matches (regions copy whole pieces of one exemplar, few seams); global: eq. 2; "
+                        "authors: co-located, similarity-weighted")
+    p.add_argument("--color", choices=_ComposeChoices("COLORS"), default="rgb", metavar="COLOR",
+                   help="copy residuals in RGB or luminance only: %(choices)s (default %(default)s)")
     p.add_argument("--descriptor", choices=("hypercolumn", "regressor"), default="hypercolumn",
                    help="pixel descriptor: VGG-16 hypercolumns (default) or the stage-1 network's features")
     p.add_argument("--pca-dims", type=int, default=64, help="reduce descriptors by PCA (0: full descriptor)")
