@@ -104,9 +104,10 @@ def test_identical_query_reproduces_exemplar():
     assert np.abs(y(luma[0]) - y(photo[0])).mean() < np.abs(y(stage1[0]) - y(photo[0])).mean() / 3
 
 
-@pytest.mark.parametrize("color,mode,vote,highpass_sigma", [("rgb", "matched", 1, 0.0), ("luma", "matched", 1, 0.0),
-                                                           ("rgb", "coherent", 3, 2.0), ("luma", "coherent", 5, 1.5)])
-def test_recompose_from_correspondences_is_exact(color, mode, vote, highpass_sigma):
+@pytest.mark.parametrize("color,mode,vote,highpass_sigma,chroma_weight", [
+    ("rgb", "matched", 1, 0.0, 1.0), ("luma", "matched", 1, 0.0, 1.0), ("rgb", "coherent", 3, 2.0, 0.5),
+    ("luma", "coherent", 5, 1.5, 1.0)])
+def test_recompose_from_correspondences_is_exact(color, mode, vote, highpass_sigma, chroma_weight):
     size, k = 10, 4
     g = torch.Generator().manual_seed(3)
     q = unit(torch.randn(size * size, 6, generator=g))
@@ -122,11 +123,11 @@ def test_recompose_from_correspondences_is_exact(color, mode, vote, highpass_sig
     else:
         rank, pos, _ = select_sets(sim, pos, specs, (1, 3, None))
     outs = compose(query_stage1, lib_photos[neighbours], lib_stage1[neighbours], rank, pos, specs, color=color,
-                   mode=mode, vote=vote, highpass_sigma=highpass_sigma)
+                   mode=mode, vote=vote, highpass_sigma=highpass_sigma, chroma_weight=chroma_weight)
     exemplar = neighbours[rank.numpy()].reshape(-1, size, size)
     sy, sx = np.divmod(pos.numpy().reshape(-1, size, size), size)
     again = recompose(query_stage1, lib_photos, lib_stage1, exemplar, sy, sx, color=color, vote=vote,
-                      highpass_sigma=highpass_sigma)
+                      highpass_sigma=highpass_sigma, chroma_weight=chroma_weight)
     assert np.array_equal(outs, again)
 
 
@@ -147,6 +148,24 @@ def test_patch_vote_agrees_inside_a_coherent_copy_and_blends_at_seams():
     assert torch.allclose(voted[y, 1], residual[0, y * size + 1], atol=1e-6)
     with pytest.raises(PixelNNError, match="odd"):
         vote_residuals(residual, rank, ident, size, size, 2)
+
+
+def test_chroma_weight_moves_colour_part_of_the_way():
+    size = 4
+    stage1 = np.full((1, size, size, 3), 128, np.uint8)
+    photo = np.zeros((1, size, size, 3), np.uint8)
+    photo[..., 0] = 200  # a red exemplar whose stage-1 guess was grey
+    rank = torch.zeros(1, size * size, dtype=torch.int64)
+    pos = torch.arange(size * size)[None]
+    specs = [OutputSpec((0,), 1)]
+    full = compose(stage1[0], photo, stage1, rank, pos, specs).astype(int)
+    half = compose(stage1[0], photo, stage1, rank, pos, specs, chroma_weight=0.5).astype(int)
+    none = compose(stage1[0], photo, stage1, rank, pos, specs, color="luma").astype(int)
+    assert np.array_equal(full[0], photo[0])
+    redness = [int(o[0, 0, 0, 0] - o[0, 0, 0, 1]) for o in (none, half, full)]
+    assert redness[0] < redness[1] < redness[2] and abs(redness[1] - (redness[0] + redness[2]) / 2) <= 2
+    with pytest.raises(PixelNNError, match="chroma_weight"):
+        compose(stage1[0], photo, stage1, rank, pos, specs, chroma_weight=1.5)
 
 
 def test_highpass_removes_a_constant_colour_offset_and_keeps_fine_detail():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pixelnn.cli import main
-from pixelnn.compose import recompose
+from pixelnn.compose import MODE_DEFAULTS, recompose
 from pixelnn.data.dataset import Dataset
 from pixelnn.errors import PixelNNError
 from pixelnn.library import ExemplarLibrary
@@ -59,7 +59,9 @@ def test_coherent_mode_has_fewer_seams_and_stays_explainable(setup, tmp_path):
     x = np.asarray(Dataset(data).split("val").inputs[1])
     plain = pipe(x, top_k=11)
     result = pipe(x, top_k=11, mode="coherent", patch_size=5)
-    assert (result.vote_size, result.highpass_sigma, result.patch_size) == (3, 12.0, 5)  # the mode's defaults
+    defaults = MODE_DEFAULTS["coherent"]
+    assert (result.vote_size, result.highpass_sigma, result.chroma_weight, result.patch_size) == \
+        (defaults["vote_size"], defaults["highpass_sigma"], defaults["chroma_weight"], 5)
     for o, spec in enumerate(result.specs):  # still only the set's members, inside the window
         assert set(np.unique(result.exemplar[o]).tolist()) <= set(result.neighbours[list(spec.ranks)].tolist())
         if spec.window is not None:
@@ -71,10 +73,10 @@ def test_coherent_mode_has_fewer_seams_and_stays_explainable(setup, tmp_path):
     # every output is rebuilt from the correspondences, the library and the recorded options
     lib = pipe.library
     again = recompose(result.stage1, lib.photos, lib.stage1, result.exemplar, result.source_y, result.source_x,
-                      vote=result.vote_size, highpass_sigma=result.highpass_sigma)
+                      vote=result.vote_size, highpass_sigma=result.highpass_sigma, chroma_weight=result.chroma_weight)
     assert np.array_equal(again, result.outputs)
     manifest = json.loads((save_result(result, tmp_path / "out", lib) / "manifest.json").read_text())
-    assert (manifest["mode"], manifest["vote_size"], manifest["highpass_sigma"]) == ("coherent", 3, 12.0)
+    assert manifest["mode"] == "coherent" and manifest["chroma_weight"] == result.chroma_weight
     with pytest.raises(PixelNNError, match="patch_size"):
         pipe(x, mode="coherent", patch_size=4)
 

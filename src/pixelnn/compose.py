@@ -33,15 +33,15 @@ from pixelnn.matching import OutputSpec
 
 MODES = ("matched", "coherent", "global", "authors")
 
-#: Per mode, the default patch vote and residual high-pass (pixels) of :func:`compose`: the paper's
-#: plain copy for ``matched``; for ``coherent`` the setting chosen by benchmarks/composition_modes.py
-#: (docs/results.md): a 3x3 vote blends the remaining seams, and removing each residual's blur of
-#: std 12 px keeps an exemplar's colour cast out of the output.
+#: Per mode, the default patch vote, residual high-pass (pixels) and chroma weight of :func:`compose`:
+#: the paper's plain copy for ``matched``; for ``coherent`` the setting chosen with
+#: benchmarks/composition_modes.py (docs/results.md): a 3x3 vote blends the remaining seams, and half
+#: of an exemplar's colour cast is copied.
 MODE_DEFAULTS: dict[str, dict[str, float]] = {
-    "matched": {"vote_size": 1, "highpass_sigma": 0.0},
-    "coherent": {"vote_size": 3, "highpass_sigma": 12.0},
-    "global": {"vote_size": 1, "highpass_sigma": 0.0},
-    "authors": {"vote_size": 1, "highpass_sigma": 0.0},
+    "matched": {"vote_size": 1, "highpass_sigma": 0.0, "chroma_weight": 1.0},
+    "coherent": {"vote_size": 3, "highpass_sigma": 0.0, "chroma_weight": 0.5},
+    "global": {"vote_size": 1, "highpass_sigma": 0.0, "chroma_weight": 1.0},
+    "authors": {"vote_size": 1, "highpass_sigma": 0.0, "chroma_weight": 1.0},
 }
 COLORS = ("rgb", "luma")
 
@@ -60,13 +60,18 @@ def _apply3(m: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return torch.stack([m[r, 0] * c[0] + m[r, 1] * c[1] + m[r, 2] * c[2] for r in range(3)], dim=-1)
 
 
-def _residual_space(images: torch.Tensor, color: str) -> torch.Tensor:
+def _space(color: str, chroma_weight: float) -> str:
+    """The space residuals are copied in: ``rgb``, or ``ycc`` (YCbCr) for luma or a partial chroma weight."""
+    return "rgb" if color == "rgb" and chroma_weight == 1 else "ycc"
+
+
+def _residual_space(images: torch.Tensor, space: str) -> torch.Tensor:
     """(..., 3) float RGB -> the space residuals are taken in (RGB, or YCbCr)."""
-    return images if color == "rgb" else _apply3(_RGB2YCC, images)
+    return images if space == "rgb" else _apply3(_RGB2YCC, images)
 
 
-def _to_rgb_uint8(images: torch.Tensor, color: str) -> np.ndarray:
-    rgb = images if color == "rgb" else _apply3(_YCC2RGB, images)
+def _to_rgb_uint8(images: torch.Tensor, space: str) -> np.ndarray:
+    rgb = images if space == "rgb" else _apply3(_YCC2RGB, images)
     return rgb.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
@@ -135,26 +140,28 @@ def vote_residuals(residual: torch.Tensor, rank: torch.Tensor, pos: torch.Tensor
     return (total / count.clamp_min(1)).reshape(o, p, c)
 
 
-def _residual(res: torch.Tensor, color: str) -> torch.Tensor:
-    """Zero the chroma residual in luma mode."""
-    if color == "luma":
+def _residual(res: torch.Tensor, color: str, chroma_weight: float = 1.0) -> torch.Tensor:
+    """Zero the chroma residual in luma mode; scale it by ``chroma_weight`` (YCbCr) otherwise."""
+    if color == "luma" or chroma_weight != 1:
         res = res.clone()
-        res[..., 1:] = 0
+        res[..., 1:] *= 0.0 if color == "luma" else chroma_weight
     return res
 
 
-def _exemplar_residuals(photos: np.ndarray, stage1: np.ndarray, color: str, highpass_sigma: float) -> torch.Tensor:
+def _exemplar_residuals(photos: np.ndarray, stage1: np.ndarray, color: str, highpass_sigma: float,
+                        chroma_weight: float = 1.0) -> torch.Tensor:
     """(K, H, W, 3) uint8 photos y_k and f(x_k) -> (K, P, 3) residuals y_k - f(x_k), optionally high-passed.
 
-    Each exemplar is filtered on its own, so a residual does not depend on which others are in the batch.
+    The filtering is elementwise along rows and columns of each image, so a residual does not
+    depend on which other exemplars are in the batch (:func:`recompose` relies on it).
     """
     k, h, w, _ = photos.shape
-    ey = _residual_space(torch.from_numpy(np.asarray(photos, np.float32)).reshape(k, h * w, 3), color)
-    ef = _residual_space(torch.from_numpy(np.asarray(stage1, np.float32)).reshape(k, h * w, 3), color)
-    residual = _residual(ey - ef, color)  # (K, P, 3): high frequencies of each exemplar
+    space = _space(color, chroma_weight)
+    ey = _residual_space(torch.from_numpy(np.asarray(photos, np.float32)).reshape(k, h * w, 3), space)
+    ef = _residual_space(torch.from_numpy(np.asarray(stage1, np.float32)).reshape(k, h * w, 3), space)
+    residual = _residual(ey - ef, color, chroma_weight)  # (K, P, 3): high frequencies of each exemplar
     if highpass_sigma > 0:
-        residual = torch.cat([highpass(r.reshape(1, h, w, 3), highpass_sigma).reshape(1, h * w, 3) for r in residual])
-        residual = _residual(residual, color)
+        residual = highpass(residual.reshape(k, h, w, 3), highpass_sigma).reshape(k, h * w, 3)
     return residual
 
 
@@ -162,7 +169,7 @@ def _exemplar_residuals(photos: np.ndarray, stage1: np.ndarray, color: str, high
 def compose(stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: np.ndarray, rank: torch.Tensor,
             pos: torch.Tensor, specs: Sequence[OutputSpec], *, mode: str = "matched", color: str = "rgb",
             best_sim: torch.Tensor | None = None, windows: Sequence[int | None] | None = None,
-            vote: int = 1, highpass_sigma: float = 0.0) -> np.ndarray:
+            vote: int = 1, highpass_sigma: float = 0.0, chroma_weight: float = 1.0) -> np.ndarray:
     """Compose one output per spec.
 
     Parameters
@@ -190,6 +197,10 @@ def compose(stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: np.ndarray, ra
     highpass_sigma : float
         Remove each exemplar residual's Gaussian blur of this std (pixels) before copying, so an
         exemplar's colour does not leak into the output's low frequencies; 0 keeps it (paper).
+    chroma_weight : float
+        ``color="rgb"``: copy the residual's chroma (YCbCr) scaled by this weight: 1 copies the
+        exemplar's colour (paper), 0 is ``color="luma"``; between, the output's colour moves part of
+        the way from f(x)'s towards the exemplar's.
 
     Returns
     -------
@@ -199,8 +210,11 @@ def compose(stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: np.ndarray, ra
     check_option("color", color, COLORS)
     h, w, _ = stage1.shape
     p = h * w
-    f = _residual_space(torch.from_numpy(np.asarray(stage1, np.float32)).reshape(p, 3), color)  # (P, 3)
-    residual = _exemplar_residuals(ex_photos, ex_stage1, color, highpass_sigma)  # (K, P, 3)
+    if not 0 <= chroma_weight <= 1:
+        raise PixelNNError(f"chroma_weight must be between 0 and 1, got {chroma_weight}")
+    space = _space(color, chroma_weight)
+    f = _residual_space(torch.from_numpy(np.asarray(stage1, np.float32)).reshape(p, 3), space)  # (P, 3)
+    residual = _exemplar_residuals(ex_photos, ex_stage1, color, highpass_sigma, chroma_weight)  # (K, P, 3)
     outs = torch.empty(len(specs), p, 3)
     if mode in ("matched", "coherent"):
         outs = f[None] + vote_residuals(residual, rank, pos, h, w, vote)  # (O, P, 3)
@@ -216,12 +230,12 @@ def compose(stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: np.ndarray, ra
             weight = best_sim[members, win_of[spec.window]].clamp_min(0)  # (n, P)
             norm = weight.sum(dim=0).clamp_min(1e-8)  # (P,)
             outs[o] = f + (weight[..., None] * residual[members]).sum(dim=0) / norm[:, None]
-    return _to_rgb_uint8(outs, color).reshape(len(specs), h, w, 3)
+    return _to_rgb_uint8(outs, space).reshape(len(specs), h, w, 3)
 
 
 def recompose(stage1: np.ndarray, lib_photos: np.ndarray, lib_stage1: np.ndarray, exemplar: np.ndarray,
               source_y: np.ndarray, source_x: np.ndarray, color: str = "rgb", vote: int = 1,
-              highpass_sigma: float = 0.0) -> np.ndarray:
+              highpass_sigma: float = 0.0, chroma_weight: float = 1.0) -> np.ndarray:
     """Rebuild ``matched`` or ``coherent`` outputs from saved correspondences and the library alone.
 
     Parameters
@@ -232,7 +246,7 @@ def recompose(stage1: np.ndarray, lib_photos: np.ndarray, lib_stage1: np.ndarray
         The library's photos and stage-1 outputs (indexable by library position).
     exemplar, source_y, source_x : ndarray, (O, H, W) int
         Library position and source pixel of every output pixel (``correspondences.npz``).
-    color, vote, highpass_sigma
+    color, vote, highpass_sigma, chroma_weight
         As given to :func:`compose` (recorded in the synthesis ``manifest.json``).
 
     Returns
@@ -245,9 +259,11 @@ def recompose(stage1: np.ndarray, lib_photos: np.ndarray, lib_stage1: np.ndarray
     p = h * w
     exemplar = np.asarray(exemplar)
     used, rank = np.unique(exemplar, return_inverse=True)  # the library positions copied from
-    f = _residual_space(torch.from_numpy(np.asarray(stage1, np.float32)).reshape(p, 3), color)
-    residual = _exemplar_residuals(np.asarray(lib_photos[used]), np.asarray(lib_stage1[used]), color, highpass_sigma)
+    space = _space(color, chroma_weight)
+    f = _residual_space(torch.from_numpy(np.asarray(stage1, np.float32)).reshape(p, 3), space)
+    residual = _exemplar_residuals(np.asarray(lib_photos[used]), np.asarray(lib_stage1[used]), color, highpass_sigma,
+                                   chroma_weight)
     rank = torch.from_numpy(rank.reshape(len(exemplar), p).astype(np.int64))
     pos = torch.from_numpy((np.asarray(source_y) * w + np.asarray(source_x)).reshape(len(exemplar), p).astype(np.int64))
     outs = f[None] + vote_residuals(residual, rank, pos, h, w, vote)
-    return _to_rgb_uint8(outs, color).reshape(len(exemplar), h, w, 3)
+    return _to_rgb_uint8(outs, space).reshape(len(exemplar), h, w, 3)

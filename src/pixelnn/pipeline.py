@@ -90,8 +90,9 @@ class SynthesisResult:
         Cosine similarity of the pixel descriptors of the match.
     mode, color : str
         Composition mode and colour space used.
-    vote_size, highpass_sigma : int, float
-        Patch vote and residual high-pass of the composition (see :func:`pixelnn.compose.compose`).
+    vote_size, highpass_sigma, chroma_weight : int, float, float
+        Patch vote, residual high-pass and chroma weight of the composition (see
+        :func:`pixelnn.compose.compose`).
     patch_size : int or None
         Patch side of coherent matching (``mode="coherent"``), else None.
     timings : dict
@@ -113,6 +114,7 @@ class SynthesisResult:
     color: str
     vote_size: int = 1
     highpass_sigma: float = 0.0
+    chroma_weight: float = 1.0
     patch_size: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -239,24 +241,27 @@ class PixelNNPipeline:
                  mode: str = "matched", color: str = "rgb", where: dict[str, Sequence[str]] | None = None,
                  exemplars: Sequence[str] | None = None, like: Sequence[np.ndarray] | None = None,
                  num_outputs: int | None = None, seed: int | None = None, patch_size: int = DEFAULT_PATCH_SIZE,
-                 vote_size: int | None = None, highpass_sigma: float | None = None) -> SynthesisResult:
+                 vote_size: int | None = None, highpass_sigma: float | None = None,
+                 chroma_weight: float | None = None) -> SynthesisResult:
         """Synthesize many outputs for one input x (s, s, C) uint8; see :class:`SynthesisResult`.
 
         ``num_outputs`` keeps a random subset of the specs (drawn with ``seed``). ``patch_size`` is
         the side of the patch similarity of ``mode="coherent"``
-        (:func:`pixelnn.matching.coherent_matches`); ``vote_size`` and ``highpass_sigma`` are the
-        patch vote and residual high-pass of :func:`pixelnn.compose.compose` (default: the mode's,
-        :data:`pixelnn.compose.MODE_DEFAULTS`).
+        (:func:`pixelnn.matching.coherent_matches`); ``vote_size``, ``highpass_sigma`` and
+        ``chroma_weight`` are the patch vote, residual high-pass and chroma weight of
+        :func:`pixelnn.compose.compose` (default: the mode's, :data:`pixelnn.compose.MODE_DEFAULTS`).
         """
         check_option("composition mode", mode, MODES)
         check_option("color", color, COLORS)
         vote_size = MODE_DEFAULTS[mode]["vote_size"] if vote_size is None else vote_size
         highpass_sigma = MODE_DEFAULTS[mode]["highpass_sigma"] if highpass_sigma is None else highpass_sigma
+        chroma_weight = MODE_DEFAULTS[mode]["chroma_weight"] if chroma_weight is None else chroma_weight
         for name, v in (("patch_size", patch_size), ("vote_size", vote_size)):
             if v < 1 or v % 2 == 0:
                 raise PixelNNError(f"{name} must be an odd number >= 1, got {v}")
-        if highpass_sigma < 0:
-            raise PixelNNError(f"highpass_sigma must be >= 0, got {highpass_sigma}")
+        if highpass_sigma < 0 or not 0 <= chroma_weight <= 1:
+            raise PixelNNError(f"highpass_sigma must be >= 0 and chroma_weight in [0, 1]; got {highpass_sigma}, "
+                               f"{chroma_weight}")
         t = {"start": time.perf_counter()}
         specs = list(specs) if specs is not None else default_output_specs()
         if num_outputs is not None and num_outputs < len(specs):
@@ -304,7 +309,8 @@ class PixelNNPipeline:
         t["matching"] = time.perf_counter()
         # 5. Composition: copy the exemplars' high frequencies onto f(x).
         outputs = compose(stage1, ex_photos, ex_stage1, rank, pos, specs, mode=mode, color=color,
-                          best_sim=best_sim, windows=windows, vote=vote_size, highpass_sigma=highpass_sigma)
+                          best_sim=best_sim, windows=windows, vote=vote_size, highpass_sigma=highpass_sigma,
+                          chroma_weight=chroma_weight)
         t["composition"] = time.perf_counter()
         # 6. Correspondences in library coordinates.
         o = len(specs)
@@ -322,7 +328,7 @@ class PixelNNPipeline:
             input=x, stage1=stage1, outputs=outputs, specs=specs, neighbours=neighbours,
             neighbour_ids=[self.library.ids[i] for i in neighbours], neighbour_similarity=neighbour_sim,
             exemplar=exemplar, source_y=sy, source_x=sx, similarity=pix_sim.numpy().reshape(o, size, size),
-            mode=mode, color=color, vote_size=vote_size, highpass_sigma=highpass_sigma,
+            mode=mode, color=color, vote_size=vote_size, highpass_sigma=highpass_sigma, chroma_weight=chroma_weight,
             patch_size=patch_size if mode == "coherent" else None, timings=timings)
 
     def _describe(self, x: np.ndarray, stage1: np.ndarray, neighbours: np.ndarray, ex_stage1: np.ndarray) -> torch.Tensor:
@@ -473,7 +479,8 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
                             exemplar_ids=np.array(result.neighbour_ids))
         manifest = {
             "format": "pixelnn-synthesis", "version": 1, "mode": result.mode, "color": result.color,
-            "vote_size": result.vote_size, "highpass_sigma": result.highpass_sigma, "patch_size": result.patch_size,
+            "vote_size": result.vote_size, "highpass_sigma": result.highpass_sigma,
+            "chroma_weight": result.chroma_weight, "patch_size": result.patch_size,
             "timings": {k_: round(v, 4) for k_, v in result.timings.items()},
             "outputs": [{"file": f"output_{o + 1:03d}.png", "exemplar_ranks": [r + 1 for r in s.ranks],
                          "exemplar_ids": [result.neighbour_ids[r] for r in s.ranks], "window": s.window_name,
