@@ -170,7 +170,8 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
             x = load_image_file(path, None, expect=pipe.regressor.config)
         result = pipe(x, specs=specs, top_k=args.top_k, mode=args.mode, color=args.color, patch_size=args.patch_size,
                       vote_size=args.vote_size, highpass_sigma=args.highpass_sigma, chroma_weight=args.chroma_weight,
-                      where=where or None, exemplars=exemplars or None, like=like or None, num_outputs=args.num_outputs, seed=args.seed)
+                      where=where or None, exemplars=exemplars or None, like=like or None,
+                      num_outputs=args.num_outputs, seed=args.seed)
         out = save_result(result, Path(args.out) / Path(path).stem, pipe.library, photo=photo)
         t = result.timings
         print(f"{path}: {len(result.outputs)} outputs in {t['total']:.2f} s -> {out}")
