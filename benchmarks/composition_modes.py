@@ -120,7 +120,7 @@ def main() -> None:
             t0 = time.perf_counter()
             rank, pos = rank0, pos0
             if coh is not None:
-                rank, pos, _ = coherent_matches(desc[0], desc[1:], size, size, specs, windows, wsims, best_pos,
+                rank, pos, _ = coherent_matches(desc[0], desc[1:], size, size, specs, windows, wsims,
                                                 patch=coh)
             outs = compose(stage1, ex_photos, ex_stage1, rank, pos, specs, mode=mode, color=color,
                            best_sim=best_sim, windows=windows, vote=vote, highpass_sigma=hp,

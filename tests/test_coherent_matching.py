@@ -53,7 +53,7 @@ def _run(q, ex, h, w, specs, windows, **kw):
     sims = torch.empty(ex.shape[0], h * w, outer * outer)
     best_sim, best_pos = match_windows(q, ex, h, w, windows, window_sims=sims)
     pixel = select_sets(best_sim, best_pos, specs, windows)
-    return pixel, coherent_matches(q, ex, h, w, specs, windows, sims, best_pos, **kw)
+    return pixel, coherent_matches(q, ex, h, w, specs, windows, sims, **kw)
 
 
 def _seams(rank, pos, h, w):
@@ -132,6 +132,6 @@ def test_invalid_options_are_refused():
     _, best_pos = match_windows(q, ex, 4, 4, (1, 3), window_sims=sims)
     specs = [OutputSpec((0,), 3)]
     with pytest.raises(PixelNNError, match="patch"):
-        coherent_matches(q, ex, 4, 4, specs, (1, 3), sims, best_pos, patch=4)
+        coherent_matches(q, ex, 4, 4, specs, (1, 3), sims, patch=4)
     with pytest.raises(PixelNNError, match="finite window"):
-        coherent_matches(q, ex, 4, 4, [OutputSpec((0,), 1)], (1,), None, best_pos)
+        coherent_matches(q, ex, 4, 4, [OutputSpec((0,), 1)], (1,), None)

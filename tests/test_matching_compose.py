@@ -119,7 +119,7 @@ def test_recompose_from_correspondences_is_exact(color, mode, vote, highpass_sig
     win_sims = torch.empty(k, size * size, 9)
     sim, pos = match_windows(q, e, size, size, (1, 3, None), window_sims=win_sims)
     if mode == "coherent":
-        rank, pos, _ = coherent_matches(q, e, size, size, specs, (1, 3, None), win_sims, pos, patch=3)
+        rank, pos, _ = coherent_matches(q, e, size, size, specs, (1, 3, None), win_sims, patch=3)
     else:
         rank, pos, _ = select_sets(sim, pos, specs, (1, 3, None))
     outs = compose(query_stage1, lib_photos[neighbours], lib_stage1[neighbours], rank, pos, specs, color=color,

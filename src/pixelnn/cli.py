@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy only the residual minus its Gaussian blur of this std in pixels (default 0: all of it)")
     p.add_argument("--chroma-weight", type=float, default=None,
                    help="fraction of the exemplar's colour cast copied, 0-1 (default: the mode's, 1 for matched, "
-                        "0.5 for coherent)")
+                        "0.6 for coherent)")
     p.add_argument("--descriptor", choices=("hypercolumn", "regressor"), default="hypercolumn",
                    help="pixel descriptor: VGG-16 hypercolumns (default) or the stage-1 network's features")
     p.add_argument("--pca-dims", type=int, default=64, help="reduce descriptors by PCA (0: full descriptor)")

@@ -285,23 +285,35 @@ def select_sets(best_sim: torch.Tensor, best_pos: torch.Tensor, specs: Sequence[
 def box_mean(maps: torch.Tensor, patch: int) -> torch.Tensor:
     """Mean of (N, H, W) maps over the part of each patch x patch neighbourhood inside the image.
 
-    Separable running sums (cumsum over zero-padded rows, then columns), so the cost does not grow
-    with ``patch``.
+    Separable running sums (cumsum along rows, then columns), so the cost does not grow with ``patch``.
     """
     if patch == 1:
         return maps
     h = patch // 2
 
-    def run(x: torch.Tensor, dim: int) -> torch.Tensor:
+    def run(x: torch.Tensor, dim: int) -> torch.Tensor:  # sums over [t - h, t + h] clipped, along dim
         n = x.shape[dim]
-        pad = [0, 0] * (x.ndim - 1 - dim) + [h + 1, h]  # one extra leading zero: c[i + 2h + 1] - c[i]
-        c = F.pad(x, pad).cumsum(dim)
-        return c.narrow(dim, 2 * h + 1, n) - c.narrow(dim, 0, n)
+        c = x.cumsum(dim)
+        if n <= h + 1:
+            return c.narrow(dim, n - 1, 1).expand_as(x).clone()
+        out = torch.empty_like(x)
+        k = min(h + 1, n)  # t in [0, h]: c[min(t + h, n - 1)]
+        head = c.narrow(dim, h, max(0, min(k, n - h)))
+        out.narrow(dim, 0, head.shape[dim]).copy_(head)
+        if head.shape[dim] < k:
+            out.narrow(dim, head.shape[dim], k - head.shape[dim]).copy_(
+                c.narrow(dim, n - 1, 1).expand_as(out.narrow(dim, head.shape[dim], k - head.shape[dim])))
+        mid = n - 2 * h - 1  # t in [h + 1, n - h - 1]: c[t + h] - c[t - h - 1]
+        if mid > 0:
+            torch.sub(c.narrow(dim, 2 * h + 1, mid), c.narrow(dim, 0, mid), out=out.narrow(dim, h + 1, mid))
+        lo = max(h + 1, n - h)  # t in [max(h + 1, n - h), n - 1]: c[n - 1] - c[t - h - 1]
+        if lo < n:
+            torch.sub(c.narrow(dim, n - 1, 1), c.narrow(dim, lo - h - 1, n - lo), out=out.narrow(dim, lo, n - lo))
+        return out
 
     n_h, n_w = maps.shape[-2:]
-    ones_h = run(torch.ones(1, n_h, 1), 1)
-    ones_w = run(torch.ones(1, 1, n_w), 2)
-    return run(run(maps, 2), 1) / (ones_h * ones_w)
+    counts = run(torch.ones(1, n_h, 1), 1) * run(torch.ones(1, 1, n_w), 2)  # (1, H, W) pixels inside
+    return run(run(maps, 2), 1).div_(counts)
 
 
 def offset_similarities(query: torch.Tensor, exemplar: torch.Tensor, offsets: torch.Tensor, height: int,
@@ -326,8 +338,8 @@ def offset_similarities(query: torch.Tensor, exemplar: torch.Tensor, offsets: to
 @torch.inference_mode()
 def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, width: int,
                      specs: Sequence[OutputSpec], windows: Sequence[int | None], window_sims: torch.Tensor,
-                     best_pos: torch.Tensor, *, patch: int = DEFAULT_PATCH_SIZE, smoothness: float = 0.03,
-                     sweeps: int = 2, whole_offsets: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     *, patch: int = DEFAULT_PATCH_SIZE, smoothness: float = 0.03, sweeps: int = 2,
+                     whole_offsets: int = 8, seed_stride: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Coherent matches: every output pixel copies through an (exemplar, offset) label shared by its region.
 
     Pixel matching (:func:`match_windows` + :func:`select_sets`) picks, for every pixel alone, the
@@ -346,8 +358,8 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
     Candidate offsets: v = 0 for the 1x1 window; |dy|, |dx| <= T // 2 for a T x T window (the
     window centred on i, clipped to the image, so the border shift of :func:`window_indices` is not
     applied); for the whole image, those of the largest window plus, per exemplar, the
-    ``whole_offsets`` most frequent offsets of its pixel-wise whole-image matches. A label never
-    copies from outside the exemplar.
+    ``whole_offsets`` most frequent offsets of the whole-image matches of every ``seed_stride``-th
+    pixel in both directions. A label never copies from outside the exemplar.
 
     Parameters
     ----------
@@ -362,9 +374,8 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
     windows : sequence of int or None
         The windows given to :func:`match_windows`; must include a finite window T > 1.
     window_sims : Tensor, (K, P, T * T)
-        Filled by ``match_windows(..., window_sims=...)`` for the largest finite window T.
-    best_pos : Tensor, (K, W, P)
-        Pixel-wise matches from :func:`match_windows` (seed the whole-image offsets).
+        Filled by ``match_windows(..., window_sims=...)`` for the largest finite window T (only that
+        window needs to be matched).
     patch : int
         Odd side of the patch similarity; 1 scores single pixels.
     smoothness : float
@@ -373,6 +384,8 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
         Red-black ICM sweeps (0: each pixel's best label).
     whole_offsets : int
         Extra whole-image candidate offsets per exemplar.
+    seed_stride : int
+        Subsampling of the query pixels whose whole-image matches seed those offsets.
 
     Returns
     -------
@@ -386,8 +399,8 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
     _check(query, exemplars, height, width)
     if patch < 1 or patch % 2 == 0:
         raise PixelNNError(f"patch must be an odd side >= 1, got {patch}")
-    if smoothness < 0 or sweeps < 0 or whole_offsets < 0:
-        raise PixelNNError("smoothness, sweeps and whole_offsets must be >= 0")
+    if smoothness < 0 or sweeps < 0 or whole_offsets < 0 or seed_stride < 1:
+        raise PixelNNError("smoothness, sweeps and whole_offsets must be >= 0 and seed_stride >= 1")
     sides = sorted({w for w in windows if w is not None})
     if not sides or sides[-1] < 2:
         raise PixelNNError(f"coherent matching needs a finite window larger than 1; windows: {list(windows)}")
@@ -403,9 +416,12 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
     whole = None in win_of and whole_offsets > 0
     m = whole_offsets if whole else 0
     cand = offsets[None].repeat(k, 1, 1)  # (K, V, 2)
-    if whole:
-        w = win_of[None]
-        code = (best_pos[:, w] // width - ys + height) * (2 * width) + (best_pos[:, w] % width - xs + width)  # (K, P)
+    if whole:  # whole-image matches of a pixel subsample: their most frequent offsets
+        sub = ((ys % seed_stride == seed_stride // 2) & (xs % seed_stride == seed_stride // 2)).nonzero()[:, 0]
+        sub = sub if len(sub) else torch.arange(p)
+        qs = query[sub].float()  # (Ps, d)
+        best = torch.stack([torch.mm(qs, exemplars[e].float().T).argmax(dim=1) for e in range(k)])  # (K, Ps)
+        code = (best // width - ys[sub] + height) * (2 * width) + (best % width - xs[sub] + width)  # (K, Ps)
         counts = torch.zeros(k, 4 * height * width, dtype=torch.int64).scatter_add_(1, code, torch.ones_like(code))
         top = counts.topk(m, dim=1).indices  # (K, M); rare offsets may repeat the window's: harmless
         extra = torch.stack([top // (2 * width) - height, top % (2 * width) - width], -1)  # (K, M, 2)

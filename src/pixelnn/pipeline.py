@@ -297,14 +297,15 @@ class PixelNNPipeline:
         # 4. Windowed matching for all windows in one pass, then the exemplar sets.
         size = stage1.shape[0]
         windows = tuple(dict.fromkeys(s.window for s in specs))
-        coherent = mode == "coherent" and any(w is not None and w > 1 for w in windows)
         outer = max((w for w in windows if w is not None), default=1)
-        window_sims = torch.empty(len(neighbours), size * size, outer * outer) if coherent else None
-        best_sim, best_pos = match_windows(desc[0], desc[1:], size, size, windows, window_sims=window_sims)
-        if coherent:  # regions share an (exemplar, offset) label: whole pieces copied, few seams
+        best_sim = None
+        if mode == "coherent" and outer > 1:  # regions share an (exemplar, offset) label: few seams
+            window_sims = torch.empty(len(neighbours), size * size, outer * outer)
+            match_windows(desc[0], desc[1:], size, size, (outer,), window_sims=window_sims)  # its scores only
             rank, pos, pix_sim = coherent_matches(desc[0], desc[1:], size, size, specs, windows, window_sims,
-                                                  best_pos, patch=patch_size)
+                                                  patch=patch_size)
         else:
+            best_sim, best_pos = match_windows(desc[0], desc[1:], size, size, windows)
             rank, pos, pix_sim = select_sets(best_sim, best_pos, specs, windows)
         t["matching"] = time.perf_counter()
         # 5. Composition: copy the exemplars' high frequencies onto f(x).
