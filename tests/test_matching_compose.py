@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pixelnn.compose import compose, recompose
+from pixelnn.compose import compose, highpass, recompose, vote_residuals
 from pixelnn.errors import PixelNNError
-from pixelnn.matching import (OutputSpec, default_exemplar_sets, default_output_specs, match_windows,
+from pixelnn.matching import (OutputSpec, coherent_matches, default_exemplar_sets, default_output_specs, match_windows,
                               match_windows_naive, nested_offsets, select_sets, window_indices)
 
 
@@ -104,8 +104,10 @@ def test_identical_query_reproduces_exemplar():
     assert np.abs(y(luma[0]) - y(photo[0])).mean() < np.abs(y(stage1[0]) - y(photo[0])).mean() / 3
 
 
-@pytest.mark.parametrize("color", ["rgb", "luma"])
-def test_recompose_from_correspondences_is_exact(color):
+@pytest.mark.parametrize("color,mode,vote,highpass_sigma,chroma_weight", [
+    ("rgb", "matched", 1, 0.0, 1.0), ("luma", "matched", 1, 0.0, 1.0), ("rgb", "coherent", 3, 2.0, 0.5),
+    ("luma", "coherent", 5, 1.5, 1.0)])
+def test_recompose_from_correspondences_is_exact(color, mode, vote, highpass_sigma, chroma_weight):
     size, k = 10, 4
     g = torch.Generator().manual_seed(3)
     q = unit(torch.randn(size * size, 6, generator=g))
@@ -114,13 +116,67 @@ def test_recompose_from_correspondences_is_exact(color):
     neighbours = np.array([7, 3, 12, 0])
     query_stage1 = _random_images(1, size, 4)[0]
     specs = default_output_specs(sets=[(0,), (1, 2), (0, 1, 2, 3)], windows=(1, 3, None))
-    sim, pos = match_windows(q, e, size, size, (1, 3, None))
-    rank, pos, _ = select_sets(sim, pos, specs, (1, 3, None))
-    outs = compose(query_stage1, lib_photos[neighbours], lib_stage1[neighbours], rank, pos, specs, color=color)
+    win_sims = torch.empty(k, size * size, 9)
+    sim, pos = match_windows(q, e, size, size, (1, 3, None), window_sims=win_sims)
+    if mode == "coherent":
+        rank, pos, _ = coherent_matches(q, e, size, size, specs, (1, 3, None), win_sims, patch=3)
+    else:
+        rank, pos, _ = select_sets(sim, pos, specs, (1, 3, None))
+    outs = compose(query_stage1, lib_photos[neighbours], lib_stage1[neighbours], rank, pos, specs, color=color,
+                   mode=mode, vote=vote, highpass_sigma=highpass_sigma, chroma_weight=chroma_weight)
     exemplar = neighbours[rank.numpy()].reshape(-1, size, size)
     sy, sx = np.divmod(pos.numpy().reshape(-1, size, size), size)
-    again = recompose(query_stage1, lib_photos, lib_stage1, exemplar, sy, sx, color=color)
+    again = recompose(query_stage1, lib_photos, lib_stage1, exemplar, sy, sx, color=color, vote=vote,
+                      highpass_sigma=highpass_sigma, chroma_weight=chroma_weight)
     assert np.array_equal(outs, again)
+
+
+def test_patch_vote_agrees_inside_a_coherent_copy_and_blends_at_seams():
+    size = 8
+    residual = torch.randn(2, size * size, 3, generator=torch.Generator().manual_seed(8))
+    ident = torch.arange(size * size)[None]
+    one_copy = vote_residuals(residual, torch.zeros_like(ident), ident, size, size, 3)
+    assert torch.allclose(one_copy[0], residual[0], atol=1e-6)  # every vote of a coherent copy is the pixel's own
+    # left half from exemplar 0, right half from exemplar 1 (both at the same positions): pixels next to the
+    # seam average the two exemplars' residuals, pixels two columns away do not
+    rank = (ident % size >= size // 2).long()
+    voted = vote_residuals(residual, rank, ident, size, size, 3).view(size, size, 3)
+    y, x = 3, size // 2 - 1  # last column of the left half
+    i = y * size + x
+    expected = (6 * residual[0, i] + 3 * residual[1, i]) / 9
+    assert torch.allclose(voted[y, x], expected, atol=1e-5)
+    assert torch.allclose(voted[y, 1], residual[0, y * size + 1], atol=1e-6)
+    with pytest.raises(PixelNNError, match="odd"):
+        vote_residuals(residual, rank, ident, size, size, 2)
+
+
+def test_chroma_weight_moves_colour_part_of_the_way():
+    size = 4
+    stage1 = np.full((1, size, size, 3), 128, np.uint8)
+    photo = np.zeros((1, size, size, 3), np.uint8)
+    photo[..., 0] = 200  # a red exemplar whose stage-1 guess was grey
+    rank = torch.zeros(1, size * size, dtype=torch.int64)
+    pos = torch.arange(size * size)[None]
+    specs = [OutputSpec((0,), 1)]
+    full = compose(stage1[0], photo, stage1, rank, pos, specs).astype(int)
+    half = compose(stage1[0], photo, stage1, rank, pos, specs, chroma_weight=0.5).astype(int)
+    none = compose(stage1[0], photo, stage1, rank, pos, specs, color="luma").astype(int)
+    assert np.array_equal(full[0], photo[0])
+    redness = [int(o[0, 0, 0, 0] - o[0, 0, 0, 1]) for o in (none, half, full)]
+    assert redness[0] < redness[1] < redness[2] and abs(redness[1] - (redness[0] + redness[2]) / 2) <= 2
+    with pytest.raises(PixelNNError, match="chroma_weight"):
+        compose(stage1[0], photo, stage1, rank, pos, specs, chroma_weight=1.5)
+
+
+def test_highpass_removes_a_constant_colour_offset_and_keeps_fine_detail():
+    size = 32
+    fine = torch.zeros(1, size, size, 3)
+    fine[:, ::2] = 10.0  # stripes of period 2
+    offset = torch.full((1, size, size, 3), 40.0)
+    out = highpass(fine + offset, sigma=3.0)
+    assert out.mean().abs() < 0.5  # the colour shift (and the stripes' mean) is gone
+    assert (out[0, ::2] - out[0, 1::2]).mean() == pytest.approx(10.0, abs=0.5)  # the stripes stay
+    assert torch.equal(highpass(fine, 0.0), fine)
 
 
 def test_global_and_authors_modes():
@@ -136,5 +192,5 @@ def test_global_and_authors_modes():
     out = compose(query, photos, stage1s, dummy, dummy, specs, mode="authors", best_sim=best_sim, windows=(None,))
     # exemplar 1 has weight 0: the set's output equals exemplar 0's co-located residual
     assert np.array_equal(out[1], expected.astype(np.uint8))
-    with pytest.raises(PixelNNError, match="valid: matched, global, authors"):
+    with pytest.raises(PixelNNError, match="valid: matched, coherent, global, authors"):
         compose(query, photos, stage1s, dummy, dummy, specs, mode="nope")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pixelnn.cli import main
-from pixelnn.compose import recompose
+from pixelnn.compose import MODE_DEFAULTS, recompose
 from pixelnn.data.dataset import Dataset
 from pixelnn.errors import PixelNNError
 from pixelnn.library import ExemplarLibrary
@@ -50,6 +50,35 @@ def test_72_outputs_with_consistent_provenance(setup):
     same = [o for o, s in enumerate(result.specs) if s.window == 1]
     yy, xx = np.mgrid[0:32, 0:32]
     assert all(np.array_equal(result.source_y[o], yy) and np.array_equal(result.source_x[o], xx) for o in same)
+
+
+def test_coherent_mode_has_fewer_seams_and_stays_explainable(setup, tmp_path):
+    from pixelnn.evaluation.coherence import seam_rate
+
+    root, model, data, pipe = setup
+    x = np.asarray(Dataset(data).split("val").inputs[1])
+    plain = pipe(x, top_k=11)
+    result = pipe(x, top_k=11, mode="coherent", patch_size=5)
+    defaults = MODE_DEFAULTS["coherent"]
+    assert (result.vote_size, result.highpass_sigma, result.chroma_weight, result.patch_size) == \
+        (defaults["vote_size"], defaults["highpass_sigma"], defaults["chroma_weight"], 5)
+    for o, spec in enumerate(result.specs):  # still only the set's members, inside the window
+        assert set(np.unique(result.exemplar[o]).tolist()) <= set(result.neighbours[list(spec.ranks)].tolist())
+        if spec.window is not None:
+            yy, xx = np.mgrid[0:32, 0:32]
+            assert np.abs(result.source_y[o] - yy).max() <= spec.window // 2
+            assert np.abs(result.source_x[o] - xx).max() <= spec.window // 2
+    seams = seam_rate(result.exemplar, result.source_y, result.source_x).mean()
+    assert seams < 0.75 * seam_rate(plain.exemplar, plain.source_y, plain.source_x).mean()
+    # every output is rebuilt from the correspondences, the library and the recorded options
+    lib = pipe.library
+    again = recompose(result.stage1, lib.photos, lib.stage1, result.exemplar, result.source_y, result.source_x,
+                      vote=result.vote_size, highpass_sigma=result.highpass_sigma, chroma_weight=result.chroma_weight)
+    assert np.array_equal(again, result.outputs)
+    manifest = json.loads((save_result(result, tmp_path / "out", lib) / "manifest.json").read_text())
+    assert manifest["mode"] == "coherent" and manifest["chroma_weight"] == result.chroma_weight
+    with pytest.raises(PixelNNError, match="patch_size"):
+        pipe(x, mode="coherent", patch_size=4)
 
 
 def test_query_equal_to_exemplar_reproduces_it(setup):

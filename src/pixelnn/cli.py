@@ -168,8 +168,10 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         else:
             photo = None
             x = load_image_file(path, None, expect=pipe.regressor.config)
-        result = pipe(x, specs=specs, top_k=args.top_k, mode=args.mode, color=args.color, where=where or None,
-                      exemplars=exemplars or None, like=like or None, num_outputs=args.num_outputs, seed=args.seed)
+        result = pipe(x, specs=specs, top_k=args.top_k, mode=args.mode, color=args.color, patch_size=args.patch_size,
+                      vote_size=args.vote_size, highpass_sigma=args.highpass_sigma, chroma_weight=args.chroma_weight,
+                      where=where or None, exemplars=exemplars or None, like=like or None,
+                      num_outputs=args.num_outputs, seed=args.seed)
         out = save_result(result, Path(args.out) / Path(path).stem, pipe.library, photo=photo)
         t = result.timings
         print(f"{path}: {len(result.outputs)} outputs in {t['total']:.2f} s -> {out}")
@@ -291,9 +293,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder (with its library)")
     p.add_argument("--out", required=True, help="results folder; one subfolder per input")
     p.add_argument("--from-photo", action="store_true", help="derive each input from a photo with the model's task")
-    p.add_argument("--mode", choices=("matched", "global", "authors"), default="matched",
-                   help="matched: eq. 3 (default); global: eq. 2; authors: co-located, similarity-weighted")
-    p.add_argument("--color", choices=("rgb", "luma"), default="rgb", help="copy residuals in RGB or luminance only")
+    p.add_argument("--mode", choices=_ComposeChoices("MODES"), default="matched", metavar="MODE",
+                   help="composition mode, one of %(choices)s: matched: eq. 3 (default); coherent: eq. 3 with "
+                        "coherent matches (regions copy whole pieces of one exemplar, few seams); global: eq. 2; "
+                        "authors: co-located, similarity-weighted")
+    p.add_argument("--color", choices=_ComposeChoices("COLORS"), default="rgb", metavar="COLOR",
+                   help="copy residuals in RGB or luminance only: %(choices)s (default %(default)s)")
+    p.add_argument("--patch-size", type=int, default=11,
+                   help="coherent mode: side of the patch similarity (odd; default 11)")
+    p.add_argument("--vote-size", type=int, default=None,
+                   help="average each pixel's residual over the matches of its N x N neighbours (odd; default: "
+                        "the mode's, 1 for matched, 3 for coherent)")
+    p.add_argument("--highpass-sigma", type=float, default=None,
+                   help="copy only the residual minus its Gaussian blur of this std in pixels (default 0: all of it)")
+    p.add_argument("--chroma-weight", type=float, default=None,
+                   help="fraction of the exemplar's colour cast copied, 0-1 (default: the mode's, 1 for matched, "
+                        "0.6 for coherent)")
     p.add_argument("--descriptor", choices=("hypercolumn", "regressor"), default="hypercolumn",
                    help="pixel descriptor: VGG-16 hypercolumns (default) or the stage-1 network's features")
     p.add_argument("--pca-dims", type=int, default=64, help="reduce descriptors by PCA (0: full descriptor)")

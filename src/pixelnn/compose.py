@@ -1,9 +1,13 @@
 """Composition: turn matches into output images by copying exemplars' high frequencies.
 
-Three modes (``mode=``):
+Four modes (``mode=``):
 
 - ``"matched"`` (default, paper eq. 3): ``out_i = f_i(x) + (y_k[j] - f_j(x_k))``, the residual
   copied from the *matched* pixel j of the chosen exemplar k.
+- ``"coherent"``: the same copy, from matches that are coherent across neighbouring pixels
+  (:func:`pixelnn.matching.coherent_matches`: patch similarities and a smoothness prior over
+  (exemplar, offset) labels), so that regions copy whole pieces of one exemplar instead of a
+  patchwork of single pixels.
 - ``"global"`` (paper eq. 2): ``out_i = f_i(x) + (y_k[i] - f_i(x_k))``, the residual of whole
   exemplars at the same position, averaged over the exemplar set (no pixel matching).
 - ``"authors"`` (the authors' released code): the residual at the *same* position i of every
@@ -27,7 +31,18 @@ import torch
 from pixelnn.errors import PixelNNError
 from pixelnn.matching import OutputSpec
 
-MODES = ("matched", "global", "authors")
+MODES = ("matched", "coherent", "global", "authors")
+
+#: Per mode, the default patch vote, residual high-pass (pixels) and chroma weight of :func:`compose`:
+#: the paper's plain copy for ``matched``; for ``coherent`` the setting chosen with
+#: benchmarks/composition_modes.py (docs/results.md): a 3x3 vote blends the remaining seams, and 60%
+#: of an exemplar's colour cast is copied (less colour leaks, at a small cost in diversity).
+MODE_DEFAULTS: dict[str, dict[str, float]] = {
+    "matched": {"vote_size": 1, "highpass_sigma": 0.0, "chroma_weight": 1.0},
+    "coherent": {"vote_size": 3, "highpass_sigma": 0.0, "chroma_weight": 0.6},
+    "global": {"vote_size": 1, "highpass_sigma": 0.0, "chroma_weight": 1.0},
+    "authors": {"vote_size": 1, "highpass_sigma": 0.0, "chroma_weight": 1.0},
+}
 COLORS = ("rgb", "luma")
 
 _RGB2YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
@@ -45,28 +60,116 @@ def _apply3(m: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return torch.stack([m[r, 0] * c[0] + m[r, 1] * c[1] + m[r, 2] * c[2] for r in range(3)], dim=-1)
 
 
-def _residual_space(images: torch.Tensor, color: str) -> torch.Tensor:
+def _space(color: str, chroma_weight: float) -> str:
+    """The space residuals are copied in: ``rgb``, or ``ycc`` (YCbCr) for luma or a partial chroma weight."""
+    return "rgb" if color == "rgb" and chroma_weight == 1 else "ycc"
+
+
+def _residual_space(images: torch.Tensor, space: str) -> torch.Tensor:
     """(..., 3) float RGB -> the space residuals are taken in (RGB, or YCbCr)."""
-    return images if color == "rgb" else _apply3(_RGB2YCC, images)
+    return images if space == "rgb" else _apply3(_RGB2YCC, images)
 
 
-def _to_rgb_uint8(images: torch.Tensor, color: str) -> np.ndarray:
-    rgb = images if color == "rgb" else _apply3(_YCC2RGB, images)
+def _to_rgb_uint8(images: torch.Tensor, space: str) -> np.ndarray:
+    rgb = images if space == "rgb" else _apply3(_YCC2RGB, images)
     return rgb.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def _residual(res: torch.Tensor, color: str) -> torch.Tensor:
-    """Zero the chroma residual in luma mode."""
-    if color == "luma":
+def highpass(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(N, H, W, C) float minus its Gaussian blur of std ``sigma`` pixels (reflect padding); sigma 0: unchanged."""
+    if sigma <= 0:
+        return images
+    radius = max(1, int(round(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    g = torch.exp(-0.5 * (t / sigma) ** 2)
+    g = g / g.sum()
+    n, h, w, c = images.shape
+    x = images.permute(0, 3, 1, 2).reshape(n * c, 1, h, w)  # (N*C, 1, H, W)
+    pad_h, pad_w = min(radius, h - 1), min(radius, w - 1)
+    x = torch.nn.functional.pad(x, (pad_w, pad_w, 0, 0), mode="reflect")
+    x = torch.nn.functional.conv2d(x, g[radius - pad_w:radius + pad_w + 1].view(1, 1, 1, -1))
+    x = torch.nn.functional.pad(x, (0, 0, pad_h, pad_h), mode="reflect")
+    x = torch.nn.functional.conv2d(x, g[radius - pad_h:radius + pad_h + 1].view(1, 1, -1, 1))
+    return images - x.reshape(n, c, h, w).permute(0, 2, 3, 1)
+
+
+def vote_residuals(residual: torch.Tensor, rank: torch.Tensor, pos: torch.Tensor, height: int, width: int,
+                   vote: int) -> torch.Tensor:
+    """Patch voting: each pixel averages the residuals its ``vote x vote`` neighbours' matches imply for it.
+
+    Neighbour n = i - d matched pixel j_n of exemplar r_n; the patch around j_n puts
+    ``residual[r_n, j_n + d]`` on pixel i (Image Analogies, GPNN). Votes whose source would fall
+    outside the exemplar are skipped; the pixel's own match always votes.
+
+    Parameters
+    ----------
+    residual : Tensor, (K, P, C)
+    rank, pos : Tensor, (O, P) int64
+    height, width : int
+    vote : int
+        Odd patch side; 1 copies each pixel's own match.
+
+    Returns
+    -------
+    Tensor, (O, P, C)
+    """
+    k, p, c = residual.shape
+    flat = residual.reshape(k * p, c)
+    if vote == 1:
+        return flat[rank * p + pos]
+    if vote < 1 or vote % 2 == 0:
+        raise PixelNNError(f"vote must be an odd patch side >= 1, got {vote}")
+    half = vote // 2
+    o = rank.shape[0]
+    r2, p2 = rank.view(o, height, width), pos.view(o, height, width)
+    sy, sx = p2 // width, p2 % width
+    total = torch.zeros(o, height, width, c)
+    count = torch.zeros(o, height, width, 1)
+    for dy in range(-half, half + 1):
+        for dx in range(-half, half + 1):
+            # pixel (y, x) receives the vote of neighbour (y - dy, x - dx): source (sy + dy, sx + dx) of its exemplar
+            ty0, ty1 = max(dy, 0), height + min(dy, 0)
+            tx0, tx1 = max(dx, 0), width + min(dx, 0)
+            nr = r2[:, ty0 - dy:ty1 - dy, tx0 - dx:tx1 - dx]
+            ny = sy[:, ty0 - dy:ty1 - dy, tx0 - dx:tx1 - dx] + dy
+            nx = sx[:, ty0 - dy:ty1 - dy, tx0 - dx:tx1 - dx] + dx
+            ok = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
+            src = nr * p + ny.clamp(0, height - 1) * width + nx.clamp(0, width - 1)
+            total[:, ty0:ty1, tx0:tx1] += flat[src] * ok[..., None]
+            count[:, ty0:ty1, tx0:tx1] += ok[..., None]
+    return (total / count.clamp_min(1)).reshape(o, p, c)
+
+
+def _residual(res: torch.Tensor, color: str, chroma_weight: float = 1.0) -> torch.Tensor:
+    """Zero the chroma residual in luma mode; scale it by ``chroma_weight`` (YCbCr) otherwise."""
+    if color == "luma" or chroma_weight != 1:
         res = res.clone()
-        res[..., 1:] = 0
+        res[..., 1:] *= 0.0 if color == "luma" else chroma_weight
     return res
+
+
+def _exemplar_residuals(photos: np.ndarray, stage1: np.ndarray, color: str, highpass_sigma: float,
+                        chroma_weight: float = 1.0) -> torch.Tensor:
+    """(K, H, W, 3) uint8 photos y_k and f(x_k) -> (K, P, 3) residuals y_k - f(x_k), optionally high-passed.
+
+    The filtering is elementwise along rows and columns of each image, so a residual does not
+    depend on which other exemplars are in the batch (:func:`recompose` relies on it).
+    """
+    k, h, w, _ = photos.shape
+    space = _space(color, chroma_weight)
+    ey = _residual_space(torch.from_numpy(np.asarray(photos, np.float32)).reshape(k, h * w, 3), space)
+    ef = _residual_space(torch.from_numpy(np.asarray(stage1, np.float32)).reshape(k, h * w, 3), space)
+    residual = _residual(ey - ef, color, chroma_weight)  # (K, P, 3): high frequencies of each exemplar
+    if highpass_sigma > 0:
+        residual = highpass(residual.reshape(k, h, w, 3), highpass_sigma).reshape(k, h * w, 3)
+    return residual
 
 
 @torch.inference_mode()
 def compose(stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: np.ndarray, rank: torch.Tensor,
             pos: torch.Tensor, specs: Sequence[OutputSpec], *, mode: str = "matched", color: str = "rgb",
-            best_sim: torch.Tensor | None = None, windows: Sequence[int | None] | None = None) -> np.ndarray:
+            best_sim: torch.Tensor | None = None, windows: Sequence[int | None] | None = None,
+            vote: int = 1, highpass_sigma: float = 0.0, chroma_weight: float = 1.0) -> np.ndarray:
     """Compose one output per spec.
 
     Parameters
@@ -80,13 +183,24 @@ def compose(stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: np.ndarray, ra
         :func:`pixelnn.matching.select_sets`). Used by ``matched``.
     specs : sequence of OutputSpec
         The outputs' exemplar sets and windows (used by ``global`` and ``authors``).
-    mode : {'matched', 'global', 'authors'}
+    mode : {'matched', 'coherent', 'global', 'authors'}
+        ``coherent`` composes like ``matched``; its coherence is in ``rank`` and ``pos``.
     color : {'rgb', 'luma'}
     best_sim : Tensor, (K, W, P), optional
         Per-exemplar best window similarity (from :func:`pixelnn.matching.match_windows`); needed
         by ``authors``.
     windows : sequence, optional
         The windows of ``best_sim``.
+    vote : int
+        ``matched``/``coherent``: odd side of the patch vote (:func:`vote_residuals`); 1 copies
+        each pixel's own match (paper eq. 3).
+    highpass_sigma : float
+        Remove each exemplar residual's Gaussian blur of this std (pixels) before copying, so an
+        exemplar's colour does not leak into the output's low frequencies; 0 keeps it (paper).
+    chroma_weight : float
+        ``color="rgb"``: copy the residual's chroma (YCbCr) scaled by this weight: 1 copies the
+        exemplar's colour (paper), 0 is ``color="luma"``; between, the output's colour moves part of
+        the way from f(x)'s towards the exemplar's.
 
     Returns
     -------
@@ -96,14 +210,14 @@ def compose(stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: np.ndarray, ra
     check_option("color", color, COLORS)
     h, w, _ = stage1.shape
     p = h * w
-    f = _residual_space(torch.from_numpy(np.asarray(stage1, np.float32)).reshape(p, 3), color)  # (P, 3)
-    ey = _residual_space(torch.from_numpy(np.asarray(ex_photos, np.float32)).reshape(-1, p, 3), color)  # (K, P, 3)
-    ef = _residual_space(torch.from_numpy(np.asarray(ex_stage1, np.float32)).reshape(-1, p, 3), color)  # (K, P, 3)
-    residual = _residual(ey - ef, color)  # (K, P, 3): high frequencies of each exemplar
+    if not 0 <= chroma_weight <= 1:
+        raise PixelNNError(f"chroma_weight must be between 0 and 1, got {chroma_weight}")
+    space = _space(color, chroma_weight)
+    f = _residual_space(torch.from_numpy(np.asarray(stage1, np.float32)).reshape(p, 3), space)  # (P, 3)
+    residual = _exemplar_residuals(ex_photos, ex_stage1, color, highpass_sigma, chroma_weight)  # (K, P, 3)
     outs = torch.empty(len(specs), p, 3)
-    if mode == "matched":
-        flat = residual.reshape(-1, 3)  # (K*P, 3)
-        outs = f[None] + flat[rank * p + pos]  # (O, P, 3)
+    if mode in ("matched", "coherent"):
+        outs = f[None] + vote_residuals(residual, rank, pos, h, w, vote)  # (O, P, 3)
     elif mode == "global":
         for o, spec in enumerate(specs):
             outs[o] = f + residual[list(spec.ranks)].mean(dim=0)
@@ -116,12 +230,13 @@ def compose(stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: np.ndarray, ra
             weight = best_sim[members, win_of[spec.window]].clamp_min(0)  # (n, P)
             norm = weight.sum(dim=0).clamp_min(1e-8)  # (P,)
             outs[o] = f + (weight[..., None] * residual[members]).sum(dim=0) / norm[:, None]
-    return _to_rgb_uint8(outs, color).reshape(len(specs), h, w, 3)
+    return _to_rgb_uint8(outs, space).reshape(len(specs), h, w, 3)
 
 
 def recompose(stage1: np.ndarray, lib_photos: np.ndarray, lib_stage1: np.ndarray, exemplar: np.ndarray,
-              source_y: np.ndarray, source_x: np.ndarray, color: str = "rgb") -> np.ndarray:
-    """Rebuild ``matched`` outputs from saved correspondences and the library alone.
+              source_y: np.ndarray, source_x: np.ndarray, color: str = "rgb", vote: int = 1,
+              highpass_sigma: float = 0.0, chroma_weight: float = 1.0) -> np.ndarray:
+    """Rebuild ``matched`` or ``coherent`` outputs from saved correspondences and the library alone.
 
     Parameters
     ----------
@@ -131,18 +246,24 @@ def recompose(stage1: np.ndarray, lib_photos: np.ndarray, lib_stage1: np.ndarray
         The library's photos and stage-1 outputs (indexable by library position).
     exemplar, source_y, source_x : ndarray, (O, H, W) int
         Library position and source pixel of every output pixel (``correspondences.npz``).
+    color, vote, highpass_sigma, chroma_weight
+        As given to :func:`compose` (recorded in the synthesis ``manifest.json``).
 
     Returns
     -------
     ndarray, (O, H, W, 3) uint8
-        Bit-identical to the outputs of :func:`compose` with ``mode="matched"``.
+        Bit-identical to the outputs of :func:`compose` with the same options.
     """
     check_option("color", color, COLORS)
     h, w, _ = stage1.shape
-    f = _residual_space(torch.from_numpy(np.asarray(stage1, np.float32)).reshape(h * w, 3), color)
-    outs = []
-    for e, sy, sx in zip(exemplar, source_y, source_x):
-        y = torch.from_numpy(np.asarray(lib_photos[e.ravel(), sy.ravel(), sx.ravel()], np.float32))  # (P, 3)
-        fk = torch.from_numpy(np.asarray(lib_stage1[e.ravel(), sy.ravel(), sx.ravel()], np.float32))
-        outs.append(f + _residual(_residual_space(y, color) - _residual_space(fk, color), color))
-    return _to_rgb_uint8(torch.stack(outs), color).reshape(len(outs), h, w, 3)
+    p = h * w
+    exemplar = np.asarray(exemplar)
+    used, rank = np.unique(exemplar, return_inverse=True)  # the library positions copied from
+    space = _space(color, chroma_weight)
+    f = _residual_space(torch.from_numpy(np.asarray(stage1, np.float32)).reshape(p, 3), space)
+    residual = _exemplar_residuals(np.asarray(lib_photos[used]), np.asarray(lib_stage1[used]), color, highpass_sigma,
+                                   chroma_weight)
+    rank = torch.from_numpy(rank.reshape(len(exemplar), p).astype(np.int64))
+    pos = torch.from_numpy((np.asarray(source_y) * w + np.asarray(source_x)).reshape(len(exemplar), p).astype(np.int64))
+    outs = f[None] + vote_residuals(residual, rank, pos, h, w, vote)
+    return _to_rgb_uint8(outs, space).reshape(len(exemplar), h, w, 3)

@@ -25,11 +25,15 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pixelnn.errors import PixelNNError
 
 #: The authors' windows: same pixel, 7x7, 11x11, whole image (None).
 DEFAULT_WINDOWS: tuple[int | None, ...] = (1, 7, 11, None)
+
+#: Side of the patch similarity of coherent matching (:func:`coherent_matches`).
+DEFAULT_PATCH_SIZE = 11
 
 
 def default_exemplar_sets() -> list[tuple[int, ...]]:
@@ -138,8 +142,8 @@ def _check(query: torch.Tensor, exemplars: torch.Tensor, height: int, width: int
 
 @torch.inference_mode()
 def match_windows(query: torch.Tensor, exemplars: torch.Tensor, height: int, width: int,
-                  windows: Sequence[int | None] = DEFAULT_WINDOWS, chunk: int = 768
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  windows: Sequence[int | None] = DEFAULT_WINDOWS, chunk: int = 768,
+                  window_sims: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Best match of every query pixel in every exemplar, for every window, in one pass.
 
     For each block of ``chunk`` query pixels and each exemplar, one product gives the block's
@@ -160,6 +164,9 @@ def match_windows(query: torch.Tensor, exemplars: torch.Tensor, height: int, wid
         Window sides; None means the whole image.
     chunk : int
         Query pixels per block (bounds memory to chunk * P floats).
+    window_sims : Tensor, (K, P, T * T) float32, optional
+        Filled with every similarity inside the largest finite window (side T), in the order of
+        :func:`window_indices` (for :func:`patch_matches`).
 
     Returns
     -------
@@ -186,6 +193,8 @@ def match_windows(query: torch.Tensor, exemplars: torch.Tensor, height: int, wid
         for e in range(k):
             sims = torch.mm(q, ex_t[e], out=buf[:stop - start])  # (R, P)
             vals = sims.gather(1, cand) if outer else None  # (R, O*O)
+            if window_sims is not None and outer:
+                window_sims[e, start:stop] = vals
             for w, side in enumerate(windows):
                 if side is None:  # whole image
                     val, pos = _argmax_rows(sims, width)  # (R,)
@@ -270,3 +279,217 @@ def select_sets(best_sim: torch.Tensor, best_pos: torch.Tensor, specs: Sequence[
     pos = best_pos[members, win].gather(1, arg).squeeze(1)
     sim = sims.gather(1, arg).squeeze(1)
     return rank, pos, sim
+
+
+
+def box_mean(maps: torch.Tensor, patch: int) -> torch.Tensor:
+    """Mean of (N, H, W) maps over the part of each patch x patch neighbourhood inside the image.
+
+    Separable running sums (cumsum along rows, then columns), so the cost does not grow with ``patch``.
+    """
+    if patch == 1:
+        return maps
+    h = patch // 2
+
+    def run(x: torch.Tensor, dim: int) -> torch.Tensor:  # sums over [t - h, t + h] clipped, along dim
+        n = x.shape[dim]
+        c = x.cumsum(dim)
+        if n <= h + 1:
+            return c.narrow(dim, n - 1, 1).expand_as(x).clone()
+        out = torch.empty_like(x)
+        k = min(h + 1, n)  # t in [0, h]: c[min(t + h, n - 1)]
+        head = c.narrow(dim, h, max(0, min(k, n - h)))
+        out.narrow(dim, 0, head.shape[dim]).copy_(head)
+        if head.shape[dim] < k:
+            out.narrow(dim, head.shape[dim], k - head.shape[dim]).copy_(
+                c.narrow(dim, n - 1, 1).expand_as(out.narrow(dim, head.shape[dim], k - head.shape[dim])))
+        mid = n - 2 * h - 1  # t in [h + 1, n - h - 1]: c[t + h] - c[t - h - 1]
+        if mid > 0:
+            torch.sub(c.narrow(dim, 2 * h + 1, mid), c.narrow(dim, 0, mid), out=out.narrow(dim, h + 1, mid))
+        lo = max(h + 1, n - h)  # t in [max(h + 1, n - h), n - 1]: c[n - 1] - c[t - h - 1]
+        if lo < n:
+            torch.sub(c.narrow(dim, n - 1, 1), c.narrow(dim, lo - h - 1, n - lo), out=out.narrow(dim, lo, n - lo))
+        return out
+
+    n_h, n_w = maps.shape[-2:]
+    counts = run(torch.ones(1, n_h, 1), 1) * run(torch.ones(1, 1, n_w), 2)  # (1, H, W) pixels inside
+    return run(run(maps, 2), 1).div_(counts)
+
+
+def offset_similarities(query: torch.Tensor, exemplar: torch.Tensor, offsets: torch.Tensor, height: int,
+                        width: int) -> torch.Tensor:
+    """cos(q_i, e[i + v]) for every pixel i and offset v, (V, P); 0 where i + v leaves the image.
+
+    Parameters
+    ----------
+    query, exemplar : Tensor, (P, d)
+    offsets : Tensor, (V, 2) int64
+        (dy, dx) per offset.
+    """
+    p = height * width
+    ys, xs = torch.arange(p) // width, torch.arange(p) % width
+    ty, tx = ys[None] + offsets[:, :1], xs[None] + offsets[:, 1:]  # (V, P)
+    ok = (ty >= 0) & (ty < height) & (tx >= 0) & (tx < width)
+    target = ty.clamp(0, height - 1) * width + tx.clamp(0, width - 1)
+    sims = torch.einsum("pd,vpd->vp", query.float(), exemplar.float()[target])
+    return sims * ok
+
+
+@torch.inference_mode()
+def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, width: int,
+                     specs: Sequence[OutputSpec], windows: Sequence[int | None], window_sims: torch.Tensor,
+                     *, patch: int = DEFAULT_PATCH_SIZE, smoothness: float = 0.03, sweeps: int = 2,
+                     whole_offsets: int = 8, seed_stride: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Coherent matches: every output pixel copies through an (exemplar, offset) label shared by its region.
+
+    Pixel matching (:func:`match_windows` + :func:`select_sets`) picks, for every pixel alone, the
+    best position in the window, so neighbouring pixels often copy from unrelated places: seams (see
+    :mod:`pixelnn.evaluation.coherence`). Here a pixel's label is an exemplar k of the output's set
+    and an offset v = (dy, dx); it copies e_k[i + v]. Neighbours with the same label copy
+    neighbouring exemplar pixels in their arrangement, so they form no seam. The labels maximise
+
+        sum_i S_patch(i, label_i) - smoothness * #{4-neighbour pairs with different labels}
+        S_patch(i, k, v) = mean over the patch x patch pixels i + d of cos(q_{i+d}, e_k[i+d+v])
+
+    a patch similarity (neighbours share most of it) plus a Potts prior. They start at each pixel's
+    best label and are improved by iterated conditional modes on a red-black checkerboard, each pixel
+    choosing among its own and its 4 neighbours' labels (the energy never increases).
+
+    Candidate offsets: v = 0 for the 1x1 window; |dy|, |dx| <= T // 2 for a T x T window (the
+    window centred on i, clipped to the image, so the border shift of :func:`window_indices` is not
+    applied); for the whole image, those of the largest window plus, per exemplar, the
+    ``whole_offsets`` most frequent offsets of the whole-image matches of every ``seed_stride``-th
+    pixel in both directions. A label never copies from outside the exemplar.
+
+    Parameters
+    ----------
+    query : Tensor, (P, d)
+        Unit-norm pixel descriptors of the query.
+    exemplars : Tensor, (K, P, d)
+        Unit-norm pixel descriptors of the K neighbours.
+    height, width : int
+        Pixel grid, P = height * width.
+    specs : sequence of OutputSpec
+        The O outputs; their windows must be among ``windows``.
+    windows : sequence of int or None
+        The windows given to :func:`match_windows`; must include a finite window T > 1.
+    window_sims : Tensor, (K, P, T * T)
+        Filled by ``match_windows(..., window_sims=...)`` for the largest finite window T (only that
+        window needs to be matched).
+    patch : int
+        Odd side of the patch similarity; 1 scores single pixels.
+    smoothness : float
+        Cost of a label change between neighbours, in units of mean cosine similarity.
+    sweeps : int
+        Red-black ICM sweeps (0: each pixel's best label).
+    whole_offsets : int
+        Extra whole-image candidate offsets per exemplar.
+    seed_stride : int
+        Subsampling of the query pixels whose whole-image matches seed those offsets.
+
+    Returns
+    -------
+    rank : Tensor, (O, P) int64
+        Exemplar rank per output pixel.
+    pos : Tensor, (O, P) int64
+        Copied pixel i + v.
+    sim : Tensor, (O, P) float32
+        Patch similarity of the chosen label.
+    """
+    _check(query, exemplars, height, width)
+    if patch < 1 or patch % 2 == 0:
+        raise PixelNNError(f"patch must be an odd side >= 1, got {patch}")
+    if smoothness < 0 or sweeps < 0 or whole_offsets < 0 or seed_stride < 1:
+        raise PixelNNError("smoothness, sweeps and whole_offsets must be >= 0 and seed_stride >= 1")
+    sides = sorted({w for w in windows if w is not None})
+    if not sides or sides[-1] < 2:
+        raise PixelNNError(f"coherent matching needs a finite window larger than 1; windows: {list(windows)}")
+    k, p, _ = exemplars.shape
+    win_of = {w: i for i, w in enumerate(windows)}
+    outer = sides[-1]
+    half = outer // 2
+    ys, xs = torch.arange(p) // width, torch.arange(p) % width
+    r = torch.arange(-half, half + 1)
+    offsets = torch.stack(torch.meshgrid(r, r, indexing="ij"), -1).reshape(-1, 2)  # (V, 2), row-major
+    v = len(offsets)
+    # 1. Candidate offsets per exemplar: the window's V, plus M frequent whole-image ones.
+    whole = None in win_of and whole_offsets > 0
+    m = whole_offsets if whole else 0
+    cand = offsets[None].repeat(k, 1, 1)  # (K, V, 2)
+    if whole:  # whole-image matches of a pixel subsample: their most frequent offsets
+        sub = ((ys % seed_stride == seed_stride // 2) & (xs % seed_stride == seed_stride // 2)).nonzero()[:, 0]
+        sub = sub if len(sub) else torch.arange(p)
+        qs = query[sub].float()  # (Ps, d)
+        best = torch.stack([torch.mm(qs, exemplars[e].float().T).argmax(dim=1) for e in range(k)])  # (K, Ps)
+        code = (best // width - ys[sub] + height) * (2 * width) + (best % width - xs[sub] + width)  # (K, Ps)
+        counts = torch.zeros(k, 4 * height * width, dtype=torch.int64).scatter_add_(1, code, torch.ones_like(code))
+        top = counts.topk(m, dim=1).indices  # (K, M); rare offsets may repeat the window's: harmless
+        extra = torch.stack([top // (2 * width) - height, top % (2 * width) - width], -1)  # (K, M, 2)
+        cand = torch.cat([cand, extra], 1)  # (K, V + M, 2)
+    def inside_of(off: torch.Tensor) -> torch.Tensor:  # (..., 2) offsets -> (..., P): i + v inside the image
+        ty, tx = ys + off[..., :1], xs + off[..., 1:]
+        return (ty >= 0) & (ty < height) & (tx >= 0) & (tx < width)
+
+    # 2. Pixel similarities of every candidate: window offsets read from the window's similarities.
+    y0 = (ys - half).clamp(0, height - outer)
+    x0 = (xs - half).clamp(0, width - outer)
+    slot = ((ys + offsets[:, :1] - y0) * outer + (xs + offsets[:, 1:] - x0)).clamp(0, outer * outer - 1)  # (V, P)
+    pix = torch.empty(k, v + m, p)
+    torch.gather(window_sims, 2, slot.T[None].expand(k, -1, -1), out=pix[:, :v].transpose(1, 2))  # (K, V, P)
+    inside_win = inside_of(offsets)  # (V, P)
+    pix[:, :v].mul_(inside_win)
+    for e in range(k if m else 0):
+        pix[e, v:] = offset_similarities(query, exemplars[e], cand[e, v:], height, width)
+    # 3. Patch similarities; a label whose own pixel would copy from outside the exemplar is never taken.
+    score = box_mean(pix.view(-1, height, width), patch).view(k, v + m, p)
+    score[:, :v].masked_fill_(~inside_win, -4.0)
+    if m:
+        score[:, v:].masked_fill_(~inside_of(cand[:, v:]), -4.0)
+    # 4. Each pixel's best label: best offset per exemplar and window, then the best set member.
+    allowed = {}
+    for side in windows:
+        if side is None:
+            allowed[side] = torch.ones(v + m, dtype=torch.bool)
+        else:
+            allowed[side] = torch.cat([(offsets.abs() <= side // 2).all(1), torch.zeros(m, dtype=torch.bool)])
+    best_val = torch.empty(k, len(windows), p)
+    best_off = torch.empty(k, len(windows), p, dtype=torch.int64)
+    for w, side in enumerate(windows):
+        idx = allowed[side].nonzero()[:, 0]
+        if len(idx) == v + m:  # whole image: every candidate
+            val, arg = score.max(dim=1)  # (K, P)
+        elif len(idx) == v:  # the largest window: the first V candidates
+            val, arg = score[:, :v].max(dim=1)
+        else:
+            val, arg = score.index_select(1, idx).max(dim=1)
+            arg = idx[arg]
+        best_val[:, w], best_off[:, w] = val, arg
+    rank, off, _ = select_sets(best_val, best_off, specs, windows)  # (O, P) each
+    # 5. Potts smoothing by red-black ICM over labels code = rank * (V + M) + offset index.
+    flat_score = score.view(-1)  # index: code * P + pixel
+    labels = rank * (v + m) + off  # (O, P)
+    nbrs = []
+    for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+        ok = (ys + dy >= 0) & (ys + dy < height) & (xs + dx >= 0) & (xs + dx < width)
+        nbrs.append(((ys + dy).clamp(0, height - 1) * width + (xs + dx).clamp(0, width - 1), ok))
+    halves = [torch.arange(p)[(ys + xs) % 2 == c] for c in (0, 1)]
+    for _ in range(sweeps if smoothness > 0 else 0):
+        for cur in halves:  # (Q,) pixels whose 4 neighbours are all in the other half
+            own = labels[:, cur]  # (O, Q)
+            nb = [labels[:, n[cur]] for n, _ in nbrs]  # 4 x (O, Q)
+            nb_ok = [ok[cur] for _, ok in nbrs]  # 4 x (Q,)
+            same = {(a, b): (nb[a] == nb[b]) & nb_ok[a] & nb_ok[b] for a in range(4) for b in range(a + 1, 4)}
+            # total of each candidate: patch score + smoothness * neighbours sharing the label
+            best_total = flat_score[own * p + cur] + smoothness * sum((own == nb[b]) & nb_ok[b] for b in range(4))
+            best = own
+            for a in range(4):
+                agree = 1 + sum(same[min(a, b), max(a, b)] for b in range(4) if b != a)
+                total = flat_score[nb[a] * p + cur] + smoothness * agree
+                better = (total > best_total) & nb_ok[a]  # strict: ties keep the earlier candidate
+                best_total = torch.where(better, total, best_total)
+                best = torch.where(better, nb[a], best)
+            labels[:, cur] = best
+    off_yx = cand.reshape(-1, 2)[labels]  # (O, P, 2)
+    pos = (ys + off_yx[..., 0]) * width + xs + off_yx[..., 1]
+    sim = flat_score[labels * p + torch.arange(p)]
+    return labels // (v + m), pos, sim

@@ -18,10 +18,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from pixelnn.compose import COLORS, MODES, check_option, compose
+from pixelnn.compose import COLORS, MODE_DEFAULTS, MODES, check_option, compose
 from pixelnn.config import TaskConfig
 from pixelnn.errors import PixelNNError
-from pixelnn.matching import OutputSpec, default_output_specs, match_windows, select_sets
+from pixelnn.matching import (DEFAULT_PATCH_SIZE, OutputSpec, coherent_matches, default_output_specs,
+                              match_windows, select_sets)
 from pixelnn.models.regressor import Regressor, predict
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,11 @@ class SynthesisResult:
         Cosine similarity of the pixel descriptors of the match.
     mode, color : str
         Composition mode and colour space used.
+    vote_size, highpass_sigma, chroma_weight : int, float, float
+        Patch vote, residual high-pass and chroma weight of the composition (see
+        :func:`pixelnn.compose.compose`).
+    patch_size : int or None
+        Patch side of coherent matching (``mode="coherent"``), else None.
     timings : dict
         Seconds per step.
     """
@@ -106,6 +112,10 @@ class SynthesisResult:
     similarity: np.ndarray
     mode: str
     color: str
+    vote_size: int = 1
+    highpass_sigma: float = 0.0
+    chroma_weight: float = 1.0
+    patch_size: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -230,13 +240,28 @@ class PixelNNPipeline:
     def __call__(self, x: np.ndarray, *, specs: Sequence[OutputSpec] | None = None, top_k: int = DEFAULT_TOP_K,
                  mode: str = "matched", color: str = "rgb", where: dict[str, Sequence[str]] | None = None,
                  exemplars: Sequence[str] | None = None, like: Sequence[np.ndarray] | None = None,
-                 num_outputs: int | None = None, seed: int | None = None) -> SynthesisResult:
+                 num_outputs: int | None = None, seed: int | None = None, patch_size: int = DEFAULT_PATCH_SIZE,
+                 vote_size: int | None = None, highpass_sigma: float | None = None,
+                 chroma_weight: float | None = None) -> SynthesisResult:
         """Synthesize many outputs for one input x (s, s, C) uint8; see :class:`SynthesisResult`.
 
-        ``num_outputs`` keeps a random subset of the specs (drawn with ``seed``).
+        ``num_outputs`` keeps a random subset of the specs (drawn with ``seed``). ``patch_size`` is
+        the side of the patch similarity of ``mode="coherent"``
+        (:func:`pixelnn.matching.coherent_matches`); ``vote_size``, ``highpass_sigma`` and
+        ``chroma_weight`` are the patch vote, residual high-pass and chroma weight of
+        :func:`pixelnn.compose.compose` (default: the mode's, :data:`pixelnn.compose.MODE_DEFAULTS`).
         """
         check_option("composition mode", mode, MODES)
         check_option("color", color, COLORS)
+        vote_size = MODE_DEFAULTS[mode]["vote_size"] if vote_size is None else vote_size
+        highpass_sigma = MODE_DEFAULTS[mode]["highpass_sigma"] if highpass_sigma is None else highpass_sigma
+        chroma_weight = MODE_DEFAULTS[mode]["chroma_weight"] if chroma_weight is None else chroma_weight
+        for name, v in (("patch_size", patch_size), ("vote_size", vote_size)):
+            if v < 1 or v % 2 == 0:
+                raise PixelNNError(f"{name} must be an odd number >= 1, got {v}")
+        if highpass_sigma < 0 or not 0 <= chroma_weight <= 1:
+            raise PixelNNError(f"highpass_sigma must be >= 0 and chroma_weight in [0, 1]; got {highpass_sigma}, "
+                               f"{chroma_weight}")
         t = {"start": time.perf_counter()}
         specs = list(specs) if specs is not None else default_output_specs()
         if num_outputs is not None and num_outputs < len(specs):
@@ -272,12 +297,21 @@ class PixelNNPipeline:
         # 4. Windowed matching for all windows in one pass, then the exemplar sets.
         size = stage1.shape[0]
         windows = tuple(dict.fromkeys(s.window for s in specs))
-        best_sim, best_pos = match_windows(desc[0], desc[1:], size, size, windows)
-        rank, pos, pix_sim = select_sets(best_sim, best_pos, specs, windows)
+        outer = max((w for w in windows if w is not None), default=1)
+        best_sim = None
+        if mode == "coherent" and outer > 1:  # regions share an (exemplar, offset) label: few seams
+            window_sims = torch.empty(len(neighbours), size * size, outer * outer)
+            match_windows(desc[0], desc[1:], size, size, (outer,), window_sims=window_sims)  # its scores only
+            rank, pos, pix_sim = coherent_matches(desc[0], desc[1:], size, size, specs, windows, window_sims,
+                                                  patch=patch_size)
+        else:
+            best_sim, best_pos = match_windows(desc[0], desc[1:], size, size, windows)
+            rank, pos, pix_sim = select_sets(best_sim, best_pos, specs, windows)
         t["matching"] = time.perf_counter()
         # 5. Composition: copy the exemplars' high frequencies onto f(x).
         outputs = compose(stage1, ex_photos, ex_stage1, rank, pos, specs, mode=mode, color=color,
-                          best_sim=best_sim, windows=windows)
+                          best_sim=best_sim, windows=windows, vote=vote_size, highpass_sigma=highpass_sigma,
+                          chroma_weight=chroma_weight)
         t["composition"] = time.perf_counter()
         # 6. Correspondences in library coordinates.
         o = len(specs)
@@ -295,7 +329,8 @@ class PixelNNPipeline:
             input=x, stage1=stage1, outputs=outputs, specs=specs, neighbours=neighbours,
             neighbour_ids=[self.library.ids[i] for i in neighbours], neighbour_similarity=neighbour_sim,
             exemplar=exemplar, source_y=sy, source_x=sx, similarity=pix_sim.numpy().reshape(o, size, size),
-            mode=mode, color=color, timings=timings)
+            mode=mode, color=color, vote_size=vote_size, highpass_sigma=highpass_sigma, chroma_weight=chroma_weight,
+            patch_size=patch_size if mode == "coherent" else None, timings=timings)
 
     def _describe(self, x: np.ndarray, stage1: np.ndarray, neighbours: np.ndarray, ex_stage1: np.ndarray) -> torch.Tensor:
         """Pixel descriptors (1 + K, P, d) of the query and its neighbours, rounded to float16 precision
@@ -445,6 +480,8 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
                             exemplar_ids=np.array(result.neighbour_ids))
         manifest = {
             "format": "pixelnn-synthesis", "version": 1, "mode": result.mode, "color": result.color,
+            "vote_size": result.vote_size, "highpass_sigma": result.highpass_sigma,
+            "chroma_weight": result.chroma_weight, "patch_size": result.patch_size,
             "timings": {k_: round(v, 4) for k_, v in result.timings.items()},
             "outputs": [{"file": f"output_{o + 1:03d}.png", "exemplar_ranks": [r + 1 for r in s.ranks],
                          "exemplar_ids": [result.neighbour_ids[r] for r in s.ranks], "window": s.window_name,

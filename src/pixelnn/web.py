@@ -357,6 +357,8 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
     """The Gradio page over ``app`` (a ``gr.Blocks``, queued: one synthesis at a time)."""
     import gradio as gr
 
+    from pixelnn.compose import MODES
+
     def _error(e: Exception) -> str:
         return f"**Error:** {e}"
 
@@ -397,7 +399,7 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
                 with gr.Accordion("Options", open=False):
                     num_outputs = gr.Slider(1, 72, value=72, step=1, label="Number of outputs (random subset)")
                     seed = gr.Number(value=0, precision=0, label="Seed (for the subset)")
-                    mode = gr.Dropdown(choices=["matched", "global", "authors"], value="matched",
+                    mode = gr.Dropdown(choices=list(MODES), value="matched",
                                        label="Composition mode")
             with gr.Column(scale=2):
                 status = gr.Markdown("Give an input on the left.", elem_id="status")
