@@ -19,7 +19,6 @@ Prints one table row and writes ``DIR/metrics.json``, an example grid and a corr
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path

@@ -25,7 +25,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pixelnn.errors import PixelNNError
 
