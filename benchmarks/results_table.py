@@ -29,6 +29,19 @@ def main() -> None:
     ap.add_argument("report_dirs", nargs="+")
     args = ap.parse_args()
     aims = []
+    print("| experiment | train / test pairs | stage 1: steps, val PSNR / SSIM | pix2pix: steps, val PSNR / SSIM | "
+          "budget (CPU min each) |")
+    print("|---|---|---|---|---|")
+    for d in args.report_dirs:
+        m = read_json(Path(d) / "metrics.json")
+        ds = read_json(Path(m["data_dir"]) / "dataset.json")["counts"]
+        s1 = read_json(Path(m["model_dir"]) / "metrics.json")
+        cfg = read_json(Path(m["model_dir"]) / "config.json")
+        budget = cfg.get("train", {}).get("minutes")
+        p2p = read_json(Path(m["pix2pix_dir"]) / "metrics.json") if m.get("pix2pix_dir") else None
+        p2p_txt = f"{p2p['steps']}, {p2p['psnr']:.2f} dB / {p2p['ssim']:.3f}" if p2p else "–"
+        print(f"| {m['experiment'].removeprefix('eval-')} | {ds['train']:,} / {ds['test']:,} | {s1['steps']}, "
+              f"{s1['psnr']:.2f} dB / {s1['ssim']:.3f} | {p2p_txt} | {budget if budget is not None else '–'} |")
     for d in args.report_dirs:
         m = read_json(Path(d) / "metrics.json")
         st = m["settings"]
