@@ -111,6 +111,26 @@ def test_inception_fid_zero_on_itself_and_growing_with_blur():
     assert kids[0] < kids[1]
 
 
+def test_cached_inception_features_are_reused_and_keyed_by_content(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIXELNN_CACHE", str(tmp_path))
+    photos = synthetic_photos(3, 16, seed=5)
+    calls = []
+
+    def fake(images, progress=False, device="cpu"):  # stands in for the network: deterministic, counted
+        calls.append(len(images))
+        return np.repeat(images.reshape(len(images), -1).mean(1, keepdims=True), 2048, 1).astype(np.float64)
+
+    monkeypatch.setattr(fidm, "inception_features", fake)
+    first = fidm.cached_inception_features(photos)
+    again = fidm.cached_inception_features(photos)
+    assert np.array_equal(first, again) and calls == [3]  # the second call read the cache
+    changed = photos.copy()
+    changed[0, 0, 0, 0] ^= 1
+    fidm.cached_inception_features(changed)
+    assert calls == [3, 3]  # one changed byte is another key
+    assert len(list((tmp_path / "inception").glob("*.npy"))) == 2
+
+
 # ------------------------------------------------------------------------------------------ spectra
 
 

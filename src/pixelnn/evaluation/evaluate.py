@@ -336,7 +336,7 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
     t = time.perf_counter()
     real_idx = np.arange(len(split)) if settings.fid_real_photos is None else np.arange(min(settings.fid_real_photos,
                                                                                              len(split)))
-    real_feats = fidm.inception_features(np.asarray(split.photos[real_idx]), progress=progress)
+    real_feats = fidm.cached_inception_features(np.asarray(split.photos[real_idx]), progress=progress)
     method_feats = {name: fidm.inception_features(np.concatenate(fid_sets[name]), progress=progress)
                     for name in methods}
     t = _timer(timings, "fid_features", t)
