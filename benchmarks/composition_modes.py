@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pixelnn.compose import MODE_DEFAULTS, compose
+from pixelnn.compose import MODE_DEFAULTS, compose, recorded_matches
 from pixelnn.data.dataset import Dataset, image_grid, resize_nearest
 from pixelnn.evaluation.coherence import seam_mask, seam_rate
 from pixelnn.evaluation.lpips import lpips_distance
@@ -127,11 +127,7 @@ def main() -> None:
                            chroma_weight=chroma)
             seconds = time.perf_counter() - t0
             o = len(specs)
-            if mode == "global":
-                rank = torch.tensor([s.ranks[0] for s in specs])[:, None].expand(o, size * size)
-                pos = torch.arange(size * size)[None].expand(o, -1)
-            elif mode == "authors":
-                pos = torch.arange(size * size)[None].expand(o, -1)
+            rank, pos = recorded_matches(mode, specs, rank, pos)
             sy, sx = np.divmod(pos.numpy().reshape(o, size, size), size)
             seams = seam_rate(rank.numpy().reshape(o, size, size), sy, sx)
             d = lpips_distance(outs, np.repeat(photo[None], o, 0))

@@ -233,6 +233,23 @@ def compose(stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: np.ndarray, ra
     return _to_rgb_uint8(outs, space).reshape(len(specs), h, w, 3)
 
 
+def recorded_matches(mode: str, specs: Sequence[OutputSpec], rank: torch.Tensor,
+                     pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (rank, pos) correspondences recorded for a mode's outputs, (O, P) each.
+
+    ``matched``/``coherent`` copy from ``rank``/``pos``; ``global`` records the set's top-ranked
+    member at the same position; ``authors`` the member with the best window similarity (``rank``)
+    at the same position.
+    """
+    o, p = rank.shape
+    same = torch.arange(p)[None].expand(o, -1)
+    if mode == "global":
+        return torch.tensor([s.ranks[0] for s in specs])[:, None].expand(o, p), same
+    if mode == "authors":
+        return rank, same
+    return rank, pos
+
+
 def recompose(stage1: np.ndarray, lib_photos: np.ndarray, lib_stage1: np.ndarray, exemplar: np.ndarray,
               source_y: np.ndarray, source_x: np.ndarray, color: str = "rgb", vote: int = 1,
               highpass_sigma: float = 0.0, chroma_weight: float = 1.0) -> np.ndarray:

@@ -404,7 +404,6 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
     if not sides or sides[-1] < 2:
         raise PixelNNError(f"coherent matching needs a finite window larger than 1; windows: {list(windows)}")
     k, p, _ = exemplars.shape
-    win_of = {w: i for i, w in enumerate(windows)}
     outer = sides[-1]
     half = outer // 2
     ys, xs = torch.arange(p) // width, torch.arange(p) % width
@@ -412,7 +411,7 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
     offsets = torch.stack(torch.meshgrid(r, r, indexing="ij"), -1).reshape(-1, 2)  # (V, 2), row-major
     v = len(offsets)
     # 1. Candidate offsets per exemplar: the window's V, plus M frequent whole-image ones.
-    whole = None in win_of and whole_offsets > 0
+    whole = None in windows and whole_offsets > 0
     m = whole_offsets if whole else 0
     cand = offsets[None].repeat(k, 1, 1)  # (K, V, 2)
     if whole:  # whole-image matches of a pixel subsample: their most frequent offsets
@@ -445,21 +444,15 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
     if m:
         score[:, v:].masked_fill_(~inside_of(cand[:, v:]), -4.0)
     # 4. Each pixel's best label: best offset per exemplar and window, then the best set member.
-    allowed = {}
-    for side in windows:
-        if side is None:
-            allowed[side] = torch.ones(v + m, dtype=torch.bool)
-        else:
-            allowed[side] = torch.cat([(offsets.abs() <= side // 2).all(1), torch.zeros(m, dtype=torch.bool)])
     best_val = torch.empty(k, len(windows), p)
     best_off = torch.empty(k, len(windows), p, dtype=torch.int64)
     for w, side in enumerate(windows):
-        idx = allowed[side].nonzero()[:, 0]
-        if len(idx) == v + m:  # whole image: every candidate
+        if side is None:  # whole image: every candidate
             val, arg = score.max(dim=1)  # (K, P)
-        elif len(idx) == v:  # the largest window: the first V candidates
+        elif side == outer:  # the largest window: the first V candidates
             val, arg = score[:, :v].max(dim=1)
-        else:
+        else:  # a smaller window: its offsets among the first V
+            idx = (offsets.abs() <= side // 2).all(1).nonzero()[:, 0]
             val, arg = score.index_select(1, idx).max(dim=1)
             arg = idx[arg]
         best_val[:, w], best_off[:, w] = val, arg
@@ -469,8 +462,8 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
     labels = rank * (v + m) + off  # (O, P)
     nbrs = []
     for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
-        ok = (ys + dy >= 0) & (ys + dy < height) & (xs + dx >= 0) & (xs + dx < width)
-        nbrs.append(((ys + dy).clamp(0, height - 1) * width + (xs + dx).clamp(0, width - 1), ok))
+        nbrs.append(((ys + dy).clamp(0, height - 1) * width + (xs + dx).clamp(0, width - 1),
+                     inside_of(torch.tensor([dy, dx]))))
     halves = [torch.arange(p)[(ys + xs) % 2 == c] for c in (0, 1)]
     for _ in range(sweeps if smoothness > 0 else 0):
         for cur in halves:  # (Q,) pixels whose 4 neighbours are all in the other half

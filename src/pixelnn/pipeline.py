@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from pixelnn.compose import COLORS, MODE_DEFAULTS, MODES, check_option, compose
+from pixelnn.compose import COLORS, MODE_DEFAULTS, MODES, check_option, compose, recorded_matches
 from pixelnn.config import TaskConfig
 from pixelnn.errors import PixelNNError
 from pixelnn.matching import (DEFAULT_PATCH_SIZE, OutputSpec, coherent_matches, default_output_specs,
@@ -315,11 +315,7 @@ class PixelNNPipeline:
         t["composition"] = time.perf_counter()
         # 6. Correspondences in library coordinates.
         o = len(specs)
-        if mode == "global":  # same position, top-ranked member of the set
-            rank = torch.tensor([s.ranks[0] for s in specs])[:, None].expand(o, size * size)
-            pos = torch.arange(size * size)[None].expand(o, -1)
-        elif mode == "authors":  # same position, the member with the highest window similarity
-            pos = torch.arange(size * size)[None].expand(o, -1)
+        rank, pos = recorded_matches(mode, specs, rank, pos)
         exemplar = neighbours[rank.numpy()].reshape(o, size, size)
         sy, sx = np.divmod(pos.numpy().reshape(o, size, size), size)
         steps = list(t)
