@@ -1,0 +1,75 @@
+"""Where tensors live: ``--device auto|cpu|cuda[:N]|mps`` for every command.
+
+>>> resolve_device("cpu")
+device(type='cpu')
+
+``auto`` picks the first CUDA GPU when one is there, else Apple's MPS when available, else the
+CPU. An unavailable device is a one-line :class:`~pixelnn.errors.PixelNNError` naming the valid
+choices, never a traceback from deep inside torch.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from pixelnn.errors import PixelNNError
+
+#: The spellings ``--device`` accepts (``cuda:N`` picks GPU N).
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+DEFAULT_DEVICE = "auto"
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_device(name: str | torch.device | None = DEFAULT_DEVICE) -> torch.device:
+    """A ``torch.device`` from a user's spelling, checked to exist on this machine.
+
+    Parameters
+    ----------
+    name : str or torch.device or None
+        ``"auto"`` (or None), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+
+    Returns
+    -------
+    torch.device
+    """
+    if isinstance(name, torch.device):
+        name = str(name)
+    name = (name or DEFAULT_DEVICE).strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", 0)
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    m = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if m:
+        if not torch.cuda.is_available():
+            raise PixelNNError(f"device {name!r} asked for, but this torch sees no CUDA GPU; valid here: "
+                               f"{', '.join(available_devices())}")
+        index = int(m.group(1) or 0)
+        if index >= torch.cuda.device_count():
+            raise PixelNNError(f"device {name!r} asked for, but there are {torch.cuda.device_count()} CUDA GPU(s); "
+                               f"valid here: {', '.join(available_devices())}")
+        return torch.device("cuda", index)
+    if name == "mps":
+        if not _mps_available():
+            raise PixelNNError(f"device 'mps' asked for, but MPS is not available; valid here: "
+                               f"{', '.join(available_devices())}")
+        return torch.device("mps")
+    raise PixelNNError(f"invalid device {name!r}; valid: {', '.join(DEVICE_CHOICES)}")
+
+
+def available_devices() -> list[str]:
+    """The device names that :func:`resolve_device` accepts on this machine."""
+    names = ["auto", "cpu"]
+    names += [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    names += ["mps"] if _mps_available() else []
+    return names
