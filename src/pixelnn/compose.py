@@ -1,6 +1,8 @@
 """Composition: turn matches into output images by copying exemplars' high frequencies.
 
-Four modes (``mode=``):
+The kernels of the composition modes (:mod:`pixelnn.modes` holds the modes themselves):
+:func:`compose_copied` (``matched`` and ``coherent``), :func:`compose_global`, :func:`compose_authors`,
+and :func:`recompose`, which rebuilds copied outputs from saved correspondences.
 
 - ``"matched"`` (default, paper eq. 3): ``out_i = f_i(x) + (y_k[j] - f_j(x_k))``, the residual
   copied from the *matched* pixel j of the chosen exemplar k.
@@ -23,35 +25,17 @@ clipped, so the same inputs always give bit-identical outputs (see :func:`recomp
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from pixelnn.errors import PixelNNError
 from pixelnn.matching import OutputSpec
-
-MODES = ("matched", "coherent", "global", "authors")
-
-#: Per mode, the default patch vote, residual high-pass (pixels) and chroma weight of :func:`compose`:
-#: the paper's plain copy for ``matched``; for ``coherent`` the setting chosen with
-#: benchmarks/composition_modes.py (docs/results.md): a 3x3 vote blends the remaining seams, and 60%
-#: of an exemplar's colour cast is copied (less colour leaks, at a small cost in diversity).
-MODE_DEFAULTS: dict[str, dict[str, float]] = {
-    "matched": {"vote_size": 1, "highpass_sigma": 0.0, "chroma_weight": 1.0},
-    "coherent": {"vote_size": 3, "highpass_sigma": 0.0, "chroma_weight": 0.6},
-    "global": {"vote_size": 1, "highpass_sigma": 0.0, "chroma_weight": 1.0},
-    "authors": {"vote_size": 1, "highpass_sigma": 0.0, "chroma_weight": 1.0},
-}
-COLORS = ("rgb", "luma")
+from pixelnn.options import COLORS, check_choice
 
 _RGB2YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 _YCC2RGB = torch.linalg.inv(_RGB2YCC)
-
-
-def check_option(name: str, value: str, valid: Sequence[str]) -> None:
-    if value not in valid:
-        raise PixelNNError(f"invalid {name} {value!r}; valid: {', '.join(valid)}")
 
 
 def _apply3(m: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -165,12 +149,24 @@ def _exemplar_residuals(photos: np.ndarray, stage1: np.ndarray, color: str, high
     return residual
 
 
+def _query_and_residuals(stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: np.ndarray, color: str,
+                         highpass_sigma: float, chroma_weight: float) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """f(x) (P, 3) and the exemplar residuals (K, P, 3) in the space residuals are copied in, and that space."""
+    check_choice("color", color, COLORS)
+    if not 0 <= chroma_weight <= 1:
+        raise PixelNNError(f"chroma_weight must be between 0 and 1, got {chroma_weight}")
+    h, w, _ = stage1.shape
+    space = _space(color, chroma_weight)
+    f = _residual_space(torch.from_numpy(np.asarray(stage1, np.float32)).reshape(h * w, 3), space)  # (P, 3)
+    residual = _exemplar_residuals(ex_photos, ex_stage1, color, highpass_sigma, chroma_weight)  # (K, P, 3)
+    return f, residual, space
+
+
 @torch.inference_mode()
-def compose(stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: np.ndarray, rank: torch.Tensor,
-            pos: torch.Tensor, specs: Sequence[OutputSpec], *, mode: str = "matched", color: str = "rgb",
-            best_sim: torch.Tensor | None = None, windows: Sequence[int | None] | None = None,
-            vote: int = 1, highpass_sigma: float = 0.0, chroma_weight: float = 1.0) -> np.ndarray:
-    """Compose one output per spec.
+def compose_copied(stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: np.ndarray, rank: torch.Tensor,
+                   pos: torch.Tensor, *, color: str = "rgb", vote: int = 1, highpass_sigma: float = 0.0,
+                   chroma_weight: float = 1.0) -> np.ndarray:
+    """Paper eq. 3, ``out_i = f_i(x) + (y_k[j] - f_j(x_k))``: every pixel copies the residual of its match.
 
     Parameters
     ----------
@@ -179,21 +175,11 @@ def compose(stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: np.ndarray, ra
     ex_photos, ex_stage1 : ndarray, (K, H, W, 3) uint8
         Photos y_k and stage-1 outputs f(x_k) of the K neighbours (in rank order).
     rank, pos : Tensor, (O, P) int64
-        Per output pixel, the chosen neighbour rank and the matched flat pixel (from
-        :func:`pixelnn.matching.select_sets`). Used by ``matched``.
-    specs : sequence of OutputSpec
-        The outputs' exemplar sets and windows (used by ``global`` and ``authors``).
-    mode : {'matched', 'coherent', 'global', 'authors'}
-        ``coherent`` composes like ``matched``; its coherence is in ``rank`` and ``pos``.
+        Per output pixel, the neighbour rank and the flat pixel it copies (from
+        :func:`pixelnn.matching.select_sets` or :func:`pixelnn.matching.coherent_matches`).
     color : {'rgb', 'luma'}
-    best_sim : Tensor, (K, W, P), optional
-        Per-exemplar best window similarity (from :func:`pixelnn.matching.match_windows`); needed
-        by ``authors``.
-    windows : sequence, optional
-        The windows of ``best_sim``.
     vote : int
-        ``matched``/``coherent``: odd side of the patch vote (:func:`vote_residuals`); 1 copies
-        each pixel's own match (paper eq. 3).
+        Odd side of the patch vote (:func:`vote_residuals`); 1 copies each pixel's own match (paper eq. 3).
     highpass_sigma : float
         Remove each exemplar residual's Gaussian blur of this std (pixels) before copying, so an
         exemplar's colour does not leak into the output's low frequencies; 0 keeps it (paper).
@@ -206,80 +192,70 @@ def compose(stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: np.ndarray, ra
     -------
     ndarray, (O, H, W, 3) uint8
     """
-    check_option("composition mode", mode, MODES)
-    check_option("color", color, COLORS)
     h, w, _ = stage1.shape
-    p = h * w
-    if not 0 <= chroma_weight <= 1:
-        raise PixelNNError(f"chroma_weight must be between 0 and 1, got {chroma_weight}")
-    space = _space(color, chroma_weight)
-    f = _residual_space(torch.from_numpy(np.asarray(stage1, np.float32)).reshape(p, 3), space)  # (P, 3)
-    residual = _exemplar_residuals(ex_photos, ex_stage1, color, highpass_sigma, chroma_weight)  # (K, P, 3)
-    outs = torch.empty(len(specs), p, 3)
-    if mode in ("matched", "coherent"):
-        outs = f[None] + vote_residuals(residual, rank, pos, h, w, vote)  # (O, P, 3)
-    elif mode == "global":
-        for o, spec in enumerate(specs):
-            outs[o] = f + residual[list(spec.ranks)].mean(dim=0)
-    else:  # authors
-        if best_sim is None or windows is None:
-            raise ValueError("mode 'authors' needs best_sim and windows")
-        win_of = {wi: i for i, wi in enumerate(windows)}
-        for o, spec in enumerate(specs):
-            members = list(spec.ranks)
-            weight = best_sim[members, win_of[spec.window]].clamp_min(0)  # (n, P)
-            norm = weight.sum(dim=0).clamp_min(1e-8)  # (P,)
-            outs[o] = f + (weight[..., None] * residual[members]).sum(dim=0) / norm[:, None]
+    f, residual, space = _query_and_residuals(stage1, ex_photos, ex_stage1, color, highpass_sigma, chroma_weight)
+    outs = f[None] + vote_residuals(residual, rank, pos, h, w, vote)  # (O, P, 3)
+    return _to_rgb_uint8(outs, space).reshape(len(rank), h, w, 3)
+
+
+@torch.inference_mode()
+def compose_global(stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: np.ndarray, specs: Sequence[OutputSpec],
+                   *, color: str = "rgb", highpass_sigma: float = 0.0, chroma_weight: float = 1.0) -> np.ndarray:
+    """Paper eq. 2, ``out_i = f_i(x) + (y_k[i] - f_i(x_k))``: each spec's members' residuals at the same
+    position, averaged. Arguments as in :func:`compose_copied`; returns (O, H, W, 3) uint8."""
+    h, w, _ = stage1.shape
+    f, residual, space = _query_and_residuals(stage1, ex_photos, ex_stage1, color, highpass_sigma, chroma_weight)
+    outs = torch.empty(len(specs), h * w, 3)
+    for o, spec in enumerate(specs):
+        outs[o] = f + residual[list(spec.ranks)].mean(dim=0)
     return _to_rgb_uint8(outs, space).reshape(len(specs), h, w, 3)
 
 
-def recorded_matches(mode: str, specs: Sequence[OutputSpec], rank: torch.Tensor,
-                     pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (rank, pos) correspondences recorded for a mode's outputs, (O, P) each.
+@torch.inference_mode()
+def compose_authors(stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: np.ndarray, specs: Sequence[OutputSpec],
+                    best_sim: torch.Tensor, windows: Sequence[int | None], *, color: str = "rgb",
+                    highpass_sigma: float = 0.0, chroma_weight: float = 1.0) -> np.ndarray:
+    """The authors' released code: at the same position, every member's residual weighted by its best
+    similarity inside the spec's window (``best_sim`` (K, W, P) from
+    :func:`pixelnn.matching.match_windows` for ``windows``), averaged. Returns (O, H, W, 3) uint8."""
+    h, w, _ = stage1.shape
+    f, residual, space = _query_and_residuals(stage1, ex_photos, ex_stage1, color, highpass_sigma, chroma_weight)
+    win_of = {wi: i for i, wi in enumerate(windows)}
+    outs = torch.empty(len(specs), h * w, 3)
+    for o, spec in enumerate(specs):
+        members = list(spec.ranks)
+        weight = best_sim[members, win_of[spec.window]].clamp_min(0)  # (n, P)
+        norm = weight.sum(dim=0).clamp_min(1e-8)  # (P,)
+        outs[o] = f + (weight[..., None] * residual[members]).sum(dim=0) / norm[:, None]
+    return _to_rgb_uint8(outs, space).reshape(len(specs), h, w, 3)
 
-    ``matched``/``coherent`` copy from ``rank``/``pos``; ``global`` records the set's top-ranked
-    member at the same position; ``authors`` the member with the best window similarity (``rank``)
-    at the same position.
-    """
-    o, p = rank.shape
-    same = torch.arange(p)[None].expand(o, -1)
-    if mode == "global":
-        return torch.tensor([s.ranks[0] for s in specs])[:, None].expand(o, p), same
-    if mode == "authors":
-        return rank, same
-    return rank, pos
 
-
-def recompose(stage1: np.ndarray, lib_photos: np.ndarray, lib_stage1: np.ndarray, exemplar: np.ndarray,
-              source_y: np.ndarray, source_x: np.ndarray, color: str = "rgb", vote: int = 1,
-              highpass_sigma: float = 0.0, chroma_weight: float = 1.0) -> np.ndarray:
-    """Rebuild ``matched`` or ``coherent`` outputs from saved correspondences and the library alone.
+def recompose(stage1: np.ndarray, store: Any, exemplar: np.ndarray, source_y: np.ndarray, source_x: np.ndarray,
+              color: str = "rgb", vote: int = 1, highpass_sigma: float = 0.0, chroma_weight: float = 1.0) -> np.ndarray:
+    """Rebuild ``matched`` or ``coherent`` outputs from saved correspondences and the exemplar store alone.
 
     Parameters
     ----------
     stage1 : ndarray, (H, W, 3) uint8
         f(x) of the query (``stage1.png``).
-    lib_photos, lib_stage1 : ndarray, (N, H, W, 3) uint8
-        The library's photos and stage-1 outputs (indexable by library position).
+    store : ExemplarStore
+        The library (:class:`pixelnn.store.ExemplarStore`: its ``take("photos" | "stage1", positions)``).
     exemplar, source_y, source_x : ndarray, (O, H, W) int
         Library position and source pixel of every output pixel (``correspondences.npz``).
     color, vote, highpass_sigma, chroma_weight
-        As given to :func:`compose` (recorded in the synthesis ``manifest.json``).
+        As given to :func:`compose_copied` (the resolved options in the synthesis ``manifest.json``).
 
     Returns
     -------
     ndarray, (O, H, W, 3) uint8
-        Bit-identical to the outputs of :func:`compose` with the same options.
+        Bit-identical to the outputs of :func:`compose_copied` with the same options.
     """
-    check_option("color", color, COLORS)
     h, w, _ = stage1.shape
     p = h * w
     exemplar = np.asarray(exemplar)
     used, rank = np.unique(exemplar, return_inverse=True)  # the library positions copied from
-    space = _space(color, chroma_weight)
-    f = _residual_space(torch.from_numpy(np.asarray(stage1, np.float32)).reshape(p, 3), space)
-    residual = _exemplar_residuals(np.asarray(lib_photos[used]), np.asarray(lib_stage1[used]), color, highpass_sigma,
-                                   chroma_weight)
+    f, residual, space = _query_and_residuals(stage1, store.take("photos", used), store.take("stage1", used), color,
+                                              highpass_sigma, chroma_weight)
     rank = torch.from_numpy(rank.reshape(len(exemplar), p).astype(np.int64))
     pos = torch.from_numpy((np.asarray(source_y) * w + np.asarray(source_x)).reshape(len(exemplar), p).astype(np.int64))
     outs = f[None] + vote_residuals(residual, rank, pos, h, w, vote)

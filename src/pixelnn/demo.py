@@ -109,7 +109,7 @@ def run_demo(out_dir: str | Path, data: str | None = None, minutes: float = 2.0,
     o = 71  # 5 exemplars, whole-image window: the most compositional output
     save_image(out_dir / "correspondence.png", correspondence_figure(r0.outputs[o], ranks[o], r0.source_y[o],
                                                                      r0.source_x[o], r0.specs[o].ranks,
-                                                                     np.asarray(library.photos[r0.neighbours]),
+                                                                     library.take("photos", r0.neighbours),
                                                                      len(r0.neighbours)))
     m = result.metrics
     table = [["method", "PSNR (dB)", "SSIM"],

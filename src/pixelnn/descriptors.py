@@ -191,7 +191,7 @@ def hypercolumns(maps: Sequence[torch.Tensor], size: int | Sequence[int], out: t
     H, W = _as_hw(size)
     N, D = maps[0].shape[0], sum(m.shape[1] for m in maps)
     if out is None:
-        out = torch.empty(N, H * W, D)
+        out = torch.empty(N, H * W, D, device=maps[0].device)
     elif tuple(out.shape) != (N, H * W, D) or out.dtype != torch.float32 or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous float32 ({N}, {H * W}, {D}) tensor, got {tuple(out.shape)}")
     grid = out.view(N, H, W, D)  # channels last: each layer fills its block of channels
@@ -236,10 +236,11 @@ def project_hypercolumns(maps: Sequence[torch.Tensor], size: int | Sequence[int]
     """
     _check_maps(maps)
     H, W = _as_hw(size)
-    blocks = _split_components(pca, [m.shape[1] for m in maps])
+    dev = maps[0].device
+    blocks = [b.to(dev) for b in _split_components(pca, [m.shape[1] for m in maps])]
     N = maps[0].shape[0]
-    proj = torch.zeros(N, H, W, pca.dims)  # (N, H, W, d)
-    sq = torch.zeros(N, H, W)  # (N, H, W): L * ||u||^2
+    proj = torch.zeros(N, H, W, pca.dims, device=dev)  # (N, H, W, d)
+    sq = torch.zeros(N, H, W, device=dev)  # (N, H, W): L * ||u||^2
     for m, w_l in zip(maps, blocks):
         n = l2_normalize(m.float())  # (N, C_l, h_l, w_l)
         p = torch.einsum("nchw,cd->nhwd", n, w_l).permute(0, 3, 1, 2)  # (N, d, h_l, w_l), NHWC in memory
@@ -248,7 +249,7 @@ def project_hypercolumns(maps: Sequence[torch.Tensor], size: int | Sequence[int]
     norm_u = sq.sqrt_()  # sqrt(L) * ||u||, so proj / norm_u = (u @ W) / ||u||
     denom = norm_u.clamp_(min=_EPS * math.sqrt(len(maps)))
     proj /= denom[..., None]
-    proj -= pca.mean @ pca.components  # (N, H, W, d) = (h - mean) @ W
+    proj -= (pca.mean @ pca.components).to(dev)  # (N, H, W, d) = (h - mean) @ W
     return l2_normalize(proj, dim=-1).reshape(N, H * W, pca.dims)
 
 
@@ -465,14 +466,14 @@ def fit_pca(images: np.ndarray | torch.Tensor, dims: int = 64, pixels_per_image:
 # Descriptor classes
 # ---------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=1)
-def cached_vgg16() -> VGG16:
-    """The ImageNet VGG-16 trunk, loaded once per process, frozen, in eval mode, channels-last
-    (oneDNN's NHWC convolutions are ~20% faster on CPU than NCHW here)."""
+@functools.lru_cache(maxsize=4)
+def cached_vgg16(device: str = "cpu") -> VGG16:
+    """The ImageNet VGG-16 trunk on ``device``, loaded once per process and device, frozen, in eval mode,
+    channels-last (oneDNN's NHWC convolutions are ~20% faster on CPU than NCHW here)."""
     from pixelnn.models.vgg import vgg16
 
-    log.debug("loading VGG-16 for hypercolumns")
-    return vgg16(pretrained=True).requires_grad_(False).eval().to(memory_format=torch.channels_last)
+    log.debug("loading VGG-16 for hypercolumns on %s", device)
+    return vgg16(pretrained=True).requires_grad_(False).eval().to(device, memory_format=torch.channels_last)
 
 
 class LayerDescriptor:
@@ -497,6 +498,7 @@ class LayerDescriptor:
             raise PixelNNError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.pca = pca
+        self.device = torch.device("cpu")
         if pca is not None and (tuple(pca.channels) != tuple(self.channels)):
             raise PixelNNError(f"PCA was fit on {pca.source} (layer channels {pca.channels}); "
                                f"{self.base_name} has layer channels {tuple(self.channels)}")
@@ -510,6 +512,11 @@ class LayerDescriptor:
     def name(self) -> str:
         """e.g. ``"vgg16-hypercolumn"`` or ``"vgg16-hypercolumn-pca64"``."""
         return self.base_name if self.pca is None else f"{self.base_name}-pca{self.pca.dims}"
+
+    def to(self, device: str | torch.device) -> "LayerDescriptor":
+        """Compute on ``device`` from now on (descriptors are returned there); returns self."""
+        self.device = torch.device(device)
+        return self
 
     def layer_maps(self, batch: np.ndarray | torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
         """Raw layer activations [(B, C_l, h_l, w_l)] of a batch, and the output grid (H, W)."""
@@ -525,7 +532,7 @@ class LayerDescriptor:
 
         Returns
         -------
-        Tensor, (N, H * W, d) float32
+        Tensor, (N, H * W, d) float32, on the descriptor's device
             Unit L2 norm per pixel; compare with a dot product (cosine).
         """
         N = len(images)
@@ -534,7 +541,7 @@ class LayerDescriptor:
             for start in range(0, N, self.batch_size):
                 maps, (H, W) = self.layer_maps(images[start:start + self.batch_size])
                 if out is None:
-                    out = torch.empty(N, H * W, self.dims)  # (N, P, d)
+                    out = torch.empty(N, H * W, self.dims, device=maps[0].device)  # (N, P, d)
                 stop = start + maps[0].shape[0]
                 if self.pca is None:
                     hypercolumns(maps, (H, W), out=out[start:stop])
@@ -576,9 +583,9 @@ class HypercolumnDescriptor(LayerDescriptor):
 
     def layer_maps(self, batch: np.ndarray | torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
         _check_uint8(batch, 3, "images")
-        x = imagenet_normalize(batch).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W), NHWC in memory
+        x = imagenet_normalize(batch).to(self.device).contiguous(memory_format=torch.channels_last)  # (B, 3, H, W)
         with torch.inference_mode():
-            acts = cached_vgg16()(x, layers=HYPERCOLUMN_LAYERS)
+            acts = cached_vgg16(str(self.device))(x, layers=HYPERCOLUMN_LAYERS)
         return list(acts.values()), (int(x.shape[2]), int(x.shape[3]))
 
 
@@ -634,7 +641,7 @@ class RegressorDescriptor(LayerDescriptor):
         try:
             self.regressor.eval()
             with torch.inference_mode():
-                self.regressor(to_tensor(batch))  # f(x) itself is not needed
+                self.regressor(to_tensor(batch).to(next(self.regressor.parameters()).device))  # f(x) not needed
         finally:
             for hk in hooks:
                 hk.remove()

@@ -31,7 +31,10 @@ write). Removal appends the ids to their shard's ``removed`` list in the manifes
 nothing locks the folder.
 
 Positions 0..len-1 number the live exemplars in shard order then row order; they are what
-:meth:`ExemplarLibrary.search` returns and what :meth:`ExemplarLibrary.select` produces.
+:meth:`ExemplarLibrary.search` returns and what :meth:`ExemplarLibrary.select` produces. The library
+implements the exemplar-store contract (:class:`pixelnn.store.ExemplarStore`): everything outside it
+reads exemplars with ``take(field, positions)``, ``ids_of``, ``records_of``, ``position``, ``select``
+and ``search``, and no shard is ever concatenated in memory.
 
 The stage-1 outputs must all come from one model, so the library keeps its own copy of the
 regressor weights (:meth:`ExemplarLibrary.load_model`); :meth:`ExemplarLibrary.add` uses that
@@ -46,7 +49,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -54,6 +57,8 @@ from pixelnn.config import MODEL_FILES, TaskConfig
 from pixelnn.data.dataset import SPLITS, Dataset
 from pixelnn.errors import PixelNNError
 from pixelnn.io import atomic_dir, read_json, write_json
+from pixelnn.store import check_field, check_positions, iter_field, labels_index, select_records
+from pixelnn.store import few as _few
 from pixelnn.retrieval import (DESCRIPTOR_LAYER, DESCRIPTOR_NAME, INDEX_KINDS, GlobalIndex, descriptor_dim,
                                global_descriptors)
 
@@ -69,6 +74,8 @@ DEFAULT_DIRNAME = "library"
 _ARRAYS = ("photos", "stage1", "global", "inputs")
 #: Rows processed per chunk while building a shard (bounds memory).
 CHUNK = 256
+#: An IVF index is trained on at most this many evenly spaced exemplars.
+IVF_TRAIN_MAX = 50_000
 
 
 class AddResult(NamedTuple):
@@ -81,12 +88,6 @@ class AddResult(NamedTuple):
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _few(items: Iterable[Any], n: int = 5) -> str:
-    items = list(items)
-    text = ", ".join(repr(x) for x in items[:n])
-    return text + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
 def _task_fields(task: TaskConfig) -> dict[str, Any]:
@@ -218,12 +219,13 @@ class ExemplarLibrary:
         n = sum(len(s.live) for s in self._shards)
         if n != count:
             raise PixelNNError(f"{path} is corrupt: count {count} but the shards hold {n} live exemplars")
-        self._records = [s.records[i] for s in self._shards for i in s.live]
-        self._ids = [r["id"] for r in self._records]
+        self._records = tuple(s.records[i] for s in self._shards for i in s.live)
+        self._ids = tuple(r["id"] for r in self._records)
         self._pos = {rid: p for p, rid in enumerate(self._ids)}
         if len(self._pos) != len(self._ids):
             raise PixelNNError(f"{self.root} is corrupt: repeated exemplar ids")
-        self._arrays: dict[str, np.ndarray] = {}
+        # position p lives in shard s = searchsorted(starts, p, "right") - 1, row live[s][p - starts[s]]
+        self._starts = np.cumsum([0] + [len(s.live) for s in self._shards]).astype(np.int64)
         self._index: GlobalIndex | None = None
 
     # ---------------------------------------------------------------------------------- building
@@ -470,12 +472,12 @@ class ExemplarLibrary:
                 f"task={self.task.name}, size={self.image_size}, dim={self.dim})")
 
     @property
-    def ids(self) -> list[str]:
-        """Exemplar ids in position order."""
-        return list(self._ids)
+    def ids(self) -> tuple[str, ...]:
+        """Exemplar ids in position order (not a copy: an immutable tuple)."""
+        return self._ids
 
     @property
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> tuple[dict[str, Any], ...]:
         """Records ``{"id", "source", "labels", "dataset", "split"}`` in position order."""
         return self._records
 
@@ -484,40 +486,59 @@ class ExemplarLibrary:
         """The model directory the library was built from (its weights are copied in the library)."""
         return Path(self.manifest["model"]["path"])
 
-    def _gather(self, name: str) -> np.ndarray:
-        if name not in self._arrays:
-            parts = [s.arrays[name] if len(s.live) == s.count else s.arrays[name][s.live]
-                     for s in self._shards if len(s.live)]
-            if len(parts) == 1:
-                self._arrays[name] = parts[0]  # the memory map itself
-            elif parts:
-                self._arrays[name] = np.concatenate(parts)
-            elif name == "inputs":
+    def take(self, field: str, positions: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Rows of an exemplar field at some positions, in the order given (the store contract,
+        :class:`pixelnn.store.ExemplarStore`).
+
+        Each shard's memory map is read only at the rows asked for (in increasing order); shards are
+        never concatenated.
+
+        Parameters
+        ----------
+        field : {'photos', 'stage1', 'inputs', 'global'}
+            Photos y_n (M, S, S, 3) uint8, stage-1 outputs f(x_n) (M, S, S, 3) uint8, inputs x_n
+            (M, s, s, C) uint8, or global descriptors of f(x_n) (M, D) float32 with unit rows.
+        positions : sequence of int
+            Live positions in [0, len).
+
+        Returns
+        -------
+        ndarray, (M, ...)
+            A fresh array (writable; not a view of the memory maps).
+        """
+        check_field(field)
+        pos = check_positions(positions, len(self))
+        shape, dtype = self._field_shape(field)
+        out = np.empty((len(pos), *shape), dtype)
+        if len(pos) == 0:
+            return out
+        shard = np.searchsorted(self._starts, pos, side="right") - 1  # (M,)
+        for s in np.unique(shard):
+            at = np.flatnonzero(shard == s)
+            sh = self._shards[s]
+            rows = sh.live[pos[at] - self._starts[s]]
+            order = np.argsort(rows, kind="stable")  # read the memory map front to back
+            out[at[order]] = sh.arrays[field][rows[order]]
+        return out
+
+    def _field_shape(self, field: str) -> tuple[tuple[int, ...], np.dtype]:
+        if field == "global":
+            return (self.dim,), np.dtype(np.float32)
+        if field == "inputs":
+            shards = [s for s in self._shards if len(s.live)]
+            if not shards:
                 raise PixelNNError("the library is empty: it has no exemplar inputs")
-            else:
-                shape = (self.dim,) if name == "global" else (self.image_size, self.image_size, 3)
-                self._arrays[name] = np.zeros((0, *shape), np.float32 if name == "global" else np.uint8)
-        return self._arrays[name]
+            a = shards[0].arrays["inputs"]
+            return tuple(a.shape[1:]), a.dtype
+        return (self.image_size, self.image_size, 3), np.dtype(np.uint8)
 
-    @property
-    def photos(self) -> np.ndarray:
-        """Photos y_n, (N, S, S, 3) uint8, in position order (memory-mapped for a single clean shard)."""
-        return self._gather("photos")
+    def ids_of(self, positions: Sequence[int] | np.ndarray) -> list[str]:
+        """Exemplar ids at some positions, in the order given."""
+        return [self._ids[p] for p in check_positions(positions, len(self))]
 
-    @property
-    def stage1(self) -> np.ndarray:
-        """Stage-1 outputs f(x_n), (N, S, S, 3) uint8, in position order."""
-        return self._gather("stage1")
-
-    @property
-    def inputs(self) -> np.ndarray:
-        """Inputs x_n, (N, s, s, C) uint8, in position order (for descriptors computed from inputs)."""
-        return self._gather("inputs")
-
-    @property
-    def global_desc(self) -> np.ndarray:
-        """Global descriptors of f(x_n), (N, D) float32 with unit rows, in position order."""
-        return self._gather("global")
+    def records_of(self, positions: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
+        """Records at some positions, in the order given."""
+        return [self._records[p] for p in check_positions(positions, len(self))]
 
     def position(self, exemplar_id: str) -> int:
         """Position of an exemplar id; PixelNNError if unknown."""
@@ -529,14 +550,9 @@ class ExemplarLibrary:
 
     def labels_index(self) -> dict[str, dict[str, int]]:
         """``{label key: {value: count}}`` over the live exemplars (values as str, most frequent first)."""
-        counts: dict[str, dict[str, int]] = {}
-        for r in self._records:
-            for k, v in (r.get("labels") or {}).items():
-                d = counts.setdefault(str(k), {})
-                d[str(v)] = d.get(str(v), 0) + 1
-        return {k: dict(sorted(v.items(), key=lambda kv: (-kv[1], kv[0]))) for k, v in sorted(counts.items())}
+        return labels_index(self._records)
 
-    def select(self, where: dict[str, list[str] | str] | None = None, ids: list[str] | None = None) -> np.ndarray:
+    def select(self, where: dict[str, list[str] | str] | None = None, ids: Sequence[str] | None = None) -> np.ndarray:
         """Positions of the exemplars matching label constraints and/or an id list.
 
         Parameters
@@ -552,41 +568,20 @@ class ExemplarLibrary:
         ndarray, (M,) int64
             Sorted positions (all positions when both are None), usable as ``allowed=`` in :meth:`search`.
         """
-        mask = np.ones(len(self), bool)
-        if where:
-            index = self.labels_index()
-            for key, values in where.items():
-                if key not in index:
-                    raise PixelNNError(f"unknown label key {key!r}; valid: {', '.join(index) or '(none)'}")
-                values = [values] if isinstance(values, str) else [str(v) for v in values]
-                if not values:
-                    raise PixelNNError(f"no values given for label {key!r}; e.g. {_few(index[key], 5)}")
-                unknown = [v for v in values if v not in index[key]]
-                if unknown:
-                    raise PixelNNError(f"unknown {key} value(s) {_few(unknown, 3)}; valid include "
-                                       f"{_few(index[key], 5)}")
-                wanted = set(values)
-                labels = [r.get("labels") or {} for r in self._records]
-                mask &= np.array([key in lab and str(lab[key]) in wanted for lab in labels], bool)
-        if ids is not None:
-            ids = [ids] if isinstance(ids, str) else list(ids)
-            unknown = [i for i in ids if i not in self._pos]
-            if unknown:
-                raise PixelNNError(f"{len(unknown)} unknown exemplar id(s): {_few(unknown, 3)}; "
-                                   f"the library has {len(self)}, e.g. {_few(self._ids[:3], 3)}")
-            m = np.zeros(len(self), bool)
-            m[[self._pos[i] for i in ids]] = True
-            mask &= m
-        return np.flatnonzero(mask).astype(np.int64)
+        return select_records(self._records, self._pos, where, ids)
 
     # ---------------------------------------------------------------------------------- search
     @property
     def index(self) -> GlobalIndex:
-        """The :class:`~pixelnn.retrieval.GlobalIndex` over :attr:`global_desc`, built on first use."""
+        """The :class:`~pixelnn.retrieval.GlobalIndex` over the global descriptors, built on first use, shard by shard."""
         if self._index is None:
-            self._index = GlobalIndex(self.dim, self.index_kind, nlist=self.nlist, nprobe=self.nprobe)
-            if len(self):
-                self._index.add(self.global_desc)
+            index = GlobalIndex(self.dim, self.index_kind, nlist=self.nlist, nprobe=self.nprobe)
+            n = len(self)
+            if n and self.index_kind == "ivf":  # trained once, on up to IVF_TRAIN_MAX evenly spaced exemplars
+                index.train(self.take("global", np.unique(np.linspace(0, n - 1, min(n, IVF_TRAIN_MAX)).astype(np.int64))))
+            for rows in iter_field(self, "global", CHUNK * 16):  # shard by shard, a chunk at a time
+                index.add(rows)
+            self._index = index
         return self._index
 
     def search(self, query_desc: np.ndarray, k: int, allowed: np.ndarray | None = None

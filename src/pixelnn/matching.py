@@ -105,7 +105,7 @@ def _argmax_rows(sims: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Te
     blocks = sims.view(r, p // block, block)
     block_max = blocks.amax(dim=2)  # (R, P/block)
     val, b = block_max.max(dim=1)  # (R,): best value and the first block holding it
-    inside = blocks[torch.arange(r), b]  # (R, block): advanced indexing is ~2x faster than gather here
+    inside = blocks[torch.arange(r, device=sims.device), b]  # (R, block): advanced indexing is ~2x faster than gather here
     off = inside.argmax(dim=1)  # first position of the max inside that block
     return val, b * block + off
 
@@ -139,33 +139,43 @@ def _check(query: torch.Tensor, exemplars: torch.Tensor, height: int, width: int
         raise ValueError(f"descriptor dims differ: {query.shape[1]} vs {exemplars.shape[2]}")
 
 
+def _similarity_blocks(query: torch.Tensor, exemplars: torch.Tensor, chunk: int):
+    """Yield ``(start, stop, e, sims)``: the similarities (R, P) of query pixels [start, stop) against every
+    pixel of exemplar e, block by block. ``sims`` is one reused buffer, valid until the next item."""
+    k, p, _ = exemplars.shape
+    query = query.float()
+    ex_t = [exemplars[e].float().T.contiguous() for e in range(k)]  # K x (d, P)
+    buf = torch.empty(min(chunk, p), p, dtype=torch.float32, device=query.device)  # reused: a fresh one costs as much
+    for start in range(0, p, chunk):
+        stop = min(start + chunk, p)
+        for e in range(k):
+            yield start, stop, e, torch.mm(query[start:stop], ex_t[e], out=buf[:stop - start])  # (R, P)
+
+
 @torch.inference_mode()
 def match_windows(query: torch.Tensor, exemplars: torch.Tensor, height: int, width: int,
-                  windows: Sequence[int | None] = DEFAULT_WINDOWS, chunk: int = 768,
-                  window_sims: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  windows: Sequence[int | None] = DEFAULT_WINDOWS, chunk: int = 768) -> tuple[torch.Tensor, torch.Tensor]:
     """Best match of every query pixel in every exemplar, for every window, in one pass.
 
     For each block of ``chunk`` query pixels and each exemplar, one product gives the block's
     similarity rows against all the exemplar's pixels; every window then takes its maximum from
     those rows while they are still in the CPU cache (a 768 x 9216 block is 28 MB): the whole
     image by block maxima, the largest finite window by one gather, and the smaller windows, which
-    nest inside it, from that gather.
+    nest inside it, from that gather. Runs on the device of ``query`` (CPU or GPU): the results are
+    the same up to ties between equally similar pixels.
 
     Parameters
     ----------
     query : Tensor, (P, d)
         Unit-norm descriptors of the query's pixels.
     exemplars : Tensor, (K, P, d)
-        Unit-norm descriptors of the K exemplars' pixels.
+        Unit-norm descriptors of the K exemplars' pixels (same device).
     height, width : int
         Pixel grid, P = height * width.
     windows : sequence of int or None
         Window sides; None means the whole image.
     chunk : int
         Query pixels per block (bounds memory to chunk * P floats).
-    window_sims : Tensor, (K, P, T * T) float32, optional
-        Filled with every similarity inside the largest finite window (side T), in the order of
-        :func:`window_indices` (for :func:`patch_matches`).
 
     Returns
     -------
@@ -176,37 +186,58 @@ def match_windows(query: torch.Tensor, exemplars: torch.Tensor, height: int, wid
     """
     _check(query, exemplars, height, width)
     k, p, d = exemplars.shape
-    query = query.float()
-    ex_t = [exemplars[e].float().T.contiguous() for e in range(k)]  # K x (d, P)
+    dev = query.device
     sides = sorted({w for w in windows if w is not None})
     outer = sides[-1] if sides else None
-    outer_idx = window_indices(height, width, outer) if outer else None  # (P, O*O)
-    inner = {w: nested_offsets(height, width, outer, w) for w in sides if w != outer}  # (P, I*I) each
-    best_sim = torch.empty(k, len(windows), p, dtype=torch.float32)
-    best_pos = torch.empty(k, len(windows), p, dtype=torch.int64)
-    buf = torch.empty(min(chunk, p), p, dtype=torch.float32)  # reused: a fresh block per product costs as much
-    for start in range(0, p, chunk):
-        stop = min(start + chunk, p)
-        q = query[start:stop]  # (R, d)
+    outer_idx = window_indices(height, width, outer).to(dev) if outer else None  # (P, O*O)
+    inner = {w: nested_offsets(height, width, outer, w).to(dev) for w in sides if w != outer}  # (P, I*I) each
+    best_sim = torch.empty(k, len(windows), p, dtype=torch.float32, device=dev)
+    best_pos = torch.empty(k, len(windows), p, dtype=torch.int64, device=dev)
+    for start, stop, e, sims in _similarity_blocks(query, exemplars, chunk):
         cand = outer_idx[start:stop] if outer else None  # (R, O*O)
-        for e in range(k):
-            sims = torch.mm(q, ex_t[e], out=buf[:stop - start])  # (R, P)
-            vals = sims.gather(1, cand) if outer else None  # (R, O*O)
-            if window_sims is not None and outer:
-                window_sims[e, start:stop] = vals
-            for w, side in enumerate(windows):
-                if side is None:  # whole image
-                    val, pos = _argmax_rows(sims, width)  # (R,)
-                elif side == outer:
-                    val, arg = vals.max(dim=1)
-                    pos = cand.gather(1, arg[:, None]).squeeze(1)
-                else:
-                    off = inner[side][start:stop]  # (R, I*I) positions inside the outer window
-                    val, arg = vals.gather(1, off).max(dim=1)
-                    pos = cand.gather(1, off.gather(1, arg[:, None])).squeeze(1)
-                best_sim[e, w, start:stop] = val
-                best_pos[e, w, start:stop] = pos
+        vals = sims.gather(1, cand) if outer else None  # (R, O*O)
+        for w, side in enumerate(windows):
+            if side is None:  # whole image
+                val, pos = _argmax_rows(sims, width)  # (R,)
+            elif side == outer:
+                val, arg = vals.max(dim=1)
+                pos = cand.gather(1, arg[:, None]).squeeze(1)
+            else:
+                off = inner[side][start:stop]  # (R, I*I) positions inside the outer window
+                val, arg = vals.gather(1, off).max(dim=1)
+                pos = cand.gather(1, off.gather(1, arg[:, None])).squeeze(1)
+            best_sim[e, w, start:stop] = val
+            best_pos[e, w, start:stop] = pos
     return best_sim, best_pos
+
+
+@torch.inference_mode()
+def window_similarities(query: torch.Tensor, exemplars: torch.Tensor, height: int, width: int, window: int,
+                        chunk: int = 768) -> torch.Tensor:
+    """Every similarity inside each pixel's ``window x window`` window, for :func:`coherent_matches`.
+
+    Parameters
+    ----------
+    query : Tensor, (P, d)
+    exemplars : Tensor, (K, P, d)
+    height, width : int
+    window : int
+        Side T of the window (:func:`window_indices`).
+    chunk : int
+        Query pixels per block, as in :func:`match_windows`.
+
+    Returns
+    -------
+    Tensor, (K, P, T * T) float32
+        ``out[k, i, t] = cos(q_i, e_k[window_indices(height, width, T)[i, t]])``.
+    """
+    _check(query, exemplars, height, width)
+    k, p, _ = exemplars.shape
+    idx = window_indices(height, width, window).to(query.device)  # (P, T*T)
+    out = torch.empty(k, p, window * window, dtype=torch.float32, device=query.device)
+    for start, stop, e, sims in _similarity_blocks(query, exemplars, chunk):
+        out[e, start:stop] = sims.gather(1, idx[start:stop])
+    return out
 
 
 def match_windows_naive(query: np.ndarray, exemplars: np.ndarray, height: int, width: int,
@@ -266,12 +297,15 @@ def select_sets(best_sim: torch.Tensor, best_pos: torch.Tensor, specs: Sequence[
             raise PixelNNError(f"exemplar set {spec.ranks} needs {max(spec.ranks) + 1} neighbours, only {k} available")
     if not specs:
         p = best_sim.shape[2]
-        return torch.empty(0, p, dtype=torch.int64), torch.empty(0, p, dtype=torch.int64), torch.empty(0, p)
+        dev = best_sim.device
+        return (torch.empty(0, p, dtype=torch.int64, device=dev), torch.empty(0, p, dtype=torch.int64, device=dev),
+                torch.empty(0, p, device=dev))
     n = max(len(s.ranks) for s in specs)
     # Pad every set to n members by repeating its last one: a repeat never wins, since ties go to
     # the first member holding the maximum.
-    members = torch.tensor([list(s.ranks) + [s.ranks[-1]] * (n - len(s.ranks)) for s in specs])  # (O, n)
-    win = torch.tensor([win_of[s.window] for s in specs])[:, None].expand(-1, n)  # (O, n)
+    dev = best_sim.device
+    members = torch.tensor([list(s.ranks) + [s.ranks[-1]] * (n - len(s.ranks)) for s in specs], device=dev)  # (O, n)
+    win = torch.tensor([win_of[s.window] for s in specs], device=dev)[:, None].expand(-1, n)  # (O, n)
     sims = best_sim[members, win]  # (O, n, P)
     arg = sims.argmax(dim=1, keepdim=True)  # (O, 1, P): first member with the best match
     rank = members[:, :, None].expand_as(sims).gather(1, arg).squeeze(1)  # (O, P)
@@ -311,7 +345,7 @@ def box_mean(maps: torch.Tensor, patch: int) -> torch.Tensor:
         return out
 
     n_h, n_w = maps.shape[-2:]
-    counts = run(torch.ones(1, n_h, 1), 1) * run(torch.ones(1, 1, n_w), 2)  # (1, H, W) pixels inside
+    counts = run(torch.ones(1, n_h, 1, device=maps.device), 1) * run(torch.ones(1, 1, n_w, device=maps.device), 2)  # (1, H, W)
     return run(run(maps, 2), 1).div_(counts)
 
 
@@ -326,7 +360,7 @@ def offset_similarities(query: torch.Tensor, exemplar: torch.Tensor, offsets: to
         (dy, dx) per offset.
     """
     p = height * width
-    ys, xs = torch.arange(p) // width, torch.arange(p) % width
+    ys, xs = torch.arange(p, device=query.device) // width, torch.arange(p, device=query.device) % width
     ty, tx = ys[None] + offsets[:, :1], xs[None] + offsets[:, 1:]  # (V, P)
     ok = (ty >= 0) & (ty < height) & (tx >= 0) & (tx < width)
     target = ty.clamp(0, height - 1) * width + tx.clamp(0, width - 1)
@@ -373,8 +407,7 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
     windows : sequence of int or None
         The windows given to :func:`match_windows`; must include a finite window T > 1.
     window_sims : Tensor, (K, P, T * T)
-        Filled by ``match_windows(..., window_sims=...)`` for the largest finite window T (only that
-        window needs to be matched).
+        From :func:`window_similarities` for the largest finite window T.
     patch : int
         Odd side of the patch similarity; 1 scores single pixels.
     smoothness : float
@@ -404,10 +437,11 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
     if not sides or sides[-1] < 2:
         raise PixelNNError(f"coherent matching needs a finite window larger than 1; windows: {list(windows)}")
     k, p, _ = exemplars.shape
+    dev = query.device
     outer = sides[-1]
     half = outer // 2
-    ys, xs = torch.arange(p) // width, torch.arange(p) % width
-    r = torch.arange(-half, half + 1)
+    ys, xs = torch.arange(p, device=dev) // width, torch.arange(p, device=dev) % width
+    r = torch.arange(-half, half + 1, device=dev)
     offsets = torch.stack(torch.meshgrid(r, r, indexing="ij"), -1).reshape(-1, 2)  # (V, 2), row-major
     v = len(offsets)
     # 1. Candidate offsets per exemplar: the window's V, plus M frequent whole-image ones.
@@ -416,11 +450,11 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
     cand = offsets[None].repeat(k, 1, 1)  # (K, V, 2)
     if whole:  # whole-image matches of a pixel subsample: their most frequent offsets
         sub = ((ys % seed_stride == seed_stride // 2) & (xs % seed_stride == seed_stride // 2)).nonzero()[:, 0]
-        sub = sub if len(sub) else torch.arange(p)
+        sub = sub if len(sub) else torch.arange(p, device=dev)
         qs = query[sub].float()  # (Ps, d)
         best = torch.stack([torch.mm(qs, exemplars[e].float().T).argmax(dim=1) for e in range(k)])  # (K, Ps)
         code = (best // width - ys[sub] + height) * (2 * width) + (best % width - xs[sub] + width)  # (K, Ps)
-        counts = torch.zeros(k, 4 * height * width, dtype=torch.int64).scatter_add_(1, code, torch.ones_like(code))
+        counts = torch.zeros(k, 4 * height * width, dtype=torch.int64, device=dev).scatter_add_(1, code, torch.ones_like(code))
         top = counts.topk(m, dim=1).indices  # (K, M); rare offsets may repeat the window's: harmless
         extra = torch.stack([top // (2 * width) - height, top % (2 * width) - width], -1)  # (K, M, 2)
         cand = torch.cat([cand, extra], 1)  # (K, V + M, 2)
@@ -432,7 +466,7 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
     y0 = (ys - half).clamp(0, height - outer)
     x0 = (xs - half).clamp(0, width - outer)
     slot = ((ys + offsets[:, :1] - y0) * outer + (xs + offsets[:, 1:] - x0)).clamp(0, outer * outer - 1)  # (V, P)
-    pix = torch.empty(k, v + m, p)
+    pix = torch.empty(k, v + m, p, device=dev)
     torch.gather(window_sims, 2, slot.T[None].expand(k, -1, -1), out=pix[:, :v].transpose(1, 2))  # (K, V, P)
     inside_win = inside_of(offsets)  # (V, P)
     pix[:, :v].mul_(inside_win)
@@ -444,8 +478,8 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
     if m:
         score[:, v:].masked_fill_(~inside_of(cand[:, v:]), -4.0)
     # 4. Each pixel's best label: best offset per exemplar and window, then the best set member.
-    best_val = torch.empty(k, len(windows), p)
-    best_off = torch.empty(k, len(windows), p, dtype=torch.int64)
+    best_val = torch.empty(k, len(windows), p, device=dev)
+    best_off = torch.empty(k, len(windows), p, dtype=torch.int64, device=dev)
     for w, side in enumerate(windows):
         if side is None:  # whole image: every candidate
             val, arg = score.max(dim=1)  # (K, P)
@@ -463,8 +497,8 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
     nbrs = []
     for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
         nbrs.append(((ys + dy).clamp(0, height - 1) * width + (xs + dx).clamp(0, width - 1),
-                     inside_of(torch.tensor([dy, dx]))))
-    halves = [torch.arange(p)[(ys + xs) % 2 == c] for c in (0, 1)]
+                     inside_of(torch.tensor([dy, dx], device=dev))))
+    halves = [torch.arange(p, device=dev)[(ys + xs) % 2 == c] for c in (0, 1)]
     for _ in range(sweeps if smoothness > 0 else 0):
         for cur in halves:  # (Q,) pixels whose 4 neighbours are all in the other half
             own = labels[:, cur]  # (O, Q)
@@ -483,5 +517,5 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
             labels[:, cur] = best
     off_yx = cand.reshape(-1, 2)[labels]  # (O, P, 2)
     pos = (ys + off_yx[..., 0]) * width + xs + off_yx[..., 1]
-    sim = flat_score[labels * p + torch.arange(p)]
+    sim = flat_score[labels * p + torch.arange(p, device=dev)]
     return labels // (v + m), pos, sim

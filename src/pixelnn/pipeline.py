@@ -1,9 +1,24 @@
-"""The PixelNN pipeline: input -> stage 1 -> retrieval -> pixel matching -> composition.
+"""The PixelNN pipeline: input -> stage 1 -> retrieval -> pixel descriptors -> matching -> composition.
 
->>> pipe = PixelNNPipeline.from_model_dir("models/shoes-edges")          # doctest: +SKIP
->>> result = pipe(edge_map, where={"Subcategory": ["Sneakers"]}, seed=0)  # doctest: +SKIP
->>> result.outputs.shape                                                 # doctest: +SKIP
+>>> pipe = PixelNNPipeline.from_model_dir("models/shoes-edges")              # doctest: +SKIP
+>>> options = SynthesisOptions(where={"Subcategory": ["Sneakers"]}, seed=0)  # doctest: +SKIP
+>>> result = pipe(edge_map, options)                                         # doctest: +SKIP
+>>> result.outputs.shape                                                     # doctest: +SKIP
 (72, 96, 96, 3)
+
+Each step is a public method with a typed result, so other code (benchmarks, the web app, the
+cluster runner) composes them instead of re-implementing them: :meth:`PixelNNPipeline.stage1`,
+:meth:`~PixelNNPipeline.retrieve` (:class:`Neighbours`), :meth:`~PixelNNPipeline.describe`
+(:class:`Descriptors`), :meth:`~PixelNNPipeline.match` (:class:`pixelnn.modes.Matches`) and
+:meth:`~PixelNNPipeline.compose`. Every setting comes in one :class:`~pixelnn.options.SynthesisOptions`;
+the composition mode is a unit of :mod:`pixelnn.modes`; exemplars are read through the
+:class:`~pixelnn.store.ExemplarStore` contract. :meth:`~PixelNNPipeline.batch` runs stage 1, the
+global descriptors and the VGG passes over many inputs at once.
+
+Devices: the regressor, AlexNet, VGG-16 and all matching tensors live on ``device`` (CPU, CUDA or
+MPS); composition runs on the CPU (elementwise on uint8 values, so :func:`pixelnn.compose.recompose`
+rebuilds outputs bit-exactly anywhere). On a GPU the correspondences equal the CPU's up to ties
+between equally similar pixels.
 """
 
 from __future__ import annotations
@@ -18,29 +33,34 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from pixelnn.compose import COLORS, MODE_DEFAULTS, MODES, check_option, compose, recorded_matches
 from pixelnn.config import TaskConfig
+from pixelnn.devices import resolve_device
 from pixelnn.errors import PixelNNError
-from pixelnn.matching import (DEFAULT_PATCH_SIZE, OutputSpec, coherent_matches, default_output_specs,
-                              match_windows, select_sets)
+from pixelnn.matching import OutputSpec
 from pixelnn.models.regressor import Regressor, predict
+from pixelnn.modes import Matches, get_mode
+from pixelnn.options import DEFAULT_DESCRIPTOR, DEFAULT_PCA_DIMS, SynthesisOptions
+from pixelnn.pixel_cache import round_descriptors
+from pixelnn.retrieval import global_descriptors
+from pixelnn.store import ExemplarStore
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOP_K = 11
-DEFAULT_DESCRIPTOR = "hypercolumn"
-DEFAULT_PCA_DIMS = 64
 PCA_FIT_IMAGES = 200
+MANIFEST_FORMAT = "pixelnn-synthesis"
+#: 2: the resolved SynthesisOptions under "options" (1 listed mode, color and composition sizes loose).
+MANIFEST_VERSION = 2
 
 
-def load_pixel_descriptor(library: Any, name: str = DEFAULT_DESCRIPTOR, regressor: Regressor | None = None,
+def load_pixel_descriptor(library: ExemplarStore, name: str = DEFAULT_DESCRIPTOR, regressor: Regressor | None = None,
                           pca_dims: int | None = DEFAULT_PCA_DIMS, seed: int = 0,
                           fit_images: int = PCA_FIT_IMAGES) -> Any:
     """A pixel descriptor for a library, with its PCA fitted once on the library's exemplars and cached.
 
-    The PCA (``pca_dims`` components) is fitted on up to ``fit_images`` (200) evenly spaced exemplars (their stage-1
-    images for ``hypercolumn``, their inputs for ``regressor``) and stored in the library folder as
-    ``pca_<name>_<dims>.safetensors``; ``pca_dims=None`` returns the full descriptor.
+    The PCA (``pca_dims`` components) is fitted on the CPU on up to ``fit_images`` (200) evenly spaced
+    exemplars (their stage-1 images for ``hypercolumn``, their inputs for ``regressor``) and stored in the
+    library folder as ``pca_<name>_<dims>.safetensors``; ``pca_dims=None`` returns the full descriptor.
+    The descriptor computes on the CPU; move it with ``.to(device)``.
     """
     from pixelnn.descriptors import PixelPCA, fit_pca, make_descriptor
 
@@ -55,11 +75,55 @@ def load_pixel_descriptor(library: Any, name: str = DEFAULT_DESCRIPTOR, regresso
         if n == 0:
             raise PixelNNError("the library is empty")
         pick = np.unique(np.linspace(0, n - 1, min(fit_images, n)).astype(int))
-        images = library.inputs[pick] if full.takes == "inputs" else library.stage1[pick]
+        images = library.take("inputs" if full.takes == "inputs" else "stage1", pick)
         log.info("fitting a %d-dim PCA of the %s descriptor on %d exemplars (once per library)", pca_dims, name, len(pick))
-        pca = fit_pca(np.asarray(images), dims=pca_dims, seed=seed, descriptor=full)
+        pca = fit_pca(images, dims=pca_dims, seed=seed, descriptor=full)
         pca.save(path)
     return make_descriptor(name, regressor=regressor, pca=pca)
+
+
+@dataclass
+class Neighbours:
+    """Step 2's result: the K exemplars retrieved for one query, in rank order.
+
+    Attributes
+    ----------
+    positions : ndarray, (K,) int64
+        Library positions.
+    ids : list of str
+        Exemplar ids.
+    similarity : ndarray, (K,) float32
+        Cosine similarity of their global descriptors to f(x)'s.
+    photos, stage1 : ndarray, (K, S, S, 3) uint8
+        Their photos y_k and stage-1 outputs f(x_k).
+    """
+
+    positions: np.ndarray
+    ids: list[str]
+    similarity: np.ndarray
+    photos: np.ndarray
+    stage1: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+
+@dataclass
+class Descriptors:
+    """Step 3's result: unit-norm pixel descriptors on the pipeline's device, rounded to float16 precision.
+
+    Attributes
+    ----------
+    query : Tensor, (P, d)
+    exemplars : Tensor, (K, P, d)
+    height, width : int
+        Pixel grid, P = height * width.
+    """
+
+    query: torch.Tensor
+    exemplars: torch.Tensor
+    height: int
+    width: int
 
 
 @dataclass
@@ -87,16 +151,11 @@ class SynthesisResult:
     source_y, source_x : ndarray, (O, S, S) int64
         Position in that exemplar.
     similarity : ndarray, (O, S, S) float32
-        Cosine similarity of the pixel descriptors of the match.
-    mode, color : str
-        Composition mode and colour space used.
-    vote_size, highpass_sigma, chroma_weight : int, float, float
-        Patch vote, residual high-pass and chroma weight of the composition (see
-        :func:`pixelnn.compose.compose`).
-    patch_size : int or None
-        Patch side of coherent matching (``mode="coherent"``), else None.
+        Descriptor similarity of the match (see :class:`pixelnn.modes.Matches`).
+    options : SynthesisOptions
+        The resolved options (the mode's defaults filled in): feeding them back reproduces the outputs.
     timings : dict
-        Seconds per step.
+        Seconds per step (batched steps: this input's share).
     """
 
     input: np.ndarray
@@ -110,56 +169,59 @@ class SynthesisResult:
     source_y: np.ndarray
     source_x: np.ndarray
     similarity: np.ndarray
-    mode: str
-    color: str
-    vote_size: int = 1
-    highpass_sigma: float = 0.0
-    chroma_weight: float = 1.0
-    patch_size: int | None = None
+    options: SynthesisOptions
     timings: dict[str, float] = field(default_factory=dict)
 
 
 class PixelNNPipeline:
-    """Composes a stage-1 regressor, an exemplar library and a pixel descriptor.
+    """Composes a stage-1 regressor, an exemplar store and pixel descriptors.
 
     Parameters
     ----------
     regressor : Regressor
         The stage-1 network f.
-    library : pixelnn.library.ExemplarLibrary
-        Exemplars (photos y_n, stage-1 outputs f(x_n), global descriptors, labels).
+    library : ExemplarStore
+        Exemplars (photos y_n, stage-1 outputs f(x_n), global descriptors, labels), e.g.
+        :class:`pixelnn.library.ExemplarLibrary`.
     task : TaskConfig
-        How inputs relate to photos (used by ``from_photo``).
+        How inputs relate to photos (used by ``input_from_photo``).
     descriptor : callable
-        Pixel descriptor: images (N, S, S, 3) uint8 -> (N, S*S, d) unit vectors.
-
+        The default pixel descriptor: images (N, S, S, 3) uint8 -> (N, S*S, d) unit vectors. Options
+        asking for another descriptor or PCA size load it on first use.
     pixel_cache : PixelDescriptorCache, optional
         Where the exemplars' pixel descriptors are read from and stored (see :mod:`pixelnn.pixel_cache`);
-        None computes them for every query.
+        None computes them for every query (and for descriptors loaded later).
+    device : str or torch.device
+        ``auto`` (CUDA when there), ``cpu``, ``cuda[:N]`` or ``mps``.
     """
 
-    def __init__(self, regressor: Regressor, library: Any, task: TaskConfig, descriptor: Any,
-                 pixel_cache: Any = None):
-        self.regressor = regressor.eval()
+    def __init__(self, regressor: Regressor, library: ExemplarStore, task: TaskConfig, descriptor: Any = None,
+                 pixel_cache: Any = None, *, device: str | torch.device = "auto", use_pixel_cache: bool | None = None):
+        self.device = resolve_device(device)
+        self.regressor = regressor.eval().to(self.device)
         self.library = library
         self.task = task
-        self.descriptor = descriptor
-        self.pixel_cache = pixel_cache
+        self.use_pixel_cache = pixel_cache is not None if use_pixel_cache is None else use_pixel_cache
+        self._descriptors: dict[tuple[str, int | None], tuple[Any, Any]] = {}
+        self._default: tuple[str, int | None] = (DEFAULT_DESCRIPTOR, DEFAULT_PCA_DIMS)
+        if descriptor is not None:
+            key = self._descriptor_key(descriptor)
+            self._descriptors[key] = (descriptor.to(self.device), pixel_cache)
+            self._default = ("regressor" if getattr(descriptor, "takes", "") == "inputs" else "hypercolumn", key[1])
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, library_dir: str | Path | None = None,
                        descriptor: str = DEFAULT_DESCRIPTOR, pca_dims: int | None = DEFAULT_PCA_DIMS,
-                       pixel_cache: bool = True) -> "PixelNNPipeline":
+                       pixel_cache: bool = True, device: str | torch.device = "auto") -> "PixelNNPipeline":
         """Load the regressor, its library (default ``MODEL_DIR/library``) and a pixel descriptor.
 
         ``pca_dims=None`` uses the full descriptor (1472 dims for the hypercolumn). With
         ``pixel_cache`` (default), exemplar pixel descriptors of at most 256 dims are kept in
-        ``LIB_DIR/pixel_cache`` once computed (1.2 MB per exemplar at 64 dims).
+        ``LIB_DIR/pixel_cache`` once computed (1.2 MB per exemplar at 64 dims). Options naming another
+        descriptor load it on first use.
         """
-        from pixelnn.pixel_cache import MAX_CACHED_DIMS, PixelDescriptorCache
-
         from pixelnn.library import ExemplarLibrary
-        from pixelnn.training import load_model_dir
+        from pixelnn.training import load_model_dir  # TODO(issue 11): pixelnn.models.loading once merged
 
         regressor, config = load_model_dir(model_dir)
         lib_dir = Path(library_dir) if library_dir else Path(model_dir) / "library"
@@ -167,24 +229,79 @@ class PixelNNPipeline:
             raise PixelNNError(f"no exemplar library in {lib_dir}; build it with `pixelnn index DATA_DIR --model {model_dir}`")
         library = ExemplarLibrary.open(lib_dir)
         task = TaskConfig.from_dict(config["task"])
-        desc = load_pixel_descriptor(library, descriptor, regressor, pca_dims)
-        cache = PixelDescriptorCache(lib_dir / "pixel_cache", desc) if pixel_cache and desc.dims <= MAX_CACHED_DIMS else None
-        return cls(regressor, library, task, desc, cache)
+        pipe = cls(regressor, library, task, device=device, use_pixel_cache=pixel_cache)
+        pipe._default = (descriptor, pca_dims)
+        pipe.pixel_descriptor(descriptor, pca_dims)  # now: the first request should not pay for the PCA fit
+        return pipe
 
-    def fill_pixel_cache(self, progress: bool = True) -> int:
+    @property
+    def descriptor(self) -> Any:
+        """The default pixel descriptor (the one ``from_model_dir`` was asked for)."""
+        return self.pixel_descriptor(*self._default)[0]
+
+    @property
+    def pixel_cache(self) -> Any:
+        """The default descriptor's pixel cache (None when off or not cacheable)."""
+        return self.pixel_descriptor(*self._default)[1]
+
+    # ------------------------------------------------------------------ parts
+    @staticmethod
+    def _descriptor_key(descriptor: Any) -> tuple[str, int | None]:
+        pca = getattr(descriptor, "pca", None)
+        return descriptor.base_name, (pca.dims if pca is not None else None)
+
+    def pixel_descriptor(self, name: str = DEFAULT_DESCRIPTOR, pca_dims: int | None = DEFAULT_PCA_DIMS
+                         ) -> tuple[Any, Any]:
+        """The pixel descriptor ``name`` with ``pca_dims`` PCA dims (None or 0: full) and its pixel cache (or
+        None), loaded on first use (fitting the PCA once per library)."""
+        from pixelnn.descriptors import make_descriptor
+
+        pca_dims = pca_dims or None
+        base = make_descriptor(name, regressor=self.regressor).base_name
+        key = (base, pca_dims)
+        if key not in self._descriptors:
+            from pixelnn.pixel_cache import MAX_CACHED_DIMS, PixelDescriptorCache
+
+            desc = load_pixel_descriptor(self.library, name, self.regressor, pca_dims).to(self.device)
+            root = getattr(self.library, "root", None)
+            cache = PixelDescriptorCache(Path(root) / "pixel_cache", desc) \
+                if self.use_pixel_cache and root is not None and desc.dims <= MAX_CACHED_DIMS else None
+            self._descriptors[key] = (desc, cache)
+        return self._descriptors[key]
+
+    def fill_pixel_cache(self, progress: bool = True, options: SynthesisOptions | None = None) -> int:
         """Describe every library exemplar not yet in the pixel cache (``pixelnn index --pixel-cache``).
 
         Returns the number of exemplars described. Costs one descriptor pass per exemplar (about
         0.07 s at 96x96 on 2 cores) and 1.2 MB of disk per exemplar at 64 dims.
         """
-        if self.pixel_cache is None:
-            raise PixelNNError(f"descriptor {self.descriptor.name} ({self.descriptor.dims} dims) is not cached; "
-                               f"use a PCA-reduced descriptor")
-        takes_inputs = getattr(self.descriptor, "takes", "stage1") == "inputs"
-        images = self.library.inputs if takes_inputs else self.library.stage1
-        return self.pixel_cache.fill(images, progress=progress)
+        from pixelnn.store import iter_field
 
-    # ------------------------------------------------------------------ helpers
+        desc, cache = self.pixel_descriptor(options.descriptor, options.pca_dims) if options else \
+            (self.descriptor, self.pixel_cache)
+        if cache is None:
+            raise PixelNNError(f"descriptor {desc.name} ({desc.dims} dims) is not cached; "
+                               f"use a PCA-reduced descriptor")
+        field_ = "inputs" if getattr(desc, "takes", "stage1") == "inputs" else "stage1"
+        from tqdm.auto import tqdm
+
+        added = 0
+        with tqdm(total=len(self.library), desc="pixel descriptors", unit="img", disable=not progress) as bar:
+            for images in iter_field(self.library, field_, 256):
+                added += cache.fill(images, progress=False)
+                bar.update(len(images))
+        return added
+
+    def check_options(self, options: SynthesisOptions | None = None, **overrides: Any) -> SynthesisOptions:
+        """``options`` (default: the defaults) with ``overrides`` applied, the mode's defaults filled in."""
+        options = options if options is not None else SynthesisOptions()
+        if not isinstance(options, SynthesisOptions):
+            raise PixelNNError(f"options must be a SynthesisOptions, got {type(options).__name__}")
+        options = options.replace(**overrides) if overrides else options
+        name, dims = self._default
+        return options.replace(descriptor=options.descriptor or name,
+                               pca_dims=(dims or 0) if options.pca_dims is None else options.pca_dims).resolved()
+
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """Validate an input against the task: (s, s, C) uint8 (a 2-D edge map gets a channel axis)."""
         x = np.asarray(x)
@@ -203,7 +320,7 @@ class PixelNNPipeline:
         s = self.regressor.config.input_size
         if x.shape[:2] != (s, s):
             raise PixelNNError(f"input is {x.shape[1]}x{x.shape[0]}; this model takes {s}x{s} "
-                               f"(use --from-photo to derive it from a photo)")
+                               f"(derive it from a photo with input_from_photo / the from-photo option)")
         return x
 
     def input_from_photo(self, photo: np.ndarray) -> np.ndarray:
@@ -212,135 +329,202 @@ class PixelNNPipeline:
 
         return derive_inputs(np.asarray(photo)[None], self.task)[0]
 
-    def allowed_positions(self, where: dict[str, Sequence[str]] | None = None, exemplars: Sequence[str] | None = None,
-                          like: Sequence[np.ndarray] | None = None, like_k: int = 50) -> np.ndarray | None:
+    def output_specs(self, options: SynthesisOptions) -> list[OutputSpec]:
+        """The outputs of ``options``: sets x windows, or a random subset of ``num_outputs`` drawn with ``seed``."""
+        specs = options.output_specs()
+        if options.num_outputs is not None and options.num_outputs < len(specs):
+            keep = np.sort(np.random.default_rng(options.seed).choice(len(specs), options.num_outputs, replace=False))
+            specs = [specs[i] for i in keep]
+        return specs
+
+    def allowed_positions(self, options: SynthesisOptions, like_photos: Sequence[np.ndarray] | None = None
+                          ) -> np.ndarray | None:
         """Library positions the exemplars may come from (None: all).
 
-        ``where`` keeps exemplars whose labels match (AND across keys, OR within one key's values);
-        ``exemplars`` names ids directly; ``like`` keeps the ``like_k`` exemplars nearest to each
-        given photo (compared as stage-1 reconstructions, like the query). Filters intersect.
+        ``options.where`` keeps exemplars whose labels match (AND across keys, OR within one key's values);
+        ``options.exemplars`` names ids directly; ``options.like`` (photo files) and ``like_photos``
+        (arrays, (S, S, 3) uint8) keep the ``options.like_k`` exemplars nearest to each photo (compared as
+        stage-1 reconstructions, like the query). Filters intersect.
         """
         allowed = None
-        if where or exemplars:
-            allowed = self.library.select(where=where or None, ids=list(exemplars) if exemplars else None)
+        if options.where or options.exemplars:
+            allowed = self.library.select(where=options.where_dict or None,
+                                          ids=list(options.exemplars) if options.exemplars else None)
+        like = [load_image_file(p, self.task.size) for p in options.like] + list(like_photos or [])
         if like:
-            from pixelnn.retrieval import global_descriptors
-
             photos = np.stack([np.asarray(p) for p in like])
             inputs = np.stack([self.input_from_photo(p) for p in photos]) if self.task.name != "paired" else None
             recon = predict(self.regressor, inputs) if inputs is not None else photos
-            _, idx = self.library.search(global_descriptors(recon), like_k, allowed)
+            _, idx = self.library.search(global_descriptors(recon, device=self.device), options.like_k, allowed)
             near = np.unique(idx[idx >= 0])
             allowed = near if allowed is None else np.intersect1d(allowed, near)
         if allowed is not None and len(allowed) == 0:
-            raise PixelNNError("the exemplar filters leave no exemplars; relax --where/--exemplars/--like")
+            raise PixelNNError("the exemplar filters leave no exemplars; relax where / exemplars / like")
         return allowed
 
+    # ------------------------------------------------------------------ the steps
+    def stage1(self, x: np.ndarray) -> np.ndarray:
+        """Step 1: f(x), (S, S, 3) uint8 of a checked input (s, s, C); (B, S, S, 3) for a batch (B, s, s, C)."""
+        x = np.asarray(x)
+        return predict(self.regressor, x[None])[0] if x.ndim == 3 else predict(self.regressor, x)
+
+    def retrieve(self, stage1: np.ndarray, options: SynthesisOptions, allowed: np.ndarray | None = None,
+                 global_desc: np.ndarray | None = None) -> Neighbours:
+        """Step 2: the ``top_k`` exemplars whose f(x_n) is nearest to f(x) (S, S, 3), within ``allowed``.
+
+        ``global_desc`` (D,) is f(x)'s global descriptor when already computed (batches).
+        """
+        g = global_descriptors(stage1[None], device=self.device) if global_desc is None else global_desc[None]
+        sim, idx = self.library.search(g, options.top_k, allowed)
+        return self._neighbours(sim[0], idx[0])
+
+    def _neighbours(self, sim: np.ndarray, idx: np.ndarray) -> Neighbours:
+        found = idx >= 0
+        positions, similarity = idx[found], sim[found]
+        if len(positions) == 0:
+            raise PixelNNError("no exemplars available for this query")
+        return Neighbours(positions, self.library.ids_of(positions), similarity,
+                          self.library.take("photos", positions), self.library.take("stage1", positions))
+
+    def fit_specs(self, specs: list[OutputSpec], neighbours: Neighbours, options: SynthesisOptions,
+                  allowed: np.ndarray | None) -> list[OutputSpec]:
+        """The outputs whose exemplar sets fit the neighbours found (a warning when some are dropped)."""
+        needed = max(max(s.ranks) for s in specs) + 1
+        if len(neighbours) >= needed:
+            return specs
+        log.warning("%d exemplars retrieved (top_k=%d, %s available after filters) but the outputs use up to %d; "
+                    "outputs needing more are dropped", len(neighbours), options.top_k,
+                    "all" if allowed is None else len(allowed), needed)
+        specs = [s for s in specs if max(s.ranks) < len(neighbours)]
+        if not specs:
+            raise PixelNNError(f"only {len(neighbours)} exemplars available: no output's exemplar set fits")
+        return specs
+
+    def describe(self, x: np.ndarray, stage1: np.ndarray, neighbours: Neighbours, options: SynthesisOptions,
+                 query: torch.Tensor | None = None) -> Descriptors:
+        """Step 3: pixel descriptors of the query and its neighbours, rounded to float16 precision so that
+        they are the same whether an exemplar's come from the pixel cache or not.
+
+        ``query`` (P, d) is the query's descriptor when already computed (batches).
+        """
+        desc, cache = self.pixel_descriptor(options.descriptor, options.pca_dims)
+        takes_inputs = getattr(desc, "takes", "stage1") == "inputs"
+        ex_images = self.library.take("inputs", neighbours.positions) if takes_inputs else neighbours.stage1
+        if query is None:
+            query = round_descriptors(torch.as_tensor(desc(x[None] if takes_inputs else stage1[None])))[0]  # (P, d)
+        ex = cache(ex_images) if cache is not None else round_descriptors(torch.as_tensor(desc(ex_images)))  # (K, P, d)
+        return Descriptors(query.to(self.device), ex.to(self.device), stage1.shape[0], stage1.shape[1])
+
+    def match(self, descriptors: Descriptors, specs: Sequence[OutputSpec], options: SynthesisOptions) -> Matches:
+        """Step 4: the mode's matcher (:mod:`pixelnn.modes`), on the pipeline's device."""
+        d = descriptors
+        return get_mode(options.mode).match(d.query, d.exemplars, d.height, d.width, specs, options)
+
+    def compose(self, stage1: np.ndarray, neighbours: Neighbours, matches: Matches, specs: Sequence[OutputSpec],
+                options: SynthesisOptions) -> np.ndarray:
+        """Step 5: copy the exemplars' high frequencies onto f(x): (O, S, S, 3) uint8 (on the CPU)."""
+        return get_mode(options.mode).compose(stage1, neighbours.photos, neighbours.stage1, matches, specs, options)
+
+    def result(self, x: np.ndarray, stage1: np.ndarray, neighbours: Neighbours, matches: Matches,
+               outputs: np.ndarray, specs: list[OutputSpec], options: SynthesisOptions,
+               timings: dict[str, float]) -> SynthesisResult:
+        """Step 6: the result, with the mode's recorded correspondences in library coordinates."""
+        o, (h, w) = len(specs), stage1.shape[:2]
+        rank, pos = get_mode(options.mode).recorded(matches, specs)
+        exemplar = neighbours.positions[rank.cpu().numpy()].reshape(o, h, w)
+        sy, sx = np.divmod(pos.cpu().numpy().reshape(o, h, w), w)
+        return SynthesisResult(
+            input=x, stage1=stage1, outputs=outputs, specs=specs, neighbours=neighbours.positions,
+            neighbour_ids=neighbours.ids, neighbour_similarity=neighbours.similarity, exemplar=exemplar,
+            source_y=sy, source_x=sx, similarity=matches.similarity.cpu().numpy().reshape(o, h, w), options=options,
+            timings=timings)
+
     # ------------------------------------------------------------------ the story
-    def __call__(self, x: np.ndarray, *, specs: Sequence[OutputSpec] | None = None, top_k: int = DEFAULT_TOP_K,
-                 mode: str = "matched", color: str = "rgb", where: dict[str, Sequence[str]] | None = None,
-                 exemplars: Sequence[str] | None = None, like: Sequence[np.ndarray] | None = None,
-                 num_outputs: int | None = None, seed: int | None = None, patch_size: int = DEFAULT_PATCH_SIZE,
-                 vote_size: int | None = None, highpass_sigma: float | None = None,
-                 chroma_weight: float | None = None) -> SynthesisResult:
+    def __call__(self, x: np.ndarray, options: SynthesisOptions | None = None, *,
+                 like_photos: Sequence[np.ndarray] | None = None, **overrides: Any) -> SynthesisResult:
         """Synthesize many outputs for one input x (s, s, C) uint8; see :class:`SynthesisResult`.
 
-        ``num_outputs`` keeps a random subset of the specs (drawn with ``seed``). ``patch_size`` is
-        the side of the patch similarity of ``mode="coherent"``
-        (:func:`pixelnn.matching.coherent_matches`); ``vote_size``, ``highpass_sigma`` and
-        ``chroma_weight`` are the patch vote, residual high-pass and chroma weight of
-        :func:`pixelnn.compose.compose` (default: the mode's, :data:`pixelnn.compose.MODE_DEFAULTS`).
+        ``options`` holds every setting (:class:`~pixelnn.options.SynthesisOptions`); keyword ``overrides``
+        change some of its fields (``pipe(x, mode="coherent")``). ``like_photos`` adds "like these" photos
+        given as arrays (S, S, 3) uint8.
         """
-        check_option("composition mode", mode, MODES)
-        check_option("color", color, COLORS)
-        vote_size = MODE_DEFAULTS[mode]["vote_size"] if vote_size is None else vote_size
-        highpass_sigma = MODE_DEFAULTS[mode]["highpass_sigma"] if highpass_sigma is None else highpass_sigma
-        chroma_weight = MODE_DEFAULTS[mode]["chroma_weight"] if chroma_weight is None else chroma_weight
-        for name, v in (("patch_size", patch_size), ("vote_size", vote_size)):
-            if v < 1 or v % 2 == 0:
-                raise PixelNNError(f"{name} must be an odd number >= 1, got {v}")
-        if highpass_sigma < 0 or not 0 <= chroma_weight <= 1:
-            raise PixelNNError(f"highpass_sigma must be >= 0 and chroma_weight in [0, 1]; got {highpass_sigma}, "
-                               f"{chroma_weight}")
-        t = {"start": time.perf_counter()}
-        specs = list(specs) if specs is not None else default_output_specs()
-        if num_outputs is not None and num_outputs < len(specs):
-            keep = np.sort(np.random.default_rng(seed).choice(len(specs), num_outputs, replace=False))
-            specs = [specs[i] for i in keep]
-        # 1. Stage 1: the smooth regression f(x).
+        options = self.check_options(options, **overrides)
+        specs = self.output_specs(options)
+        clock = _Clock()
         x = self.check_input(x)
-        stage1 = predict(self.regressor, x[None])[0]  # (S, S, 3)
-        t["stage1"] = time.perf_counter()
-        # 2. Global retrieval: the K library exemplars whose f(x_n) is nearest to f(x), within the filters.
-        from pixelnn.retrieval import global_descriptors
+        # 1. Stage 1: the smooth regression f(x).
+        stage1 = clock("stage1", self.stage1(x))
+        # 2. Global retrieval: the K exemplars whose f(x_n) is nearest to f(x), within the filters.
+        allowed = self.allowed_positions(options, like_photos)
+        neighbours = self.retrieve(stage1, options, allowed)
+        specs = clock("retrieval", self.fit_specs(specs, neighbours, options, allowed))
+        # 3. Pixel descriptors (multiscale hypercolumns) of f(x) and of the neighbours' f(x_k).
+        descriptors = clock("descriptors", self.describe(x, stage1, neighbours, options))
+        # 4. Matching: every output pixel's exemplar pixel, by the mode's rule (windows, exemplar sets).
+        matches = clock("matching", self.match(descriptors, specs, options))
+        # 5. Composition: out_i = f_i(x) + (y_k[j] - f_j(x_k)), or the mode's rule.
+        outputs = clock("composition", self.compose(stage1, neighbours, matches, specs, options))
+        # 6. The outputs with their correspondences in library coordinates.
+        return self.result(x, stage1, neighbours, matches, outputs, specs, options, clock.timings())
 
-        allowed = self.allowed_positions(where, exemplars, like)
-        sim, idx = self.library.search(global_descriptors(stage1[None]), top_k, allowed)
-        found = idx[0] >= 0
-        neighbours, neighbour_sim = idx[0][found], sim[0][found]
-        if len(neighbours) == 0:
-            raise PixelNNError("no exemplars available for this query")
-        needed = max(max(s.ranks) for s in specs) + 1
-        if len(neighbours) < needed:
-            log.warning("%d exemplars retrieved (top_k=%d, %s available after filters) but the outputs use up to %d; "
-                        "outputs needing more are dropped", len(neighbours), top_k,
-                        "all" if allowed is None else len(allowed), needed)
-            specs = [s for s in specs if max(s.ranks) < len(neighbours)]
-            if not specs:
-                raise PixelNNError(f"only {len(neighbours)} exemplars available: no output's exemplar set fits")
-        t["retrieval"] = time.perf_counter()
-        # 3. Pixel descriptors of the query's and the neighbours' stage-1 images.
-        ex_photos = np.asarray(self.library.photos[neighbours])
-        ex_stage1 = np.asarray(self.library.stage1[neighbours])
-        desc = self._describe(x, stage1, neighbours, ex_stage1)  # (1 + K, P, d)
-        t["descriptors"] = time.perf_counter()
-        # 4. Windowed matching for all windows in one pass, then the exemplar sets.
-        size = stage1.shape[0]
-        windows = tuple(dict.fromkeys(s.window for s in specs))
-        outer = max((w for w in windows if w is not None), default=1)
-        best_sim = None
-        if mode == "coherent" and outer > 1:  # regions share an (exemplar, offset) label: few seams
-            window_sims = torch.empty(len(neighbours), size * size, outer * outer)
-            match_windows(desc[0], desc[1:], size, size, (outer,), window_sims=window_sims)  # its scores only
-            rank, pos, pix_sim = coherent_matches(desc[0], desc[1:], size, size, specs, windows, window_sims,
-                                                  patch=patch_size)
-        else:
-            best_sim, best_pos = match_windows(desc[0], desc[1:], size, size, windows)
-            rank, pos, pix_sim = select_sets(best_sim, best_pos, specs, windows)
-        t["matching"] = time.perf_counter()
-        # 5. Composition: copy the exemplars' high frequencies onto f(x).
-        outputs = compose(stage1, ex_photos, ex_stage1, rank, pos, specs, mode=mode, color=color,
-                          best_sim=best_sim, windows=windows, vote=vote_size, highpass_sigma=highpass_sigma,
-                          chroma_weight=chroma_weight)
-        t["composition"] = time.perf_counter()
-        # 6. Correspondences in library coordinates.
-        o = len(specs)
-        rank, pos = recorded_matches(mode, specs, rank, pos)
-        exemplar = neighbours[rank.numpy()].reshape(o, size, size)
-        sy, sx = np.divmod(pos.numpy().reshape(o, size, size), size)
-        steps = list(t)
-        timings = {b: t[b] - t[a] for a, b in zip(steps, steps[1:])}
-        timings["total"] = t[steps[-1]] - t["start"]
-        return SynthesisResult(
-            input=x, stage1=stage1, outputs=outputs, specs=specs, neighbours=neighbours,
-            neighbour_ids=[self.library.ids[i] for i in neighbours], neighbour_similarity=neighbour_sim,
-            exemplar=exemplar, source_y=sy, source_x=sx, similarity=pix_sim.numpy().reshape(o, size, size),
-            mode=mode, color=color, vote_size=vote_size, highpass_sigma=highpass_sigma, chroma_weight=chroma_weight,
-            patch_size=patch_size if mode == "coherent" else None, timings=timings)
+    def batch(self, inputs: Sequence[np.ndarray] | np.ndarray, options: SynthesisOptions | None = None, *,
+              like_photos: Sequence[np.ndarray] | None = None, **overrides: Any) -> list[SynthesisResult]:
+        """Synthesize for many inputs: stage 1, the global descriptors, retrieval and the query's VGG pass run
+        over the whole batch at once (and the neighbours' pixel descriptors in one pass over all of them);
+        matching and composition then run per input.
 
-    def _describe(self, x: np.ndarray, stage1: np.ndarray, neighbours: np.ndarray, ex_stage1: np.ndarray) -> torch.Tensor:
-        """Pixel descriptors (1 + K, P, d) of the query and its neighbours, rounded to float16 precision
-        so that they are the same whether an exemplar's come from the pixel cache or not."""
-        from pixelnn.pixel_cache import round_descriptors
+        Returns one :class:`SynthesisResult` per input, in order; batched steps' timings are split evenly.
+        A batched convolution can round differently from a single one, so outputs may differ from
+        single-input runs in rare pixels (measured in docs/results.md).
+        """
+        options = self.check_options(options, **overrides)
+        xs = np.stack([self.check_input(x) for x in inputs])  # (B, s, s, C)
+        b = len(xs)
+        clock = _Clock()
+        stage1 = clock("stage1", self.stage1(xs))  # (B, S, S, 3)
+        allowed = self.allowed_positions(options, like_photos)
+        g = global_descriptors(stage1, device=self.device)  # (B, D)
+        sim, idx = self.library.search(g, options.top_k, allowed)
+        neighbours = clock("retrieval", [self._neighbours(sim[i], idx[i]) for i in range(b)])
+        desc, cache = self.pixel_descriptor(options.descriptor, options.pca_dims)
+        queries = clock("descriptors", self._batch_queries(desc, xs, stage1))  # (B, P, d)
+        shared = {k: v / b for k, v in clock.timings().items() if k != "total"}
+        results = []
+        for i in range(b):
+            specs = self.output_specs(options)
+            specs = self.fit_specs(specs, neighbours[i], options, allowed)
+            one = _Clock()
+            descriptors = one("descriptors", self.describe(xs[i], stage1[i], neighbours[i], options, queries[i]))
+            matches = one("matching", self.match(descriptors, specs, options))
+            outputs = one("composition", self.compose(stage1[i], neighbours[i], matches, specs, options))
+            t = one.timings()
+            timings = {k: shared.get(k, 0.0) + t.get(k, 0.0) for k in ("stage1", "retrieval", "descriptors",
+                                                                         "matching", "composition")}
+            timings["total"] = sum(timings.values())
+            results.append(self.result(xs[i], stage1[i], neighbours[i], matches, outputs, specs, options, timings))
+        return results
 
-        if getattr(self.descriptor, "takes", "stage1") == "inputs":
-            query, ex_images = x[None], np.asarray(self.library.inputs[neighbours])
-        else:
-            query, ex_images = stage1[None], ex_stage1
-        q = round_descriptors(torch.as_tensor(self.descriptor(query)))  # (1, P, d)
-        ex = self.pixel_cache(ex_images) if self.pixel_cache is not None else \
-            round_descriptors(torch.as_tensor(self.descriptor(ex_images)))  # (K, P, d)
-        return torch.cat([q, ex])
+    def _batch_queries(self, desc: Any, xs: np.ndarray, stage1: np.ndarray) -> torch.Tensor:
+        """Pixel descriptors (B, P, d) of a batch of queries, in one pass (rounded like :meth:`describe`'s)."""
+        images = xs if getattr(desc, "takes", "stage1") == "inputs" else stage1
+        return round_descriptors(torch.as_tensor(desc(images)))
+
+
+class _Clock:
+    """Seconds per step: ``clock(name, value)`` records the time since the previous call and returns value."""
+
+    def __init__(self) -> None:
+        self._last = self._start = time.perf_counter()
+        self._t: dict[str, float] = {}
+
+    def __call__(self, name: str, value: Any) -> Any:
+        now = time.perf_counter()
+        self._t[name] = self._t.get(name, 0.0) + now - self._last
+        self._last = now
+        return value
+
+    def timings(self) -> dict[str, float]:
+        return {**self._t, "total": self._last - self._start}
 
 
 def fit_input(im: Any, expect: Any) -> np.ndarray:
@@ -445,7 +629,9 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
     Files: ``input.png``, ``stage1.png``, ``output_001.png``..., ``grid.png``, ``correspondences.npz``
     (per output and pixel: library position, exemplar index into ``exemplar_ids``, source y, source x,
     similarity), ``manifest.json`` (per output: exemplar ids and ranks, window, mean similarity; per
-    exemplar id: source file and labels) and ``correspondence_001.png``... (paper Fig. 5).
+    exemplar id: source file and labels; the resolved options, which ``pixelnn synthesize --options``
+    reads back to reproduce the outputs) and ``correspondence_001.png``... (paper Fig. 5). The folder is
+    renamed into place when complete, so its existence means a complete result (:func:`result_complete`).
     """
     import json
 
@@ -456,7 +642,8 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
     out_dir = Path(out_dir)
     n = len(result.outputs)
     k = len(result.neighbours)
-    ex_photos = np.asarray(library.photos[result.neighbours])
+    ex_photos = library.take("photos", result.neighbours)
+    records = library.records_of(result.neighbours)
     ranks = exemplar_ranks(result.exemplar, result.neighbours)  # (O, S, S)
     with atomic_dir(out_dir, overwrite=True) as tmp:
         save_image(tmp / "input.png", result.input)
@@ -475,9 +662,8 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
                             source_x=result.source_x.astype(np.int16), similarity=result.similarity.astype(np.float32),
                             exemplar_ids=np.array(result.neighbour_ids))
         manifest = {
-            "format": "pixelnn-synthesis", "version": 1, "mode": result.mode, "color": result.color,
-            "vote_size": result.vote_size, "highpass_sigma": result.highpass_sigma,
-            "chroma_weight": result.chroma_weight, "patch_size": result.patch_size,
+            "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "options": result.options.to_dict(),
+            "library": str(getattr(library, "root", "")) or None,
             "timings": {k_: round(v, 4) for k_, v in result.timings.items()},
             "outputs": [{"file": f"output_{o + 1:03d}.png", "exemplar_ranks": [r + 1 for r in s.ranks],
                          "exemplar_ids": [result.neighbour_ids[r] for r in s.ranks], "window": s.window_name,
@@ -485,9 +671,15 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
                         for o, s in enumerate(result.specs)],
             "exemplars": {result.neighbour_ids[r]: {"rank": r + 1, "library_position": int(p),
                                                     "global_similarity": round(float(result.neighbour_similarity[r]), 5),
-                                                    "source": library.records[int(p)].get("source"),
-                                                    "labels": library.records[int(p)].get("labels", {})}
+                                                    "source": records[r].get("source"),
+                                                    "labels": records[r].get("labels", {})}
                           for r, p in enumerate(result.neighbours)},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return out_dir
+
+
+def result_complete(out_dir: str | Path) -> bool:
+    """Whether ``out_dir`` holds a complete result written by :func:`save_result` (its ``manifest.json``,
+    written last inside a folder renamed into place)."""
+    return (Path(out_dir) / "manifest.json").is_file()

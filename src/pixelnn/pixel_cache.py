@@ -147,7 +147,7 @@ class PixelDescriptorCache:
         self.hits += len(images) - len(missing)
         self.misses += len(missing)
         if missing:
-            fresh = self.descriptor(images[missing]).to(torch.float16).numpy()  # (M, P, d)
+            fresh = self.descriptor(images[missing]).to(torch.float16).cpu().numpy()  # (M, P, d)
             for i, a in zip(missing, fresh):
                 self._write(paths[i], a)
                 found[i] = a

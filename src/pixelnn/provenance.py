@@ -113,7 +113,7 @@ def _check_output(result: Any, output: int) -> int:
 def _record(library: Any, position: int) -> dict[str, Any]:
     if library is None:
         return {}
-    return library.records[int(position)]
+    return library.records_of([int(position)])[0]
 
 
 def top_contributors(result: Any, output: int, library: Any = None, n: int | None = None) -> list[Contribution]:

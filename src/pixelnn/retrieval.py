@@ -79,17 +79,18 @@ def descriptor_dim(size: int) -> int:
     return CONV5_CHANNELS * h * h
 
 
-@functools.lru_cache(maxsize=1)
-def _descriptor_model():
-    """The pretrained AlexNet trunk, loaded once per process, frozen, in eval mode."""
+@functools.lru_cache(maxsize=4)
+def _descriptor_model(device: str = "cpu"):
+    """The pretrained AlexNet trunk on ``device``, loaded once per process and device, frozen, in eval mode."""
     from pixelnn.models.alexnet import alexnet
 
     model = alexnet(pretrained=True)
     model.requires_grad_(False)
-    return model.eval()
+    return model.eval().to(device)
 
 
-def global_descriptors(images: np.ndarray, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+def global_descriptors(images: np.ndarray, batch_size: int = 64, progress: bool = False,
+                       device: Any = "cpu") -> np.ndarray:
     """conv5 (after ReLU) AlexNet descriptors of whole images, flattened and L2-normalised.
 
     Parameters
@@ -100,6 +101,8 @@ def global_descriptors(images: np.ndarray, batch_size: int = 64, progress: bool 
         Images per forward pass.
     progress : bool
         Show a tqdm progress bar.
+    device : str or torch.device
+        Where AlexNet runs (the descriptors come back as numpy on the CPU).
 
     Returns
     -------
@@ -121,15 +124,15 @@ def global_descriptors(images: np.ndarray, batch_size: int = 64, progress: bool 
     out = np.empty((n, dim), np.float32)
     if n == 0:
         return out
-    model = _descriptor_model()
+    model = _descriptor_model(str(device))
     with torch.inference_mode(), tqdm(total=n, desc="global descriptors", unit="img", disable=not progress,
                                       leave=False) as bar:
         for i in range(0, n, batch_size):
-            x = imagenet_normalize(np.array(images[i:i + batch_size]))  # (B, 3, S, S); copied: maps are read-only
+            x = imagenet_normalize(np.array(images[i:i + batch_size])).to(device)  # (B, 3, S, S); copied: read-only maps
             feat = model(x, layers=(DESCRIPTOR_LAYER,))[DESCRIPTOR_LAYER]  # (B, 256, h, h)
             feat = feat.flatten(1)  # (B, D), channel-major
             feat = feat / feat.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            out[i:i + len(feat)] = feat.numpy()
+            out[i:i + len(feat)] = feat.cpu().numpy()
             bar.update(len(feat))
     return out
 
@@ -235,6 +238,14 @@ class GlobalIndex:
             log.info("training ivf on %d vectors for %d cells (faiss suggests >= %d)", n, self.nlist, 39 * self.nlist)
         index.train(train_on)
         return index
+
+    def train(self, x: np.ndarray) -> None:
+        """Train an IVF index's cells on ``x`` (M, D) before the first :meth:`add` (flat: nothing to train).
+
+        Without it, the first non-empty :meth:`add` trains on its own vectors.
+        """
+        if self._index is None:
+            self._index = self._new_faiss_index(_as_queries(x, self.dim))
 
     def add(self, x: np.ndarray) -> None:
         """Append vectors ``x`` (M, D) float32; they get positions len..len+M-1."""

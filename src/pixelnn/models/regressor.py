@@ -158,9 +158,10 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 @torch.inference_mode()
 def predict(model: Regressor, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Run f(x) on uint8 inputs (N, s, s, C) and return uint8 images (N, S, S, 3)."""
+    """Run f(x) on uint8 inputs (N, s, s, C), on the model's device, and return uint8 images (N, S, S, 3)."""
     model.eval()
-    outs = [to_uint8(model(to_tensor(inputs[i:i + batch_size]))) for i in range(0, len(inputs), batch_size)]
+    dev = next(model.parameters()).device
+    outs = [to_uint8(model(to_tensor(inputs[i:i + batch_size]).to(dev))) for i in range(0, len(inputs), batch_size)]
     if not outs:
         return np.zeros((0, model.config.size, model.config.size, model.config.out_channels), np.uint8)
     return np.concatenate(outs)

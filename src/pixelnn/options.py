@@ -1,0 +1,245 @@
+"""One object for every synthesis setting: :class:`SynthesisOptions`.
+
+The CLI (``pixelnn synthesize``, ``evaluate``), the web app's Options panel, the pipeline, the saved
+``manifest.json`` and the benchmarks all speak it, so a setting has one name in every layer::
+
+    >>> from pixelnn.options import SynthesisOptions
+    >>> o = SynthesisOptions(mode="coherent", where={"Category": ["Boots"]})
+    >>> o.resolved().vote_size            # the mode's default, applied in one place
+    3
+    >>> SynthesisOptions.from_dict(o.to_dict()) == o
+    True
+
+Fields left ``None`` take the composition mode's defaults (:meth:`SynthesisOptions.resolved`, from
+:mod:`pixelnn.modes`); a result records the resolved options, and feeding them back in
+(``pixelnn synthesize --options OUT/<stem>/manifest.json``) reproduces its outputs bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from pixelnn.errors import PixelNNError
+
+#: The authors' windows: same pixel, 7x7, 11x11, whole image (None).
+DEFAULT_WINDOWS: tuple[int | None, ...] = (1, 7, 11, None)
+#: The authors' K: their 18 exemplar sets use the 11 nearest exemplars.
+DEFAULT_TOP_K = 11
+DEFAULT_DESCRIPTOR = "hypercolumn"
+DEFAULT_PCA_DIMS = 64
+#: Pixel descriptors, by name (:func:`pixelnn.descriptors.make_descriptor`).
+DESCRIPTORS = ("hypercolumn", "regressor")
+#: Colour spaces residuals are copied in (:mod:`pixelnn.compose`).
+COLORS = ("rgb", "luma")
+#: "Like these photos" keeps this many nearest exemplars per photo.
+DEFAULT_LIKE_K = 50
+#: Fields a composition mode gives defaults for (None in the options = the mode's value).
+MODE_FIELDS = ("patch_size", "vote_size", "highpass_sigma", "chroma_weight")
+OPTIONS_FORMAT = "pixelnn-synthesis-options"
+
+
+def check_choice(name: str, value: Any, valid: Sequence[str]) -> None:
+    """A one-line PixelNNError naming the valid choices when ``value`` is not one of them."""
+    if value not in valid:
+        raise PixelNNError(f"invalid {name} {value!r}; valid: {', '.join(valid)}")
+
+
+def _window(w: Any) -> int | None:
+    if w is None or w == "whole":
+        return None
+    try:
+        w = int(w)
+    except (TypeError, ValueError):
+        raise PixelNNError(f"invalid window {w!r}; a window is a side >= 1 or 'whole'") from None
+    if w < 1:
+        raise PixelNNError(f"invalid window {w}; a window is a side >= 1 or 'whole'")
+    return w
+
+
+def _where(where: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    if not where:
+        return ()
+    items = where.items() if isinstance(where, Mapping) else where
+    out = []
+    for item in items:
+        try:
+            key, values = item
+        except (TypeError, ValueError):
+            raise PixelNNError(f"where must map label keys to values, got {where!r}") from None
+        values = (values,) if isinstance(values, str) else tuple(str(v) for v in values)
+        if not values:
+            raise PixelNNError(f"no values given for label {key!r}")
+        out.append((str(key), values))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class SynthesisOptions:
+    """Every setting of one synthesis (stage 2), frozen and JSON round-trippable.
+
+    Attributes
+    ----------
+    top_k : int
+        K, the global neighbours retrieved (the default sets need 11).
+    sets : tuple of tuple of int, optional
+        Exemplar sets as 1-based neighbour ranks (rank 1 = the nearest), e.g. ``((1,), (1, 2, 3))``;
+        None = the authors' 18 sets (:func:`pixelnn.matching.default_exemplar_sets`).
+    windows : tuple of int or None
+        Window sides; None = the whole image. Outputs are ``sets x windows``, set-major.
+    mode : str
+        Composition mode, one of :func:`pixelnn.modes.mode_names` (``matched`` = paper eq. 3).
+    color : {'rgb', 'luma'}
+        Copy residuals in RGB, or in luminance only.
+    patch_size : int, optional
+        ``coherent``: odd side of the patch similarity. None: the mode's default.
+    vote_size : int, optional
+        Odd side of the patch vote of composition. None: the mode's default.
+    highpass_sigma : float, optional
+        Copy only the residual minus its Gaussian blur of this std (pixels). None: the mode's default.
+    chroma_weight : float, optional
+        Share of an exemplar's colour cast copied, in [0, 1]. None: the mode's default.
+    descriptor : {'hypercolumn', 'regressor'}, optional
+        Pixel descriptor; None: the pipeline's (``PixelNNPipeline.from_model_dir(descriptor=...)``,
+        by default ``hypercolumn``).
+    pca_dims : int, optional
+        PCA dims of the pixel descriptor, 0 = the full descriptor; None: the pipeline's (by default 64).
+    num_outputs : int, optional
+        Keep a random subset of this many outputs (drawn with ``seed``); None = all.
+    seed : int
+        Seed of that subset.
+    where : tuple of (key, values)
+        Only exemplars with these labels: AND across keys, OR within a key's values. A dict is
+        accepted, e.g. ``{"Category": ["Boots"]}``.
+    exemplars : tuple of str
+        Only these exemplar ids.
+    like : tuple of str
+        Only exemplars that look like these photos (file paths); ``like_k`` nearest per photo.
+    like_k : int
+    """
+
+    top_k: int = DEFAULT_TOP_K
+    sets: tuple[tuple[int, ...], ...] | None = None
+    windows: tuple[int | None, ...] = DEFAULT_WINDOWS
+    mode: str = "matched"
+    color: str = "rgb"
+    patch_size: int | None = None
+    vote_size: int | None = None
+    highpass_sigma: float | None = None
+    chroma_weight: float | None = None
+    descriptor: str | None = None
+    pca_dims: int | None = None
+    num_outputs: int | None = None
+    seed: int = 0
+    where: tuple[tuple[str, tuple[str, ...]], ...] = field(default=())
+    exemplars: tuple[str, ...] = ()
+    like: tuple[str, ...] = ()
+    like_k: int = DEFAULT_LIKE_K
+
+    def __post_init__(self) -> None:
+        from pixelnn.modes import mode_names
+
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        check_choice("composition mode", self.mode, mode_names())
+        check_choice("color", self.color, COLORS)
+        if self.descriptor is not None:
+            check_choice("descriptor", self.descriptor, DESCRIPTORS)
+        for name in ("top_k", "like_k"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise PixelNNError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not self.windows:
+            raise PixelNNError("windows must name at least one window (a side >= 1 or 'whole')")
+        set_("windows", tuple(_window(w) for w in self.windows))
+        if self.sets is not None:
+            sets = tuple(tuple(int(r) for r in s) for s in self.sets)
+            if not sets or any(not s or min(s) < 1 for s in sets):
+                raise PixelNNError(f"sets must be non-empty lists of 1-based ranks (>= 1), got {self.sets!r}")
+            set_("sets", sets)
+        for name in ("patch_size", "vote_size"):
+            v = getattr(self, name)
+            if v is not None and (int(v) != v or v < 1 or v % 2 == 0):
+                raise PixelNNError(f"{name} must be an odd number >= 1, got {v}")
+        if self.highpass_sigma is not None and not self.highpass_sigma >= 0:
+            raise PixelNNError(f"highpass_sigma must be >= 0, got {self.highpass_sigma}")
+        if self.chroma_weight is not None and not 0 <= self.chroma_weight <= 1:
+            raise PixelNNError(f"chroma_weight must be in [0, 1], got {self.chroma_weight}")
+        if self.pca_dims is not None and (int(self.pca_dims) != self.pca_dims or self.pca_dims < 0):
+            raise PixelNNError(f"pca_dims must be >= 1, or 0 for the full descriptor; got {self.pca_dims}")
+        if self.num_outputs is not None and self.num_outputs < 1:
+            raise PixelNNError(f"num_outputs must be >= 1, got {self.num_outputs}")
+        set_("where", _where(self.where))
+        set_("exemplars", tuple(str(e) for e in ((self.exemplars,) if isinstance(self.exemplars, str)
+                                                 else self.exemplars or ())))
+        set_("like", tuple(str(p) for p in ((self.like,) if isinstance(self.like, (str, Path)) else self.like or ())))
+
+    # ------------------------------------------------------------------ derived
+    def resolved(self) -> "SynthesisOptions":
+        """These options with every ``None`` that the mode has a default for filled in (:mod:`pixelnn.modes`)."""
+        from pixelnn.modes import get_mode
+
+        defaults = get_mode(self.mode).defaults
+        return self.replace(**{k: defaults[k] for k in MODE_FIELDS if getattr(self, k) is None and k in defaults})
+
+    def replace(self, **changes: Any) -> "SynthesisOptions":
+        """A copy with some fields changed (unknown names raise a one-line error listing the valid ones)."""
+        _check_names(changes)
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def where_dict(self) -> dict[str, list[str]]:
+        """``where`` as ``{key: [values]}`` (what :meth:`pixelnn.library.ExemplarLibrary.select` takes)."""
+        return {k: list(v) for k, v in self.where}
+
+    def output_specs(self) -> list:
+        """The outputs these options ask for: sets x windows (:class:`pixelnn.matching.OutputSpec`, 0-based ranks)."""
+        from pixelnn.matching import default_output_specs
+
+        sets = None if self.sets is None else [tuple(r - 1 for r in s) for s in self.sets]
+        return default_output_specs(sets, self.windows)
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types: windows with ``"whole"``, ``where`` as a dict, tuples as lists."""
+        d = dataclasses.asdict(self)
+        d["windows"] = ["whole" if w is None else w for w in self.windows]
+        d["sets"] = None if self.sets is None else [list(s) for s in self.sets]
+        d["where"] = self.where_dict
+        d["exemplars"], d["like"] = list(self.exemplars), list(self.like)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SynthesisOptions":
+        """Options from :meth:`to_dict`'s output (or a ``manifest.json`` holding them under ``"options"``)."""
+        if not isinstance(d, Mapping):
+            raise PixelNNError(f"synthesis options must be a JSON object, got {type(d).__name__}")
+        if "options" in d and isinstance(d["options"], Mapping):
+            d = d["options"]
+        d = {k: v for k, v in d.items() if k != "format"}
+        _check_names(d)
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps({"format": OPTIONS_FORMAT, **self.to_dict()}, indent=2)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SynthesisOptions":
+        """Read options from a JSON file: one written by :meth:`to_json`, or a synthesis ``manifest.json``."""
+        from pixelnn.io import read_json
+
+        path = Path(path)
+        if not path.is_file():
+            raise PixelNNError(f"no such options file: {path}")
+        d = read_json(path)
+        if isinstance(d, Mapping) and d.get("format") == "pixelnn-synthesis" and "options" not in d:
+            raise PixelNNError(f"{path} is a manifest from an older pixelnn without its options; re-run synthesize")
+        return cls.from_dict(d)
+
+
+def _check_names(d: Mapping[str, Any]) -> None:
+    names = [f.name for f in dataclasses.fields(SynthesisOptions)]
+    unknown = [k for k in d if k not in names]
+    if unknown:
+        raise PixelNNError(f"unknown synthesis option(s) {', '.join(map(str, unknown))}; valid: {', '.join(names)}")

@@ -1,0 +1,76 @@
+"""Stage 2 restructured into parts (issue 11) gives the same outputs, bit for bit, as before.
+
+``tests/data/stage2_fixture.json`` holds digests of the outputs and correspondences of every mode, in
+rgb and luma, on a tiny library, made with the code before the restructuring
+(``tests/data/make_stage2_fixture.py``). One documented change: ``global`` no longer runs windowed
+matching, so its recorded ``similarity`` is now the descriptor similarity of the recorded
+correspondence (the top set member at the same pixel) instead of a windowed best match of another
+member; its outputs and correspondences are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pixelnn.options import SynthesisOptions
+
+from .data.make_stage2_fixture import ARRAYS, build, digest
+
+FIXTURE = json.loads((Path(__file__).parent / "data" / "stage2_fixture.json").read_text())
+
+pytest.importorskip("faiss")
+
+
+def options_of(kw: dict) -> SynthesisOptions:
+    kw = dict(kw)
+    if "sets" in kw:  # the fixture's sets are 0-based ranks (the old OutputSpec); options take 1-based ranks
+        kw["sets"] = [[r + 1 for r in s] for s in kw["sets"]]
+    return SynthesisOptions(**kw)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from pixelnn.pipeline import PixelNNPipeline
+
+    torch.set_num_threads(1)
+    model, x = build(tmp_path_factory.mktemp("fixture"))
+    return PixelNNPipeline.from_model_dir(model, pca_dims=16, device="cpu"), x
+
+
+@pytest.mark.parametrize("case", list(FIXTURE["cases"]))
+def test_outputs_and_correspondences_bit_identical_to_before(tiny, case):
+    pipe, x = tiny
+    want = FIXTURE["cases"][case]
+    result = pipe(x, options_of(FIXTURE["cases_kwargs"][case]))
+    assert [int(i) for i in result.neighbours] == want["neighbours"]
+    differ = [o + 1 for o, (a, b) in enumerate(zip(result.outputs, want["per_output"])) if digest(a) != b]
+    assert not differ, f"outputs {differ} differ from the stored fixture"
+    for name in ARRAYS:
+        if name == "similarity" and case.startswith("global"):
+            continue  # redefined on purpose: see the module docstring and the test below
+        assert digest(getattr(result, name)) == want[name], f"{name} differs from the stored fixture"
+
+
+def test_global_similarity_is_that_of_the_recorded_correspondence(tiny):
+    pipe, x = tiny
+    options = pipe.check_options(mode="global")
+    result = pipe(x, options)
+    stage1 = pipe.stage1(pipe.check_input(x))
+    nb = pipe.retrieve(stage1, options)
+    d = pipe.describe(x, stage1, nb, options)
+    for o, spec in enumerate(result.specs):
+        want = (d.query * d.exemplars[spec.ranks[0]]).sum(-1).reshape(32, 32).numpy()
+        np.testing.assert_allclose(result.similarity[o], want, atol=1e-6)
+
+
+def test_resolved_options_reproduce_the_outputs(tiny):
+    pipe, x = tiny
+    for case in ("coherent-rgb", "custom"):
+        first = pipe(x, options_of(FIXTURE["cases_kwargs"][case]))
+        again = pipe(x, SynthesisOptions.from_dict(json.loads(json.dumps(first.options.to_dict()))))
+        assert np.array_equal(first.outputs, again.outputs) and np.array_equal(first.exemplar, again.exemplar)
