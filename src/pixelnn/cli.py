@@ -19,23 +19,108 @@ from pixelnn.errors import PixelNNError
 log = logging.getLogger("pixelnn")
 
 
-class _ComposeChoices(Sequence[str]):
-    """``pixelnn.compose.MODES`` or ``COLORS`` as argparse choices, read when first used: importing
-    :mod:`pixelnn.compose` (torch) when the parser is built would slow every command by ~2 s."""
-
-    def __init__(self, name: str):
-        self.name = name
+class _ModeChoices(Sequence[str]):
+    """The registered composition modes (:func:`pixelnn.modes.mode_names`) as argparse choices, read when
+    first used: importing :mod:`pixelnn.modes` (torch) when the parser is built would slow every command
+    by ~2 s."""
 
     def _values(self) -> Sequence[str]:
-        from pixelnn import compose
+        from pixelnn.modes import mode_names
 
-        return getattr(compose, self.name)
+        return mode_names()
 
     def __getitem__(self, i):  # type: ignore[override]
         return self._values()[i]
 
     def __len__(self) -> int:
         return len(self._values())
+
+
+#: ``--name`` of every synthesis option flag -> the SynthesisOptions field it sets.
+SYNTHESIS_FLAGS = ("top_k", "windows", "sets", "mode", "color", "patch_size", "vote_size", "highpass_sigma",
+                   "chroma_weight", "descriptor", "pca_dims", "num_outputs", "seed", "where", "exemplars", "like")
+
+
+def add_synthesis_options(p: argparse.ArgumentParser) -> None:
+    """The flags of :class:`pixelnn.options.SynthesisOptions` (``synthesize``, ``evaluate``), all defaulting to
+    "not given": ``--options FILE`` supplies the base and the flags given override it."""
+    from pixelnn.options import COLORS, DESCRIPTORS
+
+    g = p.add_argument_group("synthesis options (pixelnn.options.SynthesisOptions; --options FILE first, "
+                             "then these flags)")
+    g.add_argument("--options", default=None, metavar="FILE",
+                   help="synthesis options as JSON: a synthesize manifest.json (reproduces its outputs) or a file "
+                        "written by SynthesisOptions.to_json()")
+    g.add_argument("--mode", choices=_ModeChoices(), default=None, metavar="MODE",
+                   help="composition mode, one of %(choices)s: matched: eq. 3 (default); coherent: eq. 3 with "
+                        "coherent matches (regions copy whole pieces of one exemplar, few seams); global: eq. 2; "
+                        "authors: co-located, similarity-weighted")
+    g.add_argument("--color", choices=COLORS, default=None,
+                   help="copy residuals in RGB or luminance only (default rgb)")
+    g.add_argument("--patch-size", type=int, default=None,
+                   help="coherent mode: side of the patch similarity (odd; default 11)")
+    g.add_argument("--vote-size", type=int, default=None,
+                   help="average each pixel's residual over the matches of its N x N neighbours (odd; default: "
+                        "the mode's, 1 for matched, 3 for coherent)")
+    g.add_argument("--highpass-sigma", type=float, default=None,
+                   help="copy only the residual minus its Gaussian blur of this std in pixels (default 0: all of it)")
+    g.add_argument("--chroma-weight", type=float, default=None,
+                   help="fraction of the exemplar's colour cast copied, 0-1 (default: the mode's, 1 for matched, "
+                        "0.6 for coherent)")
+    g.add_argument("--descriptor", choices=DESCRIPTORS, default=None,
+                   help="pixel descriptor: VGG-16 hypercolumns (default) or the stage-1 network's features")
+    g.add_argument("--pca-dims", type=int, default=None, help="reduce descriptors by PCA (default 64; 0: full)")
+    g.add_argument("--top-k", type=int, default=None, help="global neighbours K (default 11, what the sets need)")
+    g.add_argument("--windows", default=None, help="comma list of window sides or 'whole' (default 1,7,11,whole)")
+    g.add_argument("--sets", default=None, help="comma list of 1-based rank ranges, e.g. 1,2,1-3,1-5 "
+                                                "(default: the authors' 18 sets)")
+    g.add_argument("--num-outputs", type=int, default=None, help="keep a random subset of the outputs (with --seed)")
+    g.add_argument("--seed", type=int, default=None, help="seed of that subset (default 0)")
+    g.add_argument("--where", action="append", metavar="KEY=VALUE", help="only exemplars with this label (repeatable)")
+    g.add_argument("--like", nargs="+", metavar="PHOTO", help="only exemplars that look like these photos")
+    g.add_argument("--exemplars", action="append", metavar="ID,...", help="only these exemplar ids")
+
+
+def synthesis_options(args: argparse.Namespace):
+    """The :class:`~pixelnn.options.SynthesisOptions` of parsed flags: ``--options FILE`` (or the defaults),
+    overridden by the flags given."""
+    from pixelnn.options import SynthesisOptions
+
+    base = SynthesisOptions.load(args.options) if getattr(args, "options", None) else SynthesisOptions()
+    given: dict = {}
+    for name in SYNTHESIS_FLAGS:
+        v = getattr(args, name, None)
+        if v is None:
+            continue
+        if name == "windows":
+            v = [w.strip() for w in v.split(",") if w.strip()]
+        elif name == "sets":
+            v = [_rank_range(r) for r in v.split(",") if r.strip()]
+        elif name == "where":
+            v = _parse_where(v)
+        elif name == "exemplars":
+            v = [e for item in v for e in item.split(",") if e]
+        given[name] = v
+    return base.replace(**given)
+
+
+def _rank_range(text: str) -> tuple[int, ...]:
+    """``"3"`` -> (3,); ``"1-3"`` -> (1, 2, 3) (1-based ranks)."""
+    lo, _, hi = text.strip().partition("-")
+    try:
+        lo_i, hi_i = int(lo), int(hi or lo)
+    except ValueError:
+        raise PixelNNError(f"--sets expects 1-based ranks or ranges like 1-3, got {text!r}") from None
+    if lo_i < 1 or hi_i < lo_i:
+        raise PixelNNError(f"--sets expects 1-based ranks or ranges like 1-3, got {text!r}")
+    return tuple(range(lo_i, hi_i + 1))
+
+
+def add_device_option(p: argparse.ArgumentParser) -> None:
+    """``--device`` (the spellings of :data:`pixelnn.devices.DEVICE_CHOICES`, not imported: it loads torch)."""
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="where models and matching run: auto | cpu | cuda | cuda:N | mps (default auto: CUDA "
+                        "when there, else CPU)")
 
 
 def _add_task_options(p: argparse.ArgumentParser) -> None:
@@ -120,12 +205,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     from pixelnn.library import index_command
 
     print(index_command(args.data_dir, args.model, out=args.out, add=args.add, remove=args.remove,
-                        progress=not args.quiet))
+                        progress=not args.quiet, device=args.device))
     if args.pixel_cache:
         from pixelnn.pipeline import PixelNNPipeline
 
         pipe = PixelNNPipeline.from_model_dir(args.model, library_dir=args.out, descriptor=args.descriptor,
-                                              pca_dims=args.pca_dims)
+                                              pca_dims=args.pca_dims or None, device=args.device)
         added = pipe.fill_pixel_cache(progress=not args.quiet)
         print(f"pixel cache: described {added} exemplars ({pipe.descriptor.name}) -> {pipe.pixel_cache.dir}")
     return 0
@@ -141,41 +226,23 @@ def _parse_where(items: list[str] | None) -> dict[str, list[str]]:
     return where
 
 
+def _library_dir(library: str | None) -> Path | None:
+    """``--library``: another model's folder (its library/ inside) or a library folder itself."""
+    if not library:
+        return None
+    return Path(library) / "library" if (Path(library) / "library").is_dir() else Path(library)
+
+
 def cmd_synthesize(args: argparse.Namespace) -> int:
-    from pixelnn.pipeline import PixelNNPipeline, load_image_file, save_result
+    from pixelnn.synthesize import synthesize_files
 
-    library_dir = None
-    if args.library:  # another model's folder (its library/ inside) or a library folder itself
-        library_dir = Path(args.library) / "library" if (Path(args.library) / "library").is_dir() else Path(args.library)
-    pipe = PixelNNPipeline.from_model_dir(args.model, library_dir=library_dir, descriptor=args.descriptor,
-                                          pca_dims=None if args.pca_dims == 0 else args.pca_dims,
-                                          pixel_cache=not args.no_pixel_cache)
-    where = _parse_where(args.where)
-    exemplars = [e for item in args.exemplars or [] for e in item.split(",") if e]
-    like = [load_image_file(p, pipe.task.size, fit=args.fit) for p in args.like or []]
-    specs = None
-    if args.windows or args.sets:
-        from pixelnn.matching import default_exemplar_sets, default_output_specs
-
-        windows = [None if w == "whole" else int(w) for w in (args.windows or "1,7,11,whole").split(",")]
-        sets = [tuple(int(r) - 1 for r in s.split("-")) for s in args.sets.split(",")] if args.sets else \
-            default_exemplar_sets()
-        specs = default_output_specs(sets, windows)
-    for path in args.inputs:
-        if args.from_photo:
-            photo = load_image_file(path, pipe.task.size, fit=args.fit)
-            x = pipe.input_from_photo(photo)
-        else:
-            photo = None
-            x = load_image_file(path, None, expect=pipe.regressor.config)
-        result = pipe(x, specs=specs, top_k=args.top_k, mode=args.mode, color=args.color, patch_size=args.patch_size,
-                      vote_size=args.vote_size, highpass_sigma=args.highpass_sigma, chroma_weight=args.chroma_weight,
-                      where=where or None, exemplars=exemplars or None, like=like or None,
-                      num_outputs=args.num_outputs, seed=args.seed)
-        out = save_result(result, Path(args.out) / Path(path).stem, pipe.library, photo=photo)
-        t = result.timings
-        print(f"{path}: {len(result.outputs)} outputs in {t['total']:.2f} s -> {out}")
-    return 0
+    options = synthesis_options(args)
+    done = synthesize_files(args.inputs, args.model, args.out, options, library_dir=_library_dir(args.library),
+                            from_photo=args.from_photo, fit=args.fit, batch_size=args.batch_size,
+                            overwrite=args.overwrite, pixel_cache=not args.no_pixel_cache, device=args.device,
+                            progress=not args.quiet)
+    print(done.summary())
+    return 2 if done.failed else 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -286,44 +353,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--descriptor", choices=("hypercolumn", "regressor"), default="hypercolumn",
                    help="pixel descriptor to cache (with --pixel-cache)")
     p.add_argument("--pca-dims", type=int, default=64, help="its PCA dims (with --pixel-cache)")
+    add_device_option(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("synthesize", help="many outputs with per-pixel correspondences for each input")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="input images (or photos with --from-photo)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="input images (or photos with --from-photo): files, folders of images, or globs")
     p.add_argument("--model", required=True, help="model folder (with its library)")
     p.add_argument("--out", required=True, help="results folder; one subfolder per input")
     p.add_argument("--from-photo", action="store_true", help="derive each input from a photo with the model's task")
-    p.add_argument("--mode", choices=_ComposeChoices("MODES"), default="matched", metavar="MODE",
-                   help="composition mode, one of %(choices)s: matched: eq. 3 (default); coherent: eq. 3 with "
-                        "coherent matches (regions copy whole pieces of one exemplar, few seams); global: eq. 2; "
-                        "authors: co-located, similarity-weighted")
-    p.add_argument("--color", choices=_ComposeChoices("COLORS"), default="rgb", metavar="COLOR",
-                   help="copy residuals in RGB or luminance only: %(choices)s (default %(default)s)")
-    p.add_argument("--patch-size", type=int, default=11,
-                   help="coherent mode: side of the patch similarity (odd; default 11)")
-    p.add_argument("--vote-size", type=int, default=None,
-                   help="average each pixel's residual over the matches of its N x N neighbours (odd; default: "
-                        "the mode's, 1 for matched, 3 for coherent)")
-    p.add_argument("--highpass-sigma", type=float, default=None,
-                   help="copy only the residual minus its Gaussian blur of this std in pixels (default 0: all of it)")
-    p.add_argument("--chroma-weight", type=float, default=None,
-                   help="fraction of the exemplar's colour cast copied, 0-1 (default: the mode's, 1 for matched, "
-                        "0.6 for coherent)")
-    p.add_argument("--descriptor", choices=("hypercolumn", "regressor"), default="hypercolumn",
-                   help="pixel descriptor: VGG-16 hypercolumns (default) or the stage-1 network's features")
-    p.add_argument("--pca-dims", type=int, default=64, help="reduce descriptors by PCA (0: full descriptor)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="inputs per batch: stage 1, global descriptors and VGG passes run on a batch at once "
+                        "(default 8)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo inputs whose output folder is already complete (default: skip them, so an "
+                        "interrupted run resumes)")
     p.add_argument("--no-pixel-cache", action="store_true",
                    help="do not read or store exemplar pixel descriptors in LIB_DIR/pixel_cache")
-    p.add_argument("--top-k", type=int, default=11, help="global neighbours K (the default sets need 11)")
-    p.add_argument("--windows", default=None, help="comma list of window sides or 'whole' (default 1,7,11,whole)")
-    p.add_argument("--sets", default=None, help="comma list of 1-based rank ranges, e.g. 1,2,1-3,1-5")
-    p.add_argument("--num-outputs", type=int, default=None, help="keep a random subset of the outputs (with --seed)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--where", action="append", metavar="KEY=VALUE", help="only exemplars with this label (repeatable)")
-    p.add_argument("--like", nargs="+", metavar="PHOTO", help="only exemplars that look like these photos")
-    p.add_argument("--exemplars", action="append", metavar="ID,...", help="only these exemplar ids")
     p.add_argument("--library", default=None, metavar="LIB_DIR", help="borrow another library's exemplars")
     p.add_argument("--fit", choices=("pad", "crop"), default="pad", help="how photos are fitted to the square")
+    add_device_option(p)
+    add_synthesis_options(p)
     p.set_defaults(func=cmd_synthesize)
 
     p = sub.add_parser("evaluate", help="fidelity, faithfulness, diversity, FID/KID and spectra on a dataset split")
@@ -334,10 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-inputs", type=int, default=100, help="inputs evaluated (seeded random subset; default 100)")
     p.add_argument("--num-outputs", type=int, default=72, help="outputs per input for each method (default 72)")
     p.add_argument("--pix2pix", default=None, metavar="P2P_DIR", help="also evaluate this pix2pix baseline")
-    p.add_argument("--mode", choices=_ComposeChoices("MODES"), default="matched", metavar="MODE",
+    p.add_argument("--mode", choices=_ModeChoices(), default="matched", metavar="MODE",
                    help="composition mode of the PixelNN outputs, as in `pixelnn synthesize`: %(choices)s "
                         "(default %(default)s, eq. 3)")
-    p.add_argument("--color", choices=_ComposeChoices("COLORS"), default="rgb", metavar="COLOR",
+    p.add_argument("--color", choices=("rgb", "luma"), default="rgb", metavar="COLOR",
                    help="copy residuals in RGB or luminance only: %(choices)s (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fid-outputs-per-input", type=int, default=8,

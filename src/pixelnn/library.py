@@ -232,7 +232,7 @@ class ExemplarLibrary:
     @classmethod
     def build(cls, out_dir: str | Path | None, model_dir: str | Path, data_dirs: list[str | Path],
               split: str = "train", progress: bool = True, overwrite: bool = False, batch_size: int = 64,
-              id_prefix: str | None = None) -> "ExemplarLibrary":
+              id_prefix: str | None = None, device: Any = "cpu") -> "ExemplarLibrary":
         """Build a library from the ``split`` pairs of prepared datasets, with a trained stage-1 model.
 
         Parameters
@@ -253,6 +253,8 @@ class ExemplarLibrary:
             Images per forward pass of the regressor and of AlexNet.
         id_prefix : str, optional
             Prepended to every record id (to keep datasets with clashing ids apart).
+        device : str or torch.device
+            Where the regressor and AlexNet run (``auto``, ``cpu``, ``cuda[:N]``, ``mps``).
         """
         model_dir = Path(model_dir)
         out_dir = Path(out_dir) if out_dir is not None else model_dir / DEFAULT_DIRNAME
@@ -280,18 +282,21 @@ class ExemplarLibrary:
             (tmp / SHARDS).mkdir()
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             lib = cls(tmp)
-            model = lib.load_model()
+            model = lib.load_model(device)
             for ds in datasets:
                 lib._add_dataset(ds, split, model, progress=progress, batch_size=batch_size, id_prefix=id_prefix)
         log.info("built %s: %d exemplars", out_dir, len(lib))
         return cls(out_dir)
 
-    def load_model(self):
-        """The library's copy of the stage-1 regressor (:class:`pixelnn.models.regressor.Regressor`), in eval mode."""
-        return _load_regressor(self.root / self.manifest["model"].get("weights", WEIGHTS))
+    def load_model(self, device: Any = "cpu"):
+        """The library's copy of the stage-1 regressor (:class:`pixelnn.models.regressor.Regressor`), in eval mode,
+        on ``device``."""
+        from pixelnn.devices import resolve_device
+
+        return _load_regressor(self.root / self.manifest["model"].get("weights", WEIGHTS)).to(resolve_device(device))
 
     def add(self, data_dir: str | Path, split: str = "train", progress: bool = True, batch_size: int = 64,
-            id_prefix: str | None = None) -> AddResult:
+            id_prefix: str | None = None, device: Any = "cpu") -> AddResult:
         """Add the ``split`` pairs of another prepared dataset, as one new shard.
 
         Pairs whose id is already in the library (or repeated in the dataset) are skipped and
@@ -305,7 +310,7 @@ class ExemplarLibrary:
         """
         ds = Dataset(data_dir)
         _check_task(self.task, ds.task, f"dataset {ds.root}")
-        return self._add_dataset(ds, split, self.load_model(), progress=progress, batch_size=batch_size,
+        return self._add_dataset(ds, split, self.load_model(device), progress=progress, batch_size=batch_size,
                                  id_prefix=id_prefix)
 
     def _add_dataset(self, ds: Dataset, split: str, model, progress: bool, batch_size: int,
@@ -358,7 +363,8 @@ class ExemplarLibrary:
                     stage1 = predict(model, inputs, batch_size)  # (B, S, S, 3) uint8
                     out["photos"][i:i + len(photos)] = photos
                     out["stage1"][i:i + len(photos)] = stage1
-                    out["global"][i:i + len(photos)] = global_descriptors(stage1, batch_size)
+                    out["global"][i:i + len(photos)] = global_descriptors(stage1, batch_size,
+                                                                          device=next(model.parameters()).device)
                     out["inputs"][i:i + len(photos)] = inputs
                     bar.update(len(photos))
             for a in _ARRAYS:
@@ -621,7 +627,7 @@ class ExemplarLibrary:
 
 def index_command(data_dir: str | Path, model_dir: str | Path, out: str | Path | None = None,
                   add: list[str | Path] | None = None, remove: list[str] | None = None, progress: bool = True,
-                  overwrite: bool = False, split: str = "train") -> str:
+                  overwrite: bool = False, split: str = "train", device: Any = "auto") -> str:
     """``pixelnn index DATA_DIR --model MODEL_DIR [--out LIB_DIR] [--add DATA_DIR2 ...] [--remove ID ...]``.
 
     CLI semantics:
@@ -649,7 +655,8 @@ def index_command(data_dir: str | Path, model_dir: str | Path, out: str | Path |
         if lib_dir.exists() and not overwrite:
             raise PixelNNError(f"{lib_dir} exists but is not a PixelNN library (no {MANIFEST}); choose another "
                                f"--out or pass --overwrite")
-        lib = ExemplarLibrary.build(lib_dir, model_dir, datasets, split=split, progress=progress, overwrite=overwrite)
+        lib = ExemplarLibrary.build(lib_dir, model_dir, datasets, split=split, progress=progress, overwrite=overwrite,
+                                    device=device)
         lines.append(f"built {lib_dir} from {len(datasets)} dataset(s) with the model {model_dir}")
     else:
         lib = ExemplarLibrary.open(lib_dir)
@@ -662,7 +669,7 @@ def index_command(data_dir: str | Path, model_dir: str | Path, out: str | Path |
             log.warning("%s has changed since %s was built; new pairs use the library's copy of the old weights "
                         "(rebuild with --overwrite to use the new ones)", weights, lib_dir)
         for d in datasets:
-            r = lib.add(d, split=split, progress=progress)
+            r = lib.add(d, split=split, progress=progress, device=device)
             lines.append(f"added {r.added} exemplars from {d} ({r.skipped} already present)")
     if remove:
         lines.append(f"removed {lib.remove(remove)} exemplars")
