@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.coherence import seam_rate
 from pixelnn.matching import (OutputSpec, box_mean, coherent_matches, match_windows, offset_similarities,
+                              window_similarities,
                               select_sets)
 
 
@@ -50,8 +51,8 @@ def _shifted_scene(h, w, d, shift, noise, seed):
 
 def _run(q, ex, h, w, specs, windows, **kw):
     outer = max(s for s in windows if s is not None)
-    sims = torch.empty(ex.shape[0], h * w, outer * outer)
-    best_sim, best_pos = match_windows(q, ex, h, w, windows, window_sims=sims)
+    sims = window_similarities(q, ex, h, w, outer)
+    best_sim, best_pos = match_windows(q, ex, h, w, windows)
     pixel = select_sets(best_sim, best_pos, specs, windows)
     return pixel, coherent_matches(q, ex, h, w, specs, windows, sims, **kw)
 
@@ -128,8 +129,7 @@ def test_smoothing_never_lowers_the_objective_and_removes_seams():
 
 def test_invalid_options_are_refused():
     q, ex = unit(torch.randn(16, 4)), unit(torch.randn(1, 16, 4))
-    sims = torch.empty(1, 16, 9)
-    _, best_pos = match_windows(q, ex, 4, 4, (1, 3), window_sims=sims)
+    sims = window_similarities(q, ex, 4, 4, 3)
     specs = [OutputSpec((0,), 3)]
     with pytest.raises(PixelNNError, match="patch"):
         coherent_matches(q, ex, 4, 4, specs, (1, 3), sims, patch=4)

@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from pixelnn.compose import compose, highpass, recompose, vote_residuals
+from pixelnn.compose import compose_authors, compose_copied, compose_global, highpass, recompose, vote_residuals
 from pixelnn.errors import PixelNNError
+from pixelnn.modes import get_mode
+from pixelnn.store import ArrayStore
 from pixelnn.matching import (OutputSpec, coherent_matches, default_exemplar_sets, default_output_specs, match_windows,
+                              window_similarities,
                               match_windows_naive, nested_offsets, select_sets, window_indices)
 
 
@@ -96,10 +99,10 @@ def test_identical_query_reproduces_exemplar():
     specs = [OutputSpec((0,), 1)]
     rank, pos, _ = select_sets(sim, pos, specs, (1,))
     assert torch.equal(pos[0], torch.arange(size * size))
-    out = compose(stage1[0], photo, stage1, rank, pos, specs, mode="matched", color="rgb")
+    out = compose_copied(stage1[0], photo, stage1, rank, pos, color="rgb")
     assert np.array_equal(out[0], photo[0])
     # luma mode copies luminance only: the output keeps f(x)'s colour, so it is not the photo
-    luma = compose(stage1[0], photo, stage1, rank, pos, specs, mode="matched", color="luma")
+    luma = compose_copied(stage1[0], photo, stage1, rank, pos, color="luma")
     y = lambda im: im.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)  # noqa: E731
     assert np.abs(y(luma[0]) - y(photo[0])).mean() < np.abs(y(stage1[0]) - y(photo[0])).mean() / 3
 
@@ -116,17 +119,17 @@ def test_recompose_from_correspondences_is_exact(color, mode, vote, highpass_sig
     neighbours = np.array([7, 3, 12, 0])
     query_stage1 = _random_images(1, size, 4)[0]
     specs = default_output_specs(sets=[(0,), (1, 2), (0, 1, 2, 3)], windows=(1, 3, None))
-    win_sims = torch.empty(k, size * size, 9)
-    sim, pos = match_windows(q, e, size, size, (1, 3, None), window_sims=win_sims)
+    win_sims = window_similarities(q, e, size, size, 3)
+    sim, pos = match_windows(q, e, size, size, (1, 3, None))
     if mode == "coherent":
         rank, pos, _ = coherent_matches(q, e, size, size, specs, (1, 3, None), win_sims, patch=3)
     else:
         rank, pos, _ = select_sets(sim, pos, specs, (1, 3, None))
-    outs = compose(query_stage1, lib_photos[neighbours], lib_stage1[neighbours], rank, pos, specs, color=color,
-                   mode=mode, vote=vote, highpass_sigma=highpass_sigma, chroma_weight=chroma_weight)
+    outs = compose_copied(query_stage1, lib_photos[neighbours], lib_stage1[neighbours], rank, pos, color=color,
+                          vote=vote, highpass_sigma=highpass_sigma, chroma_weight=chroma_weight)
     exemplar = neighbours[rank.numpy()].reshape(-1, size, size)
     sy, sx = np.divmod(pos.numpy().reshape(-1, size, size), size)
-    again = recompose(query_stage1, lib_photos, lib_stage1, exemplar, sy, sx, color=color, vote=vote,
+    again = recompose(query_stage1, ArrayStore(lib_photos, lib_stage1), exemplar, sy, sx, color=color, vote=vote,
                       highpass_sigma=highpass_sigma, chroma_weight=chroma_weight)
     assert np.array_equal(outs, again)
 
@@ -158,14 +161,14 @@ def test_chroma_weight_moves_colour_part_of_the_way():
     rank = torch.zeros(1, size * size, dtype=torch.int64)
     pos = torch.arange(size * size)[None]
     specs = [OutputSpec((0,), 1)]
-    full = compose(stage1[0], photo, stage1, rank, pos, specs).astype(int)
-    half = compose(stage1[0], photo, stage1, rank, pos, specs, chroma_weight=0.5).astype(int)
-    none = compose(stage1[0], photo, stage1, rank, pos, specs, color="luma").astype(int)
+    full = compose_copied(stage1[0], photo, stage1, rank, pos).astype(int)
+    half = compose_copied(stage1[0], photo, stage1, rank, pos, chroma_weight=0.5).astype(int)
+    none = compose_copied(stage1[0], photo, stage1, rank, pos, color="luma").astype(int)
     assert np.array_equal(full[0], photo[0])
     redness = [int(o[0, 0, 0, 0] - o[0, 0, 0, 1]) for o in (none, half, full)]
     assert redness[0] < redness[1] < redness[2] and abs(redness[1] - (redness[0] + redness[2]) / 2) <= 2
     with pytest.raises(PixelNNError, match="chroma_weight"):
-        compose(stage1[0], photo, stage1, rank, pos, specs, chroma_weight=1.5)
+        compose_copied(stage1[0], photo, stage1, rank, pos, chroma_weight=1.5)
 
 
 def test_highpass_removes_a_constant_colour_offset_and_keeps_fine_detail():
@@ -184,13 +187,12 @@ def test_global_and_authors_modes():
     photos, stage1s = _random_images(2, size, 5), _random_images(2, size, 6)
     query = _random_images(1, size, 7)[0]
     specs = [OutputSpec((0,), None), OutputSpec((0, 1), None)]
-    dummy = torch.zeros(2, size * size, dtype=torch.int64)
-    out = compose(query, photos, stage1s, dummy, dummy, specs, mode="global")
+    out = compose_global(query, photos, stage1s, specs)
     expected = np.clip(np.round(query.astype(np.float32) + photos[0] - stage1s[0]), 0, 255)
     assert np.array_equal(out[0], expected.astype(np.uint8))  # eq. 2
     best_sim = torch.stack([torch.full((1, size * size), 1.0), torch.full((1, size * size), 0.0)])  # (K, W, P)
-    out = compose(query, photos, stage1s, dummy, dummy, specs, mode="authors", best_sim=best_sim, windows=(None,))
+    out = compose_authors(query, photos, stage1s, specs, best_sim, (None,))
     # exemplar 1 has weight 0: the set's output equals exemplar 0's co-located residual
     assert np.array_equal(out[1], expected.astype(np.uint8))
     with pytest.raises(PixelNNError, match="valid: matched, coherent, global, authors"):
-        compose(query, photos, stage1s, dummy, dummy, specs, mode="nope")
+        get_mode("nope")

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from pixelnn.cli import main
-from pixelnn.compose import MODE_DEFAULTS, recompose
+from pixelnn.compose import recompose
 from pixelnn.data.dataset import Dataset
 from pixelnn.errors import PixelNNError
 from pixelnn.library import ExemplarLibrary
-from pixelnn.matching import OutputSpec, default_output_specs
+from pixelnn.modes import get_mode
+from pixelnn.options import SynthesisOptions
 from pixelnn.pipeline import PixelNNPipeline, save_result
 
 from .conftest import make_dataset, make_tiny_model_dir
@@ -44,7 +45,7 @@ def test_72_outputs_with_consistent_provenance(setup):
         assert set(np.unique(result.exemplar[o]).tolist()) <= members
     # the saved correspondences re-compose every output exactly from the library
     lib = pipe.library
-    again = recompose(result.stage1, lib.photos, lib.stage1, result.exemplar, result.source_y, result.source_x)
+    again = recompose(result.stage1, lib, result.exemplar, result.source_y, result.source_x)
     assert np.array_equal(again, result.outputs)
     # same-pixel windows copy from the same position
     same = [o for o, s in enumerate(result.specs) if s.window == 1]
@@ -59,8 +60,8 @@ def test_coherent_mode_has_fewer_seams_and_stays_explainable(setup, tmp_path):
     x = np.asarray(Dataset(data).split("val").inputs[1])
     plain = pipe(x, top_k=11)
     result = pipe(x, top_k=11, mode="coherent", patch_size=5)
-    defaults = MODE_DEFAULTS["coherent"]
-    assert (result.vote_size, result.highpass_sigma, result.chroma_weight, result.patch_size) == \
+    defaults, opts = get_mode("coherent").defaults, result.options
+    assert (opts.vote_size, opts.highpass_sigma, opts.chroma_weight, opts.patch_size) == \
         (defaults["vote_size"], defaults["highpass_sigma"], defaults["chroma_weight"], 5)
     for o, spec in enumerate(result.specs):  # still only the set's members, inside the window
         assert set(np.unique(result.exemplar[o]).tolist()) <= set(result.neighbours[list(spec.ranks)].tolist())
@@ -72,11 +73,11 @@ def test_coherent_mode_has_fewer_seams_and_stays_explainable(setup, tmp_path):
     assert seams < 0.75 * seam_rate(plain.exemplar, plain.source_y, plain.source_x).mean()
     # every output is rebuilt from the correspondences, the library and the recorded options
     lib = pipe.library
-    again = recompose(result.stage1, lib.photos, lib.stage1, result.exemplar, result.source_y, result.source_x,
-                      vote=result.vote_size, highpass_sigma=result.highpass_sigma, chroma_weight=result.chroma_weight)
+    again = recompose(result.stage1, lib, result.exemplar, result.source_y, result.source_x,
+                      vote=opts.vote_size, highpass_sigma=opts.highpass_sigma, chroma_weight=opts.chroma_weight)
     assert np.array_equal(again, result.outputs)
     manifest = json.loads((save_result(result, tmp_path / "out", lib) / "manifest.json").read_text())
-    assert manifest["mode"] == "coherent" and manifest["chroma_weight"] == result.chroma_weight
+    assert manifest["options"]["mode"] == "coherent" and manifest["options"]["chroma_weight"] == opts.chroma_weight
     with pytest.raises(PixelNNError, match="patch_size"):
         pipe(x, mode="coherent", patch_size=4)
 
@@ -85,7 +86,7 @@ def test_query_equal_to_exemplar_reproduces_it(setup):
     root, model, data, pipe = setup
     train = Dataset(data).split("train")
     x = np.asarray(train.inputs[5])
-    result = pipe(x, specs=[OutputSpec((0,), 1)], top_k=1)
+    result = pipe(x, sets=[[1]], windows=[1], top_k=1)
     assert result.neighbour_ids == [train.records[5]["id"]]
     assert np.array_equal(result.outputs[0], np.asarray(train.photos[5]))
 
@@ -97,14 +98,14 @@ def test_filters_never_let_excluded_exemplars_in(setup):
     allowed = set(lib.select(where={"kind": ["blob"]}).tolist())
     result = pipe(x, where={"kind": ["blob"]}, top_k=11)
     assert set(np.unique(result.exemplar).tolist()) <= allowed
-    assert all(lib.records[p]["labels"]["kind"] == "blob" for p in result.neighbours)
+    assert all(r["labels"]["kind"] == "blob" for r in lib.records_of(result.neighbours))
     ids = [lib.ids[0], lib.ids[3], lib.ids[4]]
     result = pipe(x, exemplars=ids, top_k=11)  # fewer than K: outputs needing more are dropped
     assert set(result.neighbour_ids) == set(ids)
     assert all(max(s.ranks) < 3 for s in result.specs) and len(result.specs) == 4 * 4  # 3 singles + (1,2,3)
     like = [np.asarray(Dataset(data).split("train").photos[2])]
-    result = pipe(x, like=like, top_k=3)
-    near = set(pipe.allowed_positions(like=like).tolist())
+    result = pipe(x, like_photos=like, top_k=3)
+    near = set(pipe.allowed_positions(SynthesisOptions(), like_photos=like).tolist())
     assert set(np.unique(result.exemplar).tolist()) <= near
     with pytest.raises(PixelNNError, match="kind"):
         pipe(x, where={"kind": ["nonexistent"]})
@@ -116,8 +117,8 @@ def test_filters_never_let_excluded_exemplars_in(setup):
 def test_modes_run(setup, mode, color):
     root, model, data, pipe = setup
     x = np.asarray(Dataset(data).split("val").inputs[2])
-    result = pipe(x, mode=mode, color=color, specs=default_output_specs(sets=[(0,), (0, 1, 2)], windows=(1, None)))
-    assert result.outputs.shape == (4, 32, 32, 3) and result.mode == mode
+    result = pipe(x, mode=mode, color=color, sets=[(1,), (1, 2, 3)], windows=(1, None))
+    assert result.outputs.shape == (4, 32, 32, 3) and result.options.mode == mode
 
 
 def test_regressor_descriptor(setup):

@@ -167,18 +167,20 @@ def test_build_open_round_trip(lib, model_dir, data_a):
     train = Dataset(data_a).split("train")
     again = ExemplarLibrary.open(lib.root)
     assert len(again) == len(lib) == 20
-    assert again.ids == [r["id"] for r in train.records]
-    np.testing.assert_array_equal(again.photos, train.photos)
+    assert list(again.ids) == [r["id"] for r in train.records]
+    everything = np.arange(len(again))
+    np.testing.assert_array_equal(again.take("photos", everything), train.photos)
     model = Regressor.load(model_dir / "regressor.safetensors")
-    np.testing.assert_array_equal(again.stage1, predict(model, np.asarray(train.inputs)))
-    np.testing.assert_allclose(again.global_desc, global_descriptors(again.stage1), atol=1e-5)
+    np.testing.assert_array_equal(again.take("stage1", everything), predict(model, np.asarray(train.inputs)))
+    np.testing.assert_allclose(again.take("global", everything), global_descriptors(again.take("stage1", everything)),
+                               atol=1e-5)
     rec = again.records[3]
     assert rec["labels"] == train.records[3]["labels"] and rec["dataset"] == str(data_a.resolve())
     manifest = json.loads((lib.root / MANIFEST).read_text())
     assert manifest["format"] == "pixelnn-library" and manifest["version"] == 1 and manifest["count"] == 20
     assert manifest["descriptor"]["dim"] == 256 and manifest["task"]["size"] == 32
     assert again.model_dir == model_dir.resolve()
-    d, i = again.search(again.global_desc[[4, 9]], 3)
+    d, i = again.search(again.take("global", [4, 9]), 3)
     assert list(i[:, 0]) == [4, 9] and d[:, 0] == pytest.approx(1.0, abs=1e-5)
     assert again.position("a007") == 7
     with pytest.raises(PixelNNError, match="unknown exemplar id"):
@@ -188,13 +190,13 @@ def test_build_open_round_trip(lib, model_dir, data_a):
 
 
 def test_add_and_remove_change_len_and_search(lib, data_a, data_b):
-    query = lib.global_desc[[2]].copy()
+    query = lib.take("global", [2])
     r = lib.add(data_b, progress=False)
     assert (r.added, r.skipped) == (12, 0) and len(lib) == 32
-    assert lib.ids[20:] == [f"b{i:03d}" for i in range(12)]
+    assert list(lib.ids[20:]) == [f"b{i:03d}" for i in range(12)]
     assert lib.add(data_a, progress=False)[1:] == (0, 20)  # already present: skipped
     assert len(ExemplarLibrary.open(lib.root)) == 32
-    q_b = lib.global_desc[[25]].copy()
+    q_b = lib.take("global", [25])
     assert lib.search(q_b, 1)[1][0, 0] == 25
 
     gone = ["a002", "b005", "a010"]
@@ -210,10 +212,10 @@ def test_add_and_remove_change_len_and_search(lib, data_a, data_b):
     assert len(lib) == 29  # nothing removed
     # a removed id can come back, compaction keeps positions
     assert lib.add(data_a, progress=False)[1:] == (2, 18)
-    ids, photos = lib.ids, np.array(lib.photos)
+    ids, photos = lib.ids, lib.take("photos", np.arange(len(lib)))
     assert lib.compact() == 3
     again = ExemplarLibrary.open(lib.root)
-    assert again.ids == ids and np.array_equal(again.photos, photos)
+    assert again.ids == ids and np.array_equal(again.take("photos", np.arange(len(again))), photos)
     assert sorted(p.name for p in (lib.root / SHARDS).iterdir()) == sorted(e["name"] for e in again.manifest["shards"])
 
 
@@ -231,9 +233,9 @@ def test_select(lib):
     index = lib.labels_index()
     assert set(index) == {"kind", "shade"} and sum(index["kind"].values()) == 20
     blob = lib.select({"kind": ["blob"]})
-    assert len(blob) == 10 and all(lib.records[p]["labels"]["kind"] == "blob" for p in blob)
+    assert len(blob) == 10 and all(r["labels"]["kind"] == "blob" for r in lib.records_of(blob))
     both = lib.select({"kind": "blob", "shade": ["red", "green"]})
-    assert all(lib.records[p]["labels"]["shade"] in ("red", "green") for p in both)
+    assert all(r["labels"]["shade"] in ("red", "green") for r in lib.records_of(both))
     assert set(both) < set(blob)
     assert list(lib.select(ids=["a004", "a001"])) == [1, 4]
     assert list(lib.select({"kind": ["blob"]}, ids=["a004", "a001"])) == [1]
@@ -244,7 +246,7 @@ def test_select(lib):
         lib.select({"kind": ["cloud"]})
     with pytest.raises(PixelNNError, match="unknown exemplar id"):
         lib.select(ids=["x"])
-    _, i = lib.search(lib.global_desc, 20, allowed=blob)
+    _, i = lib.search(lib.take("global", np.arange(len(lib))), 20, allowed=blob)
     assert set(i[i >= 0].tolist()) == set(blob.tolist()) and (i[:, 10:] == -1).all()
 
 
@@ -273,7 +275,7 @@ def test_crash_during_add_keeps_old_library(lib, data_b, monkeypatch):
     import pixelnn.library as library
 
     before = ExemplarLibrary.open(lib.root)
-    ids, desc = before.ids, np.array(before.global_desc)
+    ids, desc = before.ids, before.take("global", np.arange(len(before)))
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash")
@@ -284,7 +286,7 @@ def test_crash_during_add_keeps_old_library(lib, data_b, monkeypatch):
         lib.add(data_b, progress=False)
     monkeypatch.undo()
     after = ExemplarLibrary.open(lib.root)
-    assert after.ids == ids and np.array_equal(after.global_desc, desc)
+    assert after.ids == ids and np.array_equal(after.take("global", np.arange(len(after))), desc)
 
     # 2. after the shard is in place, before the manifest is replaced
     monkeypatch.setattr(library, "write_json", boom)
@@ -292,7 +294,7 @@ def test_crash_during_add_keeps_old_library(lib, data_b, monkeypatch):
         lib.add(data_b, progress=False)
     monkeypatch.undo()
     after = ExemplarLibrary.open(lib.root)
-    assert after.ids == ids and np.array_equal(after.global_desc, desc)
+    assert after.ids == ids and np.array_equal(after.take("global", np.arange(len(after))), desc)
     assert len(after.search(desc[:1], 5)[1][0]) == 5
 
     # the next add works and clears the orphan shard

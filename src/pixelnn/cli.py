@@ -241,7 +241,10 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
                             from_photo=args.from_photo, fit=args.fit, batch_size=args.batch_size,
                             overwrite=args.overwrite, pixel_cache=not args.no_pixel_cache, device=args.device,
                             progress=not args.quiet)
-    print(done.summary())
+    for path, why in done.failed:  # one line each; the others were synthesized
+        print(f"pixelnn synthesize: error: {why}", file=sys.stderr)
+    if done.done or done.skipped or not done.failed:
+        print(done.summary())
     return 2 if done.failed else 0
 
 

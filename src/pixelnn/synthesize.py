@@ -72,10 +72,9 @@ class SynthesizeReport:
 
     def summary(self) -> str:
         rate = len(self.done) / self.seconds if self.seconds > 0 else 0.0
-        lines = [f"{self.outputs_per_input} outputs for each of {len(self.done)} inputs in {self.seconds:.1f} s "
-                 f"({rate:.2f} inputs/s); {len(self.skipped)} already complete -> {self.out_dir}"]
-        lines += [f"failed: {p}: {why}" for p, why in self.failed]
-        return "\n".join(lines)
+        return (f"{self.outputs_per_input} outputs for each of {len(self.done)} inputs in {self.seconds:.1f} s "
+                f"({rate:.2f} inputs/s); {len(self.skipped)} already complete"
+                + (f"; {len(self.failed)} failed" if self.failed else "") + f" -> {self.out_dir}")
 
 
 def synthesize_files(inputs: Sequence[str | Path], model_dir: str | Path, out_dir: str | Path,
@@ -150,7 +149,7 @@ def synthesize_files(inputs: Sequence[str | Path], model_dir: str | Path, out_di
                     xs.append(pipe.check_input(x))
                 except PixelNNError as e:
                     report.failed.append((p, str(e)))
-                    log.warning("skipping %s: %s", p, e)
+                    log.debug("skipping %s: %s", p, e)
                     bar.update(1)
                     continue
                 batch.append(p)
