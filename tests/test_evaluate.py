@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from pixelnn.cli import main
-from pixelnn.compose import COLORS, MODES
 from pixelnn.errors import PixelNNError
-from pixelnn.evaluation.evaluate import EvalSettings, evaluate, select_inputs
+from pixelnn.evaluate import EvalSettings, evaluate, select_inputs
 from pixelnn.library import ExemplarLibrary
+from pixelnn.modes import mode_names
+from pixelnn.options import COLORS, SynthesisOptions
 from pixelnn.pipeline import PixelNNPipeline
 
 from .conftest import make_dataset, make_tiny_model_dir
@@ -72,7 +73,11 @@ def test_evaluate_writes_every_number(setup):
     assert metrics["methods"]["stage1"]["rand1_lpips"] == metrics["methods"]["stage1"]["oracle_lpips"]
     assert "diversity_lpips" not in metrics["methods"]["stage1"]
     # coherence: PixelNN only, with the composition recorded (the pipeline's defaults)
-    assert metrics["settings"]["mode"] == "matched" and metrics["settings"]["color"] == "rgb"
+    opts = metrics["settings"]["options"]
+    assert opts["mode"] == "matched" and opts["color"] == "rgb"
+    # the pipeline's resolved options (mode defaults, descriptor) with the evaluation's outputs per input and seed
+    assert opts == pipe.check_options(num_outputs=12, seed=0).to_dict()
+    assert "mode" not in metrics["settings"] and "top_k" not in metrics["settings"]
     assert "seam_rate" in metrics["protocol"] and "'matched'" in metrics["protocol"]["seam_rate"]
     assert 0 <= metrics["methods"]["pixelnn"]["seam_rate"] <= 1
     assert metrics["methods"]["pix2pix"]["seam_rate"] is None and metrics["methods"]["stage1"]["seam_rate"] is None
@@ -115,9 +120,10 @@ def test_seam_rate_of_the_global_mode_is_zero(setup, tmp_path):
     no pair of neighbours breaks that copy, so the seam rate is exactly 0 (by construction)."""
     root, model, data, pipe, metrics, fake = setup
     settings = EvalSettings(split="val", num_inputs=2, num_outputs=4, fid_outputs_per_input=1, num_examples=0,
-                            diversity_outputs=4, kid_subsets=2, mode="global", color="luma")
+                            diversity_outputs=4, kid_subsets=2, options=SynthesisOptions(mode="global", color="luma"))
     glob = evaluate(model, tmp_path / "global", settings, data_dir=data, pipeline=pipe, progress=False)
-    assert glob["settings"]["mode"] == "global" and glob["settings"]["color"] == "luma"
+    assert glob["settings"]["options"]["mode"] == "global" and glob["settings"]["options"]["color"] == "luma"
+    assert "'global'" in glob["protocol"]["seam_rate"]
     assert glob["methods"]["pixelnn"]["seam_rate"] == 0.0 and glob["methods"]["stage1"]["seam_rate"] is None
     rows = [json.loads(line) for line in (tmp_path / "global" / "per_input.jsonl").read_text().splitlines()]
     assert [r["methods"]["pixelnn"]["seam_rate"] for r in rows] == [0.0, 0.0]
@@ -125,17 +131,47 @@ def test_seam_rate_of_the_global_mode_is_zero(setup, tmp_path):
     assert metrics["methods"]["pixelnn"]["seam_rate"] > 0
 
 
-def test_invalid_mode_or_color_lists_the_valid_ones(setup, tmp_path):
+def test_pixelnn_numbers_are_the_pipelines_for_those_options(setup):
+    """Each input's PixelNN outputs are pipe(x, options with num_outputs and seed + position), as before the
+    settings carried a SynthesisOptions (then: pipe(x, top_k, mode, color, num_outputs, seed + position))."""
+    root, model, data, pipe, metrics, fake = setup
+    from pixelnn.data.dataset import Dataset
+    from pixelnn.evaluate import fidelity
+
+    split = Dataset(data).split("val")
+    row = json.loads((root / "report" / "per_input.jsonl").read_text().splitlines()[0])
+    pos = row["index"]
+    res = pipe(np.array(split.inputs[pos]), top_k=11, mode="matched", color="rgb", num_outputs=12, seed=0 + pos)
+    fid = fidelity(res.outputs, np.array(split.photos[pos]), 0)
+    assert row["methods"]["pixelnn"]["oracle_lpips"] == pytest.approx(fid["oracle_lpips"], abs=1e-6)
+    assert row["methods"]["pixelnn"]["oracle_own_psnr"] == pytest.approx(fid["oracle_own_psnr"], abs=1e-5)
+
+
+def test_invalid_mode_or_color_lists_the_valid_ones(setup, tmp_path, capsys):
     root, model, data, pipe, *_ = setup
-    for field, valid in (("mode", MODES), ("color", COLORS)):
-        settings = EvalSettings(split="val", num_inputs=1, **{field: "bogus"})
+    for field, valid in (("mode", mode_names()), ("color", COLORS)):
         with pytest.raises(PixelNNError, match="bogus") as e:
-            evaluate(model, tmp_path / "x", settings, data_dir=data, pipeline=pipe, progress=False)
+            EvalSettings(split="val", num_inputs=1, options=SynthesisOptions(**{field: "bogus"}))
         assert "\n" not in str(e.value) and all(v in str(e.value) for v in valid), str(e.value)
+        with pytest.raises(PixelNNError, match="bogus"):  # the same through replace
+            SynthesisOptions().replace(**{field: "bogus"})
+        # an options file with a bad value: one line, exit 2, nothing written
+        bad = tmp_path / f"bad-{field}.json"
+        bad.write_text(json.dumps({field: "bogus"}))
+        assert main(["evaluate", str(model), "--data", str(data), "--split", "val", "--options", str(bad),
+                     "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "bogus" in err and all(v in err for v in valid), err
+    with pytest.raises(PixelNNError, match="must be a SynthesisOptions"):
+        evaluate(model, tmp_path / "x", EvalSettings(split="val", options={"mode": "coherent"}), data_dir=data,
+                 pipeline=pipe, progress=False)
     assert not (tmp_path / "x").exists()
-    with pytest.raises(SystemExit) as exit_:  # argparse: choices are compose.MODES
-        main(["evaluate", str(model), "--mode", "bogus", "--out", str(tmp_path / "x")])
-    assert exit_.value.code == 2
+    for flag in ("--mode", "--color"):
+        with pytest.raises(SystemExit) as exit_:  # argparse: choices are the registry's modes and the colours
+            main(["evaluate", str(model), flag, "bogus", "--out", str(tmp_path / "x")])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert "bogus" in err and all(v in err for v in (mode_names() if flag == "--mode" else COLORS)), err
 
 
 def test_select_inputs():
@@ -175,13 +211,28 @@ def test_report_reads_evaluations_without_seam_rate_or_mode(setup, tmp_path):
     m = json.loads((old / "metrics.json").read_text())
     for s in m["methods"].values():
         del s["seam_rate"]
-    del m["protocol"]["seam_rate"], m["settings"]["mode"], m["settings"]["color"]
+    del m["protocol"]["seam_rate"], m["settings"]["options"]
     (old / "metrics.json").write_text(json.dumps(m))
     index = main(["report", str(old), "--out", str(tmp_path / "pages")])
     assert index == 0
     page = (tmp_path / "pages" / "report.html").read_text()
     assert "<th>seam rate</th>" in page and "not measured in this evaluation" in page
     assert "<td>matched, rgb</td><td>" in (tmp_path / "pages" / "index.html").read_text()
+
+
+def test_report_reads_evaluations_with_mode_and_color_in_settings(setup, tmp_path):
+    """metrics.json written before issue 11: ``settings.mode`` / ``settings.color`` / ``settings.top_k``."""
+    root, *_ = setup
+    old = tmp_path / "old"
+    shutil.copytree(root / "report", old)
+    m = json.loads((old / "metrics.json").read_text())
+    del m["settings"]["options"]
+    m["settings"].update(mode="coherent", color="luma", top_k=11)
+    (old / "metrics.json").write_text(json.dumps(m))
+    assert main(["report", str(old), "--out", str(tmp_path / "pages")]) == 0
+    page = (tmp_path / "pages" / "report.html").read_text()
+    assert "composition coherent, luma" in page and "mode=coherent" in page
+    assert "<td>coherent, luma</td><td>" in (tmp_path / "pages" / "index.html").read_text()
 
 
 def test_cli_evaluate_runs_and_bad_input_exits_2(setup, tmp_path, capsys):
@@ -194,7 +245,8 @@ def test_cli_evaluate_runs_and_bad_input_exits_2(setup, tmp_path, capsys):
     assert "seam rate 0.000" in out
     written = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert written["num_inputs"] == 2
-    assert (written["settings"]["mode"], written["settings"]["color"]) == ("global", "luma")
+    assert (written["settings"]["options"]["mode"], written["settings"]["options"]["color"]) == ("global", "luma")
+    assert written["settings"]["num_outputs"] == 6 and written["settings"]["options"]["num_outputs"] == 6
     bad = [["evaluate", str(tmp_path / "missing"), "--out", str(tmp_path / "x")],
            ["evaluate", str(model), "--data", str(data), "--split", "bogus", "--out", str(tmp_path / "x")],
            ["evaluate", str(model), "--out", str(tmp_path / "x")],  # the tiny model names no dataset
@@ -202,9 +254,45 @@ def test_cli_evaluate_runs_and_bad_input_exits_2(setup, tmp_path, capsys):
             str(tmp_path / "x")],
            ["evaluate", str(model), "--data", str(data), "--split", "val", "--pix2pix", str(tmp_path / "nope"),
             "--out", str(tmp_path / "x")],
+           ["evaluate", str(model), "--data", str(data), "--split", "val", "--device", "cuda:7", "--out",
+            str(tmp_path / "x")],  # no such GPU here (this machine has fewer than 8, or none)
+           ["evaluate", str(model), "--data", str(data), "--split", "val", "--device", "tpu", "--out",
+            str(tmp_path / "x")],
+           ["evaluate", str(model), "--data", str(data), "--split", "val", "--vote-size", "2", "--out",
+            str(tmp_path / "x")],
            ["report", str(tmp_path / "missing"), "--out", str(tmp_path / "pages")]]
     for argv in bad:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "error:" in err, (argv, err)
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_evaluate_records_every_synthesis_option(setup, tmp_path, capsys):
+    """``--mode coherent --vote-size 3 --chroma-weight 0.5`` and an ``--options FILE`` reach the pipeline and
+    metrics.json; evaluate's own --num-outputs / --seed stay the outputs per input and the seed."""
+    root, model, data, *_ = setup
+    base = tmp_path / "opts.json"
+    base.write_text(SynthesisOptions(top_k=6, windows=(1, 7), sets=((1,), (1, 2))).to_json())
+    code = main(["-q", "evaluate", str(model), "--data", str(data), "--split", "val", "--num-inputs", "1",
+                 "--num-outputs", "3", "--seed", "5", "--fid-outputs-per-input", "1", "--num-examples", "1",
+                 "--threads", "1", "--device", "cpu", "--options", str(base), "--mode", "coherent",
+                 "--vote-size", "3", "--chroma-weight", "0.5", "--out", str(tmp_path / "r")])
+    assert code == 0, capsys.readouterr().err
+    written = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    opts = written["settings"]["options"]
+    assert (opts["mode"], opts["vote_size"], opts["chroma_weight"]) == ("coherent", 3, 0.5)
+    assert (opts["top_k"], opts["windows"], opts["sets"]) == (6, [1, 7], [[1], [1, 2]])
+    assert opts["patch_size"] is not None  # resolved: the coherent mode's default filled in
+    assert (opts["num_outputs"], opts["seed"]) == (3, 5) and written["settings"]["seed"] == 5
+    assert "'coherent'" in written["protocol"]["seam_rate"]
+    assert written["methods"]["pixelnn"]["num_outputs"] == 3
+
+
+def test_evaluate_parser_keeps_its_own_seed_and_num_outputs():
+    from pixelnn.cli import build_parser
+
+    args = build_parser().parse_args(["evaluate", "m", "--out", "r"])
+    assert (args.num_outputs, args.seed, args.device, args.mode, args.options) == (72, 0, "auto", None, None)
+    syn = build_parser().parse_args(["synthesize", "x.png", "--model", "m", "--out", "o"])
+    assert (syn.num_outputs, syn.seed) == (None, None)  # synthesize: the options' flags, "not given"

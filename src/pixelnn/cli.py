@@ -41,13 +41,28 @@ SYNTHESIS_FLAGS = ("top_k", "windows", "sets", "mode", "color", "patch_size", "v
                    "chroma_weight", "descriptor", "pca_dims", "num_outputs", "seed", "where", "exemplars", "like")
 
 
-def add_synthesis_options(p: argparse.ArgumentParser) -> None:
+class _FlagGroup:
+    """An argument group that skips the flags of the fields in ``exclude`` (``--num-outputs`` for ``num_outputs``)."""
+
+    def __init__(self, group, exclude: Sequence[str]):
+        self.group, self.exclude = group, set(exclude)
+
+    def add_argument(self, flag: str, **kwargs) -> None:
+        if flag.lstrip("-").replace("-", "_") not in self.exclude:
+            self.group.add_argument(flag, **kwargs)
+
+
+def add_synthesis_options(p: argparse.ArgumentParser, exclude: Sequence[str] = ()) -> None:
     """The flags of :class:`pixelnn.options.SynthesisOptions` (``synthesize``, ``evaluate``), all defaulting to
-    "not given": ``--options FILE`` supplies the base and the flags given override it."""
+    "not given": ``--options FILE`` supplies the base and the flags given override it.
+
+    ``exclude`` names fields (e.g. ``("seed", "num_outputs")``) whose flags the command defines itself, with its
+    own meaning: :func:`synthesis_options` then leaves them to the caller (``synthesis_options(args, exclude)``).
+    """
     from pixelnn.options import COLORS, DESCRIPTORS
 
-    g = p.add_argument_group("synthesis options (pixelnn.options.SynthesisOptions; --options FILE first, "
-                             "then these flags)")
+    g = _FlagGroup(p.add_argument_group("synthesis options (pixelnn.options.SynthesisOptions; --options FILE "
+                                        "first, then these flags)"), exclude)
     g.add_argument("--options", default=None, metavar="FILE",
                    help="synthesis options as JSON: a synthesize manifest.json (reproduces its outputs) or a file "
                         "written by SynthesisOptions.to_json()")
@@ -81,15 +96,15 @@ def add_synthesis_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--exemplars", action="append", metavar="ID,...", help="only these exemplar ids")
 
 
-def synthesis_options(args: argparse.Namespace):
+def synthesis_options(args: argparse.Namespace, exclude: Sequence[str] = ()):
     """The :class:`~pixelnn.options.SynthesisOptions` of parsed flags: ``--options FILE`` (or the defaults),
-    overridden by the flags given."""
+    overridden by the flags given (except those named in ``exclude``, as in :func:`add_synthesis_options`)."""
     from pixelnn.options import SynthesisOptions
 
     base = SynthesisOptions.load(args.options) if getattr(args, "options", None) else SynthesisOptions()
     given: dict = {}
     for name in SYNTHESIS_FLAGS:
-        v = getattr(args, name, None)
+        v = None if name in exclude else getattr(args, name, None)
         if v is None:
             continue
         if name == "windows":
@@ -248,22 +263,25 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     return 2 if done.failed else 0
 
 
+#: Synthesis options whose flags ``pixelnn evaluate`` defines itself: outputs per input of every method, the seed.
+EVALUATE_OWN_FLAGS = ("seed", "num_outputs")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pixelnn.evaluation.evaluate import EvalSettings, evaluate
+    from pixelnn.evaluate import EvalSettings, evaluate
 
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
-    library_dir = None
-    if args.library:  # as in synthesize: another model's folder or a library folder itself
-        library_dir = Path(args.library) / "library" if (Path(args.library) / "library").is_dir() else Path(args.library)
+    library_dir = _library_dir(args.library)  # as in synthesize: another model's folder or a library folder
     settings = EvalSettings(split=args.split, num_inputs=args.num_inputs, num_outputs=args.num_outputs, seed=args.seed,
                             fid_outputs_per_input=args.fid_outputs_per_input, fid_real_photos=args.fid_real_photos,
                             faithfulness_outputs_per_input=args.faithfulness_outputs_per_input,
-                            num_examples=args.num_examples, mode=args.mode, color=args.color)
+                            num_examples=args.num_examples,
+                            options=synthesis_options(args, exclude=EVALUATE_OWN_FLAGS))
     m = evaluate(args.model, args.out, settings, data_dir=args.data, pix2pix=args.pix2pix, library_dir=library_dir,
-                 overwrite=args.overwrite, progress=not args.quiet)
+                 overwrite=args.overwrite, progress=not args.quiet, device=args.device)
     for name, s in m["methods"].items():
         fid = "-" if s.get("fid") is None else f"{s['fid']:.1f}"
         div = "-" if s.get("diversity_lpips") is None else f"{s['diversity_lpips']:.3f}"
@@ -387,12 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-inputs", type=int, default=100, help="inputs evaluated (seeded random subset; default 100)")
     p.add_argument("--num-outputs", type=int, default=72, help="outputs per input for each method (default 72)")
     p.add_argument("--pix2pix", default=None, metavar="P2P_DIR", help="also evaluate this pix2pix baseline")
-    p.add_argument("--mode", choices=_ModeChoices(), default="matched", metavar="MODE",
-                   help="composition mode of the PixelNN outputs, as in `pixelnn synthesize`: %(choices)s "
-                        "(default %(default)s, eq. 3)")
-    p.add_argument("--color", choices=("rgb", "luma"), default="rgb", metavar="COLOR",
-                   help="copy residuals in RGB or luminance only: %(choices)s (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the input subset and of every draw; PixelNN input i uses seed + i (default 0)")
     p.add_argument("--fid-outputs-per-input", type=int, default=8,
                    help="seeded outputs per input that enter FID/KID (default 8; Inception costs ~0.1-0.5 s/image)")
     p.add_argument("--fid-real-photos", type=int, default=None,
@@ -403,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--library", default=None, metavar="LIB_DIR", help="use another library's exemplars")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing REPORT_DIR")
+    add_device_option(p)
+    # PixelNN's synthesis options, as in `pixelnn synthesize`; --seed and --num-outputs are evaluate's own (above)
+    add_synthesis_options(p, exclude=EVALUATE_OWN_FLAGS)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="HTML pages (tables, examples, spectra) from evaluation folders")

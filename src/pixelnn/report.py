@@ -67,10 +67,12 @@ def _fmt(v: object, digits: int = 3, scale: float = 1.0) -> str:
 
 
 def _composition(metrics: dict) -> str:
-    """The PixelNN composition mode and colour of an evaluation, e.g. ``matched, rgb`` (evaluations written before
-    they were recorded used the pipeline's defaults, matched and rgb)."""
+    """The PixelNN composition mode and colour of an evaluation, e.g. ``matched, rgb``: from ``settings.options``
+    (the synthesis options, recorded since issue 11), else ``settings.mode`` / ``settings.color`` (older files),
+    else the pipeline's defaults, matched and rgb (evaluations written before they were recorded)."""
     st = metrics.get("settings", {})
-    return f"{st.get('mode', 'matched')}, {st.get('color', 'rgb')}"
+    opts = st.get("options") or st
+    return f"{opts.get('mode', 'matched')}, {opts.get('color', 'rgb')}"
 
 
 def evaluation_sections(metrics: dict, image_dir: str) -> list[Section]:
@@ -128,7 +130,9 @@ def evaluation_sections(metrics: dict, image_dir: str) -> list[Section]:
     sections.append(Section("Settings and timings", [
         f"Model {metrics['model_dir']}, data {metrics['data_dir']}, library {metrics['library_dir']}, "
         f"pix2pix {metrics.get('pix2pix_dir') or 'not evaluated'}.",
-        "Settings: " + ", ".join(f"{k}={v}" for k, v in st.items()) + "."], table=timing))
+        "Settings: " + ", ".join(f"{k}={v}" for k, v in st.items() if k != "options") + "."]
+        + ([f"PixelNN synthesis options: {', '.join(f'{k}={v}' for k, v in st['options'].items())}."]
+           if isinstance(st.get("options"), dict) else []), table=timing))
     return sections
 
 

@@ -328,16 +328,24 @@ class Pix2PixSampler:
         A trained generator (put in eval mode; dropout stays on through ``forward``).
     task : TaskConfig, optional
         The task it was trained on (for information).
+    device : str or torch.device, optional
+        Where the generator runs: ``auto``, ``cpu``, ``cuda[:N]`` or ``mps``; None (default) keeps it
+        where it is (``from_dir`` loads it on the CPU). The dropout masks
+        come from a generator on that device: the same seed gives the same outputs on one device, but
+        not the same on the CPU and on a GPU.
     """
 
-    def __init__(self, generator: Generator, task: TaskConfig | None = None):
-        self.generator = generator.eval()
+    def __init__(self, generator: Generator, task: TaskConfig | None = None, device: str | torch.device | None = None):
+        from pixelnn.devices import resolve_device
+
+        self.device = next(generator.parameters()).device if device is None else resolve_device(device)
+        self.generator = generator.eval().to(self.device)
         self.task = task
         self.config = generator.config
 
     @classmethod
-    def from_dir(cls, out_dir: str | Path) -> "Pix2PixSampler":
-        """Load the generator trained by :func:`train_pix2pix` into OUT_DIR."""
+    def from_dir(cls, out_dir: str | Path, device: str | torch.device = "cpu") -> "Pix2PixSampler":
+        """Load the generator trained by :func:`train_pix2pix` into OUT_DIR, on ``device``."""
         out_dir = Path(out_dir)
         cfg_path = out_dir / FILES.config
         if not cfg_path.is_file():
@@ -348,7 +356,7 @@ class Pix2PixSampler:
             raise PixelNNError(f"{out_dir} is not a pix2pix model directory ({cfg_path} has format "
                                f"{config.get('format')!r})")
         task = TaskConfig.from_dict(config["task"]) if "task" in config else None
-        return cls(load_model(out_dir / FILES.generator, "generator"), task)
+        return cls(load_model(out_dir / FILES.generator, "generator"), task, device=device)
 
     def _check_inputs(self, inputs: np.ndarray) -> None:
         c = self.config
@@ -379,8 +387,8 @@ class Pix2PixSampler:
         self._check_inputs(x[None])
         if num_outputs < 1:
             raise PixelNNError(f"num_outputs must be positive, got {num_outputs}")
-        g = torch.Generator().manual_seed(int(seed))
-        xt = to_tensor(x[None]).expand(num_outputs, -1, -1, -1)  # (num_outputs, C, h, w)
+        g = torch.Generator(device=self.device).manual_seed(int(seed))
+        xt = to_tensor(x[None]).to(self.device).expand(num_outputs, -1, -1, -1)  # (num_outputs, C, h, w)
         return to_uint8(self.generator(xt, dropout_on=True, generator=g))
 
     def sample_batch(self, inputs: np.ndarray, num_outputs: int = 72, seed: int = 0) -> np.ndarray:

@@ -23,7 +23,12 @@ each method — ``pixelnn`` (N composed outputs), ``pix2pix`` (N samples, when a
 - coherence (``pixelnn`` only: the other methods have no correspondences): the seam rate of every
   output (:func:`pixelnn.evaluation.coherence.seam_rate`), averaged per input and over inputs.
 
-The PixelNN outputs are composed with the settings' ``mode`` and ``color`` (see :mod:`pixelnn.compose`).
+The PixelNN outputs are synthesized with the settings' :class:`~pixelnn.options.SynthesisOptions`
+(composition mode, colour, vote size, ...), their ``num_outputs`` and ``seed`` set per input by the
+evaluation (``num_outputs`` outputs per input, seed ``seed + split position``).
+
+This module sits above the metrics package :mod:`pixelnn.evaluation` (which imports nothing of the
+pipeline, the baselines or training) and above the pipeline and the pix2pix baseline it runs.
 
 Files in REPORT_DIR (written under a temporary name and renamed when complete): ``metrics.json``
 (every summary number, the settings and the wall time per stage), ``per_input.jsonl`` (one line per
@@ -37,13 +42,14 @@ import json
 import logging
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from pixelnn.errors import PixelNNError
+from pixelnn.options import SynthesisOptions
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +69,9 @@ class Sampler(Protocol):
 class EvalSettings:
     """Everything that decides the numbers of one evaluation (stored in ``metrics.json``).
 
-    ``mode`` and ``color`` are the PixelNN composition's (one of :data:`pixelnn.compose.MODES` and
-    :data:`pixelnn.compose.COLORS`; defaults as in :class:`pixelnn.pipeline.PixelNNPipeline`).
+    ``num_outputs`` is the outputs per input of every method. ``options`` are PixelNN's synthesis options
+    (:class:`~pixelnn.options.SynthesisOptions`: composition mode, colour, K, vote size, ...); their
+    ``num_outputs`` and ``seed`` are replaced, per input, by ``num_outputs`` and ``seed + split position``.
     """
 
     split: str = "test"
@@ -80,22 +87,19 @@ class EvalSettings:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     num_examples: int = 6
-    top_k: int = 11
-    mode: str = "matched"
-    color: str = "rgb"
+    options: SynthesisOptions = field(default_factory=SynthesisOptions)
 
     def check(self) -> None:
-        """Raise a one-line PixelNNError for a setting out of range or an unknown composition mode or colour."""
-        from pixelnn.compose import COLORS, MODES, check_option
-
+        """Raise a one-line PixelNNError for a setting out of range (an unknown composition mode or colour is
+        refused when the :class:`~pixelnn.options.SynthesisOptions` are made)."""
+        if not isinstance(self.options, SynthesisOptions):
+            raise PixelNNError(f"options must be a SynthesisOptions, got {type(self.options).__name__}")
         for name in ("num_inputs", "num_outputs", "fid_outputs_per_input", "faithfulness_outputs_per_input",
                      "diversity_outputs", "kid_subsets", "kid_subset_size"):
             if getattr(self, name) < 1:
                 raise PixelNNError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.fid_real_photos is not None and self.fid_real_photos < 2:
             raise PixelNNError(f"fid-real-photos must be at least 2, got {self.fid_real_photos}")
-        check_option("composition mode", self.mode, MODES)
-        check_option("color", self.color, COLORS)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -152,15 +156,15 @@ def _mean(values: list[float]) -> float | None:
     return float(arr.mean()) if len(arr) else None
 
 
-def load_pix2pix(p2p_dir: str | Path) -> Sampler:
-    """The pix2pix baseline's sampler from its folder (imported only when asked for)."""
+def load_pix2pix(p2p_dir: str | Path, device: str = "cpu") -> Sampler:
+    """The pix2pix baseline's sampler from its folder (imported only when asked for), on ``device``."""
     try:
         from pixelnn.baselines.pix2pix import Pix2PixSampler
     except ImportError as e:
         raise PixelNNError(f"the pix2pix baseline is not available in this install ({e})") from None
     if not Path(p2p_dir).is_dir():
         raise PixelNNError(f"no such pix2pix folder: {p2p_dir}")
-    return Pix2PixSampler.from_dir(p2p_dir)
+    return Pix2PixSampler.from_dir(p2p_dir, device=device)
 
 
 def _resolve_data_dir(model_dir: Path, data_dir: str | Path | None) -> Path:
@@ -182,8 +186,11 @@ def _resolve_data_dir(model_dir: Path, data_dir: str | Path | None) -> Path:
 def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | None = None, *,
              data_dir: str | Path | None = None, pix2pix: str | Path | Sampler | None = None,
              library_dir: str | Path | None = None, pipeline: Any = None, overwrite: bool = False,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, device: str = "auto") -> dict[str, Any]:
     """Evaluate a model (and optionally pix2pix) on a dataset split; write REPORT_DIR ``out``.
+
+    The PixelNN pipeline (stage 1, descriptors, matching) and the pix2pix generator run on ``device``;
+    the metric networks (LPIPS's AlexNet, FID's Inception, HED for edge faithfulness) stay on the CPU.
 
     Parameters
     ----------
@@ -205,6 +212,9 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
         Replace an existing REPORT_DIR.
     progress : bool
         Progress bars.
+    device : str
+        ``auto`` (CUDA when there), ``cpu``, ``cuda[:N]`` or ``mps``: where the pipeline loaded from
+        ``model_dir`` and the pix2pix folder's generator run (a given ``pipeline`` or sampler keeps its own).
 
     Returns
     -------
@@ -216,11 +226,13 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
     from pixelnn.evaluation import fid as fidm
     from pixelnn.evaluation import spectrum as spec
     from pixelnn.evaluation.coherence import seam_rate
+    from pixelnn.devices import resolve_device
     from pixelnn.io import atomic_dir, write_json
     from pixelnn.pipeline import PixelNNPipeline
 
     settings = settings or EvalSettings()
     settings.check()
+    device = str(resolve_device(device))  # an unknown or absent device: a one-line error before any work
     t_start = time.perf_counter()
     model_dir, out = Path(model_dir), Path(out)
     if not model_dir.is_dir():
@@ -231,10 +243,12 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
     dataset = Dataset(data_dir)
     split = dataset.split(settings.split)
     task = dataset.task
-    pipe = pipeline or PixelNNPipeline.from_model_dir(model_dir, library_dir=library_dir)
+    pipe = pipeline or PixelNNPipeline.from_model_dir(model_dir, library_dir=library_dir, device=device)
     if pipe.task.name != task.name:
         raise PixelNNError(f"the model was trained for task {pipe.task.name!r} but {data_dir} is {task.name!r}")
-    sampler = load_pix2pix(pix2pix) if isinstance(pix2pix, (str, Path)) else pix2pix
+    # what the PixelNN outputs are made with (input i: num_outputs, seed + i), resolved by the pipeline
+    options = pipe.check_options(settings.options.replace(num_outputs=settings.num_outputs, seed=settings.seed))
+    sampler = load_pix2pix(pix2pix, device) if isinstance(pix2pix, (str, Path)) else pix2pix
     positions = select_inputs(len(split), settings.num_inputs, settings.seed)
 
     edge_mode = task.name == "edges" or (task.name == "paired" and faith.looks_like_edge_map(split.inputs[positions[:16]]))
@@ -268,8 +282,7 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
         photo = np.array(split.photos[pos])
         rng = np.random.default_rng([settings.seed, pos])  # per-input draws, independent of the other inputs
         t = time.perf_counter()
-        res = pipe(x, top_k=settings.top_k, mode=settings.mode, color=settings.color, num_outputs=settings.num_outputs,
-                   seed=settings.seed + pos)
+        res = pipe(x, settings.options.replace(num_outputs=settings.num_outputs, seed=settings.seed + pos))
         t = _timer(timings, "synthesis_pixelnn", t)
         seams = float(np.mean(seam_rate(res.exemplar, res.source_y, res.source_x)))  # mean over the outputs
         t = _timer(timings, "seam_rate", t)
@@ -308,7 +321,7 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
             rec["methods"][name] = m
         add_spectrum("photos", photo[None])
         if row < settings.num_examples:
-            _collect_example(examples, x, photo, res, outs.get("pix2pix"), pipe.library)
+            _collect_example(examples, x, photo, res, outs.get("pix2pix"))
         per_input.append(rec)
         if bar is not None:
             bar.update(1)
@@ -372,7 +385,7 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
         "pix2pix_dir": str(pix2pix) if isinstance(pix2pix, (str, Path)) else (type(pix2pix).__name__ if pix2pix else None),
         "faithfulness_kind": faith_kind, "task": task.to_dict(), "split": settings.split, "split_size": len(split),
         "num_inputs": n_eval,
-        "settings": asdict(settings),
+        "settings": {**asdict(settings), "options": options.to_dict()},
         "protocol": {
             "rand1": "one output per input drawn with the seed; LPIPS, PSNR and SSIM of that output",
             "oracle": "the output with the lowest LPIPS to the photo; its LPIPS, PSNR and SSIM",
@@ -394,7 +407,7 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
             "seam_rate": f"fraction of 4-neighbour pixel pairs of an output whose correspondences do not continue one "
                          f"copy (same exemplar, source offset = output offset), mean over all outputs of an input, "
                          f"then over inputs; the correspondences the pipeline records for composition mode "
-                         f"{settings.mode!r}; PixelNN only (pix2pix and stage 1 have none: null)",
+                         f"{options.mode!r}; PixelNN only (pix2pix and stage 1 have none: null)",
         },
         "methods": summary,
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
@@ -424,7 +437,7 @@ def _nanmean(a: np.ndarray) -> float | None:
 
 
 def _collect_example(examples: dict[str, list[np.ndarray]], x: np.ndarray, photo: np.ndarray, res: Any,
-                     p2p: np.ndarray | None, library: Any) -> None:
+                     p2p: np.ndarray | None) -> None:
     """Arrays for one report row: input (as RGB at photo size), photo, stage-1, 8 outputs, the correspondence map
     of the one of them that uses the most exemplars (its position among the 8 in ``correspondence_index``)."""
     from pixelnn.data.dataset import resize_nearest, to_rgb
