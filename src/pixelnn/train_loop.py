@@ -6,15 +6,15 @@
   ``should_stop(step)`` says so, or at Ctrl-C (SIGINT finishes the current step first);
 - it shows a tqdm bar counting seconds of the budget (or steps when there is none);
 - every ``val_every`` steps it validates and saves a checkpoint, every ``sample_every`` steps it
-  writes a sample grid;
+  writes a sample grid (``samples/step_XXXXXXX.png`` and ``samples/latest.png``);
 - at the end it saves a resumable checkpoint, runs ``on_finish`` and, after a Ctrl-C, re-raises
   :class:`KeyboardInterrupt`.
 
 What a step *is* (batches, losses, optimisers, learning-rate schedule) stays with the caller, as do
 the files (checkpoint format, log lines). The helpers both trainers need live here too:
-:func:`load_training_splits`, :func:`budget_clock`, :func:`budget_bar`, :func:`optimizer_tensors`
-and :func:`load_optimizer_tensors`, :func:`save_train_state` and :func:`load_train_state`, and
-:class:`TrainResult`.
+:func:`load_training_splits`, :func:`draw_batch`, :func:`dataset_record`, :func:`budget_clock`,
+:func:`budget_bar`, :func:`optimizer_tensors` and :func:`load_optimizer_tensors`,
+:func:`save_train_state` and :func:`load_train_state`, and :class:`TrainResult`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 from pixelnn.config import check_clock
 from pixelnn.data.dataset import Dataset, SplitData
 from pixelnn.errors import PixelNNError
-from pixelnn.io import atomic_path
+from pixelnn.io import atomic_path, save_image
+from pixelnn.models.regressor import to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +87,15 @@ def run_budgeted(step_fn: Callable[[int, float], None], *, save: Callable[[int, 
                  clock: str | Callable[[], float] = "wall", elapsed_before: float = 0.0, progress: bool = True,
                  desc: str = "train", postfix: Callable[[], dict[str, Any]] | None = None,
                  val_every: int | None = None, on_validate: Callable[[int, float, float], None] | None = None,
-                 sample_every: int | None = None, on_sample: Callable[[int], None] | None = None,
+                 sample_every: int | None = None, sample_grid: Callable[[], np.ndarray] | None = None,
+                 samples_dir: Path | None = None,
                  should_stop: Callable[[int], bool] | None = None,
                  on_finish: Callable[[LoopResult], None] | None = None) -> LoopResult:
     """Run optimisation steps until a step or time budget is spent, checkpointing on the way.
 
     Each iteration checks the budgets, calls ``step_fn(step, progress)``, counts the step, then
     (every ``val_every`` steps) calls ``on_validate`` and ``save``, and (every ``sample_every``
-    steps) ``on_sample``. After the loop: ``save``, then ``on_finish``, then KeyboardInterrupt
+    steps) writes ``sample_grid()`` into ``samples_dir`` (:func:`save_samples`). After the loop: ``save``, then ``on_finish``, then KeyboardInterrupt
     if Ctrl-C stopped it.
 
     Parameters
@@ -124,8 +126,9 @@ def run_budgeted(step_fn: Callable[[int, float], None], *, save: Callable[[int, 
         ``postfix() -> dict`` shown on the bar (with the step) every :data:`POSTFIX_EVERY` steps.
     val_every, on_validate : int and callable, optional
         ``on_validate(step, elapsed, images_per_second)`` every ``val_every`` steps, followed by ``save``.
-    sample_every, on_sample : int and callable, optional
-        ``on_sample(step)`` every ``sample_every`` steps (after any validation of that step).
+    sample_every, sample_grid, samples_dir : int, callable and path, optional
+        Every ``sample_every`` steps (after any validation of that step), ``sample_grid()`` gives an
+        (H, W, 3) uint8 image, written as ``samples_dir/step_XXXXXXX.png`` and ``samples_dir/latest.png``.
     should_stop : callable, optional
         ``should_stop(step) -> bool``, checked before every step (after the budgets): stop early.
     on_finish : callable, optional
@@ -168,8 +171,8 @@ def run_budgeted(step_fn: Callable[[int, float], None], *, save: Callable[[int, 
                     if on_validate is not None:
                         on_validate(step, now, images_this_run / max(time.perf_counter() - t_start, 1e-9))
                     save(step, now)
-                if sample_every and on_sample is not None and step % sample_every == 0:
-                    on_sample(step)
+                if sample_every and sample_grid is not None and step % sample_every == 0:
+                    save_samples(samples_dir, step, sample_grid())
         finally:
             bar.close()
     run_seconds = time.perf_counter() - t_start
@@ -184,6 +187,12 @@ def run_budgeted(step_fn: Callable[[int, float], None], *, save: Callable[[int, 
     if result.interrupted:
         raise KeyboardInterrupt
     return result
+
+
+def save_samples(samples_dir: Path, step: int, grid: np.ndarray) -> None:
+    """Write a sample grid (H, W, 3) uint8 as ``step_XXXXXXX.png`` and ``latest.png`` in ``samples_dir``."""
+    save_image(Path(samples_dir) / f"step_{step:07d}.png", grid)
+    save_image(Path(samples_dir) / "latest.png", grid)
 
 
 @contextmanager
@@ -217,6 +226,34 @@ def load_training_splits(data_dir: str | Path) -> tuple[Dataset, SplitData, Spli
         log.warning("%s has no val split; validating on the first training images", data_dir)
         val_split = SplitData(train_split.photos[:256], train_split.inputs[:256], train_split.records[:256])
     return ds, train_split, val_split
+
+
+def draw_batch(split: SplitData, batch_size: int, rng: np.random.Generator, flip: bool = True,
+               device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """A random training batch: ``batch_size`` pairs drawn with replacement, half of them mirrored.
+
+    ``rng`` draws the indices, then (with ``flip``) one mirror coin per pair, in that order (resumed
+    runs depend on it). The mirroring happens on the CPU, then the batch moves to ``device``.
+
+    Returns
+    -------
+    x : Tensor, (B, C, s, s)
+        Inputs in [-1, 1].
+    y : Tensor, (B, 3, S, S)
+        Photos in [-1, 1].
+    """
+    idx = rng.integers(0, len(split), size=batch_size)
+    x, y = to_tensor(split.inputs[idx]), to_tensor(split.photos[idx])  # (B, C, s, s), (B, 3, S, S)
+    if flip:
+        mirror = torch.from_numpy(rng.random(batch_size) < 0.5)
+        x[mirror], y[mirror] = x[mirror].flip(-1), y[mirror].flip(-1)
+    return x.to(device), y.to(device)
+
+
+def dataset_record(data_dir: str | Path, ds: Dataset) -> dict[str, Any]:
+    """What a model's ``config.json`` says about the dataset it was trained on (path, counts, source, label keys)."""
+    return {"path": str(Path(data_dir).resolve()), "counts": ds.manifest.get("counts"),
+            "source": ds.manifest.get("source"), "label_keys": ds.manifest.get("label_keys", [])}
 
 
 def budget_clock(clock: str) -> Callable[[], float]:
@@ -287,4 +324,5 @@ def load_train_state(path: Path, rng: np.random.Generator) -> tuple[dict[str, to
         rng.bit_generator.state = json.loads(meta["rng"])
         return tensors, int(meta["step"]), float(meta["elapsed"]), int(meta.get("images_seen", 0))
     except Exception as e:
-        raise PixelNNError(f"cannot read training state {path}: {e}; pass resume=False (--restart) to start over") from None
+        raise PixelNNError(f"cannot read training state {path}: {e}; "
+                           "pass resume=False (--restart) to start over") from None

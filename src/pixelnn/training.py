@@ -37,9 +37,9 @@ from pixelnn.io import read_json, save_image, write_json
 from pixelnn.models.loading import MODEL_FORMAT, MODEL_VERSION, load_model_dir
 from pixelnn.models.regressor import Regressor, module_device, predict, to_tensor
 from pixelnn.models.vgg import imagenet_normalize, vgg16
-from pixelnn.train_loop import (LoopResult, TrainResult, budget_bar, budget_clock, load_optimizer_tensors,
-                                load_train_state, load_training_splits, optimizer_tensors, run_budgeted,
-                                save_train_state)
+from pixelnn.train_loop import (LoopResult, TrainResult, budget_bar, budget_clock, dataset_record, draw_batch,
+                                load_optimizer_tensors, load_train_state, load_training_splits, optimizer_tensors,
+                                run_budgeted, save_train_state)
 
 __all__ = ["MODEL_FORMAT", "MODEL_VERSION", "PerceptualLoss", "TrainResult", "budget_bar", "budget_clock",
            "evaluate_stage1", "init_regressor", "load_model_dir", "load_optimizer_tensors", "load_training_splits",
@@ -275,10 +275,8 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
         "format": MODEL_FORMAT, "version": MODEL_VERSION, "task": task.to_dict(),
         "regressor": model.config.to_dict(), "train": config.to_dict(), "init": init_record,
         "device": str(device),
-        "dataset": {"path": str(Path(data_dir).resolve()), "counts": ds.manifest.get("counts"),
-                    "source": ds.manifest.get("source"), "label_keys": ds.manifest.get("label_keys", [])},
+        "dataset": dataset_record(data_dir, ds),
     })
-    n_train = len(train_split)
     ema: dict[str, float] = {}  # running means of the training loss terms, for the log
 
     def update_ema(**terms: float) -> None:
@@ -289,12 +287,7 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
         nonlocal images_seen
         for group in opt.param_groups:
             group["lr"] = config.lr * _lr_factor(frac)
-        idx = rng.integers(0, n_train, size=config.batch_size)
-        x, y = to_tensor(train_split.inputs[idx]), to_tensor(train_split.photos[idx])  # (B,C,s,s), (B,3,S,S)
-        if config.augment_flip:
-            flip = torch.from_numpy(rng.random(config.batch_size) < 0.5)
-            x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
-        x, y = x.to(device), y.to(device)
+        x, y = draw_batch(train_split, config.batch_size, rng, config.augment_flip, device)  # (B,C,s,s), (B,3,S,S)
         pred = model(x)  # (B, 3, S, S)
         mse = F.mse_loss(pred, y)  # eq. 1; ||w||^2 is the optimizer's weight decay
         loss = mse
@@ -317,11 +310,10 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
     def validate(step: int, elapsed: float, images_per_second: float) -> None:
         _log_validation(model, val_split, model_dir, step, elapsed, ema, images_per_second)
 
-    def sample(step: int) -> None:
+    def sample_grid() -> np.ndarray:
         grid = _sample_grid(model, val_split)
-        save_image(model_dir / MODEL_FILES.samples / f"step_{step:07d}.png", grid)
-        save_image(model_dir / MODEL_FILES.samples / "latest.png", grid)
         model.train()
+        return grid
 
     metrics: dict[str, Any] = {}
 
@@ -343,7 +335,8 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
                        elapsed_before=elapsed_before, progress=progress, desc="train",
                        postfix=lambda: {"loss": f"{ema.get('train_loss', ema['train_mse']):.4f}"},
                        val_every=config.val_every, on_validate=validate, sample_every=config.sample_every,
-                       on_sample=sample, should_stop=should_stop, on_finish=finish)
+                       sample_grid=sample_grid, samples_dir=model_dir / MODEL_FILES.samples, should_stop=should_stop,
+                       on_finish=finish)
     return TrainResult(model_dir, run.steps, run.elapsed, run.images_per_second, metrics)
 
 

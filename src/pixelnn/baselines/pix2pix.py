@@ -70,8 +70,9 @@ from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.image_metrics import psnr, ssim
 from pixelnn.io import atomic_path, read_json, save_image, write_json
 from pixelnn.models.regressor import module_device, to_tensor, to_uint8, upsample_input
-from pixelnn.train_loop import (LoopResult, TrainResult, load_optimizer_tensors, load_train_state,
-                                load_training_splits, optimizer_tensors, run_budgeted, save_train_state)
+from pixelnn.train_loop import (LoopResult, TrainResult, dataset_record, draw_batch, load_optimizer_tensors,
+                                load_train_state, load_training_splits, optimizer_tensors, run_budgeted,
+                                save_train_state)
 
 log = logging.getLogger(__name__)
 
@@ -561,10 +562,9 @@ def train_pix2pix(data_dir: str | Path, out_dir: str | Path, config: Pix2PixConf
     write_json(out_dir / FILES.config, {
         "format": FORMAT, "version": VERSION, "task": task.to_dict(), "generator": _to_dict(gen.config),
         "discriminator": _to_dict(disc.config), "train": config.to_dict(), "device": str(device),
-        "dataset": {"path": str(Path(data_dir).resolve()), "counts": ds.manifest.get("counts"),
-                    "source": ds.manifest.get("source"), "label_keys": ds.manifest.get("label_keys", [])},
+        "dataset": dataset_record(data_dir, ds),
     })
-    n_train, size = len(train_split), gen.config.size
+    size = gen.config.size
     ema: dict[str, float] = {}
 
     def train_step(step: int, frac: float) -> None:
@@ -572,12 +572,7 @@ def train_pix2pix(data_dir: str | Path, out_dir: str | Path, config: Pix2PixConf
         for opt in (opt_g, opt_d):
             for group in opt.param_groups:
                 group["lr"] = config.lr * _lr_factor(frac)
-        idx = rng.integers(0, n_train, size=config.batch_size)
-        x, y = to_tensor(train_split.inputs[idx]), to_tensor(train_split.photos[idx])  # (B,C,s,s), (B,3,S,S)
-        if config.augment_flip:
-            flip = torch.from_numpy(rng.random(config.batch_size) < 0.5)
-            x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
-        x, y = x.to(device), y.to(device)
+        x, y = draw_batch(train_split, config.batch_size, rng, config.augment_flip, device)  # (B,C,s,s), (B,3,S,S)
         x_up = upsample_input(x, size)  # (B, C, S, S), what D sees as the condition
         fake = gen(x, dropout_on=True, generator=drop_rng)  # (B, 3, S, S)
 
@@ -610,11 +605,6 @@ def train_pix2pix(data_dir: str | Path, out_dir: str | Path, config: Pix2PixConf
     def validate(step: int, elapsed: float, images_per_second: float) -> None:
         _log_validation(gen, val_split, out_dir, step, elapsed, ema, images_per_second)
 
-    def sample(step: int) -> None:
-        grid = _sample_grid(gen, val_split)
-        save_image(out_dir / FILES.samples / f"step_{step:07d}.png", grid)
-        save_image(out_dir / FILES.samples / "latest.png", grid)
-
     metrics: dict[str, Any] = {}
 
     def finish(run: LoopResult) -> None:
@@ -639,7 +629,8 @@ def train_pix2pix(data_dir: str | Path, out_dir: str | Path, config: Pix2PixConf
                        elapsed_before=elapsed_before, progress=progress, desc="pix2pix",
                        postfix=lambda: {"d": f"{ema['d']:.3f}", "g": f"{ema['g_gan']:.3f}", "l1": f"{ema['l1']:.3f}"},
                        val_every=config.val_every, on_validate=validate, sample_every=config.sample_every,
-                       on_sample=sample, should_stop=should_stop, on_finish=finish)
+                       sample_grid=lambda: _sample_grid(gen, val_split), samples_dir=out_dir / FILES.samples,
+                       should_stop=should_stop, on_finish=finish)
     return TrainResult(out_dir, run.steps, run.elapsed, run.images_per_second, metrics)
 
 
