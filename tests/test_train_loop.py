@@ -49,8 +49,10 @@ class Recorder:
 def run(rec: Recorder, **kw) -> LoopResult:
     kw.setdefault("max_steps", 5)
     kw.setdefault("batch_size", 4)
-    return run_budgeted(rec.step, save=rec.save, on_validate=rec.validate, sample_grid=rec.sample_grid,
-                        on_finish=rec.finish, progress=False, **kw)
+    if "samples_dir" in kw:
+        kw["sample_grid"] = rec.sample_grid
+    return run_budgeted(rec.step, save=rec.save, on_validate=rec.validate, on_finish=rec.finish, progress=False,
+                        **kw)
 
 
 def test_step_budget_hooks_and_final_save(tmp_path):

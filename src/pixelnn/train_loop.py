@@ -95,8 +95,8 @@ def run_budgeted(step_fn: Callable[[int, float], None], *, save: Callable[[int, 
 
     Each iteration checks the budgets, calls ``step_fn(step, progress)``, counts the step, then
     (every ``val_every`` steps) calls ``on_validate`` and ``save``, and (every ``sample_every``
-    steps) writes ``sample_grid()`` into ``samples_dir`` (:func:`save_samples`). After the loop: ``save``, then ``on_finish``, then KeyboardInterrupt
-    if Ctrl-C stopped it.
+    steps) writes ``sample_grid()`` into ``samples_dir`` (:func:`save_samples`). After the loop:
+    ``save``, then ``on_finish``, then KeyboardInterrupt if Ctrl-C stopped it.
 
     Parameters
     ----------
@@ -128,7 +128,8 @@ def run_budgeted(step_fn: Callable[[int, float], None], *, save: Callable[[int, 
         ``on_validate(step, elapsed, images_per_second)`` every ``val_every`` steps, followed by ``save``.
     sample_every, sample_grid, samples_dir : int, callable and path, optional
         Every ``sample_every`` steps (after any validation of that step), ``sample_grid()`` gives an
-        (H, W, 3) uint8 image, written as ``samples_dir/step_XXXXXXX.png`` and ``samples_dir/latest.png``.
+        (H, W, 3) uint8 image, written as ``samples_dir/step_XXXXXXX.png`` and ``samples_dir/latest.png``
+        (``samples_dir`` is required with ``sample_grid``).
     should_stop : callable, optional
         ``should_stop(step) -> bool``, checked before every step (after the budgets): stop early.
     on_finish : callable, optional
@@ -143,6 +144,8 @@ def run_budgeted(step_fn: Callable[[int, float], None], *, save: Callable[[int, 
     KeyboardInterrupt
         After the final save and ``on_finish`` when Ctrl-C stopped the loop.
     """
+    if sample_grid is not None and samples_dir is None:
+        raise ValueError("run_budgeted: sample_grid needs a samples_dir")
     with sigint_flag() as interrupted:
         t_start = time.perf_counter()
         clock_fn = budget_clock(clock) if isinstance(clock, str) else clock
