@@ -12,7 +12,7 @@
 
 What a step *is* (batches, losses, optimisers, learning-rate schedule) stays with the caller, as do
 the files (checkpoint format, log lines). The helpers both trainers need live here too:
-:func:`load_training_splits`, :func:`draw_batch`, :func:`dataset_record`, :func:`budget_clock`,
+:func:`start_training`, :func:`load_training_splits`, :func:`draw_batch`, :func:`dataset_record`, :func:`budget_clock`,
 :func:`budget_bar`, :func:`optimizer_tensors` and :func:`load_optimizer_tensors`,
 :func:`save_train_state` and :func:`load_train_state`, and :class:`TrainResult`.
 """
@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from pixelnn.config import check_clock
 from pixelnn.data.dataset import Dataset, SplitData
+from pixelnn.devices import resolve_device
 from pixelnn.errors import PixelNNError
 from pixelnn.io import atomic_path, save_image
 from pixelnn.models.regressor import to_tensor
@@ -217,6 +218,25 @@ def sigint_flag() -> Iterator[threading.Event]:
 def in_main_thread() -> bool:
     """Whether this is the interpreter's main thread (the only one that may install signal handlers)."""
     return threading.current_thread() is threading.main_thread()
+
+
+def start_training(data_dir: str | Path, device: str | torch.device | None,
+                   num_threads: int | None) -> tuple[torch.device, Dataset, SplitData, SplitData]:
+    """What every training run does first: resolve the device (a PixelNNError before anything is read
+    or written when it is unavailable), load the splits (:func:`load_training_splits`) and set torch's
+    CPU threads (when ``num_threads`` is given).
+
+    Returns
+    -------
+    device : torch.device
+    dataset : Dataset
+    train_split, val_split : SplitData
+    """
+    target = resolve_device(device)
+    ds, train_split, val_split = load_training_splits(data_dir)
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    return target, ds, train_split, val_split
 
 
 def load_training_splits(data_dir: str | Path) -> tuple[Dataset, SplitData, SplitData]:

@@ -30,7 +30,6 @@ from safetensors.torch import safe_open
 
 from pixelnn.config import MODEL_FILES, PERCEPTUAL_LAYERS, RegressorConfig, TaskConfig, TrainConfig
 from pixelnn.data.dataset import SplitData, image_grid
-from pixelnn.devices import resolve_device
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.image_metrics import bicubic_upsample, psnr, ssim
 from pixelnn.io import read_json, save_image, write_json
@@ -39,7 +38,7 @@ from pixelnn.models.regressor import Regressor, module_device, predict, to_tenso
 from pixelnn.models.vgg import imagenet_normalize, vgg16
 from pixelnn.train_loop import (LoopResult, TrainResult, budget_bar, budget_clock, dataset_record, draw_batch,
                                 load_optimizer_tensors, load_train_state, load_training_splits, optimizer_tensors,
-                                run_budgeted, save_train_state)
+                                run_budgeted, save_train_state, start_training)
 
 __all__ = ["MODEL_FORMAT", "MODEL_VERSION", "PerceptualLoss", "TrainResult", "budget_bar", "budget_clock",
            "evaluate_stage1", "init_regressor", "load_model_dir", "load_optimizer_tensors", "load_training_splits",
@@ -233,11 +232,8 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
     """
     config = config or TrainConfig()
     model_dir = Path(model_dir)
-    device = resolve_device(config.device)
-    ds, train_split, val_split = load_training_splits(data_dir)
+    device, ds, train_split, val_split = start_training(data_dir, config.device, config.num_threads)
     task = ds.task
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
 

@@ -65,14 +65,13 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from pixelnn.config import TaskConfig
 from pixelnn.data.dataset import SplitData, image_grid
-from pixelnn.devices import resolve_device
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.image_metrics import psnr, ssim
 from pixelnn.io import atomic_path, read_json, save_image, write_json
 from pixelnn.models.regressor import module_device, to_tensor, to_uint8, upsample_input
 from pixelnn.train_loop import (LoopResult, TrainResult, dataset_record, draw_batch, load_optimizer_tensors,
-                                load_train_state, load_training_splits, optimizer_tensors, run_budgeted,
-                                save_train_state)
+                                load_train_state, optimizer_tensors, run_budgeted, save_train_state,
+                                start_training)
 
 log = logging.getLogger(__name__)
 
@@ -514,11 +513,8 @@ def train_pix2pix(data_dir: str | Path, out_dir: str | Path, config: Pix2PixConf
     """
     config = config or Pix2PixConfig()
     out_dir = Path(out_dir)
-    device = resolve_device(config.device)
-    ds, train_split, val_split = load_training_splits(data_dir)
+    device, ds, train_split, val_split = start_training(data_dir, config.device, config.num_threads)
     task = ds.task
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
     rng = np.random.default_rng(config.seed)  # batches and flips
     drop_rng = torch.Generator(device=device).manual_seed(config.seed + 1)  # dropout masks during training
 
