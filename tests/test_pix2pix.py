@@ -161,3 +161,27 @@ def test_cli_baseline_train(tiny_superres_dataset, tmp_path, capsys):
     assert Pix2PixSampler.from_dir(out).config.ngf == 32
     assert main(["-q", "baseline-train", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "not a PixelNN dataset" in capsys.readouterr().err
+
+
+def test_training_records_its_device(tiny_superres_dataset, tmp_path):
+    result = train_pix2pix(tiny_superres_dataset, tmp_path / "p2p", Pix2PixConfig(**{**TINY, "max_steps": 2},
+                                                                                  device="cpu"),
+                           progress=False, final_eval_limit=2)
+    assert result.metrics["device"] == "cpu"
+    config = json.loads((tmp_path / "p2p" / "config.json").read_text())
+    assert config["device"] == "cpu" and config["train"]["device"] == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_training_smoke(tiny_superres_dataset, tmp_path):
+    """On a GPU: training (dropout masks from a CUDA generator), resuming, sampling; checkpoints load on the CPU."""
+    cfg = Pix2PixConfig(**{**TINY, "max_steps": 4, "val_every": 2, "sample_every": 2}, device="cuda")
+    result = train_pix2pix(tiny_superres_dataset, tmp_path / "p2p", cfg, progress=False)
+    assert result.steps == 4 and result.metrics["device"] == "cuda:0" and np.isfinite(result.metrics["psnr"])
+    cfg = Pix2PixConfig(**{**TINY, "max_steps": 6}, device="cuda")
+    assert train_pix2pix(tiny_superres_dataset, tmp_path / "p2p", cfg, progress=False).steps == 6
+    sampler = Pix2PixSampler.from_dir(tmp_path / "p2p")  # on the CPU
+    x = np.load(tiny_superres_dataset / "test" / "inputs.npy")[:1]
+    assert sampler.sample(x[0], num_outputs=3).shape == (3, 32, 32, 3)
+    sampler.generator.cuda()
+    assert sampler.sample(x[0], num_outputs=3).shape == (3, 32, 32, 3)

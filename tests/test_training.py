@@ -276,3 +276,60 @@ def test_bad_init_from_is_a_clear_error(tiny_superres_dataset, tmp_path):
     cfg = TrainConfig(batch_size=4, max_steps=1, init_from=str(tmp_path / "junk.safetensors"))
     with pytest.raises(PixelNNError, match="cannot read"):
         train(tiny_superres_dataset, tmp_path / "m", cfg, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices
+# ---------------------------------------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+
+
+def test_training_records_its_device_and_load_model_dir_places_the_model(tiny_superres_dataset, tmp_path):
+    from pixelnn.models.loading import load_model_dir as load_for_inference
+
+    assert load_for_inference is load_model_dir  # pixelnn.training re-exports it
+    cfg = TrainConfig(batch_size=4, max_steps=2, val_every=1000, sample_every=1000, device="cpu")
+    result = train(tiny_superres_dataset, tmp_path / "m", cfg, model_overrides=TINY, progress=False,
+                   final_eval_limit=2)
+    assert result.metrics["device"] == "cpu"
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["device"] == "cpu" and config["train"]["device"] == "cpu"
+    for device in ("cpu", torch.device("cpu")):
+        model, cfg_json = load_for_inference(tmp_path / "m", device=device)
+        assert next(model.parameters()).device.type == "cpu" and cfg_json["task"]["name"] == "superres"
+    if torch.cuda.device_count() < 8:
+        with pytest.raises(PixelNNError, match="cuda:7"):
+            load_for_inference(tmp_path / "m", device="cuda:7")
+
+
+def test_cli_train_on_an_unavailable_device_is_one_line(tiny_superres_dataset, tmp_path, capsys):
+    from pixelnn.cli import main
+
+    if torch.cuda.device_count() >= 8:
+        pytest.skip("this machine has a cuda:7")
+    out = tmp_path / "m"
+    assert main(["-q", "train", str(tiny_superres_dataset), "--out", str(out), "--steps", "1",
+                 "--device", "cuda:7"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pixelnn train: error: device 'cuda:7'") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert not out.exists()  # checked before anything is written
+    assert main(["-q", "train", str(tiny_superres_dataset), "--out", str(out), "--device", "gpu"]) == 2
+    assert "invalid device 'gpu'; valid: auto, cpu, cuda, cuda:N, mps" in capsys.readouterr().err
+
+
+@needs_cuda
+def test_cuda_training_smoke(tiny_superres_dataset, tmp_path):
+    """On a GPU: training, resuming and validation run there; checkpoints load on the CPU."""
+    cfg = TrainConfig(batch_size=4, max_steps=4, val_every=2, sample_every=2, device="cuda")
+    result = train(tiny_superres_dataset, tmp_path / "m", cfg, model_overrides=TINY, progress=False)
+    assert result.steps == 4 and result.metrics["device"] == "cuda:0" and np.isfinite(result.metrics["psnr"])
+    resumed = train(tiny_superres_dataset, tmp_path / "m", TrainConfig(**{**cfg.to_dict(), "max_steps": 6}),
+                    progress=False)
+    assert resumed.steps == 6
+    cpu_model = Regressor.load(tmp_path / "m" / "regressor.safetensors")
+    gpu_model, _ = load_model_dir(tmp_path / "m", device="cuda")
+    assert next(gpu_model.parameters()).is_cuda and next(cpu_model.parameters()).device.type == "cpu"
+    x = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+    assert np.abs(predict(gpu_model, x).astype(int) - predict(cpu_model, x).astype(int)).max() <= 2

@@ -151,7 +151,9 @@ def _add_task_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
-    """The dataset, output folder and budgets shared by ``train`` and ``baseline-train``."""
+    """The dataset, output folder, budgets and device shared by ``train`` and ``baseline-train``."""
+    from pixelnn.devices import DEFAULT_DEVICE, DEVICE_CHOICES  # no torch import: the parser stays fast
+
     p.add_argument("data_dir", help="folder written by `pixelnn prepare`")
     p.add_argument("--out", required=True, help="model folder (resumes if it holds a checkpoint)")
     p.add_argument("--minutes", type=float, default=None, help="time budget, counted across resumes (see --clock)")
@@ -159,6 +161,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                    help="what --minutes counts: wall-clock time (default) or this process's CPU time, "
                         "fair on a shared machine (with --threads 1 the two agree on an idle one)")
     p.add_argument("--steps", type=int, default=100_000, help="maximum optimisation steps (default 100000)")
+    p.add_argument("--device", default=DEFAULT_DEVICE, metavar="DEVICE",
+                   help=f"where to train: {', '.join(DEVICE_CHOICES)} (default {DEFAULT_DEVICE}: the first CUDA GPU, "
+                        f"else MPS, else the CPU); checkpoints are the same files whatever the device")
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -179,7 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(batch_size=args.batch_size, lr=args.lr, max_steps=args.steps, minutes=args.minutes,
                          clock=args.clock, val_every=args.val_every, sample_every=args.sample_every, seed=args.seed,
                          num_threads=args.threads, perceptual_weight=args.perceptual_weight,
-                         perceptual_layers=args.perceptual_layers, init_from=args.init_from)
+                         perceptual_layers=args.perceptual_layers, init_from=args.init_from, device=args.device)
     overrides = {k: v for k, v in {"base_channels": args.base_channels, "depth": args.depth,
                                    "norm": args.norm}.items() if v is not None}
     result = train(args.data_dir, args.out, config, model_overrides=overrides, resume=not args.restart,
@@ -198,7 +203,7 @@ def cmd_baseline_train(args: argparse.Namespace) -> int:
     from pixelnn.baselines.pix2pix import Pix2PixConfig, train_pix2pix
 
     config = Pix2PixConfig(batch_size=args.batch_size, max_steps=args.steps, minutes=args.minutes, seed=args.seed,
-                           num_threads=args.threads, clock=args.clock)
+                           num_threads=args.threads, clock=args.clock, device=args.device)
     result = train_pix2pix(args.data_dir, args.out, config, resume=not args.restart, progress=not args.quiet)
     m = result.metrics
     print(f"pix2pix: trained {result.steps} steps in {result.seconds / 60:.1f} min ({result.images_per_second:.1f} img/s); "

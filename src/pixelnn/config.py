@@ -138,6 +138,9 @@ class TrainConfig:
     # A model folder or regressor.safetensors whose weights (and architecture) start the training;
     # ignored when MODEL_DIR holds its own checkpoint to resume from.
     init_from: str | None = None
+    # Where the models and batches live: "auto", "cpu", "cuda", "cuda:N" or "mps" (pixelnn.devices);
+    # checked when training starts (a config written on a GPU machine still loads elsewhere).
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         check_clock(self.clock)

@@ -6,15 +6,20 @@ device(type='cpu')
 ``auto`` picks the first CUDA GPU when one is there, else Apple's MPS when available, else the
 CPU. An unavailable device is a one-line :class:`~pixelnn.errors.PixelNNError` naming the valid
 choices, never a traceback from deep inside torch.
+
+torch is imported when a device is resolved, not with this module, so the command line can name
+:data:`DEVICE_CHOICES` in its help without importing torch.
 """
 
 from __future__ import annotations
 
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from pixelnn.errors import PixelNNError
+
+if TYPE_CHECKING:
+    import torch
 
 #: The spellings ``--device`` accepts (``cuda:N`` picks GPU N).
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
@@ -22,6 +27,8 @@ DEFAULT_DEVICE = "auto"
 
 
 def _mps_available() -> bool:
+    import torch
+
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
 
@@ -38,6 +45,8 @@ def resolve_device(name: str | torch.device | None = DEFAULT_DEVICE) -> torch.de
     -------
     torch.device
     """
+    import torch
+
     if isinstance(name, torch.device):
         name = str(name)
     name = (name or DEFAULT_DEVICE).strip().lower()
@@ -69,6 +78,8 @@ def resolve_device(name: str | torch.device | None = DEFAULT_DEVICE) -> torch.de
 
 def available_devices() -> list[str]:
     """The device names that :func:`resolve_device` accepts on this machine."""
+    import torch
+
     names = ["auto", "cpu"]
     names += [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     names += ["mps"] if _mps_available() else []

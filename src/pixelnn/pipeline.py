@@ -221,7 +221,7 @@ class PixelNNPipeline:
         descriptor load it on first use.
         """
         from pixelnn.library import ExemplarLibrary
-        from pixelnn.training import load_model_dir  # TODO(issue 11): pixelnn.models.loading once merged
+        from pixelnn.models.loading import load_model_dir
 
         regressor, config = load_model_dir(model_dir)
         lib_dir = Path(library_dir) if library_dir else Path(model_dir) / "library"

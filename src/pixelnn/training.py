@@ -19,9 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import signal
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,49 +26,31 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, safe_open, save_file
-from tqdm.auto import tqdm
+from safetensors.torch import safe_open
 
 from pixelnn.config import MODEL_FILES, PERCEPTUAL_LAYERS, RegressorConfig, TaskConfig, TrainConfig
-from pixelnn.data.dataset import Dataset, SplitData, image_grid
+from pixelnn.data.dataset import SplitData, image_grid
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.image_metrics import bicubic_upsample, psnr, ssim
-from pixelnn.io import atomic_path, read_json, save_image, write_json
-from pixelnn.models.regressor import Regressor, predict, to_tensor
+from pixelnn.io import read_json, save_image, write_json
+from pixelnn.models.loading import MODEL_FORMAT, MODEL_VERSION, load_model_dir
+from pixelnn.models.regressor import Regressor, module_device, predict, to_tensor
 from pixelnn.models.vgg import imagenet_normalize, vgg16
+from pixelnn.train_loop import (LoopResult, TrainResult, budget_bar, budget_clock, dataset_record, draw_batch,
+                                load_optimizer_tensors, load_train_state, load_training_splits, optimizer_tensors,
+                                run_budgeted, save_train_state, start_training)
+
+__all__ = ["MODEL_FORMAT", "MODEL_VERSION", "PerceptualLoss", "TrainResult", "budget_bar", "budget_clock",
+           "evaluate_stage1", "init_regressor", "load_model_dir", "load_optimizer_tensors", "load_training_splits",
+           "optimizer_tensors", "regressor_config_for", "train"]
 
 log = logging.getLogger(__name__)
-
-MODEL_FORMAT = "pixelnn-model"
-MODEL_VERSION = 1
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced."""
-
-    model_dir: Path
-    steps: int
-    seconds: float
-    images_per_second: float
-    metrics: dict[str, Any]
 
 
 def regressor_config_for(task: TaskConfig, input_channels: int, **overrides: Any) -> RegressorConfig:
     """Regressor architecture matching a task's input and output shapes."""
     return RegressorConfig(in_channels=input_channels, out_channels=3, size=task.size,
                            input_size=task.input_size, **overrides)
-
-
-def load_model_dir(model_dir: str | Path) -> tuple[Regressor, dict[str, Any]]:
-    """Load a trained regressor and its ``config.json`` from MODEL_DIR."""
-    model_dir = Path(model_dir)
-    cfg_path = model_dir / MODEL_FILES.config
-    if not cfg_path.is_file():
-        raise PixelNNError(f"{model_dir} is not a PixelNN model directory (no {MODEL_FILES.config}); "
-                           f"train one with `pixelnn train DATA_DIR --out {model_dir}`")
-    config = json.loads(cfg_path.read_text())
-    return Regressor.load(model_dir / MODEL_FILES.weights), config
 
 
 class PerceptualLoss(nn.Module):
@@ -205,51 +184,23 @@ def _val_loss(model: Regressor, split: SplitData, limit: int = 512, batch_size: 
     n = min(limit, len(split))
     total = 0.0
     for i in range(0, n, batch_size):
-        x = to_tensor(np.asarray(split.inputs[i:min(i + batch_size, n)]))
-        y = to_tensor(np.asarray(split.photos[i:min(i + batch_size, n)]))
+        device = module_device(model)
+        x = to_tensor(np.asarray(split.inputs[i:min(i + batch_size, n)])).to(device)
+        y = to_tensor(np.asarray(split.photos[i:min(i + batch_size, n)])).to(device)
         total += F.mse_loss(model(x), y, reduction="sum").item() / y[0].numel()
     model.train()
     return total / max(n, 1)
 
 
-def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "") -> dict[str, torch.Tensor]:
-    """An optimizer's per-parameter state as flat tensors ``{prefix}{param_index}.{key}`` (for safetensors)."""
-    tensors: dict[str, torch.Tensor] = {}
-    for i, state in opt.state_dict()["state"].items():
-        for k, v in state.items():
-            tensors[f"{prefix}{i}.{k}"] = torch.as_tensor(v).detach().clone().contiguous()
-    return tensors
-
-
-def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str = "") -> None:
-    """Restore the state written by :func:`optimizer_tensors` (keys without ``prefix`` are ignored)."""
-    sd = opt.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, v in tensors.items():
-        if not key.startswith(prefix):
-            continue
-        i, k = key[len(prefix):].split(".", 1)
-        state.setdefault(int(i), {})[k] = v
-    sd["state"] = state
-    opt.load_state_dict(sd)
-
-
 def _save_state(path: Path, opt: torch.optim.Optimizer, step: int, elapsed: float, rng: np.random.Generator,
                 images_seen: int) -> None:
-    tensors = optimizer_tensors(opt)
-    meta = {"step": str(step), "elapsed": repr(elapsed), "images_seen": str(images_seen),
-            "rng": json.dumps(rng.bit_generator.state)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    save_train_state(path, optimizer_tensors(opt), step=step, elapsed=elapsed, images_seen=images_seen, rng=rng)
 
 
 def _load_state(path: Path, opt: torch.optim.Optimizer, rng: np.random.Generator) -> tuple[int, float, int]:
-    tensors = load_file(str(path))
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
+    tensors, step, elapsed, images_seen = load_train_state(path, rng)
     load_optimizer_tensors(opt, tensors)
-    rng.bit_generator.state = json.loads(meta["rng"])
-    return int(meta["step"]), float(meta["elapsed"]), int(meta.get("images_seen", 0))
+    return step, elapsed, images_seen
 
 
 def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | None = None, *,
@@ -281,10 +232,8 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
     """
     config = config or TrainConfig()
     model_dir = Path(model_dir)
-    ds, train_split, val_split = load_training_splits(data_dir)
+    device, ds, train_split, val_split = start_training(data_dir, config.device, config.num_threads)
     task = ds.task
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
 
@@ -308,8 +257,8 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
             log.info("initialised from %s (step %s)", init_record["path"], init_record["step"])
         else:
             model = Regressor(regressor_config_for(task, train_split.inputs.shape[-1], **(model_overrides or {})))
-    model.train()
-    perceptual = PerceptualLoss(config.perceptual_layers) if config.perceptual_weight > 0 else None
+    model.to(device).train()
+    perceptual = PerceptualLoss(config.perceptual_layers).to(device) if config.perceptual_weight > 0 else None
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, elapsed_before, images_seen = 0, 0.0, 0
     if resuming:
@@ -321,138 +270,70 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
     write_json(model_dir / MODEL_FILES.config, {
         "format": MODEL_FORMAT, "version": MODEL_VERSION, "task": task.to_dict(),
         "regressor": model.config.to_dict(), "train": config.to_dict(), "init": init_record,
-        "dataset": {"path": str(Path(data_dir).resolve()), "counts": ds.manifest.get("counts"),
-                    "source": ds.manifest.get("source"), "label_keys": ds.manifest.get("label_keys", [])},
+        "device": str(device),
+        "dataset": dataset_record(data_dir, ds),
     })
-    budget_s = config.minutes * 60 if config.minutes else None
-
-    def progress_frac(elapsed: float) -> float:
-        frac = step / config.max_steps
-        if budget_s:
-            frac = max(frac, elapsed / budget_s)
-        return frac
-
-    def save_all(elapsed: float) -> None:
-        model.save(weights_path, {"task": json.dumps(task.to_dict()), "step": str(step)})
-        _save_state(state_path, opt, step, elapsed, rng, images_seen)
-
-    stop = {"flag": False}
-
-    def on_sigint(signum, frame):  # finish the step, save, and exit cleanly
-        stop["flag"] = True
-
-    old_handler = signal.signal(signal.SIGINT, on_sigint) if _in_main_thread() else None
-    n_train = len(train_split)
-    t_start = time.perf_counter()
-    clock = budget_clock(config.clock)
-    c_start = clock()
-    bar = budget_bar(budget_s, config.max_steps, elapsed_before, step, progress)
-    last_bar = elapsed_before if budget_s else step
-    images_this_run = 0
     ema: dict[str, float] = {}  # running means of the training loss terms, for the log
 
     def update_ema(**terms: float) -> None:
         for k, v in terms.items():
             ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
-    try:
-        while True:
-            elapsed = elapsed_before + clock() - c_start
-            if (step >= config.max_steps or (budget_s and elapsed >= budget_s) or stop["flag"]
-                    or (should_stop is not None and should_stop(step))):
-                break
-            for group in opt.param_groups:
-                group["lr"] = config.lr * _lr_factor(progress_frac(elapsed))
-            idx = rng.integers(0, n_train, size=config.batch_size)
-            x, y = to_tensor(train_split.inputs[idx]), to_tensor(train_split.photos[idx])  # (B,C,s,s), (B,3,S,S)
-            if config.augment_flip:
-                flip = torch.from_numpy(rng.random(config.batch_size) < 0.5)
-                x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
-            pred = model(x)  # (B, 3, S, S)
-            mse = F.mse_loss(pred, y)  # eq. 1; ||w||^2 is the optimizer's weight decay
-            loss = mse
-            if perceptual is not None:
-                perc = perceptual(pred, y)
-                loss = mse + config.perceptual_weight * perc
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            images_seen += config.batch_size
-            images_this_run += config.batch_size
-            if perceptual is None:
-                update_ema(train_mse=mse.item())
-            else:
-                update_ema(train_mse=mse.item(), train_perceptual=perc.item(), train_loss=loss.item())
-            now = elapsed_before + clock() - c_start
-            bar.update(int(now) - int(last_bar) if budget_s else 1)
-            last_bar = now if budget_s else step
-            if step % 10 == 0:
-                bar.set_postfix(step=step, loss=f"{ema.get('train_loss', ema['train_mse']):.4f}")
-            if step % config.val_every == 0:
-                _log_validation(model, val_split, model_dir, step, now, ema,
-                                images_this_run / max(time.perf_counter() - t_start, 1e-9))
-                save_all(now)
-            if step % config.sample_every == 0:
-                grid = _sample_grid(model, val_split)
-                save_image(model_dir / MODEL_FILES.samples / f"step_{step:07d}.png", grid)
-                save_image(model_dir / MODEL_FILES.samples / "latest.png", grid)
-                model.train()
-    finally:
-        bar.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
-    run_seconds = time.perf_counter() - t_start
-    elapsed = elapsed_before + clock() - c_start
-    throughput = images_this_run / max(run_seconds, 1e-9)
-    if stop["flag"]:
-        log.warning("interrupted at step %d: saving a resumable checkpoint", step)
-    save_all(elapsed)
-    model.eval()
-    save_image(model_dir / MODEL_FILES.samples / "latest.png", _sample_grid(model, val_split))
-    val_loss = _log_validation(model, val_split, model_dir, step, elapsed, ema, throughput)
-    metrics = evaluate_stage1(model, val_split, task, limit=final_eval_limit)
-    metrics.update({"split": "val", "val_mse": val_loss, "steps": step, "images_seen": images_seen,
-                    "train_seconds": elapsed, "images_per_second": throughput,
-                    "num_threads": torch.get_num_threads(), "parameters": sum(p.numel() for p in model.parameters())})
-    write_json(model_dir / "metrics.json", metrics)
-    log.info("val PSNR %.2f dB, SSIM %.4f after %d steps (%.1f img/s)", metrics["psnr"], metrics["ssim"], step, throughput)
-    if stop["flag"]:
-        raise KeyboardInterrupt
-    return TrainResult(model_dir, step, elapsed, throughput, metrics)
 
+    def train_step(step: int, frac: float) -> None:
+        nonlocal images_seen
+        for group in opt.param_groups:
+            group["lr"] = config.lr * _lr_factor(frac)
+        x, y = draw_batch(train_split, config.batch_size, rng, config.augment_flip, device)  # (B,C,s,s), (B,3,S,S)
+        pred = model(x)  # (B, 3, S, S)
+        mse = F.mse_loss(pred, y)  # eq. 1; ||w||^2 is the optimizer's weight decay
+        loss = mse
+        if perceptual is not None:
+            perc = perceptual(pred, y)
+            loss = mse + config.perceptual_weight * perc
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        images_seen += config.batch_size
+        if perceptual is None:
+            update_ema(train_mse=mse.item())
+        else:
+            update_ema(train_mse=mse.item(), train_perceptual=perc.item(), train_loss=loss.item())
 
-def load_training_splits(data_dir: str | Path) -> tuple[Dataset, SplitData, SplitData]:
-    """A prepared dataset's train and val splits in memory (val falls back to the first 256 train pairs)."""
-    ds = Dataset(data_dir)
-    train_split, val_split = ds.split("train", mmap=False), ds.split("val", mmap=False)
-    if len(train_split) == 0:
-        raise PixelNNError(f"{data_dir} has no training images")
-    if len(val_split) == 0:
-        log.warning("%s has no val split; validating on the first training images", data_dir)
-        val_split = SplitData(train_split.photos[:256], train_split.inputs[:256], train_split.records[:256])
-    return ds, train_split, val_split
+    def save_all(step: int, elapsed: float) -> None:
+        model.save(weights_path, {"task": json.dumps(task.to_dict()), "step": str(step)})
+        _save_state(state_path, opt, step, elapsed, rng, images_seen)
 
+    def validate(step: int, elapsed: float, images_per_second: float) -> None:
+        _log_validation(model, val_split, model_dir, step, elapsed, ema, images_per_second)
 
-def budget_clock(clock: str):
-    """The timer a training budget counts: ``time.perf_counter`` ("wall") or ``time.process_time`` ("cpu")."""
-    from pixelnn.config import check_clock
+    def sample_grid() -> np.ndarray:
+        grid = _sample_grid(model, val_split)
+        model.train()
+        return grid
 
-    check_clock(clock)
-    return time.process_time if clock == "cpu" else time.perf_counter
+    metrics: dict[str, Any] = {}
 
+    def finish(run: LoopResult) -> None:
+        model.eval()
+        save_image(model_dir / MODEL_FILES.samples / "latest.png", _sample_grid(model, val_split))
+        val_loss = _log_validation(model, val_split, model_dir, run.steps, run.elapsed, ema, run.images_per_second)
+        metrics.update(evaluate_stage1(model, val_split, task, limit=final_eval_limit))
+        metrics.update({"split": "val", "val_mse": val_loss, "steps": run.steps, "images_seen": images_seen,
+                        "train_seconds": run.elapsed, "images_per_second": run.images_per_second,
+                        "num_threads": torch.get_num_threads(), "device": str(device),
+                        "parameters": sum(p.numel() for p in model.parameters())})
+        write_json(model_dir / "metrics.json", metrics)
+        log.info("val PSNR %.2f dB, SSIM %.4f after %d steps (%.1f img/s)", metrics["psnr"], metrics["ssim"],
+                 run.steps, run.images_per_second)
 
-def budget_bar(budget_s: float | None, max_steps: int, elapsed_before: float, step: int, progress: bool,
-               desc: str = "train") -> tqdm:
-    """A tqdm bar counting seconds of a time budget (or steps when there is none), resumed where it stopped."""
-    return tqdm(total=int(budget_s) if budget_s else max_steps, initial=int(elapsed_before) if budget_s else step,
-                unit="s" if budget_s else "step", disable=not progress, desc=desc, dynamic_ncols=True,
-                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]" if budget_s else None)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+    run = run_budgeted(train_step, save=save_all, max_steps=config.max_steps, batch_size=config.batch_size,
+                       step=step, budget_s=config.minutes * 60 if config.minutes else None, clock=config.clock,
+                       elapsed_before=elapsed_before, progress=progress, desc="train",
+                       postfix=lambda: {"loss": f"{ema.get('train_loss', ema['train_mse']):.4f}"},
+                       val_every=config.val_every, on_validate=validate, sample_every=config.sample_every,
+                       sample_grid=sample_grid, samples_dir=model_dir / MODEL_FILES.samples, should_stop=should_stop,
+                       on_finish=finish)
+    return TrainResult(model_dir, run.steps, run.elapsed, run.images_per_second, metrics)
 
 
 def _log_validation(model: Regressor, val_split: SplitData, model_dir: Path, step: int, elapsed: float,

@@ -53,8 +53,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -70,9 +68,10 @@ from pixelnn.data.dataset import SplitData, image_grid
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.image_metrics import psnr, ssim
 from pixelnn.io import atomic_path, read_json, save_image, write_json
-from pixelnn.models.regressor import to_tensor, to_uint8, upsample_input
-from pixelnn.training import (TrainResult, _in_main_thread, budget_bar, budget_clock, load_optimizer_tensors,
-                              load_training_splits, optimizer_tensors)
+from pixelnn.models.regressor import module_device, to_tensor, to_uint8, upsample_input
+from pixelnn.train_loop import (LoopResult, TrainResult, dataset_record, draw_batch, load_optimizer_tensors,
+                                load_train_state, optimizer_tensors, run_budgeted, save_train_state,
+                                start_training)
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +171,7 @@ class Pix2PixConfig:
     norm: str = "instance"
     dropout: float = 0.5
     num_dropout: int = 3
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps" (pixelnn.devices), checked when training starts
 
     def __post_init__(self) -> None:
         if self.gan_loss not in GAN_LOSSES:
@@ -442,8 +442,9 @@ def _one_sample_each(generator: Generator, inputs: np.ndarray, seed: int = 0, ba
     """One dropout-on sample G(x) per input (N, h, w, C) -> (N, S, S, 3) uint8 (deterministic given seed)."""
     was_training = generator.training
     generator.eval()
-    g = torch.Generator().manual_seed(seed)
-    outs = [to_uint8(generator(to_tensor(inputs[i:i + batch_size]), dropout_on=True, generator=g))
+    device = module_device(generator)
+    g = torch.Generator(device=device).manual_seed(seed)
+    outs = [to_uint8(generator(to_tensor(inputs[i:i + batch_size]).to(device), dropout_on=True, generator=g))
             for i in range(0, len(inputs), batch_size)]
     generator.train(was_training)
     c = generator.config
@@ -475,25 +476,20 @@ def _save_state(path: Path, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Opt
                 rng: np.random.Generator, step: int, elapsed: float, images_seen: int) -> None:
     tensors = {**optimizer_tensors(opt_g, "g."), **optimizer_tensors(opt_d, "d."),
                "dropout_rng": drop_rng.get_state().clone()}
-    meta = {"step": str(step), "elapsed": repr(elapsed), "images_seen": str(images_seen),
-            "rng": json.dumps(rng.bit_generator.state)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    save_train_state(path, tensors, step=step, elapsed=elapsed, images_seen=images_seen, rng=rng)
 
 
 def _load_state(path: Path, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, drop_rng: torch.Generator,
                 rng: np.random.Generator) -> tuple[int, float, int]:
-    try:
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata()
-    except Exception as e:
-        raise PixelNNError(f"cannot read training state {path}: {e}; pass resume=False (--restart) to start over") from None
+    tensors, step, elapsed, images_seen = load_train_state(path, rng)
     load_optimizer_tensors(opt_g, tensors, "g.")
     load_optimizer_tensors(opt_d, tensors, "d.")
-    drop_rng.set_state(tensors["dropout_rng"])
-    rng.bit_generator.state = json.loads(meta["rng"])
-    return int(meta["step"]), float(meta["elapsed"]), int(meta.get("images_seen", 0))
+    try:
+        drop_rng.set_state(tensors["dropout_rng"])
+    except (KeyError, RuntimeError) as e:  # e.g. a CPU generator's state on a CUDA one
+        raise PixelNNError(f"cannot restore the dropout RNG from {path} on {drop_rng.device} ({e}); resume on the "
+                           f"device it was trained on, or pass resume=False (--restart) to start over") from None
+    return step, elapsed, images_seen
 
 
 def train_pix2pix(data_dir: str | Path, out_dir: str | Path, config: Pix2PixConfig | None = None, *,
@@ -524,12 +520,10 @@ def train_pix2pix(data_dir: str | Path, out_dir: str | Path, config: Pix2PixConf
     """
     config = config or Pix2PixConfig()
     out_dir = Path(out_dir)
-    ds, train_split, val_split = load_training_splits(data_dir)
+    device, ds, train_split, val_split = start_training(data_dir, config.device, config.num_threads)
     task = ds.task
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
     rng = np.random.default_rng(config.seed)  # batches and flips
-    drop_rng = torch.Generator().manual_seed(config.seed + 1)  # dropout masks during training
+    drop_rng = torch.Generator(device=device).manual_seed(config.seed + 1)  # dropout masks during training
 
     g_path, d_path, state_path = out_dir / FILES.generator, out_dir / FILES.discriminator, out_dir / FILES.state
     resuming = resume and g_path.is_file() and d_path.is_file() and state_path.is_file()
@@ -556,8 +550,8 @@ def train_pix2pix(data_dir: str | Path, out_dir: str | Path, config: Pix2PixConf
     if (train_split.inputs.shape[1], train_split.inputs.shape[-1]) != (gen.config.input_size, gen.config.in_channels):
         raise PixelNNError(f"the checkpoint in {out_dir} expects {gen.config.input_size}px inputs with "
                            f"{gen.config.in_channels} channels; {data_dir} has {train_split.inputs.shape[1:]}")
-    gen.train()
-    disc.train()
+    gen.to(device).train()
+    disc.to(device).train()
     betas = (config.beta1, config.beta2)
     opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr, betas=betas)
     opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr, betas=betas)
@@ -570,112 +564,77 @@ def train_pix2pix(data_dir: str | Path, out_dir: str | Path, config: Pix2PixConf
     (out_dir / FILES.samples).mkdir(exist_ok=True)
     write_json(out_dir / FILES.config, {
         "format": FORMAT, "version": VERSION, "task": task.to_dict(), "generator": _to_dict(gen.config),
-        "discriminator": _to_dict(disc.config), "train": config.to_dict(),
-        "dataset": {"path": str(Path(data_dir).resolve()), "counts": ds.manifest.get("counts"),
-                    "source": ds.manifest.get("source"), "label_keys": ds.manifest.get("label_keys", [])},
+        "discriminator": _to_dict(disc.config), "train": config.to_dict(), "device": str(device),
+        "dataset": dataset_record(data_dir, ds),
     })
-    budget_s = config.minutes * 60 if config.minutes else None
+    size = gen.config.size
+    ema: dict[str, float] = {}
 
-    def save_all(elapsed: float) -> None:
+    def train_step(step: int, frac: float) -> None:
+        nonlocal images_seen
+        for opt in (opt_g, opt_d):
+            for group in opt.param_groups:
+                group["lr"] = config.lr * _lr_factor(frac)
+        x, y = draw_batch(train_split, config.batch_size, rng, config.augment_flip, device)  # (B,C,s,s), (B,3,S,S)
+        x_up = upsample_input(x, size)  # (B, C, S, S), what D sees as the condition
+        fake = gen(x, dropout_on=True, generator=drop_rng)  # (B, 3, S, S)
+
+        # D step: real pairs -> 1, generated pairs -> 0 (halved, as pix2pix).
+        disc.requires_grad_(True)
+        loss_d = 0.5 * (gan_loss(disc(x_up, y), True, config.gan_loss)
+                        + gan_loss(disc(x_up, fake.detach()), False, config.gan_loss))
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+
+        # G step: fool D, and stay close to the photo in L1.
+        disc.requires_grad_(False)
+        loss_g_gan = gan_loss(disc(x_up, fake), True, config.gan_loss)
+        loss_l1 = F.l1_loss(fake, y)
+        loss_g = loss_g_gan + config.lambda_l1 * loss_l1
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+
+        images_seen += config.batch_size
+        for k, v in (("d", loss_d.item()), ("g_gan", loss_g_gan.item()), ("l1", loss_l1.item())):
+            ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
+
+    def save_all(step: int, elapsed: float) -> None:
         save_model(gen, g_path, "generator", {"task": json.dumps(task.to_dict()), "step": str(step)})
         save_model(disc, d_path, "discriminator", {"step": str(step)})
         _save_state(state_path, opt_g, opt_d, drop_rng, rng, step, elapsed, images_seen)
 
-    stop = {"flag": False}
+    def validate(step: int, elapsed: float, images_per_second: float) -> None:
+        _log_validation(gen, val_split, out_dir, step, elapsed, ema, images_per_second)
 
-    def on_sigint(signum, frame):  # finish the step, save, and exit cleanly
-        stop["flag"] = True
+    metrics: dict[str, Any] = {}
 
-    old_handler = signal.signal(signal.SIGINT, on_sigint) if _in_main_thread() else None
-    n_train, size = len(train_split), gen.config.size
-    t_start = time.perf_counter()
-    clock = budget_clock(config.clock)
-    c_start = clock()
-    bar = budget_bar(budget_s, config.max_steps, elapsed_before, step, progress, desc="pix2pix")
-    last_bar = elapsed_before if budget_s else step
-    images_this_run = 0
-    ema: dict[str, float] = {}
-    try:
-        while True:
-            elapsed = elapsed_before + clock() - c_start
-            if (step >= config.max_steps or (budget_s and elapsed >= budget_s) or stop["flag"]
-                    or (should_stop is not None and should_stop(step))):
-                break
-            frac = step / config.max_steps
-            if budget_s:
-                frac = max(frac, elapsed / budget_s)
-            for opt in (opt_g, opt_d):
-                for group in opt.param_groups:
-                    group["lr"] = config.lr * _lr_factor(frac)
-            idx = rng.integers(0, n_train, size=config.batch_size)
-            x, y = to_tensor(train_split.inputs[idx]), to_tensor(train_split.photos[idx])  # (B,C,s,s), (B,3,S,S)
-            if config.augment_flip:
-                flip = torch.from_numpy(rng.random(config.batch_size) < 0.5)
-                x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
-            x_up = upsample_input(x, size)  # (B, C, S, S), what D sees as the condition
-            fake = gen(x, dropout_on=True, generator=drop_rng)  # (B, 3, S, S)
+    def finish(run: LoopResult) -> None:
+        disc.requires_grad_(True)
+        gen.eval()
+        save_image(out_dir / FILES.samples / "latest.png", _sample_grid(gen, val_split))
+        _log_validation(gen, val_split, out_dir, run.steps, run.elapsed, ema, run.images_per_second)
+        metrics.update(evaluate_pix2pix(Pix2PixSampler(gen, task), val_split, limit=final_eval_limit))
+        metrics.update({"split": "val", "sampling": "one dropout-on sample per image (seed 0)", "steps": run.steps,
+                        "images_seen": images_seen, "train_seconds": run.elapsed,
+                        "images_per_second": run.images_per_second, "num_threads": torch.get_num_threads(),
+                        "device": str(device),
+                        "generator_parameters": sum(p.numel() for p in gen.parameters()),
+                        "discriminator_parameters": sum(p.numel() for p in disc.parameters())})
+        write_json(out_dir / FILES.metrics, metrics)
+        log.info("pix2pix val PSNR %.2f dB, SSIM %.4f, L1 %.4f, sample spread %.4f after %d steps (%.1f img/s)",
+                 metrics["psnr"], metrics["ssim"], metrics["l1"], metrics["pairwise_l1"], run.steps,
+                 run.images_per_second)
 
-            # D step: real pairs -> 1, generated pairs -> 0 (halved, as pix2pix).
-            disc.requires_grad_(True)
-            loss_d = 0.5 * (gan_loss(disc(x_up, y), True, config.gan_loss)
-                            + gan_loss(disc(x_up, fake.detach()), False, config.gan_loss))
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-
-            # G step: fool D, and stay close to the photo in L1.
-            disc.requires_grad_(False)
-            loss_g_gan = gan_loss(disc(x_up, fake), True, config.gan_loss)
-            loss_l1 = F.l1_loss(fake, y)
-            loss_g = loss_g_gan + config.lambda_l1 * loss_l1
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
-
-            step += 1
-            images_seen += config.batch_size
-            images_this_run += config.batch_size
-            for k, v in (("d", loss_d.item()), ("g_gan", loss_g_gan.item()), ("l1", loss_l1.item())):
-                ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
-            now = elapsed_before + clock() - c_start
-            bar.update(int(now) - int(last_bar) if budget_s else 1)
-            last_bar = now if budget_s else step
-            if step % 10 == 0:
-                bar.set_postfix(step=step, d=f"{ema['d']:.3f}", g=f"{ema['g_gan']:.3f}", l1=f"{ema['l1']:.3f}")
-            if step % config.val_every == 0:
-                _log_validation(gen, val_split, out_dir, step, now, ema,
-                                images_this_run / max(time.perf_counter() - t_start, 1e-9))
-                save_all(now)
-            if step % config.sample_every == 0:
-                grid = _sample_grid(gen, val_split)
-                save_image(out_dir / FILES.samples / f"step_{step:07d}.png", grid)
-                save_image(out_dir / FILES.samples / "latest.png", grid)
-    finally:
-        bar.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
-    run_seconds = time.perf_counter() - t_start
-    elapsed = elapsed_before + clock() - c_start
-    throughput = images_this_run / max(run_seconds, 1e-9)
-    if stop["flag"]:
-        log.warning("interrupted at step %d: saving a resumable checkpoint", step)
-    disc.requires_grad_(True)
-    save_all(elapsed)
-    gen.eval()
-    save_image(out_dir / FILES.samples / "latest.png", _sample_grid(gen, val_split))
-    _log_validation(gen, val_split, out_dir, step, elapsed, ema, throughput)
-    metrics = evaluate_pix2pix(Pix2PixSampler(gen, task), val_split, limit=final_eval_limit)
-    metrics.update({"split": "val", "sampling": "one dropout-on sample per image (seed 0)", "steps": step,
-                    "images_seen": images_seen, "train_seconds": elapsed, "images_per_second": throughput,
-                    "num_threads": torch.get_num_threads(),
-                    "generator_parameters": sum(p.numel() for p in gen.parameters()),
-                    "discriminator_parameters": sum(p.numel() for p in disc.parameters())})
-    write_json(out_dir / FILES.metrics, metrics)
-    log.info("pix2pix val PSNR %.2f dB, SSIM %.4f, L1 %.4f, sample spread %.4f after %d steps (%.1f img/s)",
-             metrics["psnr"], metrics["ssim"], metrics["l1"], metrics["pairwise_l1"], step, throughput)
-    if stop["flag"]:
-        raise KeyboardInterrupt
-    return TrainResult(out_dir, step, elapsed, throughput, metrics)
+    run = run_budgeted(train_step, save=save_all, max_steps=config.max_steps, batch_size=config.batch_size,
+                       step=step, budget_s=config.minutes * 60 if config.minutes else None, clock=config.clock,
+                       elapsed_before=elapsed_before, progress=progress, desc="pix2pix",
+                       postfix=lambda: {"d": f"{ema['d']:.3f}", "g": f"{ema['g_gan']:.3f}", "l1": f"{ema['l1']:.3f}"},
+                       val_every=config.val_every, on_validate=validate, sample_every=config.sample_every,
+                       sample_grid=lambda: _sample_grid(gen, val_split), samples_dir=out_dir / FILES.samples,
+                       should_stop=should_stop, on_finish=finish)
+    return TrainResult(out_dir, run.steps, run.elapsed, run.images_per_second, metrics)
 
 
 def _log_validation(gen: Generator, val_split: SplitData, out_dir: Path, step: int, elapsed: float,

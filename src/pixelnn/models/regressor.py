@@ -144,6 +144,15 @@ class Regressor(nn.Module):
         return model.eval()
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter (or buffer); the CPU for a module with neither."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, C) -> float (N, C, H, W) in [-1, 1]."""
     x = torch.from_numpy(np.array(images, dtype=np.float32, copy=True)).permute(0, 3, 1, 2)
@@ -158,10 +167,10 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 @torch.inference_mode()
 def predict(model: Regressor, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Run f(x) on uint8 inputs (N, s, s, C), on the model's device, and return uint8 images (N, S, S, 3)."""
+    """Run f(x) on uint8 inputs (N, s, s, C) and return uint8 images (N, S, S, 3), on the model's device."""
     model.eval()
-    dev = next(model.parameters()).device
-    outs = [to_uint8(model(to_tensor(inputs[i:i + batch_size]).to(dev))) for i in range(0, len(inputs), batch_size)]
+    device = module_device(model)
+    outs = [to_uint8(model(to_tensor(inputs[i:i + batch_size]).to(device))) for i in range(0, len(inputs), batch_size)]
     if not outs:
         return np.zeros((0, model.config.size, model.config.size, model.config.out_channels), np.uint8)
     return np.concatenate(outs)
