@@ -88,3 +88,18 @@ def make_tiny_model_dir(d: Path) -> Path:
                                    "task": TaskConfig(name="superres", size=32, factor=8).to_dict(),
                                    "regressor": model.config.to_dict()})
     return d
+
+
+def make_tiny_library(root: Path, extra: int = 0) -> tuple[Path, Path]:
+    """A tiny model (:func:`make_tiny_model_dir`) with a library of the train pairs of a 30-photo dataset
+    (:func:`make_dataset`), plus ``extra`` more pairs in a second shard; returns (model_dir, data_dir)."""
+    import torch
+
+    from pixelnn.library import ExemplarLibrary
+
+    torch.set_num_threads(1)
+    model = make_tiny_model_dir(root / "model")
+    data = make_dataset(root / "data", n=30, seed=0)
+    more = [make_dataset(root / "more", n=extra + 4, seed=3, prefix="b")] if extra else []
+    ExemplarLibrary.build(None, model, [data, *more], progress=False)
+    return model, data

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.coherence import seam_rate
 from pixelnn.matching import (OutputSpec, box_mean, coherent_matches, match_windows, offset_similarities,
-                              window_similarities,
-                              select_sets)
+                              select_sets, window_similarities)
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:

@@ -8,17 +8,15 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from pixelnn.cli import main
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluate import EvalSettings, evaluate, select_inputs
-from pixelnn.library import ExemplarLibrary
 from pixelnn.modes import mode_names
 from pixelnn.options import COLORS, SynthesisOptions
 from pixelnn.pipeline import PixelNNPipeline
 
-from .conftest import make_dataset, make_tiny_model_dir
+from .conftest import make_tiny_library
 
 pytest.importorskip("faiss")
 
@@ -41,11 +39,8 @@ class FakePix2Pix:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("eval")
-    model = make_tiny_model_dir(root / "model")
-    data = make_dataset(root / "data", n=30, seed=0)
-    ExemplarLibrary.build(None, model, [data], progress=False)
+    model, data = make_tiny_library(root)
     pipe = PixelNNPipeline.from_model_dir(model, pca_dims=16)
     settings = EvalSettings(split="val", num_inputs=3, num_outputs=12, fid_outputs_per_input=2, num_examples=2,
                             diversity_outputs=5, kid_subsets=5)

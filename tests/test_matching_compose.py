@@ -8,11 +8,10 @@ import torch
 
 from pixelnn.compose import compose_authors, compose_copied, compose_global, highpass, recompose, vote_residuals
 from pixelnn.errors import PixelNNError
+from pixelnn.matching import (OutputSpec, coherent_matches, default_exemplar_sets, default_output_specs, match_windows,
+                              match_windows_naive, nested_offsets, select_sets, window_indices, window_similarities)
 from pixelnn.modes import get_mode
 from pixelnn.store import ArrayStore
-from pixelnn.matching import (OutputSpec, coherent_matches, default_exemplar_sets, default_output_specs, match_windows,
-                              window_similarities,
-                              match_windows_naive, nested_offsets, select_sets, window_indices)
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
@@ -160,7 +159,6 @@ def test_chroma_weight_moves_colour_part_of_the_way():
     photo[..., 0] = 200  # a red exemplar whose stage-1 guess was grey
     rank = torch.zeros(1, size * size, dtype=torch.int64)
     pos = torch.arange(size * size)[None]
-    specs = [OutputSpec((0,), 1)]
     full = compose_copied(stage1[0], photo, stage1, rank, pos).astype(int)
     half = compose_copied(stage1[0], photo, stage1, rank, pos, chroma_weight=0.5).astype(int)
     none = compose_copied(stage1[0], photo, stage1, rank, pos, color="luma").astype(int)

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from pixelnn.cli import main
 from pixelnn.compose import recompose
@@ -17,18 +16,15 @@ from pixelnn.modes import get_mode
 from pixelnn.options import SynthesisOptions
 from pixelnn.pipeline import PixelNNPipeline, save_result
 
-from .conftest import make_dataset, make_tiny_model_dir
+from .conftest import make_dataset, make_tiny_library, make_tiny_model_dir
 
 pytest.importorskip("faiss")
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("pipe")
-    model = make_tiny_model_dir(root / "model")
-    data = make_dataset(root / "data", n=30, seed=0)
-    ExemplarLibrary.build(None, model, [data], progress=False)
+    model, data = make_tiny_library(root)
     pipe = PixelNNPipeline.from_model_dir(model, pca_dims=16)
     return root, model, data, pipe
 

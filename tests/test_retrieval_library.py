@@ -9,14 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from pixelnn.config import RegressorConfig, TaskConfig
-from pixelnn.data.dataset import SplitData, write_dataset
 from pixelnn.errors import PixelNNError
-from pixelnn.io import write_json
 from pixelnn.library import MANIFEST, SHARDS, ExemplarLibrary, index_command
 from pixelnn.models.regressor import Regressor, predict
 from pixelnn.retrieval import GlobalIndex, descriptor_dim, global_descriptors
-from pixelnn.tasks import area_downsample
 
 from .conftest import make_dataset, make_tiny_model_dir, synthetic_photos
 

@@ -12,24 +12,19 @@ from pixelnn import matching, modes
 from pixelnn.cli import main
 from pixelnn.data.dataset import Dataset
 from pixelnn.errors import PixelNNError
-from pixelnn.library import ExemplarLibrary
 from pixelnn.options import SynthesisOptions
 from pixelnn.pipeline import PixelNNPipeline
 from pixelnn.store import ArrayStore, ExemplarStore
 
-from .conftest import make_dataset, make_tiny_model_dir
+from .conftest import make_tiny_library
 
 pytest.importorskip("faiss")
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("parts")
-    model = make_tiny_model_dir(root / "model")
-    data = make_dataset(root / "data", n=30, seed=0)
-    more = make_dataset(root / "more", n=14, seed=3, prefix="b")
-    ExemplarLibrary.build(None, model, [data, more], progress=False)
+    model, data = make_tiny_library(root, extra=10)
     pipe = PixelNNPipeline.from_model_dir(model, pca_dims=16, device="cpu")
     return root, model, data, pipe
 

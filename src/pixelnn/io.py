@@ -61,6 +61,17 @@ def read_json(path: str | os.PathLike) -> Any:
         raise PixelNNError(f"cannot read {path}: {e.strerror or e}") from None
 
 
+def read_folder_config(folder: str | os.PathLike, name: str, kind: str, how: str) -> Any:
+    """``folder/name`` read as JSON; a one-line PixelNNError saying the folder is not a ``kind`` folder (and
+    ``how`` to make one) when the file is missing."""
+    from pixelnn.errors import PixelNNError
+
+    path = Path(folder) / name
+    if not path.is_file():
+        raise PixelNNError(f"{folder} is not a {kind} directory (no {name}); {how}")
+    return read_json(path)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write text atomically."""
     with atomic_path(path) as tmp:

@@ -67,7 +67,7 @@ from pixelnn.config import TaskConfig
 from pixelnn.data.dataset import SplitData, image_grid
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.image_metrics import psnr, ssim
-from pixelnn.io import atomic_path, read_json, save_image, write_json
+from pixelnn.io import atomic_path, read_folder_config, save_image, write_json
 from pixelnn.models.regressor import module_device, to_tensor, to_uint8, upsample_input
 from pixelnn.train_loop import (LoopResult, TrainResult, dataset_record, draw_batch, load_optimizer_tensors,
                                 load_train_state, optimizer_tensors, run_budgeted, save_train_state,
@@ -348,10 +348,8 @@ class Pix2PixSampler:
         """Load the generator trained by :func:`train_pix2pix` into OUT_DIR, on ``device``."""
         out_dir = Path(out_dir)
         cfg_path = out_dir / FILES.config
-        if not cfg_path.is_file():
-            raise PixelNNError(f"{out_dir} is not a pix2pix model directory (no {FILES.config}); "
-                               f"train one with `pixelnn baseline-train DATA_DIR --out {out_dir}`")
-        config = read_json(cfg_path)
+        config = read_folder_config(out_dir, FILES.config, "pix2pix model",
+                                    f"train one with `pixelnn baseline-train DATA_DIR --out {out_dir}`")
         if config.get("format") != FORMAT:
             raise PixelNNError(f"{out_dir} is not a pix2pix model directory ({cfg_path} has format "
                                f"{config.get('format')!r})")

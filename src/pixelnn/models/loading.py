@@ -15,8 +15,7 @@ import torch
 
 from pixelnn.config import MODEL_FILES
 from pixelnn.devices import resolve_device
-from pixelnn.errors import PixelNNError
-from pixelnn.io import read_json
+from pixelnn.io import read_folder_config
 from pixelnn.models.regressor import Regressor
 
 #: ``config.json``'s ``format`` and ``version`` in a model folder written by ``pixelnn train``.
@@ -44,9 +43,6 @@ def load_model_dir(model_dir: str | Path, device: str | torch.device = "cpu") ->
     """
     model_dir = Path(model_dir)
     target = resolve_device(device)
-    cfg_path = model_dir / MODEL_FILES.config
-    if not cfg_path.is_file():
-        raise PixelNNError(f"{model_dir} is not a PixelNN model directory (no {MODEL_FILES.config}); "
-                           f"train one with `pixelnn train DATA_DIR --out {model_dir}`")
-    config = read_json(cfg_path)
+    config = read_folder_config(model_dir, MODEL_FILES.config, "PixelNN model",
+                                f"train one with `pixelnn train DATA_DIR --out {model_dir}`")
     return Regressor.load(model_dir / MODEL_FILES.weights).to(target), config
