@@ -77,6 +77,10 @@ def test_options_from_page_defaults_and_every_field(app, tiny):
                  "patch_size": None, "vote_size": None, "highpass_sigma": None, "chroma_weight": None,
                  "descriptor": "hypercolumn", "pca_dims": 16, "num_outputs": None, "seed": 0}
     assert set(untouched) == set(PAGE_OPTIONS) and app.options_from_page(untouched) == base
+    # what the page sends for empty fields: 0 from a number box, "" from a text box
+    assert app.options_from_page({**untouched, "num_outputs": 0, "vote_size": "", "patch_size": 0,
+                                  "highpass_sigma": " ", "chroma_weight": ""}) == base
+    assert app.options_from_page({"chroma_weight": "0", "highpass_sigma": 0}).chroma_weight == 0.0  # 0 is a value
     # empty mode fields stay None, and resolve to the mode's defaults
     coherent = app.options_from_page({**untouched, "mode": "coherent"})
     assert (coherent.mode, coherent.vote_size, coherent.chroma_weight, coherent.patch_size) == ("coherent", None, None, None)
@@ -107,7 +111,8 @@ def test_options_from_page_defaults_and_every_field(app, tiny):
     ({"sets": "a"}, "invalid exemplar set 'a'"),
     ({"top_k": 0}, "top_k must be an integer >= 1"),
     ({"top_k": 2.5}, "top_k must be a whole number"),
-    ({"num_outputs": 0}, "num_outputs must be >= 1"),
+    ({"num_outputs": -2}, "num_outputs must be >= 1"),
+    ({"vote_size": "three"}, "vote_size must be a number, got 'three'"),
     ({"pca_dims": -3}, "pca_dims must be >= 1, or 0"),
     ({"seed": "x"}, "seed must be a number"),
     ({"mode": "fancy"}, "invalid composition mode 'fancy'; valid: matched, coherent"),
@@ -286,7 +291,8 @@ def test_simultaneous_users_are_queued(app, tiny):
         client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
         photo = gradio_client.handle_file(str(tiny["photo"]))
         label_args = [[] for _ in app.labels]
-        page = {**app.options_from_page({}).to_dict(), "windows": "1,7,11,whole", "sets": "", "seed": 0}
+        page = {**app.options_from_page({}).to_dict(), "windows": "1,7,11,whole", "sets": "", "num_outputs": 0,
+                **{k: "" for k in ("patch_size", "vote_size", "highpass_sigma", "chroma_weight")}}
         jobs = [client.submit(photo, None, None, [], *[dict(page, seed=i)[k] for k in PAGE_OPTIONS], *label_args,
                               api_name="/synthesize_photo") for i in range(3)]
         results = [j.result(timeout=600) for j in jobs]
@@ -440,9 +446,9 @@ def test_browser_options_panel(browser_page, tiny):
     assert "mode coherent" in text and "vote_size 3" in text and "chroma_weight 0.6" in text
     _wait_gallery(page, 6)
     assert page.locator("#gallery img").count() == 6
-    page.locator("#opt-vote_size input").fill("2")  # a bad value: one line in the page, and the app keeps serving
+    page.locator("#opt-vote_size").get_by_role("textbox").fill("2")  # a bad value: one line in the page, and the app keeps serving
     page.click("#run-photo")
     assert "vote_size must be an odd number" in _wait_status(page, "Error")
-    page.locator("#opt-vote_size input").fill("")
+    page.locator("#opt-vote_size").get_by_role("textbox").fill("")
     page.click("#run-photo")
     _wait_status(page, "6 outputs from the photo")

@@ -173,7 +173,9 @@ class WebApp:
             (numbers; empty: the default, ``pca_dims`` 0 = the full descriptor), ``windows`` (text such as
             ``"1,7,11,whole"``), ``sets`` (text of 1-based rank ranges such as ``"1,2,1-3,1-5"`` or
             ``"1+3"``; empty: the authors' 18), ``patch_size``, ``vote_size``, ``highpass_sigma``,
-            ``chroma_weight`` (numbers; empty = None = the mode's default). Missing keys take the defaults.
+            ``chroma_weight`` (numbers or their text; empty = None = the mode's default; ``patch_size`` and
+            ``vote_size`` 0 too, while ``highpass_sigma`` and ``chroma_weight`` 0 are values). ``num_outputs``
+            empty or 0: all outputs. Missing keys take the defaults.
         label_values : dict, optional
             The label menus: key -> chosen values (``where``).
         like_paths : list of str, optional
@@ -199,10 +201,12 @@ class WebApp:
             text = _text(v.get(name))
             if text:
                 given[name] = text
-        for name in ("top_k", "pca_dims", "num_outputs", "seed", "patch_size", "vote_size"):
+        for name in ("top_k", "pca_dims", "seed"):
             number = _number(v.get(name), name, integer=True)
-            if number is not None or name in ("num_outputs", "patch_size", "vote_size"):
+            if number is not None:
                 given[name] = number
+        for name in ("num_outputs", "patch_size", "vote_size"):  # 0 is no valid value: like empty
+            given[name] = _number(v.get(name), name, integer=True) or None
         for name in ("highpass_sigma", "chroma_weight"):
             given[name] = _number(v.get(name), name)
         windows = _text(v.get("windows"))
@@ -732,8 +736,10 @@ def _options_panel(app: WebApp) -> dict[str, Any]:
     f["mode"] = gr.Dropdown(choices=list(mode_names()), value=d.mode, label="Composition mode (mode)",
                             info=app.mode_info(d.mode), elem_id="opt-mode")
     with gr.Row():
+        # an empty gr.Number sends 0: fields whose empty value must differ from 0 are text boxes
         f["num_outputs"] = gr.Number(value=None, precision=0, label="Number of outputs (num_outputs)",
-                                     placeholder="all", info="empty: all; else a random subset", elem_id="opt-num_outputs")
+                                     placeholder="all", info="empty or 0: all; else a random subset",
+                                     elem_id="opt-num_outputs")
         f["seed"] = gr.Number(value=d.seed, precision=0, label="Seed of that subset (seed)", elem_id="opt-seed")
         f["color"] = gr.Radio(list(COLORS), value=d.color, label="Residuals copied in (color)",
                               info="rgb, or luminance only", elem_id="opt-color")
@@ -752,9 +758,8 @@ def _options_panel(app: WebApp) -> dict[str, Any]:
              "chroma_weight": ("Chroma weight (chroma_weight)", "share of the colour cast copied, 0-1")}
     with gr.Row():
         for name, (label, info) in hints.items():
-            f[name] = gr.Number(value=None, precision=0 if name in ("patch_size", "vote_size") else None, label=label,
-                                placeholder=_mode_placeholder(app, d.mode, name),
-                                info=f"{info}; empty: the mode's default", elem_id=f"opt-{name}")
+            f[name] = gr.Textbox(value="", label=label, placeholder=_mode_placeholder(app, d.mode, name),
+                                 info=f"{info}; empty: the mode's default", elem_id=f"opt-{name}")
     with gr.Row():
         f["descriptor"] = gr.Radio(list(DESCRIPTORS), value=d.descriptor, label="Pixel descriptor (descriptor)",
                                    info="VGG-16 hypercolumns, or the stage-1 network's features", elem_id="opt-descriptor")
