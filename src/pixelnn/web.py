@@ -7,7 +7,9 @@ out the page and wires its events; :func:`serve` loads a model and runs it.
 
 What a user can do: give an input (a photo, from which the model's task derives the input; an input
 image; or a sketch drawn on the page), restrict the exemplars (label values offered by the library,
-"like these" photos), see the stage-1 image and the gallery of all outputs, click an output to see its
+"like these" photos), set every synthesis option in the Options panel (one
+:class:`~pixelnn.options.SynthesisOptions` per request, :meth:`WebApp.options_from_page`; the status shows
+the resolved options that ran), see the stage-1 image and the gallery of all outputs, click an output to see its
 correspondence map and the exemplars that supplied most of its pixels, click a pixel to see its source
 exemplar and position, and download one output or all of them with their correspondences.
 
