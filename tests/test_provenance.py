@@ -32,6 +32,10 @@ class FakeLibrary:
     records = [{"id": f"id{i}", "source": f"f{i}.png", "labels": {"kind": "boot" if i % 2 else "shoe"}}
                for i in range(10)]
 
+    def records_of(self, positions):
+        """The exemplar-store contract's records (pixelnn.store)."""
+        return [self.records[int(p)] for p in positions]
+
 
 def test_exemplar_ranks_known_answer():
     assert exemplar_ranks(np.array([[9, 7], [3, 3]]), np.array([7, 3, 9])).tolist() == [[2, 0], [1, 1]]
