@@ -27,7 +27,8 @@ from pixelnn.cli import build_parser
 from pixelnn.errors import PixelNNError
 from pixelnn.library import ExemplarLibrary
 from pixelnn.pipeline import PixelNNPipeline
-from pixelnn.web import MAX_LIKE_PHOTOS, WebApp
+from pixelnn.options import SynthesisOptions
+from pixelnn.web import MAX_LIKE_PHOTOS, PAGE_OPTIONS, WebApp, parse_sets, parse_windows
 
 from .conftest import make_dataset, make_tiny_model_dir, synthetic_photos
 
@@ -64,7 +65,99 @@ def app(tiny):
 # ---------------------------------------------------------------------------- logic, no browser
 def test_serve_command_defaults_to_loopback():
     args = build_parser().parse_args(["serve", "--model", "m"])
-    assert (args.host, args.port) == ("127.0.0.1", 7860)
+    assert (args.host, args.port, args.device) == ("127.0.0.1", 7860, "auto")
+    assert build_parser().parse_args(["serve", "--model", "m", "--device", "cuda:1"]).device == "cuda:1"
+
+
+def test_options_from_page_defaults_and_every_field(app, tiny):
+    base = app.options_from_page({})
+    assert base == app.default_options() == SynthesisOptions(descriptor="hypercolumn", pca_dims=16)
+    # the page's untouched values (empty mode fields, sets and outputs) are the defaults too
+    untouched = {"mode": "matched", "color": "rgb", "top_k": 11, "windows": "1,7,11,whole", "sets": "",
+                 "patch_size": None, "vote_size": None, "highpass_sigma": None, "chroma_weight": None,
+                 "descriptor": "hypercolumn", "pca_dims": 16, "num_outputs": None, "seed": 0}
+    assert set(untouched) == set(PAGE_OPTIONS) and app.options_from_page(untouched) == base
+    # what the page sends for empty fields: 0 from a number box, "" from a text box
+    assert app.options_from_page({**untouched, "num_outputs": 0, "vote_size": "", "patch_size": 0,
+                                  "highpass_sigma": " ", "chroma_weight": ""}) == base
+    assert app.options_from_page({"chroma_weight": "0", "highpass_sigma": 0}).chroma_weight == 0.0  # 0 is a value
+    # empty mode fields stay None, and resolve to the mode's defaults
+    coherent = app.options_from_page({**untouched, "mode": "coherent"})
+    assert (coherent.mode, coherent.vote_size, coherent.chroma_weight, coherent.patch_size) == ("coherent", None, None, None)
+    r = app.resolved(coherent)
+    assert (r.vote_size, r.chroma_weight, r.patch_size, r.highpass_sigma) == (3, 0.6, 11, 0.0)
+    assert app.resolved(base).vote_size == 1 and app.resolved(base).chroma_weight == 1.0
+    page = {"mode": "coherent", "color": "luma", "top_k": 5.0, "windows": " 1, 7x7 ,whole", "sets": "1,2,1-3,#1+4",
+            "patch_size": 5, "vote_size": 1, "highpass_sigma": 0.5, "chroma_weight": 0,
+            "descriptor": "regressor", "pca_dims": 0, "num_outputs": 3, "seed": 4}
+    got = app.options_from_page(page, {"kind": ["blob"], "shade": []}, [str(tiny["photo"])])
+    assert got == SynthesisOptions(mode="coherent", color="luma", top_k=5, windows=(1, 7, None),
+                                   sets=((1,), (2,), (1, 2, 3), (1, 4)), patch_size=5, vote_size=1, highpass_sigma=0.5,
+                                   chroma_weight=0.0, descriptor="regressor", pca_dims=0, num_outputs=3, seed=4,
+                                   where={"kind": ["blob"]}, like=[str(tiny["photo"])])
+    assert isinstance(got.top_k, int) and isinstance(got.vote_size, int)
+    assert parse_windows("1 whole") == ("1", "whole") and parse_sets("3-4") == ((3, 4),)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"vote_size": 2}, "vote_size must be an odd number"),
+    ({"patch_size": 4}, "patch_size must be an odd number"),
+    ({"chroma_weight": 1.5}, r"chroma_weight must be in \[0, 1\]"),
+    ({"highpass_sigma": -1}, "highpass_sigma must be >= 0"),
+    ({"windows": "1,seven"}, "invalid window 'seven'"),
+    ({"windows": "0"}, "invalid window 0"),
+    ({"windows": " , "}, "at least one window"),
+    ({"sets": "1,3-1"}, "invalid exemplar set '3-1'"),
+    ({"sets": "a"}, "invalid exemplar set 'a'"),
+    ({"top_k": 0}, "top_k must be an integer >= 1"),
+    ({"top_k": 2.5}, "top_k must be a whole number"),
+    ({"num_outputs": -2}, "num_outputs must be >= 1"),
+    ({"vote_size": "three"}, "vote_size must be a number, got 'three'"),
+    ({"pca_dims": -3}, "pca_dims must be >= 1, or 0"),
+    ({"seed": "x"}, "seed must be a number"),
+    ({"mode": "fancy"}, "invalid composition mode 'fancy'; valid: matched, coherent"),
+    ({"color": "cmyk"}, "invalid color 'cmyk'"),
+    ({"descriptor": "sift"}, "invalid descriptor 'sift'"),
+    ({"vote": 3}, "unknown page option"),
+])
+def test_bad_option_values_give_one_line_errors(app, values, message):
+    with pytest.raises(PixelNNError, match=message) as e:
+        app.options_from_page(values)
+    assert "\n" not in str(e.value)
+
+
+def test_every_option_reaches_the_pipeline(app, tiny):
+    x, _ = app.make_input("photo", photo_path=str(tiny["photo"]))
+    page = {"mode": "coherent", "vote_size": 3, "windows": "1,whole", "sets": "1,1-3"}
+    result = app.synthesize(x, app.options_from_page(page))
+    o = result.options
+    assert (o.mode, o.vote_size, o.chroma_weight, o.patch_size) == ("coherent", 3, 0.6, 11)
+    assert len(result.outputs) == 4  # 2 sets x 2 windows, set-major
+    assert [(s.ranks, s.window) for s in result.specs] == [((0,), 1), ((0,), None), ((0, 1, 2), 1), ((0, 1, 2), None)]
+    assert "mode **coherent**" in app.summary(result, "photo", 1.0) and "vote_size 3" in app.summary(result, "photo", 1.0)
+    changed = {"mode": "global", "color": "luma", "top_k": 4, "windows": "whole", "sets": "1-4,2", "highpass_sigma": 0.5,
+               "chroma_weight": 0.25, "descriptor": "regressor", "pca_dims": 8, "num_outputs": 1, "seed": 1}
+    result = app.synthesize(x, app.options_from_page(changed, {"kind": ["blob"]}))
+    o = result.options
+    assert {k: getattr(o, k) for k in changed} == {**changed, "windows": (None,), "sets": ((1, 2, 3, 4), (2,))}
+    assert len(result.neighbours) == 4 and len(result.outputs) == 1 and o.where == (("kind", ("blob",)),)
+    blobs = {r["id"] for r in app.pipe.library.records if r["labels"]["kind"] == "blob"}
+    assert set(result.neighbour_ids) <= blobs
+    with pytest.raises(PixelNNError, match="only 2 exemplars available"):  # sets needing more than top_k
+        app.synthesize(x, app.options_from_page({"top_k": 2, "sets": "3-5", "windows": "1"}))
+
+
+def test_like_photos_restrict_the_exemplars(app, tiny):
+    x, _ = app.make_input("photo", photo_path=str(tiny["photo"]))
+    options = app.options_from_page({"windows": "1", "sets": "1-3"}, like_paths=[str(tiny["photo"])])
+    assert options.like == (str(tiny["photo"]),)
+    near = app.pipe.allowed_positions(options.replace(like_k=3))
+    result = app.synthesize(x, options.replace(like_k=3))
+    assert set(result.neighbours) == set(near) and len(near) == 3
+    _, like = app.filters({}, [str(tiny["photo"])])  # the same photo as an array gives the same exemplars
+    assert app.synthesize(x, options.replace(like=(), like_k=3), like_photos=like).neighbour_ids == result.neighbour_ids
+    with pytest.raises(PixelNNError, match="corrupt"):
+        app.options_from_page({}, like_paths=[str(tiny["corrupt"])])
 
 
 def test_inputs_from_each_source(app, tiny):
@@ -198,8 +291,10 @@ def test_simultaneous_users_are_queued(app, tiny):
         client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
         photo = gradio_client.handle_file(str(tiny["photo"]))
         label_args = [[] for _ in app.labels]
-        jobs = [client.submit(photo, None, None, [], 72, i, "matched", *label_args, api_name="/synthesize_photo")
-                for i in range(3)]
+        page = {**app.options_from_page({}).to_dict(), "windows": "1,7,11,whole", "sets": "", "num_outputs": 0,
+                **{k: "" for k in ("patch_size", "vote_size", "highpass_sigma", "chroma_weight")}}
+        jobs = [client.submit(photo, None, None, [], *[dict(page, seed=i)[k] for k in PAGE_OPTIONS], *label_args,
+                              api_name="/synthesize_photo") for i in range(3)]
         results = [j.result(timeout=600) for j in jobs]
         for r in results:
             assert r[0].startswith("72 outputs from the photo"), r[0]
@@ -334,3 +429,26 @@ def test_browser_corrupt_upload_shows_error_then_next_request_works(browser_page
     page.click("#run-photo")
     _wait_status(page, "outputs from the photo")
     _wait_gallery(page)
+
+
+def test_browser_options_panel(browser_page, tiny):
+    """Open the Options panel, pick the coherent mode and 6 outputs: 6 outputs arrive, made as asked."""
+    page = browser_page
+    page.get_by_role("tab", name="Photo").click()
+    page.get_by_text("Options", exact=True).click()
+    page.locator("#opt-mode input").click()
+    page.get_by_role("option", name="coherent").click()
+    page.wait_for_function("document.querySelector('#opt-mode').innerText.includes('coherent matches')")
+    page.locator("#opt-num_outputs input").fill("6")
+    page.locator("#opt-seed input").fill("3")
+    page.click("#run-photo")
+    text = _wait_status(page, "6 outputs from the photo")
+    assert "mode coherent" in text and "vote_size 3" in text and "chroma_weight 0.6" in text
+    _wait_gallery(page, 6)
+    assert page.locator("#gallery img").count() == 6
+    page.locator("#opt-vote_size").get_by_role("textbox").fill("2")  # a bad value: one line in the page, and the app keeps serving
+    page.click("#run-photo")
+    assert "vote_size must be an odd number" in _wait_status(page, "Error")
+    page.locator("#opt-vote_size").get_by_role("textbox").fill("")
+    page.click("#run-photo")
+    _wait_status(page, "6 outputs from the photo")

@@ -312,7 +312,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         library_dir = Path(args.library) / "library" if (Path(args.library) / "library").is_dir() else Path(args.library)
     serve(args.model, host=args.host, port=args.port, library_dir=library_dir,
           max_upload_bytes=int(args.max_upload_mb * 2**20), max_upload_pixels=int(args.max_upload_mp * 1e6),
-          threads=args.threads)
+          threads=args.threads, device=args.device)
     return 0
 
 
@@ -440,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload in MB (default 10)")
     p.add_argument("--max-upload-mp", type=float, default=25.0, help="largest upload in megapixels (default 25)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_device_option(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="prepare, train and show results on a small dataset (no data needed)")

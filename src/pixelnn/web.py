@@ -7,7 +7,9 @@ out the page and wires its events; :func:`serve` loads a model and runs it.
 
 What a user can do: give an input (a photo, from which the model's task derives the input; an input
 image; or a sketch drawn on the page), restrict the exemplars (label values offered by the library,
-"like these" photos), see the stage-1 image and the gallery of all outputs, click an output to see its
+"like these" photos), set every synthesis option in the Options panel (one
+:class:`~pixelnn.options.SynthesisOptions` per request, :meth:`WebApp.options_from_page`; the status shows
+the resolved options that ran), see the stage-1 image and the gallery of all outputs, click an output to see its
 correspondence map and the exemplars that supplied most of its pixels, click a pixel to see its source
 exemplar and position, and download one output or all of them with their correspondences.
 
@@ -30,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pixelnn.errors import PixelNNError
+from pixelnn.options import MODE_FIELDS
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no phoning home
 
@@ -51,6 +54,10 @@ VIEW_SIDE = 384
 CANVAS_SIDE = 384
 
 SOURCES = ("photo", "input", "sketch")
+#: The Options panel's fields, in page order: SynthesisOptions field names (``where`` and ``like`` come from
+#: the "Restrict the exemplars" panel).
+PAGE_OPTIONS = ("mode", "color", "top_k", "windows", "sets", "patch_size", "vote_size", "highpass_sigma",
+                "chroma_weight", "descriptor", "pca_dims", "num_outputs", "seed")
 
 
 class WebApp:
@@ -146,27 +153,113 @@ class WebApp:
             return self.read_drawing(drawing), None
         raise PixelNNError(f"unknown input source {source!r}; choose one of {', '.join(SOURCES)}")
 
-    def filters(self, label_values: dict[str, Sequence[str] | None] | None = None,
-                like_paths: Sequence[str] | None = None) -> tuple[dict[str, list[str]] | None, list[np.ndarray] | None]:
-        """``where`` and ``like`` for the pipeline from the page's label menus and "like these" uploads."""
+    # ------------------------------------------------------------------ options
+    def default_options(self) -> Any:
+        """The options a request gets when the Options panel is left alone: the library defaults with the
+        pipeline's descriptor and PCA size, mode fields left None (the mode's)."""
+        from pixelnn.options import SynthesisOptions
+
+        d = self.pipe.check_options()
+        return SynthesisOptions(descriptor=d.descriptor, pca_dims=d.pca_dims)
+
+    def options_from_page(self, values: dict[str, Any] | None = None,
+                          label_values: dict[str, Sequence[str] | None] | None = None,
+                          like_paths: Sequence[str] | None = None) -> Any:
+        """One :class:`~pixelnn.options.SynthesisOptions` from the page's raw values.
+
+        Parameters
+        ----------
+        values : dict, optional
+            The Options panel, keyed by SynthesisOptions field (:data:`PAGE_OPTIONS`): ``mode``, ``color``,
+            ``descriptor`` (str; empty: the default), ``top_k``, ``pca_dims``, ``num_outputs``, ``seed``
+            (numbers; empty: the default, ``pca_dims`` 0 = the full descriptor), ``windows`` (text such as
+            ``"1,7,11,whole"``), ``sets`` (text of 1-based rank ranges such as ``"1,2,1-3,1-5"`` or
+            ``"1+3"``; empty: the authors' 18), ``patch_size``, ``vote_size``, ``highpass_sigma``,
+            ``chroma_weight`` (numbers or their text; empty = None = the mode's default; ``patch_size`` and
+            ``vote_size`` 0 too, while ``highpass_sigma`` and ``chroma_weight`` 0 are values). ``num_outputs``
+            empty or 0: all outputs. Missing keys take the defaults.
+        label_values : dict, optional
+            The label menus: key -> chosen values (``where``).
+        like_paths : list of str, optional
+            Uploaded "like these" photos (checked against the upload limits; ``like``).
+
+        Returns
+        -------
+        SynthesisOptions
+            Unresolved: fields left empty stay None (:meth:`PixelNNPipeline.check_options` fills them in).
+
+        Raises
+        ------
+        PixelNNError
+            A one-line message naming the bad value (e.g. an even vote size, chroma 1.5, a bad window).
+        """
+        v = dict(values or {})
+        unknown = sorted(set(v) - set(PAGE_OPTIONS))
+        if unknown:
+            raise PixelNNError(f"unknown page option(s) {', '.join(unknown)}; valid: {', '.join(PAGE_OPTIONS)}")
+        base = self.default_options()
+        given: dict[str, Any] = {}
+        for name in ("mode", "color", "descriptor"):
+            text = _text(v.get(name))
+            if text:
+                given[name] = text
+        for name in ("top_k", "pca_dims", "seed"):
+            number = _number(v.get(name), name, integer=True)
+            if number is not None:
+                given[name] = number
+        for name in ("num_outputs", "patch_size", "vote_size"):  # 0 is no valid value: like empty
+            given[name] = _number(v.get(name), name, integer=True) or None
+        for name in ("highpass_sigma", "chroma_weight"):
+            given[name] = _number(v.get(name), name)
+        windows = _text(v.get("windows"))
+        if windows:
+            given["windows"] = parse_windows(windows)
+        given["sets"] = parse_sets(_text(v.get("sets"))) if _text(v.get("sets")) else None
+        where, paths = self._restrictions(label_values, like_paths)
+        return base.replace(**given, where=where, like=paths)
+
+    def _restrictions(self, label_values: dict[str, Sequence[str] | None] | None,
+                      like_paths: Sequence[str] | None) -> tuple[dict[str, list[str]], tuple[str, ...]]:
         where = {k: [str(v) for v in vals] for k, vals in (label_values or {}).items() if vals}
-        paths = [p for p in (like_paths or []) if p]
+        paths = tuple(str(p) for p in (like_paths or []) if p)
         if len(paths) > MAX_LIKE_PHOTOS:
             raise PixelNNError(f"{len(paths)} 'like these' photos; the limit is {MAX_LIKE_PHOTOS}")
+        for p in paths:  # the upload limits, before the pipeline reads them
+            self.read_photo(p)
+        return where, paths
+
+    def resolved(self, options: Any) -> Any:
+        """``options`` as the pipeline runs them: the mode's defaults and the pipeline's descriptor filled in."""
+        return self.pipe.check_options(options)
+
+    def mode_info(self, mode: str) -> str:
+        """One line about composition mode ``mode``: its summary and its defaults of the fields left empty."""
+        from pixelnn.modes import get_mode
+
+        m = get_mode(mode)
+        defaults = ", ".join(f"{k} {v}" for k, v in m.defaults.items() if v is not None)
+        return f"{m.name}: {m.summary}. Empty fields below take its defaults: {defaults}."
+
+    # ------------------------------------------------------------------ synthesis
+    def filters(self, label_values: dict[str, Sequence[str] | None] | None = None,
+                like_paths: Sequence[str] | None = None) -> tuple[dict[str, list[str]] | None, list[np.ndarray] | None]:
+        """``where`` and "like these" photos (arrays) from the page's label menus and uploads."""
+        where, paths = self._restrictions(label_values, like_paths)
         like = [self.read_photo(p) for p in paths]
         return where or None, like or None
 
-    # ------------------------------------------------------------------ synthesis
-    def synthesize(self, x: np.ndarray, where: dict[str, list[str]] | None = None,
-                   like: list[np.ndarray] | None = None, num_outputs: int | None = None, seed: int = 0,
-                   mode: str = "matched") -> Any:
-        """Run the pipeline on x (one run at a time); returns its SynthesisResult."""
+    def synthesize(self, x: np.ndarray, options: Any = None, like_photos: Sequence[np.ndarray] | None = None,
+                   **overrides: Any) -> Any:
+        """Run the pipeline on x with ``options`` (a SynthesisOptions; default :meth:`default_options`), one run
+        at a time; ``like_photos`` are "like these" photos as arrays, ``overrides`` change option fields.
+        Returns the SynthesisResult (its ``options`` are the resolved ones that ran)."""
+        options = self.default_options() if options is None else options
         with self._count_lock:
             self.active += 1
             self.peak_active = max(self.peak_active, self.active)
         try:
             with self._lock:
-                return self.pipe(x, where=where, like=like, num_outputs=num_outputs, seed=seed, mode=mode)
+                return self.pipe(x, options, like_photos=like_photos, **overrides)
         finally:
             with self._count_lock:
                 self.active -= 1
@@ -178,10 +271,12 @@ class WebApp:
                 for o, s in enumerate(result.specs)]
 
     def summary(self, result: Any, source: str, seconds: float) -> str:
+        """A Markdown paragraph: how many outputs, the timings and the resolved options that ran."""
         t = result.timings
         steps = ", ".join(f"{k} {v:.2f} s" for k, v in t.items() if k != "total")
         return (f"{len(result.outputs)} outputs from the {source} in {seconds:.1f} s "
-                f"(pipeline {t.get('total', 0):.2f} s: {steps}). Click an output to see where its pixels came from.")
+                f"(pipeline {t.get('total', 0):.2f} s: {steps}). Click an output to see where its pixels came from."
+                f"\n\nOptions used: {options_line(result.options)}.")
 
     # ------------------------------------------------------------------ provenance views
     def output_view(self, result: Any, output: int) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, str]], str]:
@@ -198,7 +293,7 @@ class WebApp:
         thumbs = []
         rows = ["| colour | exemplar | rank | share of pixels | labels |", "|---|---|---|---|---|"]
         for c in tops:
-            photo = np.asarray(self.pipe.library.photos[c.library_position]).copy()
+            photo = np.asarray(self.pipe.library.take("photos", [c.library_position])[0]).copy()
             photo[:3], photo[-3:], photo[:, :3], photo[:, -3:] = (pal[c.rank],) * 4  # framed in its map colour
             if len(thumbs) < TOP_CONTRIBUTORS:
                 thumbs.append((photo, f"{c.exemplar_id}: {100 * c.share:.0f}% ({format_labels(c.labels)})"))
@@ -234,7 +329,7 @@ class WebApp:
 
         y, x = int(view_y) // self.scale, int(view_x) // self.scale
         src = pixel_source(result, output, y, x, self.pipe.library)
-        photo = np.asarray(self.pipe.library.photos[src.library_position])
+        photo = np.asarray(self.pipe.library.take("photos", [src.library_position])[0])
         text = (f"Pixel (y={y}, x={x}) of output {output + 1} came from exemplar **`{src.exemplar_id}`** "
                 f"(rank {src.rank + 1}; {format_labels(src.labels)}) at (y={src.source_y}, x={src.source_x}); "
                 f"descriptor similarity {src.similarity:.3f}.")
@@ -287,6 +382,85 @@ class WebApp:
             m["outputs"][0]["file"] = f"output_{int(output) + 1:03d}.png"
             (folder / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
         return zip_dir(folder, d / f"{name}.zip")
+
+
+def options_line(options: Any) -> str:
+    """The settings of (resolved) options in one line, e.g. ``mode coherent, color rgb, vote_size 3, ...``."""
+    o = options
+    sets = "the authors' 18" if o.sets is None else ",".join(_set_name([r - 1 for r in s]).lstrip("#") for s in o.sets)
+    parts = [f"mode **{o.mode}**", f"color {o.color}", f"top_k {o.top_k}",
+             "windows " + ",".join("whole" if w is None else str(w) for w in o.windows), f"sets {sets}"]
+    parts += [f"{k} {getattr(o, k)}" for k in ("patch_size", "vote_size", "highpass_sigma", "chroma_weight")
+              if getattr(o, k) is not None]
+    parts += [f"descriptor {o.descriptor}" + ("" if o.pca_dims is None else
+                                               f" ({'full' if o.pca_dims == 0 else o.pca_dims} dims)")]
+    parts += [f"num_outputs {o.num_outputs} (seed {o.seed})"] if o.num_outputs is not None else []
+    parts += ["where " + "; ".join(f"{k}={' or '.join(v)}" for k, v in o.where)] if o.where else []
+    parts += [f"like {len(o.like)} photo(s)"] if o.like else []
+    return ", ".join(parts)
+
+
+def parse_windows(text: str) -> tuple[str, ...]:
+    """``"1, 7x7, 11,whole"`` -> ``("1", "7", "11", "whole")``, the items SynthesisOptions' ``windows`` checks
+    (a bad item then raises a one-line PixelNNError)."""
+    out = []
+    for item in str(text).replace(";", ",").replace(" ", ",").split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        side, x, other = item.partition("x")
+        if x and side == other:
+            item = side
+        out.append(item)
+    if not out:
+        raise PixelNNError("windows must name at least one window (a side >= 1 or 'whole')")
+    return tuple(out)
+
+
+def parse_sets(text: str) -> tuple[tuple[int, ...], ...]:
+    """``"1,2,1-3,1+4"`` -> ``((1,), (2,), (1, 2, 3), (1, 4))``: comma-separated exemplar sets of 1-based
+    neighbour ranks, each a rank, a range ``a-b`` or members joined by ``+``."""
+    sets = []
+    for item in str(text).replace(";", ",").split(","):
+        item = item.replace(" ", "").lstrip("#")
+        if not item:
+            continue
+        ranks: list[int] = []
+        for part in item.split("+"):
+            lo, dash, hi = part.partition("-")
+            try:
+                lo_i, hi_i = int(lo), int(hi if dash else lo)
+            except ValueError:
+                raise PixelNNError(f"invalid exemplar set {item!r}: use 1-based ranks, ranges like 1-3 or "
+                                   f"members like 1+4, e.g. 1,2,1-3,1-5") from None
+            if lo_i < 1 or hi_i < lo_i:
+                raise PixelNNError(f"invalid exemplar set {item!r}: ranks start at 1 and ranges go up (1-3)")
+            ranks += [r for r in range(lo_i, hi_i + 1) if r not in ranks]
+        sets.append(tuple(ranks))
+    if not sets:
+        raise PixelNNError("no exemplar sets given; leave the field empty for the authors' 18")
+    return tuple(sets)
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _number(value: Any, name: str, integer: bool = False) -> int | float | None:
+    """A page number field: empty -> None; an integer field refuses fractions (one-line PixelNNError)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise PixelNNError(f"{name} must be a number, got {value!r}") from None
+    if f != f or f in (float("inf"), float("-inf")):
+        raise PixelNNError(f"{name} must be a finite number, got {value!r}")
+    if integer:
+        if f != int(f):
+            raise PixelNNError(f"{name} must be a whole number, got {value!r}")
+        return int(f)
+    return f
 
 
 def _window_short(window: int | None) -> str:
@@ -357,8 +531,6 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
     """The Gradio page over ``app`` (a ``gr.Blocks``, queued: one synthesis at a time)."""
     import gradio as gr
 
-    from pixelnn.compose import MODES
-
     def _error(e: Exception) -> str:
         return f"**Error:** {e}"
 
@@ -396,11 +568,8 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
                     like_files = gr.File(label=f"Only exemplars like these photos (up to {MAX_LIKE_PHOTOS})",
                                          file_count="multiple", file_types=["image"], type="filepath",
                                          elem_id="like-files")
-                with gr.Accordion("Options", open=False):
-                    num_outputs = gr.Slider(1, 72, value=72, step=1, label="Number of outputs (random subset)")
-                    seed = gr.Number(value=0, precision=0, label="Seed (for the subset)")
-                    mode = gr.Dropdown(choices=list(MODES), value="matched",
-                                       label="Composition mode")
+                with gr.Accordion("Options", open=False, elem_id="options"):
+                    page_options = _options_panel(app)
             with gr.Column(scale=2):
                 status = gr.Markdown("Give an input on the left.", elem_id="status")
                 with gr.Row():
@@ -433,13 +602,14 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
             dl_file = gr.File(label="Download", interactive=False, visible=False, elem_id="download-file")
 
         # ------------------------------------------------------------ handlers
-        def on_synthesize(source, photo_path, input_path, drawing, like_paths, n_out, seed_value, mode_value, *labels):
+        def on_synthesize(source, photo_path, input_path, drawing, like_paths, *values):
             t0 = time.perf_counter()
+            n = len(PAGE_OPTIONS)
             try:
+                options = app.options_from_page(dict(zip(PAGE_OPTIONS, values[:n])), dict(zip(app.labels, values[n:])),
+                                                like_paths)
                 x, photo = app.make_input(source, photo_path, input_path, drawing)
-                where, like = app.filters(dict(zip(app.labels, labels)), like_paths)
-                result = app.synthesize(x, where=where, like=like, num_outputs=int(n_out), seed=int(seed_value or 0),
-                                        mode=mode_value)
+                result = app.synthesize(x, options)
             except PixelNNError as e:
                 log.info("request refused: %s", e)
                 gr.Warning(str(e))
@@ -461,7 +631,7 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
 
         synth_outputs = [status, input_view, stage1_view, gallery, result_state, photo_state, output_state,
                          output_view, corr_view, source_view, pixel_info, hover_data]
-        common = [photo_file, input_file, sketch, like_files, num_outputs, seed, mode, *label_menus]
+        common = [photo_file, input_file, sketch, like_files, *(page_options[k] for k in PAGE_OPTIONS), *label_menus]
         for button, source in ((run_photo, "photo"), (run_input, "input"), (run_sketch, "sketch")):
             button.click(functools.partial(on_synthesize, source), inputs=common, outputs=synth_outputs,
                          concurrency_limit=1, concurrency_id="pipeline", api_name=f"synthesize_{source}",
@@ -479,6 +649,10 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
                 gr.Warning(str(e))
                 return _error(e)
             return f"{Path(path).name} is ready: press *Synthesize*."
+
+        mode_fields = [page_options[k] for k in ("mode", *MODE_FIELDS)]
+        page_options["mode"].change(lambda m: _mode_updates(app, m), page_options["mode"], mode_fields,
+                                    concurrency_limit=4, api_name=False, show_progress="hidden")
 
         photo_file.upload(lambda p: on_upload(p, "photo"), photo_file, status, concurrency_limit=4,
                           api_name="check_photo")
@@ -534,6 +708,69 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
     return demo
 
 
+def _mode_placeholder(app: WebApp, mode: str, name: str) -> str:
+    from pixelnn.modes import get_mode
+
+    v = get_mode(mode).defaults.get(name)
+    return f"the mode's ({'none' if v is None else v})"
+
+
+def _mode_updates(app: WebApp, mode: str) -> tuple:
+    """Gradio updates after the mode menu changed: its summary, and its defaults as the fields' placeholders."""
+    import gradio as gr
+
+    try:
+        info = app.mode_info(mode)
+    except PixelNNError as e:
+        return (gr.update(info=str(e)),) + (gr.skip(),) * len(MODE_FIELDS)
+    return (gr.update(info=info),) + tuple(gr.update(placeholder=_mode_placeholder(app, mode, k)) for k in MODE_FIELDS)
+
+
+def _options_panel(app: WebApp) -> dict[str, Any]:
+    """The Options panel's fields (inside an open ``gr.Blocks`` context), keyed by SynthesisOptions field."""
+    import gradio as gr
+
+    from pixelnn.modes import mode_names
+    from pixelnn.options import COLORS, DESCRIPTORS
+
+    d = app.default_options()
+    f: dict[str, Any] = {}
+    f["mode"] = gr.Dropdown(choices=list(mode_names()), value=d.mode, label="Composition mode (mode)",
+                            info=app.mode_info(d.mode), elem_id="opt-mode")
+    with gr.Row():
+        # an empty gr.Number sends 0: fields whose empty value must differ from 0 are text boxes
+        f["num_outputs"] = gr.Number(value=None, precision=0, label="Number of outputs (num_outputs)",
+                                     placeholder="all", info="empty or 0: all; else a random subset",
+                                     elem_id="opt-num_outputs")
+        f["seed"] = gr.Number(value=d.seed, precision=0, label="Seed of that subset (seed)", elem_id="opt-seed")
+        f["color"] = gr.Radio(list(COLORS), value=d.color, label="Residuals copied in (color)",
+                              info="rgb, or luminance only", elem_id="opt-color")
+    with gr.Row():
+        f["windows"] = gr.Textbox(value=",".join("whole" if w is None else str(w) for w in d.windows),
+                                  label="Windows (windows)", info="sides in pixels or whole, e.g. 1,7,11,whole",
+                                  elem_id="opt-windows")
+        f["sets"] = gr.Textbox(value="", placeholder="the authors' 18 sets", label="Exemplar sets (sets)",
+                               info="1-based neighbour ranks: 1,2,1-3,1-5 (1+4: members 1 and 4); empty: the authors' 18",
+                               elem_id="opt-sets")
+        f["top_k"] = gr.Number(value=d.top_k, precision=0, label="Neighbours retrieved (top_k)",
+                               info="the authors' sets need 11", elem_id="opt-top_k")
+    hints = {"patch_size": ("Patch side (patch_size)", "coherent matching; odd"),
+             "vote_size": ("Vote side (vote_size)", "average over N x N matches; odd"),
+             "highpass_sigma": ("High-pass sigma (highpass_sigma)", "copy the residual minus its blur; >= 0"),
+             "chroma_weight": ("Chroma weight (chroma_weight)", "share of the colour cast copied, 0-1")}
+    with gr.Row():
+        for name, (label, info) in hints.items():
+            f[name] = gr.Textbox(value="", label=label, placeholder=_mode_placeholder(app, d.mode, name),
+                                 info=f"{info}; empty: the mode's default", elem_id=f"opt-{name}")
+    with gr.Row():
+        f["descriptor"] = gr.Radio(list(DESCRIPTORS), value=d.descriptor, label="Pixel descriptor (descriptor)",
+                                   info="VGG-16 hypercolumns, or the stage-1 network's features", elem_id="opt-descriptor")
+        f["pca_dims"] = gr.Number(value=d.pca_dims, precision=0, label="PCA dims (pca_dims)",
+                                  info="0: the full descriptor (another size fits a PCA once)", elem_id="opt-pca_dims")
+    assert set(f) == set(PAGE_OPTIONS)
+    return f
+
+
 def launch(demo: Any, app: WebApp, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
            quiet: bool = False) -> Any:
     """Start the server for ``demo`` (built over ``app``): no share link, no SSR node server, analytics off."""
@@ -545,8 +782,12 @@ def launch(demo: Any, app: WebApp, host: str = "127.0.0.1", port: int = 7860, bl
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, library_dir: str | Path | None = None,
           max_upload_bytes: int = MAX_UPLOAD_BYTES, max_upload_pixels: int = MAX_UPLOAD_PIXELS,
-          threads: int | None = None) -> None:
-    """Load a model and its library and serve the web app until interrupted."""
+          threads: int | None = None, device: str = "auto") -> None:
+    """Load a model and its library and serve the web app until interrupted.
+
+    ``device`` is where the models and matching run: ``auto`` (CUDA when there), ``cpu``, ``cuda[:N]`` or
+    ``mps`` (:func:`pixelnn.devices.resolve_device`).
+    """
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -559,10 +800,10 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, libr
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    pipe = PixelNNPipeline.from_model_dir(model_dir, library_dir=library_dir)
+    pipe = PixelNNPipeline.from_model_dir(model_dir, library_dir=library_dir, device=device)
     app = WebApp(pipe, max_upload_bytes=max_upload_bytes, max_upload_pixels=max_upload_pixels)
     warm_up(app)
-    log.info("model loaded in %.1f s; serving on http://%s:%d", time.perf_counter() - t0, host, port)
+    log.info("model loaded on %s in %.1f s; serving on http://%s:%d", pipe.device, time.perf_counter() - t0, host, port)
     launch(build_ui(app), app, host=host, port=port)
 
 
