@@ -25,6 +25,9 @@ from typing import Any, Mapping, Sequence
 
 from pixelnn.errors import PixelNNError
 
+# pixelnn.modes and pixelnn.matching are imported where used: they load torch (~2 s), and this module must stay
+# importable without it (the CLI builds its parser from COLORS and DESCRIPTORS before any command runs).
+
 #: The authors' windows: same pixel, 7x7, 11x11, whole image (None).
 DEFAULT_WINDOWS: tuple[int | None, ...] = (1, 7, 11, None)
 #: The authors' K: their 18 exemplar sets use the 11 nearest exemplars.

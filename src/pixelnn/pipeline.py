@@ -32,17 +32,27 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
 
 from pixelnn.config import TaskConfig
+from pixelnn.data.images import DEFAULT_MAX_PIXELS, UnusableImage, decode_image, fit_image
+from pixelnn.descriptors import PixelPCA, fit_pca, make_descriptor
 from pixelnn.devices import resolve_device
 from pixelnn.errors import PixelNNError
+from pixelnn.io import atomic_dir, save_image
+from pixelnn.library import ExemplarLibrary
 from pixelnn.matching import OutputSpec
+from pixelnn.models.loading import load_model_dir
 from pixelnn.models.regressor import Regressor, predict
 from pixelnn.modes import Matches, get_mode
 from pixelnn.options import DEFAULT_DESCRIPTOR, DEFAULT_PCA_DIMS, SynthesisOptions
-from pixelnn.pixel_cache import round_descriptors
+from pixelnn.pixel_cache import MAX_CACHED_DIMS, PixelDescriptorCache, round_descriptors
+from pixelnn.provenance import exemplar_ranks
 from pixelnn.retrieval import global_descriptors
-from pixelnn.store import ExemplarStore
+from pixelnn.store import ExemplarStore, iter_field
+from pixelnn.tasks import derive_inputs
+from pixelnn.visualize import correspondence_figure, output_grid
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +72,6 @@ def load_pixel_descriptor(library: ExemplarStore, name: str = DEFAULT_DESCRIPTOR
     library folder as ``pca_<name>_<dims>.safetensors``; ``pca_dims=None`` returns the full descriptor.
     The descriptor computes on the CPU; move it with ``.to(device)``.
     """
-    from pixelnn.descriptors import PixelPCA, fit_pca, make_descriptor
-
     full = make_descriptor(name, regressor=regressor)
     if pca_dims is None:
         return full
@@ -220,9 +228,6 @@ class PixelNNPipeline:
         ``LIB_DIR/pixel_cache`` once computed (1.2 MB per exemplar at 64 dims). Options naming another
         descriptor load it on first use.
         """
-        from pixelnn.library import ExemplarLibrary
-        from pixelnn.models.loading import load_model_dir
-
         regressor, config = load_model_dir(model_dir)
         lib_dir = Path(library_dir) if library_dir else Path(model_dir) / "library"
         if not (lib_dir / "library.json").is_file():
@@ -254,14 +259,10 @@ class PixelNNPipeline:
                          ) -> tuple[Any, Any]:
         """The pixel descriptor ``name`` with ``pca_dims`` PCA dims (None or 0: full) and its pixel cache (or
         None), loaded on first use (fitting the PCA once per library)."""
-        from pixelnn.descriptors import make_descriptor
-
         pca_dims = pca_dims or None
         base = make_descriptor(name, regressor=self.regressor).base_name
         key = (base, pca_dims)
         if key not in self._descriptors:
-            from pixelnn.pixel_cache import MAX_CACHED_DIMS, PixelDescriptorCache
-
             desc = load_pixel_descriptor(self.library, name, self.regressor, pca_dims).to(self.device)
             root = getattr(self.library, "root", None)
             cache = PixelDescriptorCache(Path(root) / "pixel_cache", desc) \
@@ -275,16 +276,12 @@ class PixelNNPipeline:
         Returns the number of exemplars described. Costs one descriptor pass per exemplar (about
         0.07 s at 96x96 on 2 cores) and 1.2 MB of disk per exemplar at 64 dims.
         """
-        from pixelnn.store import iter_field
-
         desc, cache = self.pixel_descriptor(options.descriptor, options.pca_dims) if options else \
             (self.descriptor, self.pixel_cache)
         if cache is None:
             raise PixelNNError(f"descriptor {desc.name} ({desc.dims} dims) is not cached; "
                                f"use a PCA-reduced descriptor")
         field_ = "inputs" if getattr(desc, "takes", "stage1") == "inputs" else "stage1"
-        from tqdm.auto import tqdm
-
         added = 0
         with tqdm(total=len(self.library), desc="pixel descriptors", unit="img", disable=not progress) as bar:
             for images in iter_field(self.library, field_, 256):
@@ -320,13 +317,11 @@ class PixelNNPipeline:
         s = self.regressor.config.input_size
         if x.shape[:2] != (s, s):
             raise PixelNNError(f"input is {x.shape[1]}x{x.shape[0]}; this model takes {s}x{s} "
-                               f"(derive it from a photo with input_from_photo / the from-photo option)")
+                               f"(or derive the input from a photo with the model's task)")
         return x
 
     def input_from_photo(self, photo: np.ndarray) -> np.ndarray:
         """Derive the model's input from a photo (S, S, 3) uint8 with the task's rule."""
-        from pixelnn.tasks import derive_inputs
-
         return derive_inputs(np.asarray(photo)[None], self.task)[0]
 
     def output_specs(self, options: SynthesisOptions) -> list[OutputSpec]:
@@ -541,8 +536,6 @@ def fit_input(im: Any, expect: Any) -> np.ndarray:
     -------
     ndarray, (s, s, C) uint8
     """
-    from PIL import Image
-
     if isinstance(im, np.ndarray):
         im = Image.fromarray(np.ascontiguousarray(im))
     im = im.convert("RGB")
@@ -590,8 +583,6 @@ def load_image_file(path: str | Path, size: int | None = None, fit: str = "pad",
     Unreadable or corrupt files, files over ``max_bytes`` bytes and images over ``max_pixels``
     pixels (default: the decoder's 64 MP guard) raise a one-line PixelNNError.
     """
-    from pixelnn.data.images import DEFAULT_MAX_PIXELS, UnusableImage, decode_image, fit_image
-
     path = Path(path)
     if not path.is_file():
         raise PixelNNError(f"no such image file: {path}")
@@ -634,10 +625,6 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
     renamed into place when complete, so its existence means a complete result (:func:`result_complete`).
     """
     import json
-
-    from pixelnn.io import atomic_dir, save_image
-    from pixelnn.provenance import exemplar_ranks
-    from pixelnn.visualize import correspondence_figure, output_grid
 
     out_dir = Path(out_dir)
     n = len(result.outputs)

@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from tqdm.auto import tqdm
+
 from pixelnn.errors import PixelNNError
 from pixelnn.options import SynthesisOptions
+from pixelnn.pipeline import PixelNNPipeline, load_image_file, result_complete, save_result
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +114,6 @@ def synthesize_files(inputs: Sequence[str | Path], model_dir: str | Path, out_di
     SynthesizeReport
         An unreadable input is reported in ``failed`` and the others go on.
     """
-    from tqdm.auto import tqdm
-
-    from pixelnn.pipeline import PixelNNPipeline, load_image_file, result_complete, save_result
-
     if batch_size < 1:
         raise PixelNNError(f"batch size must be >= 1, got {batch_size}")
     options = options or SynthesisOptions()
