@@ -1,20 +1,25 @@
 """Composition modes compared on held-out photos: seam rate, LPIPS Rand-1 / Oracle, diversity, time.
 
-For each of ``--n`` evenly spaced photos of a prepared dataset's split, stage 1, retrieval,
-descriptors and windowed matching run once; then every variant composes its 72 outputs from
-those matches and is measured against the photo:
+For each of ``--n`` evenly spaced photos of a prepared dataset's split, the pipeline's public steps
+``stage1``, ``retrieve`` and ``describe`` run once; then every variant (a
+:class:`~pixelnn.options.SynthesisOptions`, resolved with ``pipe.check_options``) runs ``pipe.match``
+(shared between variants of the same mode and patch size), ``pipe.compose`` and its mode's
+``recorded`` correspondences, and is measured against the photo:
 
 - seam rate (:func:`pixelnn.evaluation.coherence.seam_rate`, mean over outputs);
 - LPIPS v0.1 (AlexNet) of one seeded random output (Rand-1) and of the best output (Oracle);
 - diversity: mean LPIPS between consecutive outputs of 20 seeded outputs (BicycleGAN);
-- seconds of the variant's own steps (coherent matching + composition) per input.
+- seconds of the variant's own steps per input: its matching (once per mode and patch size, counted
+  for every variant that shares it) plus its composition.
 
 Usage::
 
     python benchmarks/composition_modes.py --model runs/model-shoes-edges --data runs/shoes-edges \
-        --n 20 [--variants matched,coherent,global,authors] [--out DIR]
+        --n 20 [--variants matched,coherent,global,authors] [--out DIR] [--check]
 
-Prints one row per variant; with ``--out`` writes ``metrics.json`` and a side-by-side figure.
+``--check`` asserts, on the first input, that every variant's outputs and recorded correspondences
+equal ``pipe(x, options)``'s exactly. Prints one row per variant; with ``--out`` writes
+``metrics.json`` and a side-by-side figure.
 """
 
 from __future__ import annotations
@@ -28,31 +33,30 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pixelnn.compose import MODE_DEFAULTS, compose, recorded_matches
 from pixelnn.data.dataset import Dataset, image_grid, resize_nearest
 from pixelnn.evaluation.coherence import seam_mask, seam_rate
 from pixelnn.evaluation.lpips import lpips_distance
-from pixelnn.matching import DEFAULT_PATCH_SIZE, coherent_matches, default_output_specs, match_windows, select_sets
-from pixelnn.models.regressor import predict
-from pixelnn.pipeline import PixelNNPipeline
 from pixelnn.io import save_image, write_json
-from pixelnn.retrieval import global_descriptors
+from pixelnn.modes import get_mode
+from pixelnn.options import SynthesisOptions
+from pixelnn.pipeline import PixelNNPipeline
 
-#: name -> (mode, color, coherent-matching patch side or None, vote, highpass_sigma, chroma_weight)
+#: name -> options (None fields take the mode's defaults, pixelnn.modes)
 VARIANTS = {
-    "matched": ("matched", "rgb", None, 1, 0.0, 1.0),  # paper eq. 3
-    "coherent": ("coherent", "rgb", DEFAULT_PATCH_SIZE, MODE_DEFAULTS["coherent"]["vote_size"],
-                 MODE_DEFAULTS["coherent"]["highpass_sigma"], MODE_DEFAULTS["coherent"]["chroma_weight"]),
-    "global": ("global", "rgb", None, 1, 0.0, 1.0),  # paper eq. 2
-    "authors": ("authors", "rgb", None, 1, 0.0, 1.0),  # the authors' released code
+    "matched": SynthesisOptions(mode="matched"),  # paper eq. 3
+    "coherent": SynthesisOptions(mode="coherent"),  # the coherent mode's defaults
+    "global": SynthesisOptions(mode="global"),  # paper eq. 2
+    "authors": SynthesisOptions(mode="authors"),  # the authors' released code
     # ablations: one ingredient at a time
-    "coherent-matches-only": ("coherent", "rgb", DEFAULT_PATCH_SIZE, 1, 0.0, 1.0),
-    "coherent+vote": ("coherent", "rgb", DEFAULT_PATCH_SIZE, 3, 0.0, 1.0),
-    "coherent+vote+chroma0.3": ("coherent", "rgb", DEFAULT_PATCH_SIZE, 3, 0.0, 0.3),
-    "coherent+vote+chroma0.5": ("coherent", "rgb", DEFAULT_PATCH_SIZE, 3, 0.0, 0.5),
-    "coherent+vote+highpass12": ("coherent", "rgb", DEFAULT_PATCH_SIZE, 3, 12.0, 1.0),
-    "coherent-patch7": ("coherent", "rgb", 7, 3, 0.0, 0.5),
-    "matched+chroma0.5": ("matched", "rgb", None, 1, 0.0, 0.5),
+    "coherent-matches-only": SynthesisOptions(mode="coherent", vote_size=1, highpass_sigma=0.0, chroma_weight=1.0),
+    "coherent+vote": SynthesisOptions(mode="coherent", vote_size=3, highpass_sigma=0.0, chroma_weight=1.0),
+    "coherent+vote+chroma0.3": SynthesisOptions(mode="coherent", vote_size=3, highpass_sigma=0.0, chroma_weight=0.3),
+    "coherent+vote+chroma0.5": SynthesisOptions(mode="coherent", vote_size=3, highpass_sigma=0.0, chroma_weight=0.5),
+    "coherent+vote+highpass12": SynthesisOptions(mode="coherent", vote_size=3, highpass_sigma=12.0,
+                                                 chroma_weight=1.0),
+    "coherent-patch7": SynthesisOptions(mode="coherent", patch_size=7, vote_size=3, highpass_sigma=0.0,
+                                        chroma_weight=0.5),
+    "matched+chroma0.5": SynthesisOptions(mode="matched", chroma_weight=0.5),
 }
 
 
@@ -75,6 +79,25 @@ def seam_overlay(outputs: np.ndarray, exemplar: np.ndarray, source_y: np.ndarray
     return grey.astype(np.uint8)
 
 
+def run_variant(pipe: PixelNNPipeline, stage1: np.ndarray, neighbours, descriptors, specs, opts: SynthesisOptions,
+                match_cache: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """One variant from the shared steps: outputs (O, S, S, 3), recorded exemplar rank, source y, x (O, S, S),
+    and the seconds of its matching (shared by mode and patch size) plus its composition."""
+    key = (opts.mode, opts.patch_size)
+    if key not in match_cache:
+        t0 = time.perf_counter()
+        match_cache[key] = (pipe.match(descriptors, specs, opts), time.perf_counter() - t0)
+    matches, match_seconds = match_cache[key]
+    t0 = time.perf_counter()
+    outs = pipe.compose(stage1, neighbours, matches, specs, opts)
+    seconds = match_seconds + time.perf_counter() - t0
+    rank, pos = get_mode(opts.mode).recorded(matches, specs)
+    o, (h, w) = len(specs), stage1.shape[:2]
+    rank = rank.cpu().numpy().reshape(o, h, w)
+    sy, sx = np.divmod(pos.cpu().numpy().reshape(o, h, w), w)
+    return outs, rank, sy, sx, seconds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -85,60 +108,71 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--check", action="store_true",
+                    help="assert on the first input that every variant equals pipe(x, options) exactly")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {', '.join(unknown)}; valid: {', '.join(VARIANTS)}")
     pipe = PixelNNPipeline.from_model_dir(args.model)
+    options = {n: pipe.check_options(VARIANTS[n]) for n in names}
+    base = options[names[0]]
+    shared = ("top_k", "sets", "windows", "descriptor", "pca_dims", "num_outputs", "seed", "where", "exemplars",
+              "like", "like_k")
+    for n, o in options.items():  # the shared steps must be the same for every variant
+        if any(getattr(o, f) != getattr(base, f) for f in shared):
+            ap.error(f"variant {n} differs from {names[0]} in options of the shared steps ({', '.join(shared)})")
     split = Dataset(args.data).split(args.split)
     pick = np.unique(np.linspace(0, len(split) - 1, min(args.n, len(split))).astype(int))
-    specs = default_output_specs()
-    windows = tuple(dict.fromkeys(s.window for s in specs))
+    specs = pipe.output_specs(base)
+    allowed = pipe.allowed_positions(base)
     rows = {n: [] for n in names}
     rng = np.random.default_rng(args.seed)
     # the figure: for the first inputs, the patchy kinds of output (several exemplars, large windows)
     shown = [o for o, s in enumerate(specs) if (len(s.ranks), s.window) in ((1, 11), (3, 11), (3, None), (5, 7),
                                                                              (5, None))][:6]
     figure_rows = []
-    for i in tqdm(pick, desc="inputs", unit="input"):
-        x, photo = np.asarray(split.inputs[i]), np.asarray(split.photos[i])
-        stage1 = predict(pipe.regressor, x[None])[0]
-        _, idx = pipe.library.search(global_descriptors(stage1[None]), 11, None)
-        nb = idx[0]
-        ex_photos, ex_stage1 = np.asarray(pipe.library.photos[nb]), np.asarray(pipe.library.stage1[nb])
-        desc = pipe._describe(x, stage1, nb, ex_stage1)
+    checked = 0
+    for n_in, i in enumerate(tqdm(pick, desc="inputs", unit="input", disable=None)):
+        x, photo = pipe.check_input(np.asarray(split.inputs[i])), np.asarray(split.photos[i])
+        stage1 = pipe.stage1(x)
+        neighbours = pipe.retrieve(stage1, base, allowed)
+        in_specs = pipe.fit_specs(specs, neighbours, base, allowed)
+        descriptors = pipe.describe(x, stage1, neighbours, base)
         size = stage1.shape[0]
-        outer = max(w for w in windows if w is not None)
-        wsims = torch.empty(len(nb), size * size, outer * outer)
-        best_sim, best_pos = match_windows(desc[0], desc[1:], size, size, windows, window_sims=wsims)
-        rank0, pos0, _ = select_sets(best_sim, best_pos, specs, windows)
-        rand = int(rng.integers(len(specs)))
-        order = rng.permutation(len(specs))[:20]
+        o = len(in_specs)
+        rand = int(rng.integers(o))
+        order = rng.permutation(o)[:20]
+        match_cache: dict = {}
         for name in names:
-            mode, color, coh, vote, hp, chroma = VARIANTS[name]
-            t0 = time.perf_counter()
-            rank, pos = rank0, pos0
-            if coh is not None:
-                rank, pos, _ = coherent_matches(desc[0], desc[1:], size, size, specs, windows, wsims,
-                                                patch=coh)
-            outs = compose(stage1, ex_photos, ex_stage1, rank, pos, specs, mode=mode, color=color,
-                           best_sim=best_sim, windows=windows, vote=vote, highpass_sigma=hp,
-                           chroma_weight=chroma)
-            seconds = time.perf_counter() - t0
-            o = len(specs)
-            rank, pos = recorded_matches(mode, specs, rank, pos)
-            sy, sx = np.divmod(pos.numpy().reshape(o, size, size), size)
-            seams = seam_rate(rank.numpy().reshape(o, size, size), sy, sx)
+            opts = options[name]
+            outs, rank, sy, sx, seconds = run_variant(pipe, stage1, neighbours, descriptors, in_specs, opts,
+                                                      match_cache)
+            if args.check and n_in == 0:
+                ref = pipe(x, opts)
+                exemplar = neighbours.positions[rank]
+                same = (np.array_equal(ref.outputs, outs), np.array_equal(ref.exemplar, exemplar),
+                        np.array_equal(ref.source_y, sy), np.array_equal(ref.source_x, sx))
+                assert all(same), (f"variant {name}: steps differ from pipe(x, options) "
+                                   f"(outputs, exemplar, source_y, source_x equal: {same})")
+                checked += 1
+            seams = seam_rate(rank, sy, sx)
             d = lpips_distance(outs, np.repeat(photo[None], o, 0))
             div = float(lpips_distance(outs[order[:-1]], outs[order[1:]]).mean())
             if len(figure_rows) < 4 * len(names) and name in ("matched", "coherent"):
-                seam = seam_overlay(outs[shown], rank.numpy().reshape(o, size, size)[shown], sy[shown], sx[shown])
+                seam = seam_overlay(outs[shown], rank[shown], sy[shown], sx[shown])
                 figure_rows.append((name, np.concatenate([x_rgb(x, size)[None], stage1[None], outs[shown], photo[None]]),
                                     seam))
             rows[name].append({"seam_rate": float(np.mean(seams)), "rand1_lpips": float(d[rand]),
                                "oracle_lpips": float(d.min()), "diversity": div, "seconds": seconds,
                                "stage1_lpips": float(lpips_distance(stage1[None], photo[None])[0])})
+    if args.check:
+        print(f"check: {checked} variants equal pipe(x, options) exactly on input {pick[0]} "
+              f"(outputs and recorded exemplar, source_y, source_x)")
     print(f"{args.model} on {args.data} {args.split}, {len(pick)} inputs x {len(specs)} outputs")
     print(f"{'variant':24s} seam  rand1  oracle  divers  s/input")
     for name in names:
@@ -150,7 +184,8 @@ def main() -> None:
         out = Path(args.out)
         summary = {n: {k: float(np.mean([r[k] for r in rows[n]])) for k in rows[n][0]} for n in names}
         write_json(out / "metrics.json", {"model": args.model, "data": args.data, "split": args.split,
-                                          "num_inputs": len(pick), "variants": {n: VARIANTS[n] for n in names},
+                                          "num_inputs": len(pick),
+                                          "variants": {n: options[n].to_dict() for n in names},
                                           "summary": summary, "rows": rows})
         blank = np.full((1, size, size, 3), 255, np.uint8)
         grid_rows = []

@@ -2,7 +2,8 @@
 
 For each of ``--n`` evenly spaced pairs of a prepared dataset's split (their inputs were derived
 from the photos with the model's task, exactly as ``synthesize --from-photo`` does), run the
-pipeline and measure against the photo:
+pipeline with one ``SynthesisOptions`` (``--mode``, ``--color``; the mode's defaults otherwise) and
+measure against the photo:
 
 - seconds per input (model loaded);
 - LPIPS v0.1 (AlexNet) of f(x), of a random output (seeded) and of the best of the outputs;
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 from pixelnn.data.dataset import Dataset, image_grid
 from pixelnn.evaluation.lpips import lpips_distance, mean_pairwise_lpips
 from pixelnn.io import save_image, write_json
+from pixelnn.options import SynthesisOptions
 from pixelnn.pipeline import PixelNNPipeline, save_result
 
 
@@ -53,16 +55,17 @@ def main() -> None:
 
     pipe = PixelNNPipeline.from_model_dir(args.model, descriptor=args.descriptor,
                                           pca_dims=None if args.pca_dims == 0 else args.pca_dims)
+    options = pipe.check_options(SynthesisOptions(mode=args.mode, color=args.color))
     split = Dataset(args.data).split(args.split)
     pick = np.unique(np.linspace(0, len(split) - 1, min(args.n, len(split))).astype(int))
     rng = np.random.default_rng(args.seed)
     rows = []
-    pipe(np.asarray(split.inputs[pick[0]]), mode=args.mode, color=args.color)  # warm-up (lazy weights)
+    pipe(np.asarray(split.inputs[pick[0]]), options)  # warm-up (lazy weights)
     example = None
     for n, i in enumerate(tqdm(pick, desc="stage 2", unit="input")):
         x, photo = np.asarray(split.inputs[i]), np.asarray(split.photos[i])
         t0 = time.perf_counter()
-        result = pipe(x, mode=args.mode, color=args.color)
+        result = pipe(x, options)
         seconds = time.perf_counter() - t0
         outs = result.outputs
         d_out = lpips_distance(outs, np.repeat(photo[None], len(outs), 0))
@@ -78,7 +81,8 @@ def main() -> None:
     summary.update({f"t_{k}": float(np.mean([r[f"t_{k}"] for r in rows])) for k in example[0].timings})
     config = {"model": args.model, "data": args.data, "split": args.split, "n": len(rows),
               "descriptor": args.descriptor, "pca_dims": args.pca_dims, "mode": args.mode, "color": args.color,
-              "threads": torch.get_num_threads(), "outputs_per_input": len(example[0].outputs)}
+              "threads": torch.get_num_threads(), "outputs_per_input": len(example[0].outputs),
+              "options": options.to_dict()}
     print(" | ".join(f"{k}={v}" for k, v in config.items() if k in ("descriptor", "pca_dims", "mode", "color", "n")))
     print("seconds/input  LPIPS stage-1  LPIPS random  LPIPS best  diversity")
     print(f"{summary['seconds']:13.2f}  {summary['lpips_stage1']:13.4f}  {summary['lpips_random']:12.4f}  "
@@ -93,6 +97,7 @@ def main() -> None:
         strip = np.concatenate([result.stage1[None], result.outputs[[0, 10, 40, 60, 71]], result.outputs[best][None],
                                 photo[None]])
         save_image(out / "example_row.png", image_grid([result.input[None], strip]))
+
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,9 @@ Playwright (no browser download):
    arrives after the first's (one synthesis at a time) and neither fails.
 3. With ``--screenshot``: clicks an output and a pixel and saves a screenshot of the page.
 
+It drives the app only through ``pixelnn serve`` and the browser (the app itself runs
+``pipe(x, SynthesisOptions)`` from its Options panel), so it never touches the pipeline's internals.
+
 Usage::
 
     python benchmarks/web_app.py --model /work/runs/model-shoes-edges --photo shoe.png \\
