@@ -406,7 +406,7 @@ class PixelNNPipeline:
         takes_inputs = getattr(desc, "takes", "stage1") == "inputs"
         ex_images = self.library.take("inputs", neighbours.positions) if takes_inputs else neighbours.stage1
         if query is None:
-            query = round_descriptors(torch.as_tensor(desc(x[None] if takes_inputs else stage1[None])))[0]  # (P, d)
+            query = self._queries(desc, x[None] if takes_inputs else stage1[None])[0]  # (P, d)
         ex = cache(ex_images) if cache is not None else round_descriptors(torch.as_tensor(desc(ex_images)))  # (K, P, d)
         return Descriptors(query.to(self.device), ex.to(self.device), stage1.shape[0], stage1.shape[1])
 
@@ -463,31 +463,52 @@ class PixelNNPipeline:
         return self.result(x, stage1, neighbours, matches, outputs, specs, options, clock.timings())
 
     def batch(self, inputs: Sequence[np.ndarray] | np.ndarray, options: SynthesisOptions | None = None, *,
-              like_photos: Sequence[np.ndarray] | None = None, **overrides: Any) -> list[SynthesisResult]:
-        """Synthesize for many inputs: stage 1, the global descriptors, retrieval and the query's VGG pass run
-        over the whole batch at once (and the neighbours' pixel descriptors in one pass over all of them);
-        matching and composition then run per input.
+              like_photos: Sequence[np.ndarray] | None = None, exact: bool | None = None,
+              **overrides: Any) -> list[SynthesisResult]:
+        """Synthesize for many inputs (B, s, s, C): the options, filters and retrieval once per batch, the
+        convolution passes (stage 1, AlexNet's global descriptors, the queries' VGG-16 hypercolumns) and the
+        global search over the whole batch at once; matching and composition then run per input.
 
-        Returns one :class:`SynthesisResult` per input, in order; batched steps' timings are split evenly.
-        A batched convolution can round differently from a single one, so outputs may differ from
-        single-input runs in rare pixels (measured in docs/results.md).
+        Parameters
+        ----------
+        inputs : sequence of ndarray, each (s, s, C) uint8
+        options, like_photos, overrides
+            As in :meth:`__call__`.
+        exact : bool, optional
+            True: the convolution passes and the search run one input at a time inside the batch, so every
+            result is bit-identical to a single :meth:`__call__`. False: they run over the whole batch at
+            once (what pays on a GPU); a batched convolution rounds differently from a single one, so in
+            rare pixels a match can flip to an equally similar exemplar pixel (measured in docs/results.md:
+            99.998% of correspondences identical on CPU). None (default): exact on the CPU, where batched
+            convolutions were measured no faster, batched on CUDA and MPS.
+
+        Returns
+        -------
+        list of SynthesisResult
+            One per input, in order; batched steps' timings are split evenly between the inputs.
         """
         options = self.check_options(options, **overrides)
+        exact = self.device.type == "cpu" if exact is None else exact
         xs = np.stack([self.check_input(x) for x in inputs])  # (B, s, s, C)
         b = len(xs)
         clock = _Clock()
-        stage1 = clock("stage1", self.stage1(xs))  # (B, S, S, 3)
+        stage1 = clock("stage1", np.stack([self.stage1(x) for x in xs]) if exact else self.stage1(xs))  # (B, S, S, 3)
         allowed = self.allowed_positions(options, like_photos)
-        g = global_descriptors(stage1, device=self.device)  # (B, D)
-        sim, idx = self.library.search(g, options.top_k, allowed)
+        if exact:
+            found = [self.library.search(global_descriptors(f[None], device=self.device), options.top_k, allowed)
+                     for f in stage1]
+            sim, idx = np.concatenate([d for d, _ in found]), np.concatenate([i for _, i in found])
+        else:
+            sim, idx = self.library.search(global_descriptors(stage1, device=self.device), options.top_k, allowed)
         neighbours = clock("retrieval", [self._neighbours(sim[i], idx[i]) for i in range(b)])
-        desc, cache = self.pixel_descriptor(options.descriptor, options.pca_dims)
-        queries = clock("descriptors", self._batch_queries(desc, xs, stage1))  # (B, P, d)
+        desc, _ = self.pixel_descriptor(options.descriptor, options.pca_dims)
+        images = xs if getattr(desc, "takes", "stage1") == "inputs" else stage1
+        queries = clock("descriptors", torch.cat([self._queries(desc, im[None]) for im in images]) if exact
+                        else self._queries(desc, images))  # (B, P, d)
         shared = {k: v / b for k, v in clock.timings().items() if k != "total"}
         results = []
         for i in range(b):
-            specs = self.output_specs(options)
-            specs = self.fit_specs(specs, neighbours[i], options, allowed)
+            specs = self.fit_specs(self.output_specs(options), neighbours[i], options, allowed)
             one = _Clock()
             descriptors = one("descriptors", self.describe(xs[i], stage1[i], neighbours[i], options, queries[i]))
             matches = one("matching", self.match(descriptors, specs, options))
@@ -499,9 +520,9 @@ class PixelNNPipeline:
             results.append(self.result(xs[i], stage1[i], neighbours[i], matches, outputs, specs, options, timings))
         return results
 
-    def _batch_queries(self, desc: Any, xs: np.ndarray, stage1: np.ndarray) -> torch.Tensor:
-        """Pixel descriptors (B, P, d) of a batch of queries, in one pass (rounded like :meth:`describe`'s)."""
-        images = xs if getattr(desc, "takes", "stage1") == "inputs" else stage1
+    @staticmethod
+    def _queries(desc: Any, images: np.ndarray) -> torch.Tensor:
+        """Pixel descriptors (B, P, d) of query images in one pass, rounded like :meth:`describe`'s."""
         return round_descriptors(torch.as_tensor(desc(images)))
 
 
