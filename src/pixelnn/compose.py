@@ -32,7 +32,7 @@ import torch
 
 from pixelnn.errors import PixelNNError
 from pixelnn.matching import OutputSpec
-from pixelnn.options import COLORS, check_choice
+from pixelnn.config import COLORS, check_choice
 
 _RGB2YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
 _YCC2RGB = torch.linalg.inv(_RGB2YCC)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from pixelnn.errors import PixelNNError
 
@@ -16,7 +16,14 @@ EDGE_METHODS = ("hed", "canny")
 DIRECTIONS = ("AtoB", "BtoA")
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+#: Colour spaces residuals are copied in (:mod:`pixelnn.compose`).
+COLORS = ("rgb", "luma")
+#: The authors' windows: same pixel, 7x7, 11x11, whole image (None).
+DEFAULT_WINDOWS: tuple[int | None, ...] = (1, 7, 11, None)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    """A one-line PixelNNError naming the valid choices when ``value`` is not one of them."""
     if value not in choices:
         raise PixelNNError(f"invalid {name} {value!r}; valid: {', '.join(choices)}")
 
@@ -55,9 +62,9 @@ class TaskConfig:
     input_channels: int = 3
 
     def __post_init__(self) -> None:
-        _check_choice("task", self.name, TASKS)
-        _check_choice("edge method", self.edge_method, EDGE_METHODS)
-        _check_choice("direction", self.direction, DIRECTIONS)
+        check_choice("task", self.name, TASKS)
+        check_choice("edge method", self.edge_method, EDGE_METHODS)
+        check_choice("direction", self.direction, DIRECTIONS)
         if self.size < 16:
             raise PixelNNError(f"size must be at least 16, got {self.size}")
         if self.name == "superres" and (self.factor < 1 or self.size % self.factor):

@@ -26,10 +26,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from pixelnn.config import DEFAULT_WINDOWS
 from pixelnn.errors import PixelNNError
 
-#: The authors' windows: same pixel, 7x7, 11x11, whole image (None).
-DEFAULT_WINDOWS: tuple[int | None, ...] = (1, 7, 11, None)
 
 #: Side of the patch similarity of coherent matching (:func:`coherent_matches`).
 DEFAULT_PATCH_SIZE = 11

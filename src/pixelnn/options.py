@@ -21,34 +21,25 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
+from pixelnn.config import COLORS, DEFAULT_WINDOWS, check_choice
 from pixelnn.errors import PixelNNError
 
 # pixelnn.modes and pixelnn.matching are imported where used: they load torch (~2 s), and this module must stay
 # importable without it (the CLI builds its parser from COLORS and DESCRIPTORS before any command runs).
 
-#: The authors' windows: same pixel, 7x7, 11x11, whole image (None).
-DEFAULT_WINDOWS: tuple[int | None, ...] = (1, 7, 11, None)
 #: The authors' K: their 18 exemplar sets use the 11 nearest exemplars.
 DEFAULT_TOP_K = 11
 DEFAULT_DESCRIPTOR = "hypercolumn"
 DEFAULT_PCA_DIMS = 64
 #: Pixel descriptors, by name (:func:`pixelnn.descriptors.make_descriptor`).
 DESCRIPTORS = ("hypercolumn", "regressor")
-#: Colour spaces residuals are copied in (:mod:`pixelnn.compose`).
-COLORS = ("rgb", "luma")
 #: "Like these photos" keeps this many nearest exemplars per photo.
 DEFAULT_LIKE_K = 50
 #: Fields a composition mode gives defaults for (None in the options = the mode's value).
 MODE_FIELDS = ("patch_size", "vote_size", "highpass_sigma", "chroma_weight")
 OPTIONS_FORMAT = "pixelnn-synthesis-options"
-
-
-def check_choice(name: str, value: Any, valid: Sequence[str]) -> None:
-    """A one-line PixelNNError naming the valid choices when ``value`` is not one of them."""
-    if value not in valid:
-        raise PixelNNError(f"invalid {name} {value!r}; valid: {', '.join(valid)}")
 
 
 def _window(w: Any) -> int | None:
