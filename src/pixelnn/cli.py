@@ -455,7 +455,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # other libraries (faiss, gradio, httpx) speak at WARNING and above only; pixelnn at the chosen level
+    logging.basicConfig(level=logging.WARNING if level > logging.DEBUG else level,
+                        format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(level)
     if not args.command:
         parser.print_help()
         return 2
