@@ -7,7 +7,7 @@ identical, and the similarity arrays.
 
 Usage::
 
-    git worktree add /tmp/old pre-issue11
+    git worktree add /tmp/old d8f1a33ca9    # e.g. the commit before issue 11
     python benchmarks/same_outputs.py --model runs/model-shoes-sr --data runs/shoes-sr --other-src /tmp/old/src --n 3
 """
 
