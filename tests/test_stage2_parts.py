@@ -55,6 +55,30 @@ def test_bad_options_give_one_line_errors(bad, message):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("bad,message", [
+    ({"vote_size": "x"}, "vote_size must be a number"), ({"highpass_sigma": "x"}, "highpass_sigma must be a number"),
+    ({"chroma_weight": None, "seed": "x"}, "seed must be a number"), ({"top_k": 2.5}, "whole number"),
+    ({"windows": 5}, "windows must be a list"), ({"sets": [["a"]]}, "rank must be a number"),
+    ({"where": {"kind": 5}}, "must be a list"), ({"exemplars": 5}, "exemplars must be a list"),
+    ({"top_k": True}, "top_k must be a number")])
+def test_wrongly_typed_options_give_one_line_errors(bad, message):
+    """What a hand-written options file can hold: every wrong type is a one-line error, never a traceback."""
+    with pytest.raises(PixelNNError, match=message) as e:
+        SynthesisOptions.from_dict(bad)
+    assert "\n" not in str(e.value)
+    assert SynthesisOptions(vote_size=3.0).vote_size == 3 and isinstance(SynthesisOptions(vote_size=3.0).vote_size, int)
+
+
+def test_a_bad_options_file_exits_2_with_one_line(setup, tmp_path, capsys):
+    root, model, data, pipe = setup
+    _save_inputs(tmp_path / "in", data, 1)
+    (tmp_path / "o.json").write_text(json.dumps({"mode": "coherent", "vote_size": "three"}))
+    assert main(["-q", "synthesize", str(tmp_path / "in"), "--model", str(model), "--out", str(tmp_path / "o"),
+                 "--options", str(tmp_path / "o.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "vote_size must be a number" in err[0]
+
+
 def test_unknown_option_names_list_the_valid_ones():
     with pytest.raises(PixelNNError, match="valid: top_k, sets"):
         SynthesisOptions.from_dict({"topk": 3})

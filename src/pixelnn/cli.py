@@ -99,7 +99,7 @@ def add_synthesis_options(p: argparse.ArgumentParser, exclude: Sequence[str] = (
 def synthesis_options(args: argparse.Namespace, exclude: Sequence[str] = ()):
     """The :class:`~pixelnn.options.SynthesisOptions` of parsed flags: ``--options FILE`` (or the defaults),
     overridden by the flags given (except those named in ``exclude``, as in :func:`add_synthesis_options`)."""
-    from pixelnn.options import SynthesisOptions
+    from pixelnn.options import SynthesisOptions, parse_sets, parse_windows
 
     base = SynthesisOptions.load(args.options) if getattr(args, "options", None) else SynthesisOptions()
     given: dict = {}
@@ -108,27 +108,15 @@ def synthesis_options(args: argparse.Namespace, exclude: Sequence[str] = ()):
         if v is None:
             continue
         if name == "windows":
-            v = [w.strip() for w in v.split(",") if w.strip()]
+            v = parse_windows(v)
         elif name == "sets":
-            v = [_rank_range(r) for r in v.split(",") if r.strip()]
+            v = parse_sets(v)
         elif name == "where":
             v = _parse_where(v)
         elif name == "exemplars":
             v = [e for item in v for e in item.split(",") if e]
         given[name] = v
     return base.replace(**given)
-
-
-def _rank_range(text: str) -> tuple[int, ...]:
-    """``"3"`` -> (3,); ``"1-3"`` -> (1, 2, 3) (1-based ranks)."""
-    lo, _, hi = text.strip().partition("-")
-    try:
-        lo_i, hi_i = int(lo), int(hi or lo)
-    except ValueError:
-        raise PixelNNError(f"--sets expects 1-based ranks or ranges like 1-3, got {text!r}") from None
-    if lo_i < 1 or hi_i < lo_i:
-        raise PixelNNError(f"--sets expects 1-based ranks or ranges like 1-3, got {text!r}")
-    return tuple(range(lo_i, hi_i + 1))
 
 
 def add_device_option(p: argparse.ArgumentParser) -> None:
@@ -307,10 +295,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from pixelnn.web import serve
 
-    library_dir = None
-    if args.library:
-        library_dir = Path(args.library) / "library" if (Path(args.library) / "library").is_dir() else Path(args.library)
-    serve(args.model, host=args.host, port=args.port, library_dir=library_dir,
+    serve(args.model, host=args.host, port=args.port, library_dir=_library_dir(args.library),
           max_upload_bytes=int(args.max_upload_mb * 2**20), max_upload_pixels=int(args.max_upload_mp * 1e6),
           threads=args.threads, device=args.device)
     return 0

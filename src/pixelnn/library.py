@@ -55,12 +55,13 @@ import numpy as np
 
 from pixelnn.config import MODEL_FILES, TaskConfig
 from pixelnn.data.dataset import SPLITS, Dataset
+from pixelnn.devices import resolve_device
 from pixelnn.errors import PixelNNError
 from pixelnn.io import atomic_dir, read_json, write_json
-from pixelnn.store import check_field, check_positions, iter_field, labels_index, select_records
-from pixelnn.store import few as _few
 from pixelnn.retrieval import (DESCRIPTOR_LAYER, DESCRIPTOR_NAME, INDEX_KINDS, GlobalIndex, descriptor_dim,
                                global_descriptors)
+from pixelnn.store import check_field, check_positions, iter_field, labels_index, select_records
+from pixelnn.store import few as _few
 
 log = logging.getLogger(__name__)
 
@@ -291,8 +292,6 @@ class ExemplarLibrary:
     def load_model(self, device: Any = "cpu"):
         """The library's copy of the stage-1 regressor (:class:`pixelnn.models.regressor.Regressor`), in eval mode,
         on ``device``."""
-        from pixelnn.devices import resolve_device
-
         return _load_regressor(self.root / self.manifest["model"].get("weights", WEIGHTS)).to(resolve_device(device))
 
     def add(self, data_dir: str | Path, split: str = "train", progress: bool = True, batch_size: int = 64,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -54,6 +55,33 @@ def _window(w: Any) -> int | None:
     return w
 
 
+def _number(name: str, v: Any) -> float:
+    """``v`` as a float; a one-line PixelNNError when it is not a number (a JSON string, a bool)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise PixelNNError(f"{name} must be a number, got {v!r}")
+    return float(v)
+
+
+def _integer(name: str, v: Any) -> int:
+    """``v`` as an int (a whole float such as 3.0 is accepted); a one-line PixelNNError otherwise."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return int(v)
+    if _number(name, v).is_integer():
+        return int(v)
+    raise PixelNNError(f"{name} must be a whole number, got {v!r}")
+
+
+def _items(name: str, v: Any) -> tuple:
+    """A list field: None -> (), one string or path -> (it,), a list or tuple -> a tuple; else a one-line error."""
+    if v is None:
+        return ()
+    if isinstance(v, (str, Path)):
+        return (v,)
+    if isinstance(v, (list, tuple)):
+        return tuple(v)
+    raise PixelNNError(f"{name} must be a list, got {v!r}")
+
+
 def _where(where: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
     if not where:
         return ()
@@ -64,11 +92,54 @@ def _where(where: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
             key, values = item
         except (TypeError, ValueError):
             raise PixelNNError(f"where must map label keys to values, got {where!r}") from None
-        values = (values,) if isinstance(values, str) else tuple(str(v) for v in values)
+        values = tuple(str(v) for v in _items(f"the values of label {key!r}", values))
         if not values:
             raise PixelNNError(f"no values given for label {key!r}")
         out.append((str(key), values))
     return tuple(out)
+
+
+def parse_windows(text: str) -> tuple[str, ...]:
+    """``"1, 7x7, 11,whole"`` -> ``("1", "7", "11", "whole")``, the items SynthesisOptions' ``windows`` checks;
+    the text form of the CLI's ``--windows`` and the web app's Windows field
+    (a bad item then raises a one-line PixelNNError)."""
+    out = []
+    for item in str(text).replace(";", ",").replace(" ", ",").split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        side, x, other = item.partition("x")
+        if x and side == other:
+            item = side
+        out.append(item)
+    if not out:
+        raise PixelNNError("windows must name at least one window (a side >= 1 or 'whole')")
+    return tuple(out)
+
+
+def parse_sets(text: str) -> tuple[tuple[int, ...], ...]:
+    """``"1,2,1-3,1+4"`` -> ``((1,), (2,), (1, 2, 3), (1, 4))``: comma-separated exemplar sets of 1-based
+    neighbour ranks, each a rank, a range ``a-b`` or members joined by ``+``."""
+    sets = []
+    for item in str(text).replace(";", ",").split(","):
+        item = item.replace(" ", "").lstrip("#")
+        if not item:
+            continue
+        ranks: list[int] = []
+        for part in item.split("+"):
+            lo, dash, hi = part.partition("-")
+            try:
+                lo_i, hi_i = int(lo), int(hi if dash else lo)
+            except ValueError:
+                raise PixelNNError(f"invalid exemplar set {item!r}: use 1-based ranks, ranges like 1-3 or "
+                                   f"members like 1+4, e.g. 1,2,1-3,1-5") from None
+            if lo_i < 1 or hi_i < lo_i:
+                raise PixelNNError(f"invalid exemplar set {item!r}: 1-based ranks start at 1 and ranges go up (1-3)")
+            ranks += [r for r in range(lo_i, hi_i + 1) if r not in ranks]
+        sets.append(tuple(ranks))
+    if not sets:
+        raise PixelNNError("no exemplar sets given; leave the field empty for the authors' 18")
+    return tuple(sets)
 
 
 @dataclass(frozen=True)
@@ -142,32 +213,37 @@ class SynthesisOptions:
         if self.descriptor is not None:
             check_choice("descriptor", self.descriptor, DESCRIPTORS)
         for name in ("top_k", "like_k"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            if _integer(name, getattr(self, name)) < 1:
                 raise PixelNNError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        if not self.windows:
+            set_(name, int(getattr(self, name)))
+        set_("seed", _integer("seed", self.seed))
+        windows = _items("windows", self.windows)
+        if not windows:
             raise PixelNNError("windows must name at least one window (a side >= 1 or 'whole')")
-        set_("windows", tuple(_window(w) for w in self.windows))
+        set_("windows", tuple(_window(w) for w in windows))
         if self.sets is not None:
-            sets = tuple(tuple(int(r) for r in s) for s in self.sets)
+            sets = tuple(tuple(_integer("a set's rank", r) for r in _items("a set", s)) for s in _items("sets", self.sets))
             if not sets or any(not s or min(s) < 1 for s in sets):
                 raise PixelNNError(f"sets must be non-empty lists of 1-based ranks (>= 1), got {self.sets!r}")
             set_("sets", sets)
         for name in ("patch_size", "vote_size"):
             v = getattr(self, name)
-            if v is not None and (int(v) != v or v < 1 or v % 2 == 0):
+            if v is not None and (_integer(name, v) < 1 or v % 2 == 0):
                 raise PixelNNError(f"{name} must be an odd number >= 1, got {v}")
-        if self.highpass_sigma is not None and not self.highpass_sigma >= 0:
+        if self.highpass_sigma is not None and not _number("highpass_sigma", self.highpass_sigma) >= 0:
             raise PixelNNError(f"highpass_sigma must be >= 0, got {self.highpass_sigma}")
-        if self.chroma_weight is not None and not 0 <= self.chroma_weight <= 1:
+        if self.chroma_weight is not None and not 0 <= _number("chroma_weight", self.chroma_weight) <= 1:
             raise PixelNNError(f"chroma_weight must be in [0, 1], got {self.chroma_weight}")
-        if self.pca_dims is not None and (int(self.pca_dims) != self.pca_dims or self.pca_dims < 0):
+        if self.pca_dims is not None and _integer("pca_dims", self.pca_dims) < 0:
             raise PixelNNError(f"pca_dims must be >= 1, or 0 for the full descriptor; got {self.pca_dims}")
-        if self.num_outputs is not None and self.num_outputs < 1:
+        if self.num_outputs is not None and _integer("num_outputs", self.num_outputs) < 1:
             raise PixelNNError(f"num_outputs must be >= 1, got {self.num_outputs}")
+        for name in ("patch_size", "vote_size", "pca_dims", "num_outputs"):  # 3.0 from JSON -> 3
+            if getattr(self, name) is not None:
+                set_(name, int(getattr(self, name)))
         set_("where", _where(self.where))
-        set_("exemplars", tuple(str(e) for e in ((self.exemplars,) if isinstance(self.exemplars, str)
-                                                 else self.exemplars or ())))
-        set_("like", tuple(str(p) for p in ((self.like,) if isinstance(self.like, (str, Path)) else self.like or ())))
+        set_("exemplars", tuple(str(e) for e in _items("exemplars", self.exemplars)))
+        set_("like", tuple(str(p) for p in _items("like", self.like)))
 
     # ------------------------------------------------------------------ derived
     def resolved(self) -> "SynthesisOptions":

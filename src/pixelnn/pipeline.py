@@ -213,9 +213,10 @@ class PixelNNPipeline:
         self._descriptors: dict[tuple[str, int | None], tuple[Any, Any]] = {}
         self._default: tuple[str, int | None] = (DEFAULT_DESCRIPTOR, DEFAULT_PCA_DIMS)
         if descriptor is not None:
-            key = self._descriptor_key(descriptor)
-            self._descriptors[key] = (descriptor.to(self.device), pixel_cache)
-            self._default = ("regressor" if getattr(descriptor, "takes", "") == "inputs" else "hypercolumn", key[1])
+            pca = getattr(descriptor, "pca", None)
+            self._default = ("regressor" if getattr(descriptor, "takes", "") == "inputs" else "hypercolumn",
+                             pca.dims if pca is not None else None)
+            self._descriptors[self._default] = (descriptor.to(self.device), pixel_cache)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, library_dir: str | Path | None = None,
@@ -250,34 +251,26 @@ class PixelNNPipeline:
         return self.pixel_descriptor(*self._default)[1]
 
     # ------------------------------------------------------------------ parts
-    @staticmethod
-    def _descriptor_key(descriptor: Any) -> tuple[str, int | None]:
-        pca = getattr(descriptor, "pca", None)
-        return descriptor.base_name, (pca.dims if pca is not None else None)
-
     def pixel_descriptor(self, name: str = DEFAULT_DESCRIPTOR, pca_dims: int | None = DEFAULT_PCA_DIMS
                          ) -> tuple[Any, Any]:
         """The pixel descriptor ``name`` with ``pca_dims`` PCA dims (None or 0: full) and its pixel cache (or
         None), loaded on first use (fitting the PCA once per library)."""
-        pca_dims = pca_dims or None
-        base = make_descriptor(name, regressor=self.regressor).base_name
-        key = (base, pca_dims)
+        key = (name, pca_dims or None)
         if key not in self._descriptors:
-            desc = load_pixel_descriptor(self.library, name, self.regressor, pca_dims).to(self.device)
+            desc = load_pixel_descriptor(self.library, name, self.regressor, key[1]).to(self.device)
             root = getattr(self.library, "root", None)
             cache = PixelDescriptorCache(Path(root) / "pixel_cache", desc) \
                 if self.use_pixel_cache and root is not None and desc.dims <= MAX_CACHED_DIMS else None
             self._descriptors[key] = (desc, cache)
         return self._descriptors[key]
 
-    def fill_pixel_cache(self, progress: bool = True, options: SynthesisOptions | None = None) -> int:
+    def fill_pixel_cache(self, progress: bool = True) -> int:
         """Describe every library exemplar not yet in the pixel cache (``pixelnn index --pixel-cache``).
 
         Returns the number of exemplars described. Costs one descriptor pass per exemplar (about
         0.07 s at 96x96 on 2 cores) and 1.2 MB of disk per exemplar at 64 dims.
         """
-        desc, cache = self.pixel_descriptor(options.descriptor, options.pca_dims) if options else \
-            (self.descriptor, self.pixel_cache)
+        desc, cache = self.pixel_descriptor(*self._default)
         if cache is None:
             raise PixelNNError(f"descriptor {desc.name} ({desc.dims} dims) is not cached; "
                                f"use a PCA-reduced descriptor")
@@ -363,14 +356,9 @@ class PixelNNPipeline:
         x = np.asarray(x)
         return predict(self.regressor, x[None])[0] if x.ndim == 3 else predict(self.regressor, x)
 
-    def retrieve(self, stage1: np.ndarray, options: SynthesisOptions, allowed: np.ndarray | None = None,
-                 global_desc: np.ndarray | None = None) -> Neighbours:
-        """Step 2: the ``top_k`` exemplars whose f(x_n) is nearest to f(x) (S, S, 3), within ``allowed``.
-
-        ``global_desc`` (D,) is f(x)'s global descriptor when already computed (batches).
-        """
-        g = global_descriptors(stage1[None], device=self.device) if global_desc is None else global_desc[None]
-        sim, idx = self.library.search(g, options.top_k, allowed)
+    def retrieve(self, stage1: np.ndarray, options: SynthesisOptions, allowed: np.ndarray | None = None) -> Neighbours:
+        """Step 2: the ``top_k`` exemplars whose f(x_n) is nearest to f(x) (S, S, 3), within ``allowed``."""
+        sim, idx = self.library.search(global_descriptors(stage1[None], device=self.device), options.top_k, allowed)
         return self._neighbours(sim[0], idx[0])
 
     def _neighbours(self, sim: np.ndarray, idx: np.ndarray) -> Neighbours:
@@ -494,21 +482,20 @@ class PixelNNPipeline:
         clock = _Clock()
         stage1 = clock("stage1", np.stack([self.stage1(x) for x in xs]) if exact else self.stage1(xs))  # (B, S, S, 3)
         allowed = self.allowed_positions(options, like_photos)
-        if exact:
-            found = [self.library.search(global_descriptors(f[None], device=self.device), options.top_k, allowed)
-                     for f in stage1]
-            sim, idx = np.concatenate([d for d, _ in found]), np.concatenate([i for _, i in found])
+        if exact:  # the single-input steps, one input at a time
+            neighbours = clock("retrieval", [self.retrieve(f, options, allowed) for f in stage1])
+            queries: Sequence[torch.Tensor | None] = [None] * b  # describe() computes each query's own
         else:
             sim, idx = self.library.search(global_descriptors(stage1, device=self.device), options.top_k, allowed)
-        neighbours = clock("retrieval", [self._neighbours(sim[i], idx[i]) for i in range(b)])
-        desc, _ = self.pixel_descriptor(options.descriptor, options.pca_dims)
-        images = xs if getattr(desc, "takes", "stage1") == "inputs" else stage1
-        queries = clock("descriptors", torch.cat([self._queries(desc, im[None]) for im in images]) if exact
-                        else self._queries(desc, images))  # (B, P, d)
+            neighbours = clock("retrieval", [self._neighbours(sim[i], idx[i]) for i in range(b)])
+            desc, _ = self.pixel_descriptor(options.descriptor, options.pca_dims)
+            images = xs if getattr(desc, "takes", "stage1") == "inputs" else stage1
+            queries = clock("descriptors", self._queries(desc, images))  # (B, P, d)
         shared = {k: v / b for k, v in clock.timings().items() if k != "total"}
+        all_specs = self.output_specs(options)
         results = []
         for i in range(b):
-            specs = self.fit_specs(self.output_specs(options), neighbours[i], options, allowed)
+            specs = self.fit_specs(all_specs, neighbours[i], options, allowed)
             one = _Clock()
             descriptors = one("descriptors", self.describe(xs[i], stage1[i], neighbours[i], options, queries[i]))
             matches = one("matching", self.match(descriptors, specs, options))

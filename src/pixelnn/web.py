@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pixelnn.errors import PixelNNError
-from pixelnn.options import MODE_FIELDS
+from pixelnn.options import MODE_FIELDS, parse_sets, parse_windows  # noqa: F401 (parse_*: part of this API)
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no phoning home
 
@@ -398,48 +398,6 @@ def options_line(options: Any) -> str:
     parts += ["where " + "; ".join(f"{k}={' or '.join(v)}" for k, v in o.where)] if o.where else []
     parts += [f"like {len(o.like)} photo(s)"] if o.like else []
     return ", ".join(parts)
-
-
-def parse_windows(text: str) -> tuple[str, ...]:
-    """``"1, 7x7, 11,whole"`` -> ``("1", "7", "11", "whole")``, the items SynthesisOptions' ``windows`` checks
-    (a bad item then raises a one-line PixelNNError)."""
-    out = []
-    for item in str(text).replace(";", ",").replace(" ", ",").split(","):
-        item = item.strip().lower()
-        if not item:
-            continue
-        side, x, other = item.partition("x")
-        if x and side == other:
-            item = side
-        out.append(item)
-    if not out:
-        raise PixelNNError("windows must name at least one window (a side >= 1 or 'whole')")
-    return tuple(out)
-
-
-def parse_sets(text: str) -> tuple[tuple[int, ...], ...]:
-    """``"1,2,1-3,1+4"`` -> ``((1,), (2,), (1, 2, 3), (1, 4))``: comma-separated exemplar sets of 1-based
-    neighbour ranks, each a rank, a range ``a-b`` or members joined by ``+``."""
-    sets = []
-    for item in str(text).replace(";", ",").split(","):
-        item = item.replace(" ", "").lstrip("#")
-        if not item:
-            continue
-        ranks: list[int] = []
-        for part in item.split("+"):
-            lo, dash, hi = part.partition("-")
-            try:
-                lo_i, hi_i = int(lo), int(hi if dash else lo)
-            except ValueError:
-                raise PixelNNError(f"invalid exemplar set {item!r}: use 1-based ranks, ranges like 1-3 or "
-                                   f"members like 1+4, e.g. 1,2,1-3,1-5") from None
-            if lo_i < 1 or hi_i < lo_i:
-                raise PixelNNError(f"invalid exemplar set {item!r}: ranks start at 1 and ranges go up (1-3)")
-            ranks += [r for r in range(lo_i, hi_i + 1) if r not in ranks]
-        sets.append(tuple(ranks))
-    if not sets:
-        raise PixelNNError("no exemplar sets given; leave the field empty for the authors' 18")
-    return tuple(sets)
 
 
 def _text(value: Any) -> str:
