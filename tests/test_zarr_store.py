@@ -202,7 +202,7 @@ def test_upgrade_gives_identical_outputs(built, tmp_path):
     outs = []
     for lib in (built["v1"], new):
         pipe = PixelNNPipeline(model, lib, task, load_pixel_descriptor(lib, regressor=model, pca_dims=8, fit_images=16))
-        outs.append([pipe(xi, top_k=3, windows=(None, 4), sets=(1, 2)) for xi in x])
+        outs.append([pipe(xi, top_k=3, windows=(None, 4), sets=((1,), (1, 2))) for xi in x])
     for a, b in zip(*outs):
         assert np.array_equal(a.outputs, b.outputs) and np.array_equal(a.exemplar, b.exemplar)
         assert np.array_equal(a.source_y, b.source_y) and np.array_equal(a.source_x, b.source_x)
