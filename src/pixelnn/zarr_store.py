@@ -80,6 +80,8 @@ GLOBAL_DIMS = 512
 REDUCER_FIT_MAX = 10_000
 #: Rows per forward pass while building (as the version-1 library, so stage-1 outputs agree).
 CHUNK = 256
+#: Quantizer-trained indexes (ivfpq) are trained on at most this many evenly spaced rows.
+INDEX_TRAIN_MAX = 100_000
 #: Default RAM the index may use (it chooses its kind by size and this budget).
 INDEX_MEMORY = 2 * 2**30
 IMAGE_FIELDS = ("photos", "stage1", "inputs")
@@ -899,12 +901,26 @@ def _build_index(loc: Location, manifest: dict[str, Any], number: int, memory: i
             index.add(x[skip:])
             skip = 0
     else:
-        index = ann.AnnIndex.build(_iter_global(loc, entries), n=n, dim=dim, kind=kind)
+        train = None
+        if kind == "ivfpq":  # trained once, on evenly spaced rows
+            train = _take_rows(loc, entries, np.unique(np.linspace(0, n - 1, min(n, INDEX_TRAIN_MAX)).astype(np.int64)))
+        index = ann.AnnIndex.build(_iter_global(loc, entries), n=n, dim=dim, kind=kind, train=train,
+                                   memory_budget_bytes=memory)
     rel = f"{INDEX_DIR}/{number:08d}.faiss"
     data = index.to_bytes()
     loc.write_bytes(rel, data)
     return {"file": rel, "kind": index.kind, "rows": n, "dim": dim, "sha256": _sha256(data), "bytes": len(data),
-            "params": index.params() if hasattr(index, "params") else {}}
+            "params": dict(getattr(index, "params", {}) or {})}
+
+
+def _take_rows(loc: Location, entries: list[dict[str, Any]], rows: np.ndarray) -> np.ndarray:
+    """Stored descriptors of some rows (sorted), (m, d) float32."""
+    starts = np.concatenate([[0], np.cumsum([e["count"] for e in entries])])
+    seg = np.searchsorted(starts, rows, side="right") - 1
+    out = []
+    for s in np.unique(seg):
+        out.append(_Segment(loc, entries[s]).read("global", rows[seg == s] - starts[s]).astype(np.float32))
+    return np.concatenate(out)
 
 
 def _read_index(loc: Location, spec: dict[str, Any]):
