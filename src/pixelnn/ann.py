@@ -19,7 +19,7 @@ kind      faiss                                            RAM (bytes, N rows of
 ``flat``  ``IndexFlatIP``: exact                           ``4 N d``
 ``hnsw``  ``IndexHNSWSQ(d, QT_fp16, M)``: fp16 vectors     ``2 N d + 4 N (2 M) * 1.05 + 8 N``
           and an HNSW graph (2M links on level 0, a few     (vectors, level-0 links, upper levels and
-          more on upper levels)                             offsets; about 1.06 GB for 1M x 512, M=32)
+          more on upper levels)                             offsets; about 1.3 GB for 1M x 512, M=32)
 ``ivfpq`` ``OPQ{m},IVF{nlist},PQ{m}``: rotated, product-   ``N (m + 8) + 4 nlist d + 4 d^2``
           quantised codes with int64 ids per inverted list  (codes and ids, centroids, rotation)
 ========= ================================================ ==========================================
@@ -45,13 +45,13 @@ INDEX_KINDS = ("flat", "hnsw", "ivfpq")
 
 
 # ----------------------------------------------------------------------------------------------- PCA
-def _as_rows(x: Any, dim: int | None = None, what: str = "vectors") -> np.ndarray:
+def _as_rows(x: Any, dim: int | None = None, what: str = "vectors", rows: str = "N") -> np.ndarray:
     """``x`` as a C-contiguous (N, D) float32 array; a one-line PixelNNError otherwise."""
     x = np.asarray(x)
     if x.ndim == 1 and dim is not None and x.shape[0] == dim:
         x = x[None]
     if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
-        want = f"(N, {dim})" if dim is not None else "(N, D)"
+        want = f"({rows}, {dim})" if dim is not None else f"({rows}, D)"
         raise PixelNNError(f"{what} must be {want}, got shape {tuple(x.shape)}")
     if not np.issubdtype(x.dtype, np.floating):
         raise PixelNNError(f"{what} must be float16, float32 or float64, got {x.dtype}")
@@ -392,7 +392,8 @@ class AnnIndex:
     def build(cls, vectors: np.ndarray | Iterable[np.ndarray], n: int | None = None, kind: str | None = None,
               memory_budget_bytes: int = 8 << 30, train: np.ndarray | None = None, M: int = HNSW_M,
               ef_construction: int = EF_CONSTRUCTION, nlist: int | None = None, pq_m: int = PQ_M,
-              pq_nbits: int = 8, opq_iter: int = 25, train_rows: int = TRAIN_ROWS, chunk_size: int = ADD_CHUNK, dim: int | None = None) -> "AnnIndex":
+              pq_nbits: int = 8, opq_iter: int = 25, train_rows: int = TRAIN_ROWS, chunk_size: int = ADD_CHUNK,
+              dim: int | None = None) -> "AnnIndex":
         """Build an index over ``vectors``, trained once, filled chunk by chunk.
 
         Parameters
@@ -495,7 +496,7 @@ class AnnIndex:
         """
         import faiss
 
-        q = _as_rows(q, self.dim, "queries")
+        q = _as_rows(q, self.dim, "queries", rows="Q")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise PixelNNError(f"k must be a positive integer, got {k!r}")
         k, n = int(k), len(self)
