@@ -159,6 +159,7 @@ def test_write_read_round_trip(data, indexes, kind, mmap, tmp_path):
     again = AnnIndex.read(path, mmap=mmap)
     assert (again.kind, again.dim, len(again)) == (kind, DIM, N)
     assert again.params == index.params
+    assert again.mapped == mmap and not index.mapped
     for kwargs in ({}, {"allowed": np.arange(0, N, 2)}, {"excluded": np.arange(0, N, 5)}):
         D, I = index.search(q, K, **kwargs)
         D2, I2 = again.search(q, K, **kwargs)

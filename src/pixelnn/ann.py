@@ -607,17 +607,27 @@ class AnnIndex:
         p = Path(path)
         if not p.is_file():
             raise PixelNNError(f"no index file at {p}")
-        flags = (faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY) if mmap else 0
+        flags = 0
+        if mmap:
+            with open(p, "rb") as f:
+                ivf = f.read(4) in (b"IxPT", b"IwPQ", b"IwQR", b"IwFl", b"IwSq")  # IVF kinds (OPQ wraps IVF)
+            flags = (faiss.IO_FLAG_MMAP if ivf else faiss.IO_FLAG_MMAP_IFC) | faiss.IO_FLAG_READ_ONLY
         try:
             index = faiss.read_index(str(p), flags)
         except RuntimeError as e:
-            if not mmap:
-                raise PixelNNError(f"not a faiss index: {p} ({str(e).splitlines()[0][:200]})") from None
-            try:
-                index = faiss.read_index(str(p), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-            except RuntimeError:
-                raise PixelNNError(f"not a faiss index: {p} ({str(e).splitlines()[0][:200]})") from None
+            raise PixelNNError(f"not a faiss index: {p} ({str(e).splitlines()[0][:200]})") from None
         return cls._wrap(index)
+
+    @property
+    def mapped(self) -> bool:
+        """True when the index's storage is memory-mapped from its file (not held in RAM)."""
+        import faiss
+
+        if self.kind == "ivfpq":
+            lists = faiss.extract_index_ivf(self.index).invlists
+            return isinstance(faiss.downcast_InvertedLists(lists), faiss.OnDiskInvertedLists)
+        codes = self.index.codes if self.kind == "flat" else faiss.downcast_index(self.index.storage).codes
+        return not codes.is_owned
 
     def to_bytes(self) -> bytes:
         """The index as bytes (``faiss.serialize_index``), for fsspec locations."""
