@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 K = 11
-FILTERS = ("none", "random 10%", "random 0.1%", "dataset=cats")
+FILTERS = ("none", "random 10%", "random 0.1%", "dataset=cats", "10% via graph")
 
 
 def rss() -> int:
@@ -114,6 +114,27 @@ def time_queries(ann, q: np.ndarray, allowed, **params) -> tuple[np.ndarray, lis
     return ids, lat
 
 
+def fallback_sweep(ann, q: np.ndarray, n: int, chunks, emit) -> None:
+    """Exact small-subset search vs the filtered graph/IVF search, for growing random subsets."""
+    sizes = [s for s in (1000, 5000, 20000, 50000) if s < n]
+    rng = np.random.default_rng(11)
+    subsets = {s: np.sort(rng.choice(n, s, replace=False)) for s in sizes}
+    masks = {}
+    for s, a in subsets.items():
+        masks[s] = np.zeros(n, bool)
+        masks[s][a] = True
+    gt = exact_topk(q, chunks, masks)
+    saved = ann.exact_below
+    for s, a in subsets.items():
+        parts = []
+        for name, below in (("exact", n), ("faiss", 0)):
+            ann.exact_below = below
+            ids, lat = time_queries(ann, q, a)
+            parts.append(f"{name} p50 {np.percentile(lat, 50):.2f} ms recall {recall(ids, gt[s]):.3f}")
+        emit(f"# fallback sweep n={n} allowed={s} ({100 * s / n:.2g}%): " + "; ".join(parts))
+    ann.exact_below = saved
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default="/work/main/runs/scale")
@@ -124,6 +145,7 @@ def main() -> None:
     ap.add_argument("--fill", choices=("none", "jitter"), default="none")
     ap.add_argument("--ef", default="32,64,128", help="HNSW efSearch values to report (unfiltered)")
     ap.add_argument("--ef-construction", type=int, default=None)
+    ap.add_argument("--fallback-sweep", action="store_true", help="time exact vs filtered faiss search")
     ap.add_argument("--out", default=None, help="table file (default DIR/index_table.txt)")
     args = ap.parse_args()
 
@@ -178,6 +200,7 @@ def main() -> None:
                    "random 10%": np.sort(rng.choice(n, n // 10, replace=False)),
                    "random 0.1%": np.sort(rng.choice(n, max(1, n // 1000), replace=False)),
                    "dataset=cats": np.flatnonzero(labels["dataset"][np.arange(n) % real] == cats)}
+        allowed["10% via graph"] = allowed["random 10%"]  # the same filter, forced through faiss (no exact path)
         masks = {}
         for f, a in allowed.items():
             if a is None:
@@ -201,6 +224,10 @@ def main() -> None:
                 f"{disk:>11}")
         sweep = [int(e) for e in args.ef.split(",")] if kind == "hnsw" else [None]
         for f in FILTERS:
+            if f == "10% via graph" and (kind == "flat" or len(allowed[f]) > ann.exact_below):
+                continue
+            forced = f == "10% via graph"
+            saved, ann.exact_below = ann.exact_below, (0 if forced else ann.exact_below)
             for ef in (sweep if f == "none" else [None]):
                 params = {} if ef is None else {"ef_search": ef}
                 time_queries(ann, q[:20], allowed[f], **params)  # warm up (page in the map)
@@ -209,10 +236,15 @@ def main() -> None:
                                                     else f"np={ann.nprobe}")
                 if allowed[f] is not None and len(allowed[f]) <= ann.exact_below:
                     label = "exact"
+                elif allowed[f] is not None and kind == "hnsw":
+                    label = f"ef={ann.filtered_ef(len(allowed[f]) / n, ef)}"
                 rf = f"{recall(ids, gt_full):.3f}" if gt_full is not None and f == "none" else "-"
                 count = n if allowed[f] is None else len(allowed[f])
                 emit(f"{head} {f:>13} {count:>8} {label:>9} {np.percentile(lat, 50):>7.2f} "
                      f"{np.percentile(lat, 95):>7.2f} {recall(ids, gt[f]):>6.3f} {rf:>7}")
+            ann.exact_below = saved
+        if args.fallback_sweep and kind != "flat":
+            fallback_sweep(ann, q[:100], n, rows_of(reduced, n, real), emit)
         del ann
 
 
