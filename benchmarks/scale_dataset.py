@@ -253,10 +253,20 @@ def build(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, out: str | os.PathLike
                 train = tmp / "train"
                 # the real photos may lose a few unusable files: the row count is fixed by --total,
                 # so the real rows are written first and the augmentations fill the rest.
-                photos = np.lib.format.open_memmap(train / "photos.npy", mode="w+", dtype=np.uint8,
-                                                   shape=(total, *rows_photo))
-                inputs = np.lib.format.open_memmap(train / "inputs.npy", mode="w+", dtype=np.uint8,
-                                                   shape=(total, *rows_input))
+                for fname, shape in (("photos.npy", rows_photo), ("inputs.npy", rows_input)):
+                    mm = np.lib.format.open_memmap(train / fname, mode="w+", dtype=np.uint8,
+                                                   shape=(total, *shape))
+                    del mm  # created (sparse); each chunk maps it again, see write_rows
+
+                def write_rows(start: int, block: np.ndarray) -> None:
+                    """Write photos rows start.. and their derived inputs through short-lived memory maps
+                    (unmapped after each chunk, so the resident memory stays at one chunk)."""
+                    for fname, arr in (("photos.npy", block), ("inputs.npy", derive_inputs(block, TASK))):
+                        mm = np.lib.format.open_memmap(train / fname, mode="r+")
+                        mm[start:start + len(arr)] = arr
+                        mm.flush()
+                        del mm
+
                 rec_f = open(train / "records.jsonl", "w")
                 bar = tqdm(total=total, desc="scale dataset", unit="pair", disable=not progress, smoothing=0.05)
                 try:
@@ -280,8 +290,7 @@ def build(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, out: str | os.PathLike
                             rec_f.write(json.dumps(_record(item, None), sort_keys=True) + "\n")
                         if arrs:
                             block = np.stack(arrs)
-                            photos[row:row + len(block)] = block
-                            inputs[row:row + len(block)] = derive_inputs(block, TASK)
+                            write_rows(row, block)
                             row += len(block)
                             bar.update(len(block))
                     n_real = row
@@ -316,14 +325,11 @@ def build(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, out: str | os.PathLike
                             arrs.extend(res)
                         if arrs:
                             block = np.stack(arrs)
-                            photos[row:row + len(block)] = block
-                            inputs[row:row + len(block)] = derive_inputs(block, TASK)
+                            write_rows(row, block)
                             row += len(block)
                             bar.update(len(block))
                     if row != total:
                         raise AssertionError(f"wrote {row} rows, expected {total}")
-                    photos.flush()
-                    inputs.flush()
                 finally:
                     bar.close()
                     rec_f.close()
@@ -334,6 +340,8 @@ def build(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, out: str | os.PathLike
                     np.save(tmp / name / "inputs.npy", np.zeros((0, *rows_input), np.uint8), allow_pickle=False)
                     (tmp / name / "records.jsonl").write_text("")
                 pick = np.linspace(0, total - 1, 16).round().astype(int)
+                photos = np.load(train / "photos.npy", mmap_mode="r", allow_pickle=False)
+                inputs = np.load(train / "inputs.npy", mmap_mode="r", allow_pickle=False)
                 save_image(tmp / "preview.png", pair_grid(np.asarray(inputs[pick]), np.asarray(photos[pick])))
                 del photos, inputs
 
@@ -381,6 +389,9 @@ def build(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, out: str | os.PathLike
                               "handbags: the LEFT half of each edges2handbags A|B image is the photo"],
                 }
                 manifest["seconds"] = round(time.perf_counter() - t0, 1)
+                # shared by several workers: readable by all (mkdtemp makes the folder 0700)
+                for p in [tmp, *tmp.rglob("*")]:
+                    p.chmod(0o755 if p.is_dir() else 0o644)
                 (tmp / "dataset.json").write_text(json.dumps(manifest, indent=2) + "\n")
     finally:
         for s in srcs:
