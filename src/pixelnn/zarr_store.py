@@ -77,7 +77,7 @@ BLOCK_SIZE = 16384
 #: Default reduced size of the conv5 descriptors.
 GLOBAL_DIMS = 512
 #: The descriptor reduction is fitted on at most this many evenly spaced exemplars.
-REDUCER_FIT_MAX = 10_000
+REDUCER_FIT_MAX = 8192
 #: Rows per forward pass while building (as the version-1 library, so stage-1 outputs agree).
 CHUNK = 256
 #: Quantizer-trained indexes (ivfpq) are trained on at most this many evenly spaced rows.
@@ -1051,7 +1051,10 @@ def plan_build(url: str | os.PathLike | None, model_dir: str | Path | None, data
         summary.append({"path": path, "split": split, "added": len(keep), "skipped": skipped[path], "time": _now()})
         for i in range(0, len(keep), block_size):
             blocks.append(Block(f"v{number:06d}b{len(blocks):05d}", path, keep[i:i + block_size]))
-    plan = BuildPlan(url=work.url, target=target.url, split=split, batch_size=int(batch_size), device=str(device),
+    from pixelnn.devices import resolve_device
+
+    plan = BuildPlan(url=work.url, target=target.url, split=split, batch_size=int(batch_size),
+                     device=str(resolve_device(device)),
                      id_prefix=prefix, model_sha256=model_sha, blocks=blocks, base_version=base_version,
                      skipped=skipped, datasets=summary, overwrite=bool(overwrite), index_memory=int(index_memory))
     if not adding:
