@@ -53,6 +53,20 @@ def test_store_matches_v1_library(built):
     assert st.position("b003") == v1.position("b003")
 
 
+def test_segment_shapes_of_any_size(tmp_path):
+    """Shards hold whole inner chunks whatever the segment's length (here 300 rows: global chunks of 256)."""
+    loc = zs.Location(tmp_path / "seg")
+    rng = np.random.default_rng(0)
+    n = 300
+    rows = {"photos": rng.integers(0, 255, (n, 8, 8, 3), np.uint8), "stage1": rng.integers(0, 255, (n, 8, 8, 3), np.uint8),
+            "inputs": rng.integers(0, 255, (n, 2, 2, 3), np.uint8), "global": rng.random((n, 20)).astype(np.float32)}
+    chunks = ({k: v[i:i + 70] for k, v in rows.items()} for i in range(0, n, 70))
+    info = zs.write_segment(loc, "s", chunks, [{"id": f"r{i}"} for i in range(n)], 8, (2, 2, 3), 20, "float32")
+    seg = zs._Segment(loc, info)
+    for k, v in rows.items():
+        assert np.array_equal(seg.read(k, np.arange(n)), v) and np.array_equal(seg.read(k, np.array([3, 299])), v[[3, 299]])
+
+
 def test_bad_ids_and_labels_are_one_line_errors(built):
     st = built["store"]
     for call in (lambda: st.position("nope"), lambda: st.select({"colour": "x"}), lambda: st.select({"kind": "x"}),

@@ -254,8 +254,9 @@ class _SegmentWriter:
                   "global": ((n, dim), global_dtype, (GLOBAL_CHUNK_ROWS, dim))}
         self.arrays = {}
         for name, (shape, dtype, chunks) in shapes.items():
-            shard = (min(SHARD_ROWS, max(n, 1)), *shape[1:])
-            chunks = (min(chunks[0], shard[0]), *chunks[1:])
+            inner = min(chunks[0], max(n, 1))  # (a shard holds whole inner chunks)
+            shard = (min(SHARD_ROWS, -(-max(n, 1) // inner) * inner), *shape[1:])
+            chunks = (inner, *chunks[1:])
             self.arrays[name] = group.create_array(name, shape=shape, dtype=dtype, shards=shard, chunks=chunks,
                                                    compressors=_codecs(), fill_value=0)
         self.buffers = {k: [] for k in self.arrays}
