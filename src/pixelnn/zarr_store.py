@@ -79,7 +79,7 @@ BLOCK_SIZE = 16384
 #: Default reduced size of the conv5 descriptors.
 GLOBAL_DIMS = 512
 #: The descriptor reduction is fitted on at most this many evenly spaced exemplars.
-REDUCER_FIT_MAX = 8192
+REDUCER_FIT_MAX = 4096
 #: Rows per forward pass while building (as the version-1 library, so stage-1 outputs agree).
 CHUNK = 256
 #: Quantizer-trained indexes (ivfpq) are trained on at most this many evenly spaced rows.
