@@ -1084,7 +1084,7 @@ def _plan_key(plan: BuildPlan, global_dims: int) -> dict[str, Any]:
 
 def _create_store(work: Location, model_dir: Path, weights: bytes, config: dict[str, Any], task: TaskConfig,
                   plan: BuildPlan, global_dims: int, progress: bool) -> None:
-    from pixelnn.retrieval import DESCRIPTOR_LAYER, DESCRIPTOR_NAME, descriptor_dim
+    from pixelnn.retrieval import descriptor_dim
 
     full = descriptor_dim(task.size)
     work.write_bytes(MODEL_FILE, weights)
@@ -1096,9 +1096,7 @@ def _create_store(work: Location, model_dir: Path, weights: bytes, config: dict[
     reduce = 0 < dims < full and fit_n >= 2 * dims
     if 0 < dims < full and not reduce:
         log.info("%d exemplars are too few to fit a %d-d PCA; storing full descriptors", n, dims)
-    desc = {"name": DESCRIPTOR_NAME, "layer": DESCRIPTOR_LAYER, "dim": full, "normalised": "l2",
-            "similarity": "inner product", "stored_dim": dims if reduce else full,
-            "stored_dtype": "float16" if reduce else "float32", "reduction": "pca" if reduce else None}
+    desc = _descriptor_info(full, dims if reduce else 0)
     if reduce:
         ann = _reducer_module()
         sample = _fit_sample(plan, fit_n)
@@ -1112,6 +1110,15 @@ def _create_store(work: Location, model_dir: Path, weights: bytes, config: dict[
             "model": {"path": str(model_dir.resolve()), "weights": MODEL_FILE, "weights_sha256": plan.model_sha256,
                       "regressor": config.get("regressor"), "trained_on": (config.get("dataset") or {}).get("path")}}
     work.write_json(STORE_JSON, info)
+
+
+def _descriptor_info(full: int, dims: int) -> dict[str, Any]:
+    """The store's descriptor entry: conv5 of ``full`` dims, kept reduced to ``dims`` float16 (0: full float32)."""
+    from pixelnn.retrieval import DESCRIPTOR_LAYER, DESCRIPTOR_NAME
+
+    return {"name": DESCRIPTOR_NAME, "layer": DESCRIPTOR_LAYER, "dim": full, "normalised": "l2",
+            "similarity": "inner product", "stored_dim": dims or full, "stored_dtype": "float16" if dims else "float32",
+            "reduction": "pca" if dims else None}
 
 
 def _fit_sample(plan: BuildPlan, m: int) -> list[tuple[int, int]]:
@@ -1285,7 +1292,6 @@ def upgrade_library(old: str | Path, new: str | os.PathLike, global_dims: int = 
     from tqdm.auto import tqdm
 
     from pixelnn.library import ExemplarLibrary
-    from pixelnn.retrieval import DESCRIPTOR_LAYER, DESCRIPTOR_NAME
 
     src = ExemplarLibrary.open(old)
     target = Location(new)
@@ -1299,9 +1305,7 @@ def upgrade_library(old: str | Path, new: str | os.PathLike, global_dims: int = 
     n, full = len(src), src.dim
     dims = int(global_dims or 0)
     reduce = 0 < dims < full and min(n, REDUCER_FIT_MAX) >= 2 * dims
-    desc = {"name": DESCRIPTOR_NAME, "layer": DESCRIPTOR_LAYER, "dim": full, "normalised": "l2",
-            "similarity": "inner product", "stored_dim": dims if reduce else full,
-            "stored_dtype": "float16" if reduce else "float32", "reduction": "pca" if reduce else None}
+    desc = _descriptor_info(full, dims if reduce else 0)
     work.write_bytes(MODEL_FILE, weights)
     reducer = None
     if reduce:
