@@ -9,9 +9,9 @@ index). Filters: seeded random subsets of 10 % and 0.1 % of the rows, and the la
 ``dataset = cats``. Recall@11 is against exact search over the same reduced vectors with the
 same filter; at 100k also against exact search over the full 6400-d descriptors.
 
-When the cache has fewer finished rows than n, ``--fill jitter`` makes the missing rows from the
-real ones (row r = normalise(row (r mod m) + 0.05 noise), float16, seeded) and the table says so;
-``--fill none`` (default) skips that size.
+When the cache has fewer finished rows than n, ``--fill mix`` makes the missing rows from the
+real ones (seeded mixtures of two cached rows, see :func:`rows_of`) and the ``rows`` column says
+how many are real (e.g. ``200k+s``); ``--fill none`` (default) skips that size.
 
 Run: ``python benchmarks/scale_index.py --sizes 10000,100000,1000000``
 """
@@ -62,7 +62,11 @@ def done_rows(folder: Path, meta: dict) -> int:
 
 
 def rows_of(reduced: np.ndarray, n: int, real: int, seed: int = 5, chunk: int = 65536):
-    """Rows 0..n-1 as float32 chunks: the first ``real`` from the cache, the rest jittered copies."""
+    """Rows 0..n-1 as float32 chunks: the first ``real`` from the cache, the rest synthetic.
+
+    Synthetic row r (r >= real) = normalise((1 - t) x[r mod real] + t x[j]) with j a seeded random
+    cached row and t ~ U(0.1, 0.4), rounded to float16: mixtures of real descriptors, on their manifold.
+    """
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
         if e <= real:
@@ -70,10 +74,13 @@ def rows_of(reduced: np.ndarray, n: int, real: int, seed: int = 5, chunk: int = 
             continue
         r = np.arange(s, e)
         x = np.asarray(reduced[r % real], np.float32)
-        jit = r >= real
-        noise = np.random.default_rng([seed, s]).normal(scale=0.05 / np.sqrt(x.shape[1]), size=(jit.sum(), x.shape[1]))
-        y = x[jit] + noise.astype(np.float32)
-        x[jit] = (y / np.linalg.norm(y, axis=1, keepdims=True)).astype(np.float16)
+        syn = r >= real
+        rng = np.random.default_rng([seed, s])
+        other = np.asarray(reduced[np.sort(rng.integers(0, real, syn.sum()))], np.float32)
+        other = other[rng.permutation(len(other))]
+        t = rng.uniform(0.1, 0.4, size=(syn.sum(), 1)).astype(np.float32)
+        y = (1 - t) * x[syn] + t * other
+        x[syn] = (y / np.linalg.norm(y, axis=1, keepdims=True)).astype(np.float16)
         yield x
 
 
@@ -142,7 +149,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--budget-gib", type=float, default=8.0)
     ap.add_argument("--build-threads", type=int, default=2)
-    ap.add_argument("--fill", choices=("none", "jitter"), default="none")
+    ap.add_argument("--fill", choices=("none", "mix"), default="none")
     ap.add_argument("--ef", default="32,64,128", help="HNSW efSearch values to report (unfiltered)")
     ap.add_argument("--ef-construction", type=int, default=None)
     ap.add_argument("--fallback-sweep", action="store_true", help="time exact vs filtered faiss search")
@@ -177,10 +184,10 @@ def main() -> None:
         print(line)
     for n in [int(s) for s in args.sizes.split(",")]:
         if n > have and args.fill == "none":
-            emit(f"# {n}: skipped, only {have} rows cached (use --fill jitter)")
+            emit(f"# {n}: skipped, only {have} rows cached (use --fill mix)")
             continue
         real = min(n, have)
-        rows_note = "real" if real == n else f"{real // 1000}k+j"
+        rows_note = "real" if real == n else f"{real // 1000}k+s"
         kind = choose_index(n, reduced.shape[1], int(args.budget_gib * 2**30))
         faiss.omp_set_num_threads(args.build_threads)
         r0, t0 = rss(), time.time()
