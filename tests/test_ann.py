@@ -7,6 +7,7 @@ truth by numpy brute force, as faiss's own tests do.
 import numpy as np
 import pytest
 
+from pixelnn import ann
 from pixelnn.ann import (INDEX_KINDS, AnnIndex, PCAReducer, choose_index, evenly_spaced, index_ram_bytes,
                          l2_normalize)
 from pixelnn.errors import PixelNNError
@@ -130,8 +131,10 @@ def test_padding_when_fewer_than_k_allowed(data, indexes, kind, exact_below):
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
-def test_exact_fallback_equals_brute_force(data, indexes, kind):
+@pytest.mark.parametrize("numpy_max", [2048, 0])
+def test_exact_fallback_equals_brute_force(data, indexes, kind, numpy_max, monkeypatch):
     x, q = data
+    monkeypatch.setattr(ann, "EXACT_NUMPY_MAX", numpy_max)  # numpy over the rows / faiss scan with a bitmap
     allowed = np.arange(7, N, 11)
     D, I = indexes[kind].search(q, K, allowed=allowed)
     gD, gI = brute(q, x, K, allowed)

@@ -296,8 +296,8 @@ FILTER_EF_MAX_FACTOR = 16
 NPROBE = 32
 #: Filters allowing at most this many rows are searched exactly over the subset (brute force).
 EXACT_BELOW = 20_000
-#: Rows compared per block in the exact small-subset search.
-EXACT_CHUNK = 8192
+#: Exact subset searches over at most this many rows gather them into numpy; larger ones scan in faiss.
+EXACT_NUMPY_MAX = 2048
 #: Most rows used to train ``ivfpq`` (OPQ, k-means, PQ).
 TRAIN_ROWS = 100_000
 #: Rows added per call while building.
@@ -598,30 +598,33 @@ class AnnIndex:
     def _exact(self, q: np.ndarray, k: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exhaustive search over rows ``ids`` (sorted): (Q, k) similarities and row ids.
 
-        ``flat`` / ``hnsw``: brute force over the stored (float32 / float16) vectors, ties to the lower
-        row. ``ivfpq``: every IVF cell probed with the subset's bitmap, i.e. exhaustive with PQ similarities.
+        ``flat`` / ``hnsw``: exact over the stored (float32 / float16) vectors: numpy over the gathered
+        rows for at most :data:`EXACT_NUMPY_MAX` rows (ties to the lower row), else faiss's flat scan of
+        the storage with the subset's bitmap (SIMD distances, only the subset's rows compared).
+        ``ivfpq``: every IVF cell probed with the bitmap, i.e. exhaustive with PQ similarities.
         """
         import faiss
 
+        if self.kind != "ivfpq" and len(ids) <= EXACT_NUMPY_MAX:
+            x = self.reconstruct(ids)  # (M, d)
+            sims = q @ x.T  # (Q, M)
+            if k < len(ids):
+                part = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # (Q, k), unordered
+            else:
+                part = np.broadcast_to(np.arange(len(ids)), sims.shape)
+            top, top_i = np.take_along_axis(sims, part, 1), ids[part]
+            order = _order(top, top_i)
+            return np.take_along_axis(top, order, 1), np.take_along_axis(top_i, order, 1)
+        n = len(self)
+        bits = _bitmap(ids, n)
+        sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits))
         if self.kind == "ivfpq":
-            bits = _bitmap(ids, len(self))
-            sel = faiss.IDSelectorBitmap(len(self), faiss.swig_ptr(bits))
             params = self._params(sel, 1.0, None, self.params.get("nlist", 1))
             return self.index.search(q, k, params=params)
-        view = self.stored_vectors()
-        top_d = np.empty((len(q), 0), np.float32)
-        top_i = np.empty((len(q), 0), np.int64)
-        for s in range(0, len(ids), EXACT_CHUNK):
-            part = ids[s:s + EXACT_CHUNK]
-            sims = q @ np.asarray(view[part], np.float32).T  # (Q, B)
-            d = np.concatenate([top_d, sims], 1)
-            i = np.concatenate([top_i, np.broadcast_to(part, sims.shape)], 1)
-            if d.shape[1] > k:
-                keep = np.argpartition(-d, k - 1, axis=1)[:, :k]  # (Q, k), unordered
-                d, i = np.take_along_axis(d, keep, 1), np.take_along_axis(i, keep, 1)
-            top_d, top_i = d, i
-        order = _order(top_d, top_i)
-        return np.take_along_axis(top_d, order, 1), np.take_along_axis(top_i, order, 1)
+        params = faiss.SearchParameters()
+        params.sel = sel
+        store = self.index if self.kind == "flat" else faiss.downcast_index(self.index.storage)
+        return store.search(q, k, params=params)
 
     # ---------------------------------------------------------------- files
     def write(self, path: str | os.PathLike) -> None:
