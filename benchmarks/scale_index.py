@@ -131,15 +131,15 @@ def fallback_sweep(ann, q: np.ndarray, n: int, chunks, emit) -> None:
         masks[s] = np.zeros(n, bool)
         masks[s][a] = True
     gt = exact_topk(q, chunks, masks)
-    saved = ann.exact_below
+    saved = ann.exact_below, ann.exact_fraction
     for s, a in subsets.items():
         parts = []
         for name, below in (("exact", n), ("faiss", 0)):
-            ann.exact_below = below
+            ann.exact_below = ann.exact_fraction = below
             ids, lat = time_queries(ann, q, a)
             parts.append(f"{name} p50 {np.percentile(lat, 50):.2f} ms recall {recall(ids, gt[s]):.3f}")
         emit(f"# fallback sweep n={n} allowed={s} ({100 * s / n:.2g}%): " + "; ".join(parts))
-    ann.exact_below = saved
+    ann.exact_below, ann.exact_fraction = saved
 
 
 def main() -> None:
@@ -231,17 +231,19 @@ def main() -> None:
                 f"{disk:>11}")
         sweep = [int(e) for e in args.ef.split(",")] if kind == "hnsw" else [None]
         for f in FILTERS:
-            if f == "10% via graph" and (kind == "flat" or len(allowed[f]) > ann.exact_below):
+            if f == "10% via graph" and (kind == "flat" or not ann.use_exact(len(allowed[f]))):
                 continue
             forced = f == "10% via graph"
-            saved, ann.exact_below = ann.exact_below, (0 if forced else ann.exact_below)
+            saved = ann.exact_below, ann.exact_fraction
+            if forced:
+                ann.exact_below = ann.exact_fraction = 0
             for ef in (sweep if f == "none" else [None]):
                 params = {} if ef is None else {"ef_search": ef}
                 time_queries(ann, q[:20], allowed[f], **params)  # warm up (page in the map)
                 ids, lat = time_queries(ann, q, allowed[f], **params)
                 label = "-" if kind == "flat" else (f"ef={ef or ann.ef_search}" if kind == "hnsw"
                                                     else f"np={ann.nprobe}")
-                if allowed[f] is not None and len(allowed[f]) <= ann.exact_below:
+                if allowed[f] is not None and ann.use_exact(len(allowed[f])):
                     label = "exact"
                 elif allowed[f] is not None and kind == "hnsw":
                     label = f"ef={ann.filtered_ef(len(allowed[f]) / n, ef)}"
@@ -249,7 +251,7 @@ def main() -> None:
                 count = n if allowed[f] is None else len(allowed[f])
                 emit(f"{head} {f:>13} {count:>8} {label:>9} {np.percentile(lat, 50):>7.2f} "
                      f"{np.percentile(lat, 95):>7.2f} {recall(ids, gt[f]):>6.3f} {rf:>7}")
-            ann.exact_below = saved
+            ann.exact_below, ann.exact_fraction = saved
         if args.fallback_sweep and kind != "flat":
             fallback_sweep(ann, q[:100], n, rows_of(reduced, n, real), emit)
         del ann

@@ -89,7 +89,7 @@ def test_approximate_recall(data, indexes, kind, bound):
 def test_filters_never_return_disallowed(data, indexes, kind, exact_below):
     x, q = data
     index = indexes[kind]
-    index.exact_below = exact_below
+    index.exact_below = index.exact_fraction = exact_below
     rng = np.random.default_rng(2)
     allowed = np.sort(rng.choice(N, 900, replace=False))
     excluded = allowed[::3]
@@ -105,7 +105,7 @@ def test_filters_never_return_disallowed(data, indexes, kind, exact_below):
         _, I2 = index.search(q, K, allowed=mask)
         assert np.isin(I2, allowed).all()
     finally:
-        index.exact_below = AnnIndex(index.index, kind, DIM).exact_below
+        index.exact_below, index.exact_fraction = ann.EXACT_BELOW, 1 / ann.FILTER_EF_MAX_FACTOR
 
 
 @pytest.mark.parametrize("kind", INDEX_KINDS)
@@ -113,7 +113,7 @@ def test_filters_never_return_disallowed(data, indexes, kind, exact_below):
 def test_padding_when_fewer_than_k_allowed(data, indexes, kind, exact_below):
     _, q = data
     index = indexes[kind]
-    index.exact_below = exact_below
+    index.exact_below = index.exact_fraction = exact_below
     try:
         allowed = np.array([5, 17, 2000])
         D, I = index.search(q[:4], K, allowed=allowed, nprobe=8)
@@ -127,7 +127,7 @@ def test_padding_when_fewer_than_k_allowed(data, indexes, kind, exact_below):
         D, I = index.search(q[:2], K, allowed=allowed, excluded=allowed)
         assert (I == -1).all()
     finally:
-        index.exact_below = 20_000
+        index.exact_below, index.exact_fraction = ann.EXACT_BELOW, 1 / ann.FILTER_EF_MAX_FACTOR
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])

@@ -294,10 +294,11 @@ EF_CONSTRUCTION = 80
 FILTER_EF_MAX_FACTOR = 16
 #: Default IVF cells visited per query.
 NPROBE = 32
-#: Filters allowing at most this many rows are searched exactly over the subset (brute force).
-EXACT_BELOW = 20_000
+#: Filters allowing at most this many rows are searched exactly over the subset (brute force); so are
+#: filters keeping under 1 / FILTER_EF_MAX_FACTOR of the rows, where the HNSW beam would be capped.
+EXACT_BELOW = 4096
 #: Exact subset searches over at most this many rows gather them into numpy; larger ones scan in faiss.
-EXACT_NUMPY_MAX = 2048
+EXACT_NUMPY_MAX = 1024
 #: Most rows used to train ``ivfpq`` (OPQ, k-means, PQ).
 TRAIN_ROWS = 100_000
 #: Rows added per call while building.
@@ -368,6 +369,8 @@ class AnnIndex:
         Search-time defaults (hnsw, ivfpq), settable; :meth:`search` also takes them per call.
     exact_below : int
         Filters allowing at most this many rows are searched exactly (see :meth:`search`).
+    exact_fraction : float
+        ``hnsw``: so are filters keeping under this fraction of the rows (default 1/16).
 
     Notes
     -----
@@ -384,6 +387,7 @@ class AnnIndex:
         self.ef_search = EF_SEARCH
         self.nprobe = NPROBE
         self.exact_below = EXACT_BELOW
+        self.exact_fraction = 1 / FILTER_EF_MAX_FACTOR
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -481,8 +485,9 @@ class AnnIndex:
         k : int
             Neighbours per query.
         allowed : ndarray of int64 row ids (sorted) or bool mask (N,), optional
-            Only these rows. At most :attr:`exact_below` of them: exact brute force over the subset
-            (decoded from the index storage); more: the faiss search with an ``IDSelectorBitmap``.
+            Only these rows. Searched exactly over the subset (:meth:`_exact`) when there are at most
+            :attr:`exact_below` of them or (hnsw) under :attr:`exact_fraction` of all rows; otherwise by
+            the faiss search with an ``IDSelectorBitmap`` (exact for ``flat``), see :meth:`use_exact`.
         excluded : ndarray of int64 row ids or bool mask (N,), optional
             Rows never returned (tombstones), ``IDSelectorNot`` in faiss.
         ef_search : int, optional
@@ -518,7 +523,7 @@ class AnnIndex:
             live -= len(excluded)
         if len(q) == 0 or live == 0:
             return D, I
-        if allowed is not None and len(allowed) <= self.exact_below:
+        if allowed is not None and self.use_exact(len(allowed)):
             d, i = self._exact(q, min(k, live), allowed)
         else:
             keep: list[Any] = []  # faiss selectors and bitmaps, alive until the search returns
@@ -540,6 +545,10 @@ class AnnIndex:
         bad = I < 0
         D[bad], I[bad] = -np.inf, -1
         return D, I
+
+    def use_exact(self, allowed: int) -> bool:
+        """Whether a filter allowing ``allowed`` rows is searched exactly (see :meth:`search`)."""
+        return allowed <= self.exact_below or (self.kind == "hnsw" and allowed < self.exact_fraction * len(self))
 
     def filtered_ef(self, fraction: float, ef_search: int | None = None) -> int:
         """HNSW efSearch for a filter keeping ``fraction`` of the rows: ``min(ef / fraction, 16 ef)``."""
