@@ -297,8 +297,6 @@ NPROBE = 32
 #: Filters allowing at most this many rows are searched exactly over the subset (brute force); so are
 #: filters keeping under 1 / FILTER_EF_MAX_FACTOR of the rows, where the HNSW beam would be capped.
 EXACT_BELOW = 4096
-#: Exact subset searches over at most this many rows gather them into numpy; larger ones scan in faiss.
-EXACT_NUMPY_MAX = 1024
 #: Most rows used to train ``ivfpq`` (OPQ, k-means, PQ).
 TRAIN_ROWS = 100_000
 #: Rows added per call while building.
@@ -607,23 +605,13 @@ class AnnIndex:
     def _exact(self, q: np.ndarray, k: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exhaustive search over rows ``ids`` (sorted): (Q, k) similarities and row ids.
 
-        ``flat`` / ``hnsw``: exact over the stored (float32 / float16) vectors: numpy over the gathered
-        rows for at most :data:`EXACT_NUMPY_MAX` rows (ties to the lower row), else faiss's flat scan of
-        the storage with the subset's bitmap (SIMD distances, only the subset's rows compared).
+        ``flat`` / ``hnsw``: faiss's flat scan of the stored (float32 / float16) vectors with the
+        subset's ``IDSelectorBitmap``: exact, SIMD distances for the subset's rows only, one bit test
+        per other row, faiss's threads (numpy/BLAS is slower for one query on a shared CPU).
         ``ivfpq``: every IVF cell probed with the bitmap, i.e. exhaustive with PQ similarities.
         """
         import faiss
 
-        if self.kind != "ivfpq" and len(ids) <= EXACT_NUMPY_MAX:
-            x = self.reconstruct(ids)  # (M, d)
-            sims = q @ x.T  # (Q, M)
-            if k < len(ids):
-                part = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # (Q, k), unordered
-            else:
-                part = np.broadcast_to(np.arange(len(ids)), sims.shape)
-            top, top_i = np.take_along_axis(sims, part, 1), ids[part]
-            order = _order(top, top_i)
-            return np.take_along_axis(top, order, 1), np.take_along_axis(top_i, order, 1)
         n = len(self)
         bits = _bitmap(ids, n)
         sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits))
