@@ -24,6 +24,23 @@ kind      faiss                                            RAM (bytes, N rows of
           quantised codes with int64 ids per inverted list  (codes and ids, centroids, rotation)
 ========= ================================================ ==========================================
 
+Filters
+-------
+``allowed`` (row ids to keep) and ``excluded`` (tombstones) become one faiss ``IDSelectorBitmap``
+(``IDSelectorNot`` around it for ``excluded`` alone) in the search parameters, so filtering runs
+inside faiss. HNSW visits filtered-out nodes but cannot return them, so a filter keeping a
+fraction f of the rows raises efSearch to ``min(ef / f, 16 ef)``; filters that allow at most
+``exact_below`` (4096) rows, or (hnsw) under 1/16 of the rows, are searched exhaustively instead:
+faiss's flat scan of the index's own storage with the bitmap, exact for ``flat`` and ``hnsw``
+(fp16 storage, float16-exact inputs), exhaustive with PQ similarities for ``ivfpq``.
+
+Files
+-----
+:meth:`AnnIndex.write` is ``faiss.write_index`` to a temporary file, then a rename.
+:meth:`AnnIndex.read` memory-maps: ``IO_FLAG_MMAP_IFC`` maps the flat codes and the HNSW graph
+(faiss 1.11+), ``IO_FLAG_MMAP`` the IVF inverted lists; nothing is rebuilt. ``to_bytes`` /
+``from_bytes`` serve fsspec locations (then the index is in RAM).
+
 Faiss is imported inside functions, so importing this module costs nothing.
 """
 
