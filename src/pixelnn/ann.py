@@ -46,7 +46,6 @@ Faiss is imported inside functions, so importing this module costs nothing.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import tempfile
@@ -438,8 +437,6 @@ class AnnIndex:
         dim : int, optional
             Vector size (needed only when an iterable yields nothing).
         """
-        import faiss
-
         is_array = hasattr(vectors, "shape") and hasattr(vectors, "__getitem__")
         if is_array:
             if len(vectors.shape) != 2:
@@ -723,11 +720,6 @@ class AnnIndex:
             return cls(index, "ivfpq", dim, {"nlist": int(ivf.nlist), "pq_m": int(pq.M), "pq_nbits": int(pq.nbits)})
         raise PixelNNError(f"unsupported faiss index type {type(index).__name__}; valid kinds: "
                            f"{', '.join(INDEX_KINDS)}")
-
-
-def _order(top: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Per row, the order sorting ``top`` decreasing, ties by ``ids`` increasing, (Q, k) int64."""
-    return np.stack([np.lexsort((i, -t)) for t, i in zip(top, ids)]) if len(top) else np.zeros((0, 0), np.int64)
 
 
 def _ensure_direct_map(index: Any) -> None:
