@@ -140,6 +140,23 @@ def test_exact_fallback_equals_brute_force(data, indexes, kind):
     np.testing.assert_allclose(D, gD, atol=1e-5)
 
 
+def test_filter_far_from_the_query_is_exact(data, indexes):
+    """A filter on one cluster, queried from the others: the filtered graph search alone misses it."""
+    x, q = data
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, DIM))  # the clusters of clustered(N, DIM, seed=0)
+    cluster = rng.integers(0, 40, N)
+    allowed = np.flatnonzero(cluster < 5)  # 1/8 of the rows
+    index = indexes["hnsw"]
+    index.exact_below = index.exact_fraction = 0  # only the far-filter probe may send queries to the exact search
+    try:
+        D, I = index.search(q, K, allowed=allowed)
+        assert index._far_from(q, allowed).mean() > 0.5
+    finally:
+        index.exact_below, index.exact_fraction = ann.EXACT_BELOW, 1 / ann.FILTER_EF_MAX_FACTOR
+    assert len(centres) == 40 and recall(I, brute(q, x, K, allowed)[1]) >= 0.99
+
+
 def test_exact_fallback_ivfpq_is_exhaustive_over_decoded(data, indexes):
     _, q = data
     index = indexes["ivfpq"]
