@@ -152,6 +152,7 @@ def main() -> None:
     ap.add_argument("--fill", choices=("none", "mix"), default="none")
     ap.add_argument("--ef", default="32,64,128", help="HNSW efSearch values to report (unfiltered)")
     ap.add_argument("--ef-construction", type=int, default=None)
+    ap.add_argument("--skip-full", action="store_true", help="skip the exact 6400-d ground truth at 100k")
     ap.add_argument("--reuse", action="store_true", help="search existing DIR/index_N.faiss instead of building")
     ap.add_argument("--fallback-sweep", action="store_true", help="time exact vs filtered faiss search")
     ap.add_argument("--out", default=None, help="table file (default DIR/index_table.txt)")
@@ -224,7 +225,7 @@ def main() -> None:
         faiss.omp_set_num_threads(args.build_threads)
         gt = exact_topk(q, rows_of(reduced, n, real), masks)
         gt_full = None
-        if n == meta["full_rows"] and (folder / "full_100k.npy").exists():
+        if n == meta["full_rows"] and (folder / "full_100k.npy").exists() and not args.skip_full:
             full = np.load(folder / "full_100k.npy", mmap_mode="r")
             qf = np.asarray(np.load(folder / "queries_full.npy", mmap_mode="r")[:args.queries], np.float32)
             gt_full = exact_topk(qf, (np.asarray(full[s:s + 16384], np.float32) for s in range(0, n, 16384)),
