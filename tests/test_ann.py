@@ -175,6 +175,7 @@ def test_write_read_round_trip(data, indexes, kind, mmap, tmp_path):
     path = tmp_path / f"{kind}.faiss"
     index.write(path)
     assert not list(tmp_path.glob("*.tmp"))
+    assert path.stat().st_mode & 0o777 == ann._umask_mode()  # not mkstemp's 0o600
     again = AnnIndex.read(path, mmap=mmap)
     assert (again.kind, again.dim, len(again)) == (kind, DIM, N)
     assert again.params == index.params

@@ -221,6 +221,13 @@ class PCAReducer:
         return cls.from_bytes(p.read_bytes())
 
 
+def _umask_mode() -> int:
+    """0o666 minus the process umask: the mode a plain ``open(path, "w")`` would give (mkstemp gives 0o600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_write(path: str | os.PathLike, data: bytes) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -230,6 +237,7 @@ def _atomic_write(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -687,6 +695,7 @@ class AnnIndex:
         os.close(fd)
         try:
             faiss.write_index(self.index, tmp)
+            os.chmod(tmp, _umask_mode())
             os.replace(tmp, p)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
