@@ -398,9 +398,9 @@ class AnnIndex:
 
     Notes
     -----
-    Exactness: ``flat`` is exact. For ``hnsw`` the small-subset search decodes the fp16 storage, so it
-    equals brute force over the fp16-rounded vectors (exact for float16-exact inputs such as
-    :meth:`PCAReducer.transform` output). For ``ivfpq`` it decodes the PQ codes: exhaustive over the
+    Exactness: ``flat`` is exact. For ``hnsw`` the exhaustive subset search scans the fp16 storage, so
+    it equals brute force over the fp16-rounded vectors (exact for float16-exact inputs such as
+    :meth:`PCAReducer.transform` output). For ``ivfpq`` it probes every cell: exhaustive over the
     subset (no probe misses) but with the PQ's approximate similarities.
     """
 
