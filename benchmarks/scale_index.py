@@ -9,9 +9,9 @@ index). Filters: seeded random subsets of 10 % and 0.1 % of the rows, and the la
 ``dataset = cats``. Recall@11 is against exact search over the same reduced vectors with the
 same filter; at 100k also against exact search over the full 6400-d descriptors.
 
-When the cache has fewer finished rows than n, ``--fill jitter`` makes the missing rows from the
-real ones (row r = normalise(row (r mod m) + 0.05 noise), float16, seeded) and the table says so;
-``--fill none`` (default) skips that size.
+When the cache has fewer finished rows than n, ``--fill mix`` makes the missing rows from the
+real ones (seeded mixtures of two cached rows, see :func:`rows_of`) and the ``rows`` column says
+how many are real (e.g. ``200k+s``); ``--fill none`` (default) skips that size.
 
 Run: ``python benchmarks/scale_index.py --sizes 10000,100000,1000000``
 """
@@ -62,7 +62,11 @@ def done_rows(folder: Path, meta: dict) -> int:
 
 
 def rows_of(reduced: np.ndarray, n: int, real: int, seed: int = 5, chunk: int = 65536):
-    """Rows 0..n-1 as float32 chunks: the first ``real`` from the cache, the rest jittered copies."""
+    """Rows 0..n-1 as float32 chunks: the first ``real`` from the cache, the rest synthetic.
+
+    Synthetic row r (r >= real) = normalise((1 - t) x[r mod real] + t x[j]) with j a seeded random
+    cached row and t ~ U(0.1, 0.4), rounded to float16: mixtures of real descriptors, on their manifold.
+    """
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
         if e <= real:
@@ -70,10 +74,13 @@ def rows_of(reduced: np.ndarray, n: int, real: int, seed: int = 5, chunk: int = 
             continue
         r = np.arange(s, e)
         x = np.asarray(reduced[r % real], np.float32)
-        jit = r >= real
-        noise = np.random.default_rng([seed, s]).normal(scale=0.05 / np.sqrt(x.shape[1]), size=(jit.sum(), x.shape[1]))
-        y = x[jit] + noise.astype(np.float32)
-        x[jit] = (y / np.linalg.norm(y, axis=1, keepdims=True)).astype(np.float16)
+        syn = r >= real
+        rng = np.random.default_rng([seed, s])
+        other = np.asarray(reduced[np.sort(rng.integers(0, real, syn.sum()))], np.float32)
+        other = other[rng.permutation(len(other))]
+        t = rng.uniform(0.1, 0.4, size=(syn.sum(), 1)).astype(np.float32)
+        y = (1 - t) * x[syn] + t * other
+        x[syn] = (y / np.linalg.norm(y, axis=1, keepdims=True)).astype(np.float16)
         yield x
 
 
@@ -124,15 +131,15 @@ def fallback_sweep(ann, q: np.ndarray, n: int, chunks, emit) -> None:
         masks[s] = np.zeros(n, bool)
         masks[s][a] = True
     gt = exact_topk(q, chunks, masks)
-    saved = ann.exact_below
+    saved = ann.exact_below, ann.exact_fraction
     for s, a in subsets.items():
         parts = []
         for name, below in (("exact", n), ("faiss", 0)):
-            ann.exact_below = below
+            ann.exact_below = ann.exact_fraction = below
             ids, lat = time_queries(ann, q, a)
             parts.append(f"{name} p50 {np.percentile(lat, 50):.2f} ms recall {recall(ids, gt[s]):.3f}")
         emit(f"# fallback sweep n={n} allowed={s} ({100 * s / n:.2g}%): " + "; ".join(parts))
-    ann.exact_below = saved
+    ann.exact_below, ann.exact_fraction = saved
 
 
 def main() -> None:
@@ -142,9 +149,11 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--budget-gib", type=float, default=8.0)
     ap.add_argument("--build-threads", type=int, default=2)
-    ap.add_argument("--fill", choices=("none", "jitter"), default="none")
+    ap.add_argument("--fill", choices=("none", "mix"), default="none")
     ap.add_argument("--ef", default="32,64,128", help="HNSW efSearch values to report (unfiltered)")
     ap.add_argument("--ef-construction", type=int, default=None)
+    ap.add_argument("--skip-full", action="store_true", help="skip the exact 6400-d ground truth at 100k")
+    ap.add_argument("--reuse", action="store_true", help="search existing DIR/index_N.faiss instead of building")
     ap.add_argument("--fallback-sweep", action="store_true", help="time exact vs filtered faiss search")
     ap.add_argument("--out", default=None, help="table file (default DIR/index_table.txt)")
     args = ap.parse_args()
@@ -177,20 +186,24 @@ def main() -> None:
         print(line)
     for n in [int(s) for s in args.sizes.split(",")]:
         if n > have and args.fill == "none":
-            emit(f"# {n}: skipped, only {have} rows cached (use --fill jitter)")
+            emit(f"# {n}: skipped, only {have} rows cached (use --fill mix)")
             continue
         real = min(n, have)
-        rows_note = "real" if real == n else f"{real // 1000}k+j"
+        rows_note = "real" if real == n else f"{real // 1000}k+s"
         kind = choose_index(n, reduced.shape[1], int(args.budget_gib * 2**30))
         faiss.omp_set_num_threads(args.build_threads)
-        r0, t0 = rss(), time.time()
-        extra = {} if args.ef_construction is None else {"ef_construction": args.ef_construction}
-        ann = AnnIndex.build(rows_of(reduced, n, real), n=n, kind=kind, dim=reduced.shape[1], **extra)
-        build_s, rss_build = time.time() - t0, rss() - r0
         path = folder / f"index_{n}.faiss"
-        ann.write(path)
-        ibytes = index_bytes(ann)
-        del ann
+        if args.reuse and path.exists():  # searched again with the current code; build columns from the log
+            build_s, rss_build = float("nan"), -1
+            ibytes = index_bytes(AnnIndex.read(path, mmap=True))
+        else:
+            r0, t0 = rss(), time.time()
+            extra = {} if args.ef_construction is None else {"ef_construction": args.ef_construction}
+            ann = AnnIndex.build(rows_of(reduced, n, real), n=n, kind=kind, dim=reduced.shape[1], **extra)
+            build_s, rss_build = time.time() - t0, rss() - r0
+            ann.write(path)
+            ibytes = index_bytes(ann)
+            del ann
         r1 = rss()
         ann = AnnIndex.read(path, mmap=True)
         rss_open = rss() - r1
@@ -212,7 +225,7 @@ def main() -> None:
         faiss.omp_set_num_threads(args.build_threads)
         gt = exact_topk(q, rows_of(reduced, n, real), masks)
         gt_full = None
-        if n == meta["full_rows"] and (folder / "full_100k.npy").exists():
+        if n == meta["full_rows"] and (folder / "full_100k.npy").exists() and not args.skip_full:
             full = np.load(folder / "full_100k.npy", mmap_mode="r")
             qf = np.asarray(np.load(folder / "queries_full.npy", mmap_mode="r")[:args.queries], np.float32)
             gt_full = exact_topk(qf, (np.asarray(full[s:s + 16384], np.float32) for s in range(0, n, 16384)),
@@ -224,17 +237,19 @@ def main() -> None:
                 f"{disk:>11}")
         sweep = [int(e) for e in args.ef.split(",")] if kind == "hnsw" else [None]
         for f in FILTERS:
-            if f == "10% via graph" and (kind == "flat" or len(allowed[f]) > ann.exact_below):
+            if f == "10% via graph" and (kind == "flat" or not ann.use_exact(len(allowed[f]))):
                 continue
             forced = f == "10% via graph"
-            saved, ann.exact_below = ann.exact_below, (0 if forced else ann.exact_below)
+            saved = ann.exact_below, ann.exact_fraction
+            if forced:
+                ann.exact_below = ann.exact_fraction = 0
             for ef in (sweep if f == "none" else [None]):
                 params = {} if ef is None else {"ef_search": ef}
                 time_queries(ann, q[:20], allowed[f], **params)  # warm up (page in the map)
                 ids, lat = time_queries(ann, q, allowed[f], **params)
                 label = "-" if kind == "flat" else (f"ef={ef or ann.ef_search}" if kind == "hnsw"
                                                     else f"np={ann.nprobe}")
-                if allowed[f] is not None and len(allowed[f]) <= ann.exact_below:
+                if allowed[f] is not None and ann.use_exact(len(allowed[f])):
                     label = "exact"
                 elif allowed[f] is not None and kind == "hnsw":
                     label = f"ef={ann.filtered_ef(len(allowed[f]) / n, ef)}"
@@ -242,7 +257,7 @@ def main() -> None:
                 count = n if allowed[f] is None else len(allowed[f])
                 emit(f"{head} {f:>13} {count:>8} {label:>9} {np.percentile(lat, 50):>7.2f} "
                      f"{np.percentile(lat, 95):>7.2f} {recall(ids, gt[f]):>6.3f} {rf:>7}")
-            ann.exact_below = saved
+            ann.exact_below, ann.exact_fraction = saved
         if args.fallback_sweep and kind != "flat":
             fallback_sweep(ann, q[:100], n, rows_of(reduced, n, real), emit)
         del ann

@@ -7,6 +7,7 @@ truth by numpy brute force, as faiss's own tests do.
 import numpy as np
 import pytest
 
+from pixelnn import ann
 from pixelnn.ann import (INDEX_KINDS, AnnIndex, PCAReducer, choose_index, evenly_spaced, index_ram_bytes,
                          l2_normalize)
 from pixelnn.errors import PixelNNError
@@ -88,7 +89,7 @@ def test_approximate_recall(data, indexes, kind, bound):
 def test_filters_never_return_disallowed(data, indexes, kind, exact_below):
     x, q = data
     index = indexes[kind]
-    index.exact_below = exact_below
+    index.exact_below = index.exact_fraction = exact_below
     rng = np.random.default_rng(2)
     allowed = np.sort(rng.choice(N, 900, replace=False))
     excluded = allowed[::3]
@@ -104,7 +105,7 @@ def test_filters_never_return_disallowed(data, indexes, kind, exact_below):
         _, I2 = index.search(q, K, allowed=mask)
         assert np.isin(I2, allowed).all()
     finally:
-        index.exact_below = AnnIndex(index.index, kind, DIM).exact_below
+        index.exact_below, index.exact_fraction = ann.EXACT_BELOW, 1 / ann.FILTER_EF_MAX_FACTOR
 
 
 @pytest.mark.parametrize("kind", INDEX_KINDS)
@@ -112,7 +113,7 @@ def test_filters_never_return_disallowed(data, indexes, kind, exact_below):
 def test_padding_when_fewer_than_k_allowed(data, indexes, kind, exact_below):
     _, q = data
     index = indexes[kind]
-    index.exact_below = exact_below
+    index.exact_below = index.exact_fraction = exact_below
     try:
         allowed = np.array([5, 17, 2000])
         D, I = index.search(q[:4], K, allowed=allowed, nprobe=8)
@@ -126,7 +127,7 @@ def test_padding_when_fewer_than_k_allowed(data, indexes, kind, exact_below):
         D, I = index.search(q[:2], K, allowed=allowed, excluded=allowed)
         assert (I == -1).all()
     finally:
-        index.exact_below = 20_000
+        index.exact_below, index.exact_fraction = ann.EXACT_BELOW, 1 / ann.FILTER_EF_MAX_FACTOR
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
@@ -139,12 +140,30 @@ def test_exact_fallback_equals_brute_force(data, indexes, kind):
     np.testing.assert_allclose(D, gD, atol=1e-5)
 
 
+def test_filter_far_from_the_query_is_exact(data, indexes):
+    """A filter on one cluster, queried from the others: the filtered graph search alone misses it."""
+    x, q = data
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, DIM))  # the clusters of clustered(N, DIM, seed=0)
+    cluster = rng.integers(0, 40, N)
+    allowed = np.flatnonzero(cluster < 5)  # 1/8 of the rows
+    index = indexes["hnsw"]
+    index.exact_below = index.exact_fraction = 0  # only the far-filter probe may send queries to the exact search
+    try:
+        D, I = index.search(q, K, allowed=allowed)
+        assert index._far_from(q, allowed).mean() > 0.5
+    finally:
+        index.exact_below, index.exact_fraction = ann.EXACT_BELOW, 1 / ann.FILTER_EF_MAX_FACTOR
+    assert len(centres) == 40 and recall(I, brute(q, x, K, allowed)[1]) >= 0.99
+
+
 def test_exact_fallback_ivfpq_is_exhaustive_over_decoded(data, indexes):
     _, q = data
     index = indexes["ivfpq"]
     allowed = np.arange(7, N, 11)
     _, I = index.search(q, K, allowed=allowed, nprobe=1)
     _, gI = brute(q, index.reconstruct(np.arange(N)), K, allowed)
+    np.testing.assert_array_equal(indexes["hnsw"].reconstruct(allowed), data[0][allowed])
     assert recall(I, gI) > 0.99  # the same decoded vectors (float rounding may swap near-ties)
 
 
@@ -156,6 +175,7 @@ def test_write_read_round_trip(data, indexes, kind, mmap, tmp_path):
     path = tmp_path / f"{kind}.faiss"
     index.write(path)
     assert not list(tmp_path.glob("*.tmp"))
+    assert path.stat().st_mode & 0o777 == ann._umask_mode()  # not mkstemp's 0o600
     again = AnnIndex.read(path, mmap=mmap)
     assert (again.kind, again.dim, len(again)) == (kind, DIM, N)
     assert again.params == index.params
