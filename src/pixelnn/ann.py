@@ -192,7 +192,7 @@ class PCAReducer:
         """The reducer as safetensors bytes (fields ``mean`` (D,), ``components`` (d, D) float32)."""
         from safetensors.numpy import save
 
-        return save(self._tensors(), metadata={"format": "pixelnn-pca", "version": "1"})
+        return save(self._tensors(), metadata={"format": "pixelnn-pca-1"})  # one key: serialised bytes are deterministic
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "PCAReducer":
