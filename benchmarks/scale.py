@@ -2,10 +2,11 @@
 
 Sub-commands (each prints a table; docs/results.md, section "Millions of exemplars", has the figures):
 
-    # a store of N rows from a built one: its image arrays hard-linked K times under new ids, each copy with
-    # its own global descriptors (the source's plus seeded noise, renormalised: distinct, same basis), and
-    # a freshly built index; for RSS and latency at sizes this machine cannot compute stage 1 for
-    python benchmarks/scale.py replicate runs/scale/lib-16k runs/scale/lib-1m --rows 1000000
+    # a store of N rows from a built one, for RSS and latency at sizes this machine cannot compute stage 1
+    # for: its image arrays hard-linked again and again under new ids; descriptors, PCA and index from
+    # benchmarks/scale_index.py's cache (real photo descriptors and their mixtures, index prebuilt)
+    python benchmarks/scale.py replicate runs/scale/lib-16k runs/scale/lib-1m --rows 1000000 \\
+        --scale-index runs/scale
 
     # open time, disk bytes per exemplar, and synthesis (72 outputs per input) RSS and seconds per input,
     # each store in a fresh process, inputs from a prepared dataset's rows
@@ -39,9 +40,32 @@ def _link_tree(src: Path, dst: Path) -> None:
             os.link(Path(root) / f, out / f)
 
 
-def replicate(src_url: str, dst: str, rows: int, noise: float, seed: int, index_memory: int) -> None:
+def _scale_index_vectors(folder: Path, rows: int):
+    """benchmarks/scale_index.py's rows 0..rows-1 (its cached real descriptors, then its seeded mixtures), its
+    PCA file and its index over exactly those rows."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from scale_index import done_rows, rows_of
+
+    meta = json.loads((folder / "meta.json").read_text())
+    reduced = np.load(folder / "reduced.npy", mmap_mode="r")
+    real = min(done_rows(folder, meta), meta.get("base_rows", rows))
+    index = folder / f"index_{rows}.faiss"
+    if not index.is_file():
+        raise SystemExit(f"{index} is missing: run benchmarks/scale_index.py --sizes {rows} --fill mix first")
+    return rows_of(reduced, rows, real), folder / "pca.safetensors", index, real
+
+
+def replicate(src_url: str, dst: str, rows: int, noise: float, seed: int, index_memory: int,
+              scale_index: str | None) -> None:
+    """A store of ``rows`` rows: the source's segments hard-linked again and again under new ids.
+
+    Descriptors: with ``scale_index`` (a benchmarks/scale_index.py folder), its rows (real photo
+    descriptors and their mixtures) with its PCA and its prebuilt index over them, so nothing is
+    recomputed; otherwise the source's own plus seeded noise, and a new index.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
+    import pyarrow.parquet as pq
     import zarr
     from tqdm.auto import tqdm
 
@@ -54,57 +78,89 @@ def replicate(src_url: str, dst: str, rows: int, noise: float, seed: int, index_
     if dst_p.exists():
         shutil.rmtree(dst_p)
     dst_p.mkdir(parents=True)
-    for f in (zs.STORE_JSON, zs.MODEL_FILE, zs.REDUCER_FILE):
-        if (Path(src.loc.root) / f).exists():
-            (dst_p / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(Path(src.loc.root) / f, dst_p / f)
+    info = json.loads((Path(src.loc.root) / zs.STORE_JSON).read_text())
+    (dst_p / "model").mkdir()
+    shutil.copy2(Path(src.loc.root) / zs.MODEL_FILE, dst_p / zs.MODEL_FILE)
+    vectors = index_file = None
+    if scale_index:
+        vectors, pca, index_file, real = _scale_index_vectors(Path(scale_index), rows)
+        (dst_p / "global").mkdir()
+        shutil.copy2(pca, dst_p / zs.REDUCER_FILE)
+        info["descriptor"]["reducer_sha256"] = zs._sha256((dst_p / zs.REDUCER_FILE).read_bytes())
+        info["replicated"] = f"descriptors: {scale_index} ({real} real rows, the rest their mixtures)"
+    elif (Path(src.loc.root) / zs.REDUCER_FILE).exists():
+        (dst_p / "global").mkdir()
+        shutil.copy2(Path(src.loc.root) / zs.REDUCER_FILE, dst_p / zs.REDUCER_FILE)
+    (dst_p / zs.STORE_JSON).write_text(json.dumps(info, indent=1) + "\n")
     loc = zs.Location(dst)
     rng = np.random.default_rng(seed)
-    copies = -(-rows // len(src))
-    entries, total = [], 0
+    pending = np.zeros((0, src.dim), np.float32)
+
+    def take_vectors(m: int, own: np.ndarray, copy: int) -> np.ndarray:
+        nonlocal pending
+        if vectors is None:
+            if not copy:
+                return own
+            g = own + noise * rng.standard_normal(own.shape).astype(np.float32)
+            return g / np.linalg.norm(g, axis=1, keepdims=True)
+        while len(pending) < m:
+            pending = np.concatenate([pending, next(vectors)])
+        out, pending = pending[:m], pending[m:]
+        return out
+
+    entries, total, copy = [], 0, 0
     bar = tqdm(total=rows, desc="replicate", unit="row")
-    for c in range(copies):
+    while total < rows:
         for e in src.manifest["segments"]:
-            if total >= rows:
+            m = min(e["count"], rows - total)
+            if m <= 0:
                 break
-            name = f"r{c:03d}-{e['name']}"
+            name = f"r{copy:03d}-{e['name']}"
             seg_src = Path(src.loc.root) / zs.SEGMENTS / e["name"]
-            seg_dst = dst_p / zs.SEGMENTS / name
-            seg_dst.mkdir(parents=True)
-            for sub in ("zarr.json", "photos", "stage1", "inputs"):
-                if (seg_src / sub).is_dir():
-                    _link_tree(seg_src / sub, seg_dst / sub)
-                else:
-                    os.link(seg_src / sub, seg_dst / sub)
-            g = np.asarray(zarr.open_array(str(seg_src / "global"), mode="r")[:], np.float32)
-            if c:
-                g = g + noise * rng.standard_normal(g.shape).astype(np.float32)
-                g /= np.linalg.norm(g, axis=1, keepdims=True)
-            arr = zarr.open_group(str(seg_dst), mode="r+")
-            meta = zarr.open_array(str(seg_src / "global"), mode="r")
-            out = arr.create_array("global", shape=meta.shape, dtype=meta.dtype, shards=meta.shards,
-                                   chunks=meta.chunks, compressors=zs._codecs(), fill_value=0)
-            out[:] = g.astype(meta.dtype)
-            table = __import__("pyarrow.parquet", fromlist=["x"]).read_table(seg_src / zs.RECORDS)
-            if c:
-                ids = pc.binary_join_element_wise(table.column("id"), pa.scalar(f"~copy{c}"), "")
+            table = pq.read_table(seg_src / zs.RECORDS).slice(0, m)
+            if copy:
+                ids = pc.binary_join_element_wise(table.column("id"), pa.scalar(f"~copy{copy}"), "")
                 table = table.set_column(table.column_names.index("id"), "id", ids)
-            (seg_dst / zs.RECORDS).write_bytes(zs._table_bytes(table))
-            info = zs._segment_info(loc, f"{zs.SEGMENTS}/{name}", name, e["count"],
-                                    {k: e.get(k) for k in ("dataset", "split")})
-            loc.write_json(f"{zs.SEGMENTS}/{name}/{zs.SEGMENT_JSON}", info)
-            entries.append({**info, "removed": []})
-            total += e["count"]
-            bar.update(e["count"])
+            meta = zarr.open_array(str(seg_src / "global"), mode="r")
+            g = take_vectors(m, np.asarray(meta[:m], np.float32), copy).astype(meta.dtype)
+            seg_dst = dst_p / zs.SEGMENTS / name
+            if m == e["count"]:  # whole segment: hard-link the image arrays, write descriptors and records
+                seg_dst.mkdir(parents=True)
+                os.link(seg_src / "zarr.json", seg_dst / "zarr.json")
+                for sub in ("photos", "stage1", "inputs"):
+                    _link_tree(seg_src / sub, seg_dst / sub)
+                out = zarr.open_group(str(seg_dst), mode="r+").create_array(
+                    "global", shape=meta.shape, dtype=meta.dtype, shards=meta.shards, chunks=meta.chunks,
+                    compressors=zs._codecs(), fill_value=0)
+                out[:] = g
+                (seg_dst / zs.RECORDS).write_bytes(zs._table_bytes(table))
+                seg = zs._segment_info(loc, f"{zs.SEGMENTS}/{name}", name, m, {k: e.get(k) for k in ("dataset", "split")})
+                loc.write_json(f"{zs.SEGMENTS}/{name}/{zs.SEGMENT_JSON}", seg)
+            else:  # the last, partial segment: copied
+                part = zs._Segment(src.loc, e)
+                arrays = [{f: part.read(f, np.arange(m)) for f in ("photos", "stage1", "inputs")} | {"global": g}]
+                recs = [zs._record_dict(r) for r in table.to_pylist()]
+                seg = zs.write_segment(loc, name, arrays, recs, src.image_size, src._empty_shape("inputs"), src.dim,
+                                       str(meta.dtype), {k: e.get(k) for k in ("dataset", "split")})
+            entries.append({**seg, "removed": []})
+            total += m
+            bar.update(m)
+        copy += 1
     bar.close()
-    manifest = {"count": total, "segments": entries, "datasets": [], "dim": src.dim,
-                "replicated_from": str(src_url)}
+    manifest = {"count": total, "segments": entries, "datasets": [], "dim": src.dim, "replicated_from": str(src_url)}
     t = time.time()
-    manifest["index"] = zs._build_index(loc, manifest, 1, index_memory, progress=True)
-    print(f"index {manifest['index']['kind']} over {total} rows built in {time.time() - t:.0f} s")
+    if index_file is not None:
+        (dst_p / zs.INDEX_DIR).mkdir()
+        os.link(index_file, dst_p / zs.INDEX_DIR / "00000001.faiss")
+        size = (dst_p / zs.INDEX_DIR / "00000001.faiss").stat().st_size
+        manifest["index"] = {"file": f"{zs.INDEX_DIR}/00000001.faiss", "kind": "hnsw", "rows": total, "dim": src.dim,
+                             "sha256": zs._sha256((dst_p / zs.INDEX_DIR / "00000001.faiss").read_bytes()),
+                             "bytes": size, "params": {"prebuilt": str(index_file)}}
+    else:
+        manifest["index"] = zs._build_index(loc, manifest, 1, index_memory, progress=True)
+    print(f"index {manifest['index']['kind']} over {total} rows in {time.time() - t:.0f} s")
     zs._commit(loc, manifest, 1)
-    lib = zs.ZarrLibrary.open(dst)
-    print(lib.summary())
+    print(zs.ZarrLibrary.open(dst).summary())
 
 
 _MEASURE = r"""
@@ -160,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise", type=float, default=0.02, help="std of the noise added to each copy's descriptors")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--index-memory", type=float, default=2.0, help="GiB the index may use (chooses its kind)")
+    p.add_argument("--scale-index", default=None, metavar="FOLDER",
+                   help="take descriptors, PCA and prebuilt index from benchmarks/scale_index.py's cache folder")
     p = sub.add_parser("measure")
     p.add_argument("stores", nargs="+")
     p.add_argument("--model", required=True)
@@ -167,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inputs", type=int, default=6)
     args = ap.parse_args(argv)
     if args.cmd == "replicate":
-        replicate(args.src, args.dst, args.rows, args.noise, args.seed, int(args.index_memory * 2**30))
+        replicate(args.src, args.dst, args.rows, args.noise, args.seed, int(args.index_memory * 2**30),
+                  args.scale_index)
     else:
         measure(args.stores, args.model, args.data, args.inputs)
     return 0
