@@ -14,6 +14,7 @@ from typing import Sequence
 
 from pixelnn import __version__
 from pixelnn.config import DIRECTIONS, EDGE_METHODS, PERCEPTUAL_LAYERS, TASKS, TaskConfig, TrainConfig
+from pixelnn.engine import add_engine_options, engine_kwargs
 from pixelnn.errors import PixelNNError
 
 log = logging.getLogger("pixelnn")
@@ -212,8 +213,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     from pixelnn.library import index_command
 
-    print(index_command(args.data_dir, args.model, out=args.out, add=args.add, remove=args.remove,
-                        progress=not args.quiet, device=args.device))
+    if args.engine != "local":  # block-wise build of the chunked store (pixelnn.engine.build_library)
+        from pixelnn.engine import index_with_engine
+
+        print(index_with_engine(args.data_dir, args.model, out=args.out, add=args.add, remove=args.remove,
+                                progress=not args.quiet, **engine_kwargs(args)))
+    else:
+        print(index_command(args.data_dir, args.model, out=args.out, add=args.add, remove=args.remove,
+                            progress=not args.quiet, device=args.device))
     if args.pixel_cache:
         from pixelnn.pipeline import PixelNNPipeline
 
@@ -248,7 +255,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     done = synthesize_files(args.inputs, args.model, args.out, options, library_dir=_library_dir(args.library),
                             from_photo=args.from_photo, fit=args.fit, batch_size=args.batch_size,
                             overwrite=args.overwrite, pixel_cache=not args.no_pixel_cache, device=args.device,
-                            progress=not args.quiet)
+                            progress=not args.quiet, **engine_kwargs(args))
     for path, why in done.failed:  # one line each; the others were synthesized
         print(f"pixelnn synthesize: error: {why}", file=sys.stderr)
     if done.done or done.skipped or not done.failed:
@@ -365,11 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pixel descriptor to cache (with --pixel-cache)")
     p.add_argument("--pca-dims", type=int, default=64, help="its PCA dims (with --pixel-cache)")
     add_device_option(p)
+    add_engine_options(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("synthesize", help="many outputs with per-pixel correspondences for each input")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="input images (or photos with --from-photo): files, folders of images, or globs")
+                   help="input images (or photos with --from-photo): files, folders of images, globs, or list "
+                        "files (.txt: one of those per line)")
     p.add_argument("--model", required=True, help="model folder (with its library)")
     p.add_argument("--out", required=True, help="results folder; one subfolder per input")
     p.add_argument("--from-photo", action="store_true", help="derive each input from a photo with the model's task")
@@ -384,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--library", default=None, metavar="LIB_DIR", help="borrow another library's exemplars")
     p.add_argument("--fit", choices=("pad", "crop"), default="pad", help="how photos are fitted to the square")
     add_device_option(p)
+    add_engine_options(p)
     add_synthesis_options(p)
     p.set_defaults(func=cmd_synthesize)
 
