@@ -27,6 +27,7 @@ import pickle
 import shutil
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -142,8 +143,17 @@ def quiet_ray_data() -> None:
     ctx.enable_auto_log_stats = False
     ctx.execution_options.preserve_order = False
     ctx.execution_options.verbose_progress = False
-    for name in ("ray", "ray.data", "ray._private", "ray.util"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    _quiet_loggers()
+
+
+#: Ray loggers whose warnings are noise here: the local cluster's token note, "progress bars disabled".
+_NOISY = ("ray._private.authentication.authentication_token_setup", "ray.data._internal.progress")
+
+
+def _quiet_loggers() -> None:
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # "Dataset ... execution finished" etc.
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def init_ray(address: str | None = None, num_cpus: float | None = None, num_gpus: float | None = None) -> tuple[Any, bool]:
@@ -153,19 +163,21 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, num_gpus
         import ray
     except ImportError:
         raise PixelNNError("--engine ray needs Ray: pip install 'pixelnn[cluster]'") from None
-    if ray.is_initialized():
+    if address:
+        _check_reachable(address)
+    if ray.is_initialized():  # the caller's connection (a notebook, the tests): use it, leave it open
         quiet_ray_data()
         return ray, False
     kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False,
                                   configure_logging=True)
     if address:
-        _check_reachable(address)
         kwargs["address"] = address
     else:
         kwargs.update(num_cpus=max(1, math.ceil(num_cpus)) if num_cpus else None,
                       num_gpus=math.ceil(num_gpus) if num_gpus else None)
     # a reachable port that is not a Ray GCS should not hang for a minute either
     os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", "10")
+    _quiet_loggers()
     try:
         ray.init(**kwargs)
     except Exception as e:  # ConnectionError, RuntimeError, ...: one line
@@ -208,10 +220,15 @@ def ray_map(ray: Any, keys: Sequence[str], worker_cls: type, worker_kwargs: dict
             attempts[k] += 1
         bs = batch_size if round_ == 0 else 1
         ds = ray.data.from_items([{"key": k} for k in pending], override_num_blocks=max(1, math.ceil(len(pending) / bs)))
+        # a dead actor restarts (Ray Data's default), and its task is retried `retries` times (not forever:
+        # an input that kills its worker every time must end up failed); Ray 2.60 takes these only as the
+        # deprecated **ray_remote_args
         remote = {"max_restarts": -1, "max_task_retries": retries}
-        ds = ds.map_batches(worker_cls, fn_constructor_kwargs=worker_kwargs, batch_size=bs, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=min(num_workers, len(pending))),
-                            num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None, **remote)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
+            ds = ds.map_batches(worker_cls, fn_constructor_kwargs=worker_kwargs, batch_size=bs,
+                                batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=min(num_workers, len(pending))),
+                                num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None, **remote)
         seen: set[str] = set()
         lost = "the worker was lost"
         try:
