@@ -249,12 +249,12 @@ def test_failing_inputs_end_in_failures_jsonl(tiny, tmp_path, ray_cluster):
     (folder / "x005.png").write_bytes(b"not a png")  # unreadable: final at once
     out = tmp_path / "out"
     report = synthesize_ray([folder], model, out, SynthesisOptions(num_outputs=2), batch_size=3, num_workers=2,
-                            retries=2, progress=False, worker_cls=_fail_on_x001_worker())
+                            retries=1, progress=False, worker_cls=_fail_on_x001_worker())
     assert sorted(p.stem for p in report.done) == ["x000", "x002", "x003", "x004"]
     assert sorted(p.stem for p, _ in report.failed) == ["x001", "x005"]
     assert "2 failed (listed in" in report.summary()
     rows = {Path(r["input"]).stem: r for r in map(json.loads, (out / "failures.jsonl").read_text().splitlines())}
-    assert rows["x001"]["attempts"] == 3 and "RuntimeError: cannot write x001" in rows["x001"]["error"]
+    assert rows["x001"]["attempts"] == 2 and "RuntimeError: cannot write x001" in rows["x001"]["error"]
     assert rows["x005"]["attempts"] == 1 and rows["x005"]["error"]
     assert sorted((tmp_path / "writes.log").read_text().split()) == ["x000", "x002", "x003", "x004"]
     assert not (out / "x001").exists() and not (out / "x005").exists()
@@ -271,7 +271,7 @@ def test_build_library_ray_matches_local(tmp_path, ray_cluster):
                         commit_build=fake_commit)
     assert lib == local and len(plan.commits) == 1 and (tmp_path / "flaky").exists()
     broken = FakePlan(list(range(3)), broken=(0,))
-    with pytest.raises(PixelNNError, match=r"1 of 3 blocks failed after 3 attempts \(block 0: OSError"):
-        build_library(broken, "ray", num_workers=2, progress=False, write_block=fake_write_block,
+    with pytest.raises(PixelNNError, match=r"1 of 3 blocks failed after 2 attempts \(block 0: OSError"):
+        build_library(broken, "ray", num_workers=2, retries=1, progress=False, write_block=fake_write_block,
                       commit_build=fake_commit)
     assert broken.commits == []
