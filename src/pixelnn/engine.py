@@ -186,6 +186,13 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, num_gpus
     return ray, True
 
 
+def _quiet_rows(ds: Any) -> Iterable[dict[str, Any]]:
+    """``ds.iter_rows()`` without Ray Data's "won't fully utilize the available concurrency" warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*minimum number of concurrent actors.*")
+        yield from ds.iter_rows()
+
+
 def _default_workers(ray: Any, cpus_per_worker: float, gpus_per_worker: float) -> int:
     res = ray.cluster_resources()
     n = int(res.get("CPU", 1) // cpus_per_worker)
@@ -218,7 +225,10 @@ def ray_map(ray: Any, keys: Sequence[str], worker_cls: type, worker_kwargs: dict
             break
         for k in pending:
             attempts[k] += 1
-        bs = batch_size if round_ == 0 else 1
+        # round 1: batches of batch_size, but at least one per worker (on the CPU a batch is no faster than
+        # its inputs one by one, and gives the same bits: pipeline.batch(exact=True)); retries: one by one
+        size = min(num_workers, len(pending))
+        bs = max(1, min(batch_size, math.ceil(len(pending) / size))) if round_ == 0 else 1
         ds = ray.data.from_items([{"key": k} for k in pending], override_num_blocks=max(1, math.ceil(len(pending) / bs)))
         # a dead actor restarts (Ray Data's default), and its task is retried `retries` times (not forever:
         # an input that kills its worker every time must end up failed); Ray 2.60 takes these only as the
@@ -227,12 +237,12 @@ def ray_map(ray: Any, keys: Sequence[str], worker_cls: type, worker_kwargs: dict
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
             ds = ds.map_batches(worker_cls, fn_constructor_kwargs=worker_kwargs, batch_size=bs,
-                                batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=min(num_workers, len(pending))),
+                                batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
                                 num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None, **remote)
         seen: set[str] = set()
         lost = "the worker was lost"
         try:
-            for row in ds.iter_rows():
+            for row in _quiet_rows(ds):
                 key, status, error = str(row["key"]), str(row["status"]), str(row["error"])
                 seen.add(key)
                 if status == FATAL:
@@ -436,11 +446,9 @@ def synthesize_ray(inputs: Sequence[str | Path], model_dir: str | Path, out_dir:
             report.done.append(p)
         else:
             report.failed.append((p, failures[k]["error"]))
-    if not report.outputs_per_input and report.done:
-        import json as _json
-
+    if not report.outputs_per_input and report.done:  # every result came from an earlier, killed task
         m = out_dir / report.done[0].stem / "manifest.json"
-        report.outputs_per_input = len(_json.loads(m.read_text())["outputs"]) if m.is_file() else 0
+        report.outputs_per_input = len(json.loads(m.read_text())["outputs"]) if m.is_file() else 0
     write_failures(out_dir, [{"input": str(by_key[k]), "error": f["error"], "attempts": f["attempts"]}
                              for k, f in failures.items()])
     return report
