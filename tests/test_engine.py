@@ -265,10 +265,10 @@ def test_build_library_ray_matches_local(tmp_path, ray_cluster):
 
     local = build_library(FakePlan(list(range(5))), "local", progress=False, write_block=fake_write_block,
                           commit_build=fake_commit)
-    plan = FakePlan(list(range(5)), flaky=tmp_path / "flaky")
+    plan = FakePlan(list(range(5)))  # (retries of a block that failed once: the local test; here x001's)
     lib = build_library(plan, "ray", num_workers=2, progress=False, write_block=fake_write_block,
                         commit_build=fake_commit)
-    assert lib == local and len(plan.commits) == 1 and (tmp_path / "flaky").exists()
+    assert lib == local and len(plan.commits) == 1
     broken = FakePlan(list(range(3)), broken=(0,))
     with pytest.raises(PixelNNError, match=r"1 of 3 blocks failed after 2 attempts \(block 0: OSError"):
         build_library(broken, "ray", num_workers=2, retries=1, progress=False, write_block=fake_write_block,
