@@ -166,19 +166,59 @@ def test_unreachable_address_is_one_fast_line(tiny, tmp_path, capsys):
 
 
 @ray_test
+def test_address_that_is_not_ray_is_one_fast_line(tiny, tmp_path, capsys):
+    """A port that answers, but not as Ray's gRPC GCS (here a fake HTTP/1 server), must not hang ray.init."""
+    import socket
+    import threading
+
+    from pixelnn.cli import main
+
+    model, inputs = tiny
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer():
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(1024)
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    t0 = time.perf_counter()
+    with server:
+        rc = main(["-q", "synthesize", str(inputs), "--model", str(model), "--out", str(tmp_path / "o"),
+                   "--engine", "ray", "--address", f"127.0.0.1:{server.getsockname()[1]}"])
+    assert rc == 2 and time.perf_counter() - t0 < 15
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "answers, but not as a Ray cluster" in err[0], err
+
+
+@ray_test
 def test_ray_engine_writes_what_local_writes(tiny, tmp_path, ray_cluster, capsys):
     from pixelnn.cli import main
 
     model, inputs = tiny
     common = [str(inputs), "--model", str(model), "--num-outputs", "3", "--batch-size", "2"]
     assert main(["-q", "synthesize", *common, "--out", str(tmp_path / "local")]) == 0
+    gcs = ray_cluster._private.worker.global_worker.node.gcs_address  # --address: checked, then this connection
     assert main(["-q", "synthesize", *common, "--out", str(tmp_path / "ray"), "--engine", "ray",
-                 "--num-workers", "2"]) == 0
+                 "--address", gcs, "--num-workers", "2"]) == 0
     assert "3 outputs for each of 6 inputs" in capsys.readouterr().out
     assert_same_results(tmp_path / "local", tmp_path / "ray")
     # a re-run skips what is complete
     assert main(["-q", "synthesize", *common, "--out", str(tmp_path / "ray"), "--engine", "ray"]) == 0
     assert "6 already complete" in capsys.readouterr().out
+
+
+@ray_test
+def test_a_worker_that_cannot_start_is_one_line(tiny, tmp_path, ray_cluster, capsys):
+    from pixelnn.cli import main
+
+    model, inputs = tiny
+    rc = main(["-q", "synthesize", str(inputs), "--model", str(model), "--out", str(tmp_path / "o"),
+               "--engine", "ray", "--num-workers", "1", "--library", str(tmp_path / "nowhere")])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no exemplar library in" in err[0], err
 
 
 class LoggingWorker:

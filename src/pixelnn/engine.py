@@ -126,11 +126,22 @@ def _check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     if not sep or not port.isdigit():
         raise PixelNNError(f"Ray address must be HOST:PORT, ray://HOST:PORT or auto, got {address!r}")
     try:
-        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
-            pass
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout) as sock:
+            # Ray's GCS (and Ray Client) speak gRPC: an HTTP/2 server answers the client preface with a
+            # SETTINGS frame. Anything else (a web server, a closed stream) would make ray.init retry for minutes.
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+            head = b""
+            while len(head) < 9:
+                chunk = sock.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
     except OSError as e:
         raise PixelNNError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}); "
                            f"start it with `ray start --head` or leave out --address") from None
+    if len(head) < 9 or head[3] != 4:
+        raise PixelNNError(f"{address} answers, but not as a Ray cluster (no gRPC); check the address and port "
+                           f"(the head's GCS port, default 6379, or ray://HOST:10001)")
 
 
 def quiet_ray_data() -> None:
@@ -175,8 +186,8 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, num_gpus
     else:
         kwargs.update(num_cpus=max(1, math.ceil(num_cpus)) if num_cpus else None,
                       num_gpus=math.ceil(num_gpus) if num_gpus else None)
-    # a reachable port that is not a Ray GCS should not hang for a minute either
-    os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", "10")
+    # a GCS that stops answering after the check: a few attempts, not Ray's 20 (each up to ~35 s)
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "3")
     _quiet_loggers()
     try:
         ray.init(**kwargs)
