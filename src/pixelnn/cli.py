@@ -14,7 +14,7 @@ from typing import Sequence
 
 from pixelnn import __version__
 from pixelnn.config import DIRECTIONS, EDGE_METHODS, PERCEPTUAL_LAYERS, TASKS, TaskConfig, TrainConfig
-from pixelnn.engine import add_engine_options, engine_kwargs
+from pixelnn.engine import add_engine_options
 from pixelnn.errors import PixelNNError
 
 log = logging.getLogger("pixelnn")
@@ -213,14 +213,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     from pixelnn.library import index_command
 
-    if args.engine != "local":  # block-wise build of the chunked store (pixelnn.engine.build_library)
-        from pixelnn.engine import index_with_engine
-
-        print(index_with_engine(args.data_dir, args.model, out=args.out, add=args.add, remove=args.remove,
-                                progress=not args.quiet, **engine_kwargs(args)))
-    else:
-        print(index_command(args.data_dir, args.model, out=args.out, add=args.add, remove=args.remove,
-                            progress=not args.quiet, device=args.device))
+    print(index_command(args.data_dir, args.model, out=args.out, add=args.add, remove=args.remove,
+                        progress=not args.quiet, device=args.device))
     if args.pixel_cache:
         from pixelnn.pipeline import PixelNNPipeline
 
@@ -249,13 +243,14 @@ def _library_dir(library: str | None) -> Path | None:
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
+    from pixelnn.engine import engine_options
     from pixelnn.synthesize import synthesize_files
 
     options = synthesis_options(args)
     done = synthesize_files(args.inputs, args.model, args.out, options, library_dir=_library_dir(args.library),
                             from_photo=args.from_photo, fit=args.fit, batch_size=args.batch_size,
                             overwrite=args.overwrite, pixel_cache=not args.no_pixel_cache, device=args.device,
-                            progress=not args.quiet, **engine_kwargs(args))
+                            progress=not args.quiet, **engine_options(args))
     for path, why in done.failed:  # one line each; the others were synthesized
         print(f"pixelnn synthesize: error: {why}", file=sys.stderr)
     if done.done or done.skipped or not done.failed:

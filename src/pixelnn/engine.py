@@ -66,7 +66,7 @@ def add_engine_options(p: Any) -> None:
                    help=f"retries of a failed input or block (default {DEFAULT_RETRIES})")
 
 
-def engine_kwargs(args: Any) -> dict[str, Any]:
+def engine_options(args: Any) -> dict[str, Any]:
     """The engine options of parsed arguments, as keyword arguments of :func:`synthesize_ray` / :func:`build_library`."""
     return {"engine": args.engine, "address": args.address, "num_workers": args.num_workers,
             "cpus_per_worker": args.cpus_per_worker, "gpus_per_worker": args.gpus_per_worker,
@@ -379,6 +379,13 @@ class SynthesisWorker:
                 "value": np.array([pickle.dumps(out[k][2]) for k in keys], dtype=object)}
 
 
+def _absolute(path: str | Path | None) -> str | None:
+    """A local path made absolute for the workers (their working folder may differ); URLs as given."""
+    if path is None or "://" in str(path):
+        return None if path is None else str(path)
+    return str(Path(path).resolve())
+
+
 def _clean_temp_dirs(out_dir: Path, stems: Iterable[str]) -> None:
     """Remove the half-written ``.<stem>.tmp.*`` folders that a killed worker left behind."""
     for stem in stems:
@@ -428,7 +435,7 @@ def synthesize_ray(inputs: Sequence[str | Path], model_dir: str | Path, out_dir:
         n = num_workers or _default_workers(ray, cpus_per_worker, gpus_per_worker)
         started = time.time()
         kwargs = dict(model_dir=str(Path(model_dir).resolve()), out_dir=str(out_dir.resolve()), options=options,
-                      library_dir=str(Path(library_dir).resolve()) if library_dir else None, from_photo=from_photo,
+                      library_dir=_absolute(library_dir), from_photo=from_photo,
                       fit=fit, overwrite=overwrite, pixel_cache=pixel_cache, device=device,
                       threads=max(1, int(cpus_per_worker)), started=started)
         keys = [str(p.resolve()) for p in todo]
@@ -549,22 +556,3 @@ def build_library(plan: Any, engine: str = "local", address: str | None = None, 
                            f"attempts (block {first}: {failures[first]['error']}); nothing committed, a re-run resumes")
     return commit_build(plan, [infos[i] for i in range(len(blocks))])
 
-
-def index_with_engine(data_dir: str | Path, model_dir: str | Path, out: str | Path | None = None,
-                      add: Sequence[str | Path] | None = None, remove: Sequence[str] | None = None,
-                      progress: bool = True, engine: str = "ray", **engine_options: Any) -> str:
-    """``pixelnn index --engine ray``: plan a chunked-store build of ``data_dir`` (and ``add``), write its
-    blocks with :func:`build_library`, commit once; returns the summary line."""
-    if remove:
-        raise PixelNNError("--remove is not a build: run it without --engine ray")
-    try:
-        from pixelnn import zarr_store
-    except ImportError:
-        raise PixelNNError("--engine ray for `pixelnn index` needs the chunked store (pixelnn.zarr_store), "
-                           "which this version lacks") from None
-    url = str(out) if out else str(Path(model_dir) / "library")
-    plan = zarr_store.plan_build(url, model_dir, [data_dir, *(add or [])])
-    t0 = time.perf_counter()
-    lib = build_library(plan, engine, progress=progress, **engine_options)
-    return (f"library: {len(lib)} exemplars written in {len(plan.blocks)} blocks by the {engine} engine "
-            f"in {time.perf_counter() - t0:.1f} s -> {url}")
