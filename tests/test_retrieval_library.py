@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from pixelnn.errors import PixelNNError
+from pixelnn.zarr_store import STORE_JSON, ZarrLibrary
+from pixelnn.library import open_library
 from pixelnn.library import MANIFEST, SHARDS, ExemplarLibrary, index_command
 from pixelnn.models.regressor import Regressor, predict
 from pixelnn.retrieval import GlobalIndex, descriptor_dim, global_descriptors
@@ -306,8 +308,12 @@ def test_index_command(tmp_path, model_dir, data_a, data_b):
     assert "built" in text and "20 exemplars" in text
     text = index_command(data_a, model_dir, out=out, add=[data_b], remove=["a001"], progress=False)
     assert "added 0 exemplars" in text and "added 12" in text and "removed 1" in text
-    assert len(ExemplarLibrary.open(out)) == 31
+    lib = open_library(out)  # new libraries are chunked stores
+    assert isinstance(lib, ZarrLibrary) and len(lib) == 31
     text = index_command(data_a, model_dir, progress=False)  # default: MODEL_DIR/library
-    assert (model_dir / "library" / MANIFEST).is_file() and "20 exemplars" in text
-    with pytest.raises(PixelNNError, match="no library.json|not a PixelNN library"):
+    assert (model_dir / "library" / STORE_JSON).is_file() and "20 exemplars" in text
+    with pytest.raises(PixelNNError, match="not a PixelNN store"):
         index_command(data_a, model_dir, out=tmp_path, progress=False)
+    legacy = ExemplarLibrary.build(tmp_path / "v1", model_dir, [data_a], progress=False)
+    text = index_command(data_b, model_dir, out=legacy.root, progress=False)  # a version-1 library stays one
+    assert "added 12" in text and len(ExemplarLibrary.open(legacy.root)) == 32

@@ -214,7 +214,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     from pixelnn.library import index_command
 
     print(index_command(args.data_dir, args.model, out=args.out, add=args.add, remove=args.remove,
-                        progress=not args.quiet, device=args.device))
+                        progress=not args.quiet, device=args.device, overwrite=args.overwrite,
+                        global_dims=args.global_dims, block_size=args.block_size, **engine_kwargs(args)))
     if args.pixel_cache:
         from pixelnn.pipeline import PixelNNPipeline
 
@@ -235,11 +236,59 @@ def _parse_where(items: list[str] | None) -> dict[str, list[str]]:
     return where
 
 
-def _library_dir(library: str | None) -> Path | None:
-    """``--library``: another model's folder (its library/ inside) or a library folder itself."""
+def _library_dir(library: str | None) -> str | Path | None:
+    """``--library``: another model's folder (its library/ inside), a library folder itself, or a store URL."""
     if not library:
         return None
+    if "://" in library:
+        return library
     return Path(library) / "library" if (Path(library) / "library").is_dir() else Path(library)
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict:
+    """``--engine`` and its options as keyword arguments (only what was given; local needs none)."""
+    engine = getattr(args, "engine", "local") or "local"
+    if engine == "local":
+        return {}
+    out = {"engine": engine}
+    for name in ("address", "num_workers", "cpus_per_worker", "gpus_per_worker"):
+        if getattr(args, name, None) is not None:
+            out[name] = getattr(args, name)
+    return out
+
+
+def cmd_library(args: argparse.Namespace) -> int:
+    from pixelnn import zarr_store
+    from pixelnn.library import open_library
+
+    if args.action == "upgrade":
+        if not args.new:
+            raise PixelNNError("library upgrade needs OLD and NEW: `pixelnn library upgrade OLD_DIR NEW_URL`")
+        lib = zarr_store.upgrade_library(args.library, args.new, global_dims=args.global_dims or 0,
+                                         overwrite=args.overwrite, progress=not args.quiet)
+        print(f"upgraded {args.library} -> {lib.url}")
+        print(lib.summary())
+        return 0
+    if args.new:
+        raise PixelNNError(f"library {args.action} takes one library, got a second: {args.new!r}")
+    lib = open_library(args.library)
+    if args.action == "info":
+        print(lib.summary())
+        if isinstance(lib, zarr_store.ZarrLibrary):
+            print(f"versions: {', '.join(map(str, lib.versions()))}; store format {lib.info['version']}")
+        return 0
+    if args.action == "compact":
+        print(f"compacted: {lib.compact()} removed rows dropped")
+        print(lib.summary())
+        return 0
+    if not isinstance(lib, zarr_store.ZarrLibrary):
+        raise PixelNNError(f"{args.library} is a version-1 library: nothing to verify (convert it with "
+                           f"`pixelnn library upgrade`)")
+    problems = lib.verify(progress=not args.quiet)
+    for p in problems:
+        print(f"pixelnn library verify: {p}", file=sys.stderr)
+    print(f"{lib.url}: version {lib.version}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    return 2 if problems else 0
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
@@ -366,9 +415,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--descriptor", choices=("hypercolumn", "regressor"), default="hypercolumn",
                    help="pixel descriptor to cache (with --pixel-cache)")
     p.add_argument("--pca-dims", type=int, default=64, help="its PCA dims (with --pixel-cache)")
+    p.add_argument("--global-dims", type=int, default=None, metavar="D",
+                   help="a new store keeps its conv5 descriptors PCA-reduced to D dims, float16 (default 512; "
+                        "0 keeps all 6400, float32)")
+    p.add_argument("--block-size", type=int, default=None, metavar="N",
+                   help="exemplars per segment, the unit of work of a build (default 16384)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing library (once the new one is complete)")
     add_device_option(p)
     add_engine_options(p)
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("library", help="inspect, verify, compact or upgrade an exemplar library")
+    p.add_argument("action", choices=("info", "verify", "compact", "upgrade"),
+                   help="info: summary; verify: check every checksum; compact: drop removed rows; "
+                        "upgrade: convert a version-1 library into a chunked store")
+    p.add_argument("library", metavar="LIB", help="a library folder or store URL")
+    p.add_argument("new", nargs="?", default=None, metavar="NEW", help="upgrade: the new store's folder or URL")
+    p.add_argument("--global-dims", type=int, default=0, metavar="D",
+                   help="upgrade: reduce the conv5 descriptors to D dims (default 0: copy them in full, so "
+                        "outputs stay identical)")
+    p.add_argument("--overwrite", action="store_true", help="upgrade: replace NEW if it exists")
+    p.set_defaults(func=cmd_library)
 
     p = sub.add_parser("synthesize", help="many outputs with per-pixel correspondences for each input")
     p.add_argument("inputs", nargs="+", metavar="INPUT",

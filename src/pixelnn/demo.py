@@ -81,15 +81,15 @@ def run_demo(out_dir: str | Path, data: str | None = None, minutes: float = 2.0,
                    resume=False, progress=progress)
 
     log.info("3/4 building the exemplar library and synthesizing")
-    from pixelnn.library import ExemplarLibrary
     from pixelnn.models.regressor import Regressor, predict
     from pixelnn.pipeline import PixelNNPipeline, load_pixel_descriptor, save_result
     from pixelnn.visualize import correspondence_figure
+    from pixelnn.zarr_store import build_store
 
     ds = Dataset(data_dir)
     split = ds.split("test") if ds.manifest["counts"]["test"] else ds.split("val")
     model = Regressor.load(out_dir / "model" / "regressor.safetensors")
-    library = ExemplarLibrary.build(None, out_dir / "model", [data_dir], progress=progress, overwrite=True)
+    library = build_store(None, out_dir / "model", [data_dir], progress=progress, overwrite=True)
     pipe = PixelNNPipeline(model, library, task, load_pixel_descriptor(library, regressor=model, fit_images=64))
     n = min(8, len(split))
     inputs, photos = np.asarray(split.inputs[:n]), np.asarray(split.photos[:n])

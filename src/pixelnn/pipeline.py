@@ -41,7 +41,7 @@ from pixelnn.descriptors import PixelPCA, fit_pca, make_descriptor
 from pixelnn.devices import resolve_device
 from pixelnn.errors import PixelNNError
 from pixelnn.io import atomic_dir, save_image
-from pixelnn.library import ExemplarLibrary
+from pixelnn.library import open_library
 from pixelnn.matching import OutputSpec
 from pixelnn.models.loading import load_model_dir
 from pixelnn.models.regressor import Regressor, predict
@@ -75,8 +75,9 @@ def load_pixel_descriptor(library: ExemplarStore, name: str = DEFAULT_DESCRIPTOR
     full = make_descriptor(name, regressor=regressor)
     if pca_dims is None:
         return full
-    path = Path(library.root) / f"pca_{name}_{pca_dims}.safetensors"
-    if path.is_file():
+    root = getattr(library, "root", None)  # None: a remote store, the PCA is fitted in memory
+    path = Path(root) / f"pca_{name}_{pca_dims}.safetensors" if root is not None else None
+    if path is not None and path.is_file():
         pca = PixelPCA.load(path)
     else:
         n = len(library)
@@ -86,7 +87,8 @@ def load_pixel_descriptor(library: ExemplarStore, name: str = DEFAULT_DESCRIPTOR
         images = library.take("inputs" if full.takes == "inputs" else "stage1", pick)
         log.info("fitting a %d-dim PCA of the %s descriptor on %d exemplars (once per library)", pca_dims, name, len(pick))
         pca = fit_pca(images, dims=pca_dims, seed=seed, descriptor=full)
-        pca.save(path)
+        if path is not None:
+            pca.save(path)
     return make_descriptor(name, regressor=regressor, pca=pca)
 
 
@@ -230,10 +232,7 @@ class PixelNNPipeline:
         descriptor load it on first use.
         """
         regressor, config = load_model_dir(model_dir)
-        lib_dir = Path(library_dir) if library_dir else Path(model_dir) / "library"
-        if not (lib_dir / "library.json").is_file():
-            raise PixelNNError(f"no exemplar library in {lib_dir}; build it with `pixelnn index DATA_DIR --model {model_dir}`")
-        library = ExemplarLibrary.open(lib_dir)
+        library = open_library(library_dir if library_dir else Path(model_dir) / "library", model_dir=model_dir)
         task = TaskConfig.from_dict(config["task"])
         pipe = cls(regressor, library, task, device=device, use_pixel_cache=pixel_cache)
         pipe._default = (descriptor, pca_dims)
@@ -258,9 +257,9 @@ class PixelNNPipeline:
         key = (name, pca_dims or None)
         if key not in self._descriptors:
             desc = load_pixel_descriptor(self.library, name, self.regressor, key[1]).to(self.device)
-            root = getattr(self.library, "root", None)
-            cache = PixelDescriptorCache(Path(root) / "pixel_cache", desc) \
-                if self.use_pixel_cache and root is not None and desc.dims <= MAX_CACHED_DIMS else None
+            cache_dir = getattr(self.library, "pixel_cache_dir", None)  # None: the store keeps no pixel descriptors
+            cache = PixelDescriptorCache(Path(cache_dir), desc) \
+                if self.use_pixel_cache and cache_dir is not None and desc.dims <= MAX_CACHED_DIMS else None
             self._descriptors[key] = (desc, cache)
         return self._descriptors[key]
 
@@ -271,6 +270,9 @@ class PixelNNPipeline:
         0.07 s at 96x96 on 2 cores) and 1.2 MB of disk per exemplar at 64 dims.
         """
         desc, cache = self.pixel_descriptor(*self._default)
+        if getattr(self.library, "pixel_cache_dir", None) is None:
+            raise PixelNNError("this library is a chunked store, which keeps no pixel descriptors (they are "
+                               "computed per query)")
         if cache is None:
             raise PixelNNError(f"descriptor {desc.name} ({desc.dims} dims) is not cached; "
                                f"use a PCA-reduced descriptor")
@@ -658,7 +660,7 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
                             exemplar_ids=np.array(result.neighbour_ids))
         manifest = {
             "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "options": result.options.to_dict(),
-            "library": str(getattr(library, "root", "")) or None,
+            "library": str(getattr(library, "url", None) or getattr(library, "root", "")) or None,
             "timings": {k_: round(v, 4) for k_, v in result.timings.items()},
             "outputs": [{"file": f"output_{o + 1:03d}.png", "exemplar_ranks": [r + 1 for r in s.ranks],
                          "exemplar_ids": [result.neighbour_ids[r] for r in s.ranks], "window": s.window_name,
