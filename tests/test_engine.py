@@ -267,6 +267,13 @@ def _fail_on_x001_worker():
     from pixelnn.engine import SynthesisWorker
 
     class FailOnX001(LoggingWorker, SynthesisWorker):
+        """x001 cannot be saved (an exception); x003 kills its worker process, every time."""
+
+        def __call__(self, batch):
+            if any(str(k).endswith("x003.png") for k in batch["key"]):
+                os._exit(1)
+            return super().__call__(batch)
+
         def save(self, result, path, photo):
             if path.stem == "x001":
                 raise RuntimeError("cannot write x001")
@@ -285,18 +292,20 @@ def test_failing_inputs_end_in_failures_jsonl(tiny, tmp_path, ray_cluster):
     model, inputs = tiny
     folder = tmp_path / "inputs"
     shutil.copytree(inputs, folder)
-    (folder / "x005.png").write_bytes(b"not a png")  # unreadable: final at once
+    (folder / "x002.png").write_bytes(b"not a png")  # unreadable: final at once
     out = tmp_path / "out"
     report = synthesize_ray([folder], model, out, SynthesisOptions(num_outputs=2), batch_size=3, num_workers=2,
                             retries=1, progress=False, worker_cls=_fail_on_x001_worker())
-    assert sorted(p.stem for p in report.done) == ["x000", "x002", "x003", "x004"]
-    assert sorted(p.stem for p, _ in report.failed) == ["x001", "x005"]
-    assert "2 failed (listed in" in report.summary()
+    # batches [x000 x001 x002] [x003 x004 x005]: x003's batch-mates come through in the next round
+    assert sorted(p.stem for p in report.done) == ["x000", "x004", "x005"]
+    assert sorted(p.stem for p, _ in report.failed) == ["x001", "x002", "x003"]
+    assert "3 failed (listed in" in report.summary()
     rows = {Path(r["input"]).stem: r for r in map(json.loads, (out / "failures.jsonl").read_text().splitlines())}
     assert rows["x001"]["attempts"] == 2 and "RuntimeError: cannot write x001" in rows["x001"]["error"]
-    assert rows["x005"]["attempts"] == 1 and rows["x005"]["error"]
-    assert sorted((tmp_path / "writes.log").read_text().split()) == ["x000", "x002", "x003", "x004"]
-    assert not (out / "x001").exists() and not (out / "x005").exists()
+    assert rows["x003"]["attempts"] == 2 and "task failed" in rows["x003"]["error"], rows["x003"]
+    assert rows["x002"]["attempts"] == 1 and rows["x002"]["error"]
+    assert sorted((tmp_path / "writes.log").read_text().split()) == ["x000", "x004", "x005"]
+    assert not any((out / f"x00{i}").exists() for i in (1, 2, 3))
 
 
 @ray_test

@@ -197,11 +197,32 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, num_gpus
     return ray, True
 
 
-def _quiet_rows(ds: Any) -> Iterable[dict[str, Any]]:
-    """``ds.iter_rows()`` without Ray Data's "won't fully utilize the available concurrency" warning."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*minimum number of concurrent actors.*")
-        yield from ds.iter_rows()
+class _DroppedBlocks(logging.Filter):
+    """Collects (and silences) Ray Data's "exception raised from a task ... Ignoring" errors while rows are read."""
+
+    LOGGER = "ray.data._internal.execution.streaming_executor_state"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Ignoring this exception" in record.getMessage():
+            exc = record.exc_info[1] if record.exc_info else None
+            self.errors.append(one_line(exc) if exc is not None else "a task failed")
+            return False
+        return True
+
+    def rows(self, ds: Any) -> Iterable[dict[str, Any]]:
+        """``ds.iter_rows()``, quiet (also without Ray Data's "won't fully utilize the concurrency" warning)."""
+        logger = logging.getLogger(self.LOGGER)
+        logger.addFilter(self)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*minimum number of concurrent actors.*")
+                yield from ds.iter_rows()
+        finally:
+            logger.removeFilter(self)
 
 
 def _default_workers(ray: Any, cpus_per_worker: float, gpus_per_worker: float) -> int:
@@ -240,20 +261,31 @@ def ray_map(ray: Any, keys: Sequence[str], worker_cls: type, worker_kwargs: dict
         # its inputs one by one, and gives the same bits: pipeline.batch(exact=True)); retries: one by one
         size = min(num_workers, len(pending))
         bs = max(1, min(batch_size, math.ceil(len(pending) / size))) if round_ == 0 else 1
-        ds = ray.data.from_items([{"key": k} for k in pending], override_num_blocks=max(1, math.ceil(len(pending) / bs)))
-        # a dead actor restarts (Ray Data's default), and its task is retried `retries` times (not forever:
-        # an input that kills its worker every time must end up failed); Ray 2.60 takes these only as the
-        # deprecated **ray_remote_args
-        remote = {"max_restarts": -1, "max_task_retries": retries}
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
-            ds = ds.map_batches(worker_cls, fn_constructor_kwargs=worker_kwargs, batch_size=bs,
-                                batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
-                                num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None, **remote)
+        # a task that fails for good (its worker died `retries` + 1 times) drops only its own block, whose items
+        # then never come back and are retried here, one per task: never the whole dataset (max_errored_blocks)
+        ctx = ray.data.DataContext.get_current()
+        saved = ctx.max_errored_blocks
+        ctx.max_errored_blocks = -1
+        try:
+            ds = ray.data.from_items([{"key": k} for k in pending],
+                                     override_num_blocks=max(1, math.ceil(len(pending) / bs)))
+            # a dead actor restarts (Ray Data's default) and its task is retried `retries` times (not forever:
+            # an input that kills its worker every time must end up failed). Ray 2.60 takes these only as the
+            # deprecated **ray_remote_args. One task in flight per actor: none waits on an actor that a
+            # crashing input keeps restarting, so only that input's task pays.
+            remote = {"max_restarts": -1, "max_task_retries": retries}
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
+                ds = ds.map_batches(worker_cls, fn_constructor_kwargs=worker_kwargs, batch_size=bs,
+                                    batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1),
+                                    num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None, **remote)
+        finally:
+            ctx.max_errored_blocks = saved
         seen: set[str] = set()
+        dropped = _DroppedBlocks()
         lost = "the worker was lost"
         try:
-            for row in _quiet_rows(ds):
+            for row in dropped.rows(ds):
                 key, status, error = str(row["key"]), str(row["status"]), str(row["error"])
                 seen.add(key)
                 if status == FATAL:
@@ -269,10 +301,12 @@ def ray_map(ray: Any, keys: Sequence[str], worker_cls: type, worker_kwargs: dict
                     on_result(key, status, error, values.get(key))
         except PixelNNError:
             raise
-        except Exception as e:  # the dataset failed (a worker died beyond its retries): retry what did not come back
+        except Exception as e:  # the dataset itself failed: retry what did not come back
             lost = one_line(e)
-            log.warning("round %d of the Ray job stopped (%s); retrying the %d items that did not come back",
+            log.warning("round %d of the Ray job stopped (%s); %d items did not come back",
                         round_ + 1, lost, len(set(pending) - seen))
+        if dropped.errors:
+            lost = f"its task failed {retries + 1} times (last: {dropped.errors[-1]})"
         for k in pending:
             if k not in seen and k not in values:
                 if already_done is not None and already_done(k):
