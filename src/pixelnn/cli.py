@@ -251,7 +251,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     if engine == "local":
         return {}
     out = {"engine": engine}
-    for name in ("address", "num_workers", "cpus_per_worker", "gpus_per_worker"):
+    for name in ("address", "num_workers", "cpus_per_worker", "gpus_per_worker", "retries"):
         if getattr(args, name, None) is not None:
             out[name] = getattr(args, name)
     return out
