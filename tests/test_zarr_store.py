@@ -129,8 +129,12 @@ def test_killed_build_leaves_last_version(built, tmp_path, monkeypatch):
     assert not url.exists()  # a new store appears only at its commit
     with pytest.raises(PixelNNError, match="no exemplar library"):
         open_library(url)
+    staged = Path(zs._staging_url(zs.Location(url))) / zs.SEGMENTS / "v000001b00000" / zs.SEGMENT_JSON
+    stamp = staged.stat().st_mtime_ns  # the first block survived the kill
     monkeypatch.setattr(zs, "write_segment", real)
     lib = zs.build_store(url, built["model"], [built["a"]], progress=False, block_size=16, global_dims=0)
+    assert not staged.exists() and (url / zs.SEGMENTS / "v000001b00000" / zs.SEGMENT_JSON).stat().st_mtime_ns == stamp
+    assert len(lib) == 40  # resumed: the first block was not recomputed
     calls["n"] = 0
     monkeypatch.setattr(zs, "write_segment", dies)
     with pytest.raises(KeyboardInterrupt):

@@ -67,6 +67,8 @@ SEGMENTS = "segments"
 VERSIONS = "versions"
 INDEX_DIR = "index"
 SEGMENT_JSON = "segment.json"
+#: In the staging folder of a new build: the plan, so that re-running an interrupted build resumes it.
+PLAN_JSON = "plan.json"
 RECORDS = "records.parquet"
 #: Exemplars per shard file (per array).
 SHARD_ROWS = 4096
@@ -77,7 +79,7 @@ BLOCK_SIZE = 16384
 #: Default reduced size of the conv5 descriptors.
 GLOBAL_DIMS = 512
 #: The descriptor reduction is fitted on at most this many evenly spaced exemplars.
-REDUCER_FIT_MAX = 10_000
+REDUCER_FIT_MAX = 8192
 #: Rows per forward pass while building (as the version-1 library, so stage-1 outputs agree).
 CHUNK = 256
 #: Quantizer-trained indexes (ivfpq) are trained on at most this many evenly spaced rows.
@@ -1028,7 +1030,6 @@ def plan_build(url: str | os.PathLike | None, model_dir: str | Path | None, data
         work = Location(_staging_url(target)) if target.local else target
         if not target.local and overwrite:
             target.remove("")
-        work.remove("")
         model_sha, base_version, existing, number = _sha256(weights), 0, set(), 1
     datasets = [Dataset(d) for d in data_dirs]
     for ds in datasets:
@@ -1051,12 +1052,33 @@ def plan_build(url: str | os.PathLike | None, model_dir: str | Path | None, data
         summary.append({"path": path, "split": split, "added": len(keep), "skipped": skipped[path], "time": _now()})
         for i in range(0, len(keep), block_size):
             blocks.append(Block(f"v{number:06d}b{len(blocks):05d}", path, keep[i:i + block_size]))
-    plan = BuildPlan(url=work.url, target=target.url, split=split, batch_size=int(batch_size), device=str(device),
+    from pixelnn.devices import resolve_device
+
+    plan = BuildPlan(url=work.url, target=target.url, split=split, batch_size=int(batch_size),
+                     device=str(resolve_device(device)),
                      id_prefix=prefix, model_sha256=model_sha, blocks=blocks, base_version=base_version,
                      skipped=skipped, datasets=summary, overwrite=bool(overwrite), index_memory=int(index_memory))
     if not adding:
-        _create_store(work, Path(model_dir), weights, config, task, plan, global_dims, progress)
+        key = _plan_key(plan, global_dims)
+        if work.exists(PLAN_JSON) and work.read_json(PLAN_JSON) == key:  # an interrupted build of the same plan
+            done = [b for b in blocks if work.exists(f"{SEGMENTS}/{b.segment}/{SEGMENT_JSON}")]
+            for name in work.listdir(SEGMENTS):
+                if name.startswith(".tmp-"):
+                    work.remove(f"{SEGMENTS}/{name}")
+            log.warning("resuming an interrupted build of %s: %d of %d segments already written", target.url,
+                        len(done), len(blocks))
+        else:
+            work.remove("")
+            _create_store(work, Path(model_dir), weights, config, task, plan, global_dims, progress)
+            work.write_json(PLAN_JSON, key)  # last: the staging folder is resumable from here on
     return plan
+
+
+def _plan_key(plan: BuildPlan, global_dims: int) -> dict[str, Any]:
+    """What makes two new-store plans the same build (a re-run resumes the staged segments)."""
+    return {"model_sha256": plan.model_sha256, "split": plan.split, "batch_size": plan.batch_size,
+            "id_prefix": plan.id_prefix, "global_dims": int(global_dims or 0), "device": plan.device,
+            "blocks": [dataclasses.asdict(b) for b in plan.blocks]}
 
 
 def _create_store(work: Location, model_dir: Path, weights: bytes, config: dict[str, Any], task: TaskConfig,
