@@ -14,6 +14,7 @@ from typing import Sequence
 
 from pixelnn import __version__
 from pixelnn.config import DIRECTIONS, EDGE_METHODS, PERCEPTUAL_LAYERS, TASKS, TaskConfig, TrainConfig
+from pixelnn.engine import add_engine_options
 from pixelnn.errors import PixelNNError
 
 log = logging.getLogger("pixelnn")
@@ -250,7 +251,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     if engine == "local":
         return {}
     out = {"engine": engine}
-    for name in ("address", "num_workers", "cpus_per_worker", "gpus_per_worker"):
+    for name in ("address", "num_workers", "cpus_per_worker", "gpus_per_worker", "retries"):
         if getattr(args, name, None) is not None:
             out[name] = getattr(args, name)
     return out
@@ -291,13 +292,14 @@ def cmd_library(args: argparse.Namespace) -> int:
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
+    from pixelnn.engine import engine_options
     from pixelnn.synthesize import synthesize_files
 
     options = synthesis_options(args)
     done = synthesize_files(args.inputs, args.model, args.out, options, library_dir=_library_dir(args.library),
                             from_photo=args.from_photo, fit=args.fit, batch_size=args.batch_size,
                             overwrite=args.overwrite, pixel_cache=not args.no_pixel_cache, device=args.device,
-                            progress=not args.quiet)
+                            progress=not args.quiet, **engine_options(args))
     for path, why in done.failed:  # one line each; the others were synthesized
         print(f"pixelnn synthesize: error: {why}", file=sys.stderr)
     if done.done or done.skipped or not done.failed:
@@ -420,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exemplars per segment, the unit of work of a build (default 16384)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing library (once the new one is complete)")
     add_device_option(p)
+    add_engine_options(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("library", help="inspect, verify, compact or upgrade an exemplar library")
@@ -436,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synthesize", help="many outputs with per-pixel correspondences for each input")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="input images (or photos with --from-photo): files, folders of images, or globs")
+                   help="input images (or photos with --from-photo): files, folders of images, globs, or list "
+                        "files (.txt: one of those per line)")
     p.add_argument("--model", required=True, help="model folder (with its library)")
     p.add_argument("--out", required=True, help="results folder; one subfolder per input")
     p.add_argument("--from-photo", action="store_true", help="derive each input from a photo with the model's task")
@@ -451,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--library", default=None, metavar="LIB_DIR", help="borrow another library's exemplars")
     p.add_argument("--fit", choices=("pad", "crop"), default="pad", help="how photos are fitted to the square")
     add_device_option(p)
+    add_engine_options(p)
     add_synthesis_options(p)
     p.set_defaults(func=cmd_synthesize)
 

@@ -28,10 +28,25 @@ log = logging.getLogger(__name__)
 
 #: File name endings read as images when a folder is given.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+#: File name endings read as list files: one input (file, folder or glob) per line; relative paths are
+#: relative to the list file's folder; blank lines and lines starting with # are ignored.
+LIST_SUFFIXES = (".txt", ".lst", ".list")
 
 
-def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
-    """Image files from files, folders (their images, sorted, not recursive) and glob patterns, in order.
+def _list_file_items(path: Path) -> list[str]:
+    items = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            items.append(line if Path(line).is_absolute() else str(path.parent / line))
+    if not items:
+        raise PixelNNError(f"list file {path} names no inputs")
+    return items
+
+
+def expand_inputs(items: Sequence[str | Path], _nested: bool = False) -> list[Path]:
+    """Image files from files, folders (their images, sorted, not recursive), glob patterns and list files
+    (``LIST_SUFFIXES``: one of those per line), in order.
 
     Raises a one-line PixelNNError for an item that matches nothing, and for two inputs whose
     output folders (their file stems) would clash.
@@ -44,6 +59,8 @@ def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
             if not found:
                 raise PixelNNError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
             paths += found
+        elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES and not _nested:
+            paths += expand_inputs(_list_file_items(p), _nested=True)
         elif p.is_file():
             paths.append(p)
         elif glob.has_magic(str(item)):
@@ -54,6 +71,8 @@ def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
         else:
             raise PixelNNError(f"no such input file or folder: {item}")
     paths = list(dict.fromkeys(paths))
+    if _nested:
+        return paths
     stems: dict[str, Path] = {}
     for q in paths:
         if q.stem in stems:
@@ -77,14 +96,15 @@ class SynthesizeReport:
         rate = len(self.done) / self.seconds if self.seconds > 0 else 0.0
         return (f"{self.outputs_per_input} outputs for each of {len(self.done)} inputs in {self.seconds:.1f} s "
                 f"({rate:.2f} inputs/s); {len(self.skipped)} already complete"
-                + (f"; {len(self.failed)} failed" if self.failed else "") + f" -> {self.out_dir}")
+                + (f"; {len(self.failed)} failed (listed in {self.out_dir / 'failures.jsonl'})" if self.failed else "")
+                + f" -> {self.out_dir}")
 
 
 def synthesize_files(inputs: Sequence[str | Path], model_dir: str | Path, out_dir: str | Path,
                      options: SynthesisOptions | None = None, *, library_dir: str | Path | None = None,
                      from_photo: bool = False, fit: str = "pad", batch_size: int = 8, overwrite: bool = False,
                      pixel_cache: bool = True, device: str = "auto", progress: bool = True,
-                     pipeline: Any = None) -> SynthesizeReport:
+                     pipeline: Any = None, engine: str = "local", **engine_options: Any) -> SynthesizeReport:
     """Synthesize every input image into ``out_dir/<stem>/``, ``batch_size`` inputs at a time.
 
     Parameters
@@ -108,12 +128,26 @@ def synthesize_files(inputs: Sequence[str | Path], model_dir: str | Path, out_di
         As in :meth:`pixelnn.pipeline.PixelNNPipeline.from_model_dir`.
     pipeline : PixelNNPipeline, optional
         Use this pipeline instead of loading one (tests, the web app).
+    engine : {'local', 'ray'}
+        ``ray``: :func:`pixelnn.engine.synthesize_ray` with ``engine_options`` (``address``, ``num_workers``,
+        ``cpus_per_worker``, ``gpus_per_worker``, ``retries``): the same files, written by a Ray actor pool.
 
     Returns
     -------
     SynthesizeReport
-        An unreadable input is reported in ``failed`` and the others go on.
+        An unreadable input is reported in ``failed`` (and ``OUT/failures.jsonl``) and the others go on.
     """
+    if engine != "local":
+        from pixelnn.engine import check_engine_options, synthesize_ray
+
+        check_engine_options(engine, **engine_options)
+        return synthesize_ray(inputs, model_dir, out_dir, options, library_dir=library_dir, from_photo=from_photo,
+                              fit=fit, batch_size=batch_size, overwrite=overwrite, pixel_cache=pixel_cache,
+                              device=device, progress=progress, **engine_options)
+    if engine_options:
+        from pixelnn.engine import check_engine_options
+
+        check_engine_options(engine, **engine_options)
     if batch_size < 1:
         raise PixelNNError(f"batch size must be >= 1, got {batch_size}")
     options = options or SynthesisOptions()
@@ -130,6 +164,7 @@ def synthesize_files(inputs: Sequence[str | Path], model_dir: str | Path, out_di
         log.info("%d of %d inputs already have complete results in %s (skipped; --overwrite redoes them)",
                  len(report.skipped), len(paths), out_dir)
     if not todo:
+        _write_failures(out_dir, report)
         return report
     pipe = pipeline or PixelNNPipeline.from_model_dir(model_dir, library_dir=library_dir, pixel_cache=pixel_cache,
                                                       device=device)
@@ -162,4 +197,11 @@ def synthesize_files(inputs: Sequence[str | Path], model_dir: str | Path, out_di
                 report.outputs_per_input = len(result.outputs)
             bar.update(len(batch))
     report.seconds = time.perf_counter() - t0
+    _write_failures(out_dir, report)
     return report
+
+
+def _write_failures(out_dir: Path, report: SynthesizeReport) -> None:
+    from pixelnn.engine import write_failures  # imports no Ray
+
+    write_failures(out_dir, [{"input": str(p), "error": why, "attempts": 1} for p, why in report.failed])
