@@ -134,7 +134,14 @@ def replicate(src_url: str, dst: str, rows: int, noise: float, seed: int, index_
                     compressors=zs._codecs(), fill_value=0)
                 out[:] = g
                 (seg_dst / zs.RECORDS).write_bytes(zs._table_bytes(table))
-                seg = zs._segment_info(loc, f"{zs.SEGMENTS}/{name}", name, m, {k: e.get(k) for k in ("dataset", "split")})
+                files = {f: e["files"][f] for f in e["files"]  # linked files: the source's checksums
+                         if f == "zarr.json" or f.split("/")[0] in ("photos", "stage1", "inputs")}
+                for f in sorted(zs.Location(str(seg_dst)).files()):
+                    if f not in files and f != zs.SEGMENT_JSON:
+                        data = (seg_dst / f).read_bytes()
+                        files[f] = {"size": len(data), "sha256": zs._sha256(data)}
+                seg = {"name": name, "count": m, "dataset": e.get("dataset"), "split": e.get("split"),
+                       "files": dict(sorted(files.items())), "bytes": int(sum(v["size"] for v in files.values()))}
                 loc.write_json(f"{zs.SEGMENTS}/{name}/{zs.SEGMENT_JSON}", seg)
             else:  # the last, partial segment: copied
                 part = zs._Segment(src.loc, e)
