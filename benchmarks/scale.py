@@ -10,6 +10,10 @@ Sub-commands (each prints a table; docs/results.md, section "Millions of exempla
 
     # open time, disk bytes per exemplar, and synthesis (72 outputs per input) RSS and seconds per input,
     # each store in a fresh process, inputs from a prepared dataset's rows
+    # what the PCA of the global descriptors costs retrieval (recall@11 against exact 6400-d search)
+    python benchmarks/scale.py pca-recall runs/pca/store-full runs/pca/store-pca512 --model runs/model-shoes-sr \\
+        --data runs/shoes-sr
+
     python benchmarks/scale.py measure runs/scale/lib-16k runs/scale/lib-1m --model runs/model-shoes-sr \\
         --data runs/shoes-sr --inputs 6
 
@@ -213,6 +217,44 @@ def measure(stores: list[str], model: str, data: str, inputs: int) -> None:
               f"{r['s_per_input'] / rows[0]['s_per_input']:>8.3f}")
 
 
+def pca_recall(full: str, reduced: str, model: str, data: str, k: int = 11) -> None:
+    """recall@k of a reduced store's search against exact search over the full 6400-d descriptors, for the
+    stage-1 outputs of a dataset's val inputs (what retrieval sees)."""
+    from pixelnn.data.dataset import Dataset
+    from pixelnn.library import open_library
+    from pixelnn.models.loading import load_model_dir
+    from pixelnn.models.regressor import predict
+    from pixelnn.retrieval import global_descriptors
+
+    a, b = open_library(full), open_library(reduced)
+    regressor, _ = load_model_dir(model)
+    x = np.asarray(Dataset(data).split("val").inputs)
+    q = global_descriptors(predict(regressor, x))
+    _, truth = a.search(q, k)
+    _, got = b.search(q, k)
+    rec = np.mean([len(set(t) & set(g)) / k for t, g in zip(truth, got)])
+    print(f"{len(x)} val queries, {len(a)} exemplars: recall@{k} of {Path(reduced).name} "
+          f"({b.dim}-d {b.info['descriptor']['stored_dtype']}) against exact {a.dim}-d search = {rec:.3f}")
+
+
+def same_outputs(libs: list[str], model: str, data: str, inputs: int) -> None:
+    """Synthesize a dataset's first val inputs from two libraries; count outputs and correspondences that are
+    bit-identical (an upgraded store against its version-1 library)."""
+    from pixelnn.data.dataset import Dataset
+    from pixelnn.pipeline import PixelNNPipeline
+
+    x = np.asarray(Dataset(data).split("val").inputs[:inputs])
+    runs = []
+    for lib in libs:
+        pipe = PixelNNPipeline.from_model_dir(model, library_dir=lib, pixel_cache=False, device="cpu")
+        runs.append([pipe(xi) for xi in x])
+    same = sum(np.array_equal(a.outputs, b.outputs) and np.array_equal(a.exemplar, b.exemplar)
+               and np.array_equal(a.source_y, b.source_y) and np.array_equal(a.source_x, b.source_x)
+               and a.neighbour_ids == b.neighbour_ids for a, b in zip(*runs))
+    outs = sum(len(a.outputs) for a in runs[0])
+    print(f"{same} of {len(x)} inputs ({outs} outputs) bit-identical between {libs[0]} and {libs[1]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -230,8 +272,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True, help="prepared dataset whose val inputs are synthesized")
     p.add_argument("--inputs", type=int, default=6)
+    p = sub.add_parser("pca-recall")
+    p.add_argument("full")
+    p.add_argument("reduced")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p = sub.add_parser("same")
+    p.add_argument("libs", nargs=2)
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--inputs", type=int, default=4)
     args = ap.parse_args(argv)
-    if args.cmd == "replicate":
+    if args.cmd == "same":
+        same_outputs(args.libs, args.model, args.data, args.inputs)
+    elif args.cmd == "pca-recall":
+        pca_recall(args.full, args.reduced, args.model, args.data)
+    elif args.cmd == "replicate":
         replicate(args.src, args.dst, args.rows, args.noise, args.seed, int(args.index_memory * 2**30),
                   args.scale_index)
     else:
