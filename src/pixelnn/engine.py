@@ -188,6 +188,9 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, num_gpus
                       num_gpus=math.ceil(num_gpus) if num_gpus else None)
     # a GCS that stops answering after the check: a few attempts, not Ray's 20 (each up to ~35 s)
     os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "3")
+    # Ray's C++ core logs at ERROR a notice per actor pool ("constructor arguments in the object store and
+    # max_restarts > 0"); failures that matter reach us as Python exceptions, so only fatal lines print
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     _quiet_loggers()
     try:
         ray.init(**kwargs)
