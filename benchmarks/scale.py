@@ -176,7 +176,7 @@ def replicate(src_url: str, dst: str, rows: int, noise: float, seed: int, index_
 
 _MEASURE = r"""
 import json, resource, sys, time
-from pixelnn.library import open_library
+from pixelnn.zarr_store import open_library
 t0 = time.time()
 lib = open_library(sys.argv[1])  # manifests and records only
 t_open = time.time() - t0
@@ -221,7 +221,7 @@ def pca_recall(full: str, reduced: str, model: str, data: str, k: int = 11) -> N
     """recall@k of a reduced store's search against exact search over the full 6400-d descriptors, for the
     stage-1 outputs of a dataset's val inputs (what retrieval sees)."""
     from pixelnn.data.dataset import Dataset
-    from pixelnn.library import open_library
+    from pixelnn.zarr_store import open_library
     from pixelnn.models.loading import load_model_dir
     from pixelnn.models.regressor import predict
     from pixelnn.retrieval import global_descriptors

@@ -231,7 +231,7 @@ class LoggingWorker:
 
 
 def _crash_once_worker():
-    from pixelnn.engine import SynthesisWorker
+    from pixelnn.synthesize import SynthesisWorker
 
     class CrashOnce(LoggingWorker, SynthesisWorker):
         """Kills its own process the first time it is given x002, after writing its batch-mates."""
@@ -248,7 +248,7 @@ def _crash_once_worker():
 
 @ray_test
 def test_killed_worker_loses_nothing_and_writes_once(tiny, tmp_path, ray_cluster):
-    from pixelnn.engine import synthesize_ray
+    from pixelnn.synthesize import synthesize_ray
     from pixelnn.options import SynthesisOptions
 
     model, inputs = tiny
@@ -264,7 +264,7 @@ def test_killed_worker_loses_nothing_and_writes_once(tiny, tmp_path, ray_cluster
 
 
 def _fail_on_x001_worker():
-    from pixelnn.engine import SynthesisWorker
+    from pixelnn.synthesize import SynthesisWorker
 
     class FailOnX001(LoggingWorker, SynthesisWorker):
         """x001 cannot be saved (an exception); x003 kills its worker process, every time."""
@@ -286,7 +286,7 @@ def _fail_on_x001_worker():
 def test_failing_inputs_end_in_failures_jsonl(tiny, tmp_path, ray_cluster):
     import shutil
 
-    from pixelnn.engine import synthesize_ray
+    from pixelnn.synthesize import synthesize_ray
     from pixelnn.options import SynthesisOptions
 
     model, inputs = tiny
@@ -355,7 +355,7 @@ def _same_store(a: Path, b: Path) -> None:
 def test_index_engine_ray_builds_the_same_store(tmp_path, ray_cluster, capsys):
     """`pixelnn index --engine ray` (zarr_store blocks over the actor pool) writes what --engine local writes."""
     from pixelnn.cli import main
-    from pixelnn.library import open_library
+    from pixelnn.zarr_store import open_library
     from tests.conftest import make_dataset, make_tiny_model_dir
 
     model = make_tiny_model_dir(tmp_path / "model")

@@ -11,8 +11,9 @@ import torch
 
 from pixelnn.errors import PixelNNError
 from pixelnn.zarr_store import STORE_JSON, ZarrLibrary
-from pixelnn.library import open_library
-from pixelnn.library import MANIFEST, SHARDS, ExemplarLibrary, index_command
+from pixelnn.indexing import index_command
+from pixelnn.library import MANIFEST, SHARDS, ExemplarLibrary
+from pixelnn.zarr_store import open_library
 from pixelnn.models.regressor import Regressor, predict
 from pixelnn.retrieval import GlobalIndex, descriptor_dim, global_descriptors
 

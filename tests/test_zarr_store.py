@@ -10,7 +10,8 @@ import pytest
 
 from pixelnn import zarr_store as zs
 from pixelnn.errors import PixelNNError
-from pixelnn.library import ExemplarLibrary, open_library
+from pixelnn.library import ExemplarLibrary
+from pixelnn.zarr_store import open_library
 from pixelnn.store import ExemplarStore
 
 from .conftest import make_dataset, make_tiny_model_dir

@@ -211,7 +211,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from pixelnn.library import index_command
+    from pixelnn.indexing import index_command
 
     print(index_command(args.data_dir, args.model, out=args.out, add=args.add, remove=args.remove,
                         progress=not args.quiet, device=args.device, overwrite=args.overwrite,
@@ -259,7 +259,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
 
 def cmd_library(args: argparse.Namespace) -> int:
     from pixelnn import zarr_store
-    from pixelnn.library import open_library
+    from pixelnn.zarr_store import open_library
 
     if args.action == "upgrade":
         if not args.new:

@@ -1,10 +1,11 @@
 """Engines for batch synthesis and library builds: ``local`` (this process) or ``ray`` (a Ray Data actor pool).
 
->>> report = synthesize_ray(["sketches/"], "models/shoes-edges", "results/", num_workers=2)   # doctest: +SKIP
+>>> report = synthesize_files(["sketches/"], "models/shoes-edges", "results/", engine="ray", num_workers=2)  # doctest: +SKIP
 >>> lib = build_library(plan, engine="ray", address="head:6379", num_workers=8)             # doctest: +SKIP
 
 The ``ray`` engine turns the inputs (or build blocks) into a Ray dataset and maps it over an actor pool:
-each actor loads the model and library once (:class:`SynthesisWorker`, :class:`BlockWorker`) and writes
+each actor loads the model and library once (:class:`pixelnn.synthesize.SynthesisWorker`, :class:`BlockWorker`)
+and writes
 its results itself, exactly as the local path writes them (:func:`pixelnn.pipeline.save_result`:
 atomic folder, manifest last), so both engines give bit-identical files.
 
@@ -14,7 +15,9 @@ Failures: a worker process that dies is restarted and its task retried by Ray (`
 retried by the driver, alone, up to ``retries`` more rounds. What still fails is reported (summary line,
 ``OUT/failures.jsonl``), never dropped; a result already written in this run is never written again.
 
-Nothing here imports Ray at module level: only ``--engine ray`` does.
+Nothing here imports Ray at module level: only ``--engine ray`` does. This module knows no pipeline: batch
+synthesis over Ray (:func:`pixelnn.synthesize.synthesize_ray`) and builds (:func:`build_library`) use its
+generic parts (:func:`init_ray`, :func:`ray_map`, :func:`write_failures`).
 """
 
 from __future__ import annotations
@@ -23,10 +26,7 @@ import json
 import logging
 import math
 import os
-import pickle
-import shutil
 import socket
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -244,7 +244,7 @@ def ray_map(ray: Any, keys: Sequence[str], worker_cls: type, worker_kwargs: dict
     the items that succeeded, failures by key: {"error", "attempts"}).
 
     A worker is called with a batch ``{"key": array of str}`` and returns ``{"key", "status", "error",
-    "value"}`` (value: pickled bytes). Round 1 sends ``batch_size`` keys per task; later rounds send the
+    "value"}`` (value: JSON text; no pickle crosses processes). Round 1 sends ``batch_size`` keys per task; later rounds send the
     items that failed (status ``failed``) or never came back (a worker that died beyond Ray's retries), one
     per task, up to ``retries`` rounds. ``already_done(key)`` tells the driver that an item that never came
     back was in fact completed (its result was written), so it is not run again. Status ``bad`` is final;
@@ -294,7 +294,7 @@ def ray_map(ray: Any, keys: Sequence[str], worker_cls: type, worker_kwargs: dict
                 if status == FATAL:
                     raise PixelNNError(error)
                 if status == OK:
-                    values[key] = pickle.loads(row["value"])
+                    values[key] = json.loads(row["value"])
                     errors.pop(key, None)
                 else:
                     errors[key] = error
@@ -327,188 +327,6 @@ def ray_map(ray: Any, keys: Sequence[str], worker_cls: type, worker_kwargs: dict
     return values, failures
 
 
-# ---------------------------------------------------------------------------------------------- synthesis
-def _written_since(out_dir: Path, started: float, overwrite: bool) -> bool:
-    """A complete result that this run must not write again: any complete one (no overwrite), else one
-    written since the run started (its manifest's mtime; the clocks of the nodes and the file system must agree)."""
-    from pixelnn.pipeline import result_complete
-
-    if not result_complete(out_dir):
-        return False
-    return not overwrite or (out_dir / "manifest.json").stat().st_mtime >= started
-
-
-class SynthesisWorker:
-    """A Ray Data actor: opens the pipeline once, then synthesizes batches of input paths into ``out_dir``."""
-
-    def __init__(self, model_dir: str, out_dir: str, options: Any = None, library_dir: str | None = None,
-                 from_photo: bool = False, fit: str = "pad", overwrite: bool = False, pixel_cache: bool = True,
-                 device: str = "auto", threads: int = 1, started: float = 0.0) -> None:
-        import torch
-
-        torch.set_num_threads(max(1, int(threads)))
-        logging.getLogger("pixelnn").setLevel(logging.WARNING)
-        self.out_dir, self.from_photo, self.fit = Path(out_dir), from_photo, fit
-        self.overwrite, self.started = overwrite, started
-        self.fatal: str | None = None
-        try:
-            self.pipe = self.open(model_dir, library_dir, pixel_cache, device)
-            self.options = self.pipe.check_options(options)
-        except PixelNNError as e:
-            self.fatal = str(e)
-
-    def open(self, model_dir: str, library_dir: str | None, pixel_cache: bool, device: str) -> Any:
-        from pixelnn.pipeline import PixelNNPipeline
-
-        return PixelNNPipeline.from_model_dir(model_dir, library_dir=library_dir, pixel_cache=pixel_cache, device=device)
-
-    def save(self, result: Any, path: Path, photo: Any) -> None:
-        from pixelnn.pipeline import save_result
-
-        save_result(result, self.out_dir / path.stem, self.pipe.library, photo=photo)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from pixelnn.pipeline import load_image_file
-
-        keys = [str(k) for k in batch["key"]]
-        out: dict[str, tuple[str, str, int]] = {}
-        if self.fatal is not None:
-            out = {k: (FATAL, self.fatal, 0) for k in keys}
-        else:
-            pipe = self.pipe
-            todo, xs, photos = [], [], []
-            for k in keys:
-                p = Path(k)
-                if _written_since(self.out_dir / p.stem, self.started, self.overwrite):  # a retried task
-                    out[k] = (OK, "", -1)
-                    continue
-                try:
-                    if self.from_photo:
-                        photo = load_image_file(p, pipe.task.size, fit=self.fit)
-                        x = pipe.input_from_photo(photo)
-                    else:
-                        photo, x = None, load_image_file(p, None, expect=pipe.regressor.config)
-                    xs.append(pipe.check_input(x))
-                except PixelNNError as e:
-                    out[k] = (BAD, str(e), 0)
-                    continue
-                except Exception as e:
-                    out[k] = (FAILED, one_line(e), 0)
-                    continue
-                todo.append(p)
-                photos.append(photo)
-            if todo:
-                try:
-                    results = [pipe(xs[0], self.options)] if len(todo) == 1 else pipe.batch(xs, self.options)
-                except Exception as e:
-                    results = None
-                    for p in todo:
-                        out[str(p)] = (FAILED, one_line(e), 0)
-                for p, photo, result in zip(todo, photos, results or []):
-                    try:
-                        self.save(result, p, photo)
-                        out[str(p)] = (OK, "", len(result.outputs))
-                    except Exception as e:
-                        out[str(p)] = (FAILED, one_line(e), 0)
-        return {"key": np.array(keys, dtype=object),
-                "status": np.array([out[k][0] for k in keys], dtype=object),
-                "error": np.array([out[k][1] for k in keys], dtype=object),
-                "value": np.array([pickle.dumps(out[k][2]) for k in keys], dtype=object)}
-
-
-def _absolute(path: str | Path | None) -> str | None:
-    """A local path made absolute for the workers (their working folder may differ); URLs as given."""
-    if path is None or "://" in str(path):
-        return None if path is None else str(path)
-    return str(Path(path).resolve())
-
-
-def _clean_temp_dirs(out_dir: Path, stems: Iterable[str]) -> None:
-    """Remove the half-written ``.<stem>.tmp.*`` folders that a killed worker left behind."""
-    for stem in stems:
-        for tmp in out_dir.glob(f".{stem}.tmp.*"):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def synthesize_ray(inputs: Sequence[str | Path], model_dir: str | Path, out_dir: str | Path, options: Any = None, *,
-                   library_dir: str | Path | None = None, from_photo: bool = False, fit: str = "pad",
-                   batch_size: int = 8, overwrite: bool = False, pixel_cache: bool = True, device: str = "auto",
-                   progress: bool = True, address: str | None = None, num_workers: int | None = None,
-                   cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, retries: int = DEFAULT_RETRIES,
-                   worker_cls: type = SynthesisWorker) -> Any:
-    """:func:`pixelnn.synthesize.synthesize_files` on a Ray cluster: the same files in ``out_dir``.
-
-    The inputs to do become a Ray dataset mapped over ``num_workers`` actors (each ``cpus_per_worker``
-    CPUs, its torch threads, and ``gpus_per_worker`` GPUs) that open the pipeline once. ``address``: a
-    running cluster; default: a local one with ``num_workers * cpus_per_worker`` CPUs. Failed inputs are
-    retried (module docstring), then listed in the report and ``OUT/failures.jsonl``.
-    ``worker_cls`` (tests): a :class:`SynthesisWorker` subclass.
-    """
-    from tqdm.auto import tqdm
-
-    from pixelnn.options import SynthesisOptions
-    from pixelnn.pipeline import result_complete
-    from pixelnn.synthesize import SynthesizeReport, expand_inputs
-
-    if batch_size < 1:
-        raise PixelNNError(f"batch size must be >= 1, got {batch_size}")
-    check_engine_options("ray", address, num_workers, cpus_per_worker, gpus_per_worker, retries)
-    options = options or SynthesisOptions()
-    paths = expand_inputs(inputs)
-    out_dir = Path(out_dir)
-    report = SynthesizeReport(out_dir)
-    todo = []
-    for p in paths:
-        (report.skipped if not overwrite and result_complete(out_dir / p.stem) else todo).append(p)
-    if report.skipped:
-        log.info("%d of %d inputs already have complete results in %s (skipped; --overwrite redoes them)",
-                 len(report.skipped), len(paths), out_dir)
-    if not todo:
-        write_failures(out_dir, [])
-        return report
-    ray, started_ray = init_ray(address, num_cpus=(num_workers or os.cpu_count() or 1) * cpus_per_worker,
-                                num_gpus=(num_workers or 1) * gpus_per_worker or None)
-    try:
-        n = num_workers or _default_workers(ray, cpus_per_worker, gpus_per_worker)
-        started = time.time()
-        kwargs = dict(model_dir=str(Path(model_dir).resolve()), out_dir=str(out_dir.resolve()), options=options,
-                      library_dir=_absolute(library_dir), from_photo=from_photo,
-                      fit=fit, overwrite=overwrite, pixel_cache=pixel_cache, device=device,
-                      threads=max(1, int(cpus_per_worker)), started=started)
-        keys = [str(p.resolve()) for p in todo]
-        by_key = dict(zip(keys, todo))
-        t0 = time.perf_counter()
-        with tqdm(total=len(todo), desc=f"synthesize (ray, {n} workers)", unit="input", disable=not progress,
-                  dynamic_ncols=True) as bar:
-            def on_result(key: str, status: str, error: str, value: Any) -> None:
-                if status != FAILED:
-                    bar.update(1)
-                if isinstance(value, int) and value > 0:
-                    report.outputs_per_input = value
-
-            values, failures = ray_map(
-                ray, keys, worker_cls, kwargs, num_workers=n, cpus_per_worker=cpus_per_worker,
-                gpus_per_worker=gpus_per_worker, retries=retries, batch_size=batch_size, on_result=on_result,
-                already_done=lambda k: _written_since(out_dir / by_key[k].stem, started, overwrite))
-            bar.update(bar.total - bar.n)  # the failed ones, now final
-        report.seconds = time.perf_counter() - t0
-    finally:
-        if started_ray:
-            ray.shutdown()
-    _clean_temp_dirs(out_dir, (p.stem for p in todo))
-    for k, p in zip(keys, todo):
-        if k in values:
-            report.done.append(p)
-        else:
-            report.failed.append((p, failures[k]["error"]))
-    if not report.outputs_per_input and report.done:  # every result came from an earlier, killed task
-        m = out_dir / report.done[0].stem / "manifest.json"
-        report.outputs_per_input = len(json.loads(m.read_text())["outputs"]) if m.is_file() else 0
-    write_failures(out_dir, [{"input": str(by_key[k]), "error": f["error"], "attempts": f["attempts"]}
-                             for k, f in failures.items()])
-    return report
-
-
 # ---------------------------------------------------------------------------------------------- library builds
 class BlockWorker:
     """A Ray Data actor for library builds: ``write_block(plan, plan.blocks[i])`` for each block index ``i``
@@ -525,9 +343,9 @@ class BlockWorker:
         rows = []
         for k in keys:
             try:
-                rows.append((OK, "", pickle.dumps(self.write_block(self.plan, self.plan.blocks[int(k)]))))
+                rows.append((OK, "", json.dumps(self.write_block(self.plan, self.plan.blocks[int(k)]))))
             except Exception as e:  # a block error may be transient (storage): retried
-                rows.append((FAILED, one_line(e), pickle.dumps(None)))
+                rows.append((FAILED, one_line(e), json.dumps(None)))
         return {"key": np.array(keys, dtype=object), "status": np.array([r[0] for r in rows], dtype=object),
                 "error": np.array([r[1] for r in rows], dtype=object), "value": np.array([r[2] for r in rows], dtype=object)}
 

@@ -41,7 +41,7 @@ from pixelnn.descriptors import PixelPCA, fit_pca, make_descriptor
 from pixelnn.devices import resolve_device
 from pixelnn.errors import PixelNNError
 from pixelnn.io import atomic_dir, save_image
-from pixelnn.library import open_library
+from pixelnn.zarr_store import open_library
 from pixelnn.matching import OutputSpec
 from pixelnn.models.loading import load_model_dir
 from pixelnn.models.regressor import Regressor, predict

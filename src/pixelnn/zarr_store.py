@@ -425,7 +425,7 @@ class ZarrLibrary:
         loc = self.loc
         if not loc.exists(STORE_JSON):
             if loc.exists("library.json"):
-                raise PixelNNError(f"{self.url} is a version-1 library; open it with pixelnn.library.open_library "
+                raise PixelNNError(f"{self.url} is a version-1 library; open it with pixelnn.zarr_store.open_library "
                                    f"or convert it with `pixelnn library upgrade {self.url} NEW`")
             raise PixelNNError(f"{self.url} is not a PixelNN store (no {STORE_JSON}); build one with "
                                f"`pixelnn index DATA_DIR --model MODEL_DIR --out {self.url}`")
@@ -818,6 +818,27 @@ def _record_dict(row: dict[str, Any]) -> dict[str, Any]:
     if row.get("dataset_id") is not None:
         rec["dataset_id"] = row["dataset_id"]
     return dict(sorted(rec.items()))
+
+
+def open_library(url: str | Path, model_dir: str | Path | None = None, **kwargs: Any):
+    """Open an exemplar library of either format: a chunked store (:class:`ZarrLibrary`,
+    a local folder or any fsspec URL) or a version-1 ``.npy`` library (:class:`pixelnn.library.ExemplarLibrary`).
+
+    A one-line PixelNNError when ``url`` holds neither (naming how to build one).
+    """
+    from pixelnn.library import MANIFEST, ExemplarLibrary
+
+    url = str(url)
+    loc = Location(url)
+    if loc.exists(STORE_JSON):
+        return ZarrLibrary.open(url, **kwargs)
+    if loc.local and (Path(loc.root) / MANIFEST).is_file():
+        return ExemplarLibrary.open(loc.root)
+    hint = f" --model {model_dir}" if model_dir else " --model MODEL_DIR"
+    if loc.exists(""):
+        raise PixelNNError(f"{url} is not a PixelNN library (no {STORE_JSON} or {MANIFEST}); build one "
+                           f"with `pixelnn index DATA_DIR{hint} --out {url}`")
+    raise PixelNNError(f"no exemplar library at {url}; build it with `pixelnn index DATA_DIR{hint}`")
 
 
 def committed_versions(loc: Location) -> list[int]:
