@@ -99,6 +99,23 @@ def labels_index(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, int]]
     return {k: dict(sorted(v.items(), key=lambda kv: (-kv[1], kv[0]))) for k, v in sorted(counts.items())}
 
 
+def check_where(where: dict[str, Any], index: dict[str, dict[str, int]]) -> dict[str, list[str]]:
+    """Label constraints as ``{key: [values]}`` (a bare string is one value), checked against a store's
+    :func:`labels_index`; unknown keys or values raise a one-line PixelNNError naming valid ones."""
+    out = {}
+    for key, values in where.items():
+        if key not in index:
+            raise PixelNNError(f"unknown label key {key!r}; valid: {', '.join(index) or '(none)'}")
+        values = [values] if isinstance(values, str) else [str(v) for v in values]
+        if not values:
+            raise PixelNNError(f"no values given for label {key!r}; e.g. {few(index[key], 5)}")
+        unknown = [v for v in values if v not in index[key]]
+        if unknown:
+            raise PixelNNError(f"unknown {key} value(s) {few(unknown, 3)}; valid include {few(index[key], 5)}")
+        out[key] = values
+    return out
+
+
 def select_records(records: Sequence[dict[str, Any]], position_of: dict[str, int],
                    where: dict[str, Any] | None = None, ids: Sequence[str] | None = None) -> np.ndarray:
     """:meth:`ExemplarStore.select` over a list of records: AND across label keys, OR within a key's values.
@@ -108,16 +125,7 @@ def select_records(records: Sequence[dict[str, Any]], position_of: dict[str, int
     n = len(records)
     mask = np.ones(n, bool)
     if where:
-        index = labels_index(records)
-        for key, values in where.items():
-            if key not in index:
-                raise PixelNNError(f"unknown label key {key!r}; valid: {', '.join(index) or '(none)'}")
-            values = [values] if isinstance(values, str) else [str(v) for v in values]
-            if not values:
-                raise PixelNNError(f"no values given for label {key!r}; e.g. {few(index[key], 5)}")
-            unknown = [v for v in values if v not in index[key]]
-            if unknown:
-                raise PixelNNError(f"unknown {key} value(s) {few(unknown, 3)}; valid include {few(index[key], 5)}")
+        for key, values in check_where(where, labels_index(records)).items():
             wanted = set(values)
             mask &= np.array([key in (r.get("labels") or {}) and str(r["labels"][key]) in wanted for r in records],
                              bool)

@@ -106,6 +106,21 @@ class SynthesizeReport:
                 + f" -> {self.out_dir}")
 
 
+def _inputs_to_do(inputs: Sequence[str | Path], out_dir: Path, overwrite: bool, batch_size: int
+                  ) -> tuple[SynthesizeReport, list[Path]]:
+    """The expanded inputs split into already complete (the report's ``skipped``) and still to do (both engines)."""
+    if batch_size < 1:
+        raise PixelNNError(f"batch size must be >= 1, got {batch_size}")
+    paths = expand_inputs(inputs)
+    report, todo = SynthesizeReport(out_dir), []
+    for p in paths:
+        (report.skipped if not overwrite and result_complete(out_dir / p.stem) else todo).append(p)
+    if report.skipped:
+        log.info("%d of %d inputs already have complete results in %s (skipped; --overwrite redoes them)",
+                 len(report.skipped), len(paths), out_dir)
+    return report, todo
+
+
 def synthesize_files(inputs: Sequence[str | Path], model_dir: str | Path, out_dir: str | Path,
                      options: SynthesisOptions | None = None, *, library_dir: str | Path | None = None,
                      from_photo: bool = False, fit: str = "pad", batch_size: int = 8, overwrite: bool = False,
@@ -144,29 +159,15 @@ def synthesize_files(inputs: Sequence[str | Path], model_dir: str | Path, out_di
         An unreadable input is reported in ``failed`` (and ``OUT/failures.jsonl``) and the others go on.
     """
     if engine != "local":
-
         check_engine_options(engine, **engine_options)
         return synthesize_ray(inputs, model_dir, out_dir, options, library_dir=library_dir, from_photo=from_photo,
                               fit=fit, batch_size=batch_size, overwrite=overwrite, pixel_cache=pixel_cache,
                               device=device, progress=progress, **engine_options)
     if engine_options:
-
         check_engine_options(engine, **engine_options)
-    if batch_size < 1:
-        raise PixelNNError(f"batch size must be >= 1, got {batch_size}")
     options = options or SynthesisOptions()
-    paths = expand_inputs(inputs)
     out_dir = Path(out_dir)
-    report = SynthesizeReport(out_dir)
-    todo = []
-    for p in paths:
-        if not overwrite and result_complete(out_dir / p.stem):
-            report.skipped.append(p)
-        else:
-            todo.append(p)
-    if report.skipped:
-        log.info("%d of %d inputs already have complete results in %s (skipped; --overwrite redoes them)",
-                 len(report.skipped), len(paths), out_dir)
+    report, todo = _inputs_to_do(inputs, out_dir, overwrite, batch_size)
     if not todo:
         _write_failures(out_dir, report)
         return report
@@ -327,24 +328,10 @@ def synthesize_ray(inputs: Sequence[str | Path], model_dir: str | Path, out_dir:
     retried (module docstring), then listed in the report and ``OUT/failures.jsonl``.
     ``worker_cls`` (tests): a :class:`SynthesisWorker` subclass.
     """
-    from tqdm.auto import tqdm
-
-    from pixelnn.options import SynthesisOptions
-    from pixelnn.pipeline import result_complete
-
-    if batch_size < 1:
-        raise PixelNNError(f"batch size must be >= 1, got {batch_size}")
     check_engine_options("ray", address, num_workers, cpus_per_worker, gpus_per_worker, retries)
     options = options or SynthesisOptions()
-    paths = expand_inputs(inputs)
     out_dir = Path(out_dir)
-    report = SynthesizeReport(out_dir)
-    todo = []
-    for p in paths:
-        (report.skipped if not overwrite and result_complete(out_dir / p.stem) else todo).append(p)
-    if report.skipped:
-        log.info("%d of %d inputs already have complete results in %s (skipped; --overwrite redoes them)",
-                 len(report.skipped), len(paths), out_dir)
+    report, todo = _inputs_to_do(inputs, out_dir, overwrite, batch_size)
     if not todo:
         write_failures(out_dir, [])
         return report

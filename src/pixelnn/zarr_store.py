@@ -56,7 +56,7 @@ import numpy as np
 
 from pixelnn.config import TaskConfig
 from pixelnn.errors import PixelNNError
-from pixelnn.store import check_field, check_positions, few
+from pixelnn.store import check_field, check_positions, check_where, few
 
 log = logging.getLogger(__name__)
 
@@ -619,16 +619,7 @@ class ZarrLibrary:
 
         mask = np.ones(len(self), bool)
         if where:
-            index = self.labels_index()
-            for key, values in where.items():
-                if key not in index:
-                    raise PixelNNError(f"unknown label key {key!r}; valid: {', '.join(index) or '(none)'}")
-                values = [values] if isinstance(values, str) else [str(v) for v in values]
-                if not values:
-                    raise PixelNNError(f"no values given for label {key!r}; e.g. {few(index[key], 5)}")
-                unknown = [v for v in values if v not in index[key]]
-                if unknown:
-                    raise PixelNNError(f"unknown {key} value(s) {few(unknown, 3)}; valid include {few(index[key], 5)}")
+            for key, values in check_where(where, self.labels_index()).items():
                 col = self._records.column(f"label.{key}").combine_chunks().cast("string")
                 mask &= pc.fill_null(pc.is_in(col, value_set=pa.array(values, pa.string())), False).to_numpy(
                     zero_copy_only=False)
@@ -760,11 +751,10 @@ class ZarrLibrary:
         plan = plan_build(self.url, None, [data_dir], split=split, block_size=block_size, id_prefix=id_prefix,
                           batch_size=batch_size, device=device, progress=progress)
         infos = [write_block(plan, b, progress=progress) for b in plan.blocks]
-        lib = commit_build(plan, infos, progress=progress)
+        commit_build(plan, infos, progress=progress)
         self._load(None)
-        added = sum(b.count for b in plan.blocks)
-        return AddResult(str(Path(data_dir).resolve()), added, plan.skipped.get(str(Path(data_dir).resolve()), 0)) \
-            if lib is not None else None
+        path = str(Path(data_dir).resolve())
+        return AddResult(path, sum(b.count for b in plan.blocks), plan.skipped.get(path, 0))
 
     def remove(self, ids: Iterable[str]) -> int:
         """Remove exemplars by id (tombstones in a new version); all must exist or nothing is removed."""
@@ -1300,19 +1290,24 @@ def commit_build(plan: BuildPlan | dict[str, Any], infos: Sequence[dict[str, Any
     manifest["index"] = _build_index(loc, manifest, number, plan.index_memory, progress, spec=spec, base=base_index)
     _commit(loc, manifest, number)
     if plan.url != plan.target:  # a new local store: staging folder -> URL
-        target = Location(plan.target)
-        final, staging = Path(target.root), Path(loc.root)
-        if final.exists():
-            import shutil
-
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:6]}"
-            final.rename(old)
-            staging.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            staging.rename(final)
+        _publish(loc, Location(plan.target))
     return ZarrLibrary.open(plan.target, index_memory=plan.index_memory)
+
+
+def _publish(staging: Location, target: Location) -> None:
+    """Rename a committed local staging folder onto its target (an old store there is moved aside first,
+    then deleted, so the target is never missing a complete store for longer than two renames)."""
+    import shutil
+
+    final, built = Path(target.root), Path(staging.root)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:6]}"
+        final.rename(old)
+        built.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        built.rename(final)
 
 
 def build_store(url: str | os.PathLike | None, model_dir: str | Path, data_dirs: Sequence[str | Path],
@@ -1391,11 +1386,5 @@ def upgrade_library(old: str | Path, new: str | os.PathLike, global_dims: int = 
     manifest["index"] = _build_index(work, manifest, 1, index_memory, progress)
     _commit(work, manifest, 1)
     if work.url != target.url:
-        import shutil
-
-        final, staging = Path(target.root), Path(work.root)
-        if final.exists():
-            shutil.rmtree(final)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        staging.rename(final)
+        _publish(work, target)
     return ZarrLibrary.open(target.url, index_memory=index_memory)
