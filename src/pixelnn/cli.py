@@ -129,7 +129,8 @@ def add_device_option(p: argparse.ArgumentParser) -> None:
 
 def _add_task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=TASKS, required=True,
-                   help="superres: 12x12 thumbnail -> photo; edges: edge map -> photo; paired: inputs given (pix2pix A|B)")
+                   help="superres: 12x12 thumbnail -> photo; edges: edge map -> photo; normals: face normal map -> "
+                        "photo (aligned face crops, e.g. CelebA); paired: inputs given (pix2pix A|B)")
     p.add_argument("--size", type=int, default=96, help="side of the square output photos (default 96)")
     p.add_argument("--factor", type=int, default=8, help="superres downsampling factor (default 8: 96 -> 12)")
     p.add_argument("--edge-method", choices=EDGE_METHODS, default="hed", help="edge detector for --task edges")

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from pixelnn.errors import PixelNNError
 
-TASKS = ("superres", "edges", "paired")
+TASKS = ("superres", "edges", "normals", "paired")
 EDGE_METHODS = ("hed", "canny")
 DIRECTIONS = ("AtoB", "BtoA")
 
@@ -34,9 +34,11 @@ class TaskConfig:
 
     Attributes
     ----------
-    name : {'superres', 'edges', 'paired'}
+    name : {'superres', 'edges', 'normals', 'paired'}
         ``superres``: x is the photo area-downsampled by ``factor`` (96 -> 12 with the default 8).
         ``edges``: x is an edge map of the photo (HED or Canny), black strokes on white.
+        ``normals``: x is the surface-normal map of the face in the photo (aligned face crops such
+        as CelebA's; :mod:`pixelnn.normals`), RGB ``(n + 1) / 2``, with a face mask.
         ``paired``: x is supplied by the user (pix2pix A|B images, surface normals, ...).
     size : int
         Side of the square photos y, in pixels.
@@ -50,7 +52,7 @@ class TaskConfig:
     direction : {'AtoB', 'BtoA'}
         For ``paired`` pix2pix images: AtoB means the left half A is the input and B the photo.
     input_channels : int
-        Channels of x: 3 for superres and colour paired inputs, 1 for edge maps.
+        Channels of x: 3 for superres, normal maps and colour paired inputs, 1 for edge maps.
     """
 
     name: str = "superres"
@@ -71,6 +73,8 @@ class TaskConfig:
             raise PixelNNError(f"superres factor {self.factor} must divide size {self.size}")
         if self.name == "edges":
             self.input_channels = 1
+        if self.name == "normals":
+            self.input_channels = 3
 
     @property
     def input_size(self) -> int:

@@ -98,6 +98,8 @@ def _task_fields(task: TaskConfig) -> dict[str, Any]:
         fields["factor"] = task.factor
     elif task.name == "edges":
         fields.update(edge_method=task.edge_method, hed_scale=task.hed_scale)
+    elif task.name == "normals":
+        pass  # derived with fixed settings (pixelnn.normals)
     else:
         fields["direction"] = task.direction
     return fields

@@ -102,6 +102,7 @@ class WebApp:
         cfg = self.pipe.regressor.config
         task = {"superres": f"{cfg.input_size}x{cfg.input_size} thumbnail -> {self.size}x{self.size} photo",
                 "edges": f"edge map -> {self.size}x{self.size} photo",
+                "normals": f"face normal map -> {self.size}x{self.size} photo",
                 "paired": f"{cfg.input_size}x{cfg.input_size} input -> {self.size}x{self.size} photo"}[self.task_name]
         return (f"Model: **{self.task_name}** ({task}); library: **{len(self.pipe.library)}** exemplars"
                 + (f", labels: {', '.join(self.labels)}" if self.labels else "") + ".")

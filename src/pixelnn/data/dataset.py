@@ -8,6 +8,8 @@ Layout::
       train/ val/ test/
         photos.npy              (N, S, S, 3) uint8   the photos y_n
         inputs.npy              (N, s, s, C) uint8   the inputs x_n (C=1 for edges, 3 otherwise)
+        masks.npy               (N, s, s) bool       only for tasks whose inputs have a mask (normals:
+                                                     the face); the manifest then says "masks": true
         records.jsonl           one JSON object per pair: {"id", "source", "labels": {...}}
 
 Arrays are plain ``.npy`` (loaded with ``allow_pickle=False``, memory-mapped), so a dataset
@@ -45,17 +47,22 @@ class SplitData:
     inputs : ndarray, (N, s, s, C) uint8
     records : list of dict
         ``{"id": str, "source": str, "labels": dict}`` per pair.
+    masks : ndarray, (N, s, s) bool, optional
+        Where each input is defined (the ``normals`` task's face masks); None for other tasks.
     """
 
     photos: np.ndarray
     inputs: np.ndarray
     records: list[dict[str, Any]] = field(default_factory=list)
+    masks: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.photos)
         if len(self.inputs) != n or len(self.records) != n:
             raise ValueError(f"split arrays disagree: {n} photos, {len(self.inputs)} inputs, "
                              f"{len(self.records)} records")
+        if self.masks is not None and tuple(self.masks.shape) != (n, *self.inputs.shape[1:3]):
+            raise ValueError(f"masks must be (N, s, s) = {(n, *self.inputs.shape[1:3])}, got {self.masks.shape}")
         if self.photos.ndim != 4 or self.photos.shape[-1] != 3:
             raise ValueError(f"photos must be (N, S, S, 3), got {self.photos.shape}")
         if self.inputs.ndim != 4:
@@ -108,6 +115,9 @@ def write_dataset(out_dir: str | Path, task: TaskConfig, splits: dict[str, Split
         raise PixelNNError("no usable images: nothing to write")
     label_keys = sorted({k for s in splits.values() for r in s.records for k in r.get("labels", {})})
     some = next(s for s in splits.values() if len(s))
+    with_masks = some.masks is not None
+    if any((s.masks is not None) != with_masks for s in splits.values()):
+        raise ValueError("either every split has masks or none has")
     manifest = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -119,6 +129,8 @@ def write_dataset(out_dir: str | Path, task: TaskConfig, splits: dict[str, Split
         "counts": {name: len(splits[name]) if name in splits else 0 for name in SPLITS},
         "label_keys": label_keys,
     }
+    if with_masks:
+        manifest["masks"] = True
     manifest.update(extra or {})
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         for name in SPLITS:
@@ -127,9 +139,12 @@ def write_dataset(out_dir: str | Path, task: TaskConfig, splits: dict[str, Split
             split = splits.get(name)
             if split is None:
                 split = SplitData(np.zeros((0, *some.photos.shape[1:]), np.uint8),
-                                  np.zeros((0, *some.inputs.shape[1:]), np.uint8), [])
+                                  np.zeros((0, *some.inputs.shape[1:]), np.uint8), [],
+                                  np.zeros((0, *some.inputs.shape[1:3]), bool) if with_masks else None)
             np.save(d / "photos.npy", np.ascontiguousarray(split.photos, dtype=np.uint8), allow_pickle=False)
             np.save(d / "inputs.npy", np.ascontiguousarray(split.inputs, dtype=np.uint8), allow_pickle=False)
+            if with_masks:
+                np.save(d / "masks.npy", np.ascontiguousarray(split.masks, dtype=bool), allow_pickle=False)
             with open(d / "records.jsonl", "w") as f:
                 for r in split.records:
                     f.write(json.dumps(r, sort_keys=True) + "\n")
@@ -167,10 +182,11 @@ class Dataset:
         try:
             photos = np.load(d / "photos.npy", mmap_mode=mode, allow_pickle=False)
             inputs = np.load(d / "inputs.npy", mmap_mode=mode, allow_pickle=False)
+            masks = np.load(d / "masks.npy", mmap_mode=mode, allow_pickle=False) if self.manifest.get("masks") else None
             records = [json.loads(line) for line in (d / "records.jsonl").read_text().splitlines() if line.strip()]
         except (OSError, ValueError) as e:
             raise PixelNNError(f"cannot read split {name!r} of {self.root}: {e}") from None
-        return SplitData(photos, inputs, records)
+        return SplitData(photos, inputs, records, masks)
 
     def __repr__(self) -> str:
         return f"Dataset({str(self.root)!r}, task={self.task.name}, counts={self.manifest.get('counts')})"

@@ -44,7 +44,8 @@ TOO_LARGE = "too large"          # more than max_pixels pixels, or a file too bi
 TOO_SMALL = "too small"          # smaller than the output size (would need more than max_upscale enlargement)
 BAD_PAIR = "bad pair"            # paired task: the image cannot be split into two A|B halves
 UNSAFE_PATH = "unsafe path"      # zip entry with an absolute path, a '..' component, or a symlink
-SKIP_REASONS = (CORRUPT, TOO_LARGE, TOO_SMALL, BAD_PAIR, UNSAFE_PATH)
+NO_FACE = "no face"              # normals task: the face-mesh model finds no face in the photo
+SKIP_REASONS = (CORRUPT, TOO_LARGE, TOO_SMALL, BAD_PAIR, UNSAFE_PATH, NO_FACE)
 
 FITS = ("auto", "pad", "crop")
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from pixelnn.config import TaskConfig
 from pixelnn.data.dataset import SPLITS, SplitData, assign_split, write_dataset
-from pixelnn.data.images import (CORRUPT, DEFAULT_MAX_PIXELS, FITS, SKIP_REASONS, TOO_LARGE, UNSAFE_PATH,
+from pixelnn.data.images import (CORRUPT, DEFAULT_MAX_PIXELS, FITS, NO_FACE, SKIP_REASONS, TOO_LARGE, UNSAFE_PATH,
                                  UnusableImage, choose_fit, decode_image, fit_image, is_grayscale, pil_limits,
                                  split_pair)
 from pixelnn.data.sources import DEFAULT_MAX_FILE_BYTES, Layout, Source, open_source, plan_layout
@@ -128,8 +128,10 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
     out_dir : path
         The DATA_DIR to create. It appears only once complete; on any failure nothing is left.
     task : TaskConfig
-        ``superres`` / ``edges``: the photos are fitted to ``task.size`` and the inputs derived
-        with :func:`pixelnn.tasks.derive_inputs`. ``paired``: every image is a pix2pix ``A|B`` pair
+        ``superres`` / ``edges`` / ``normals``: the photos are fitted to ``task.size`` and the
+        inputs derived with :func:`pixelnn.tasks.derive`. ``normals`` expects aligned face crops
+        (CelebA with ``fit='crop'``), skips photos where no face is found (counted as ``"no
+        face"``; ``limit`` counts photos before that) and stores the face masks (``masks.npy``). ``paired``: every image is a pix2pix ``A|B`` pair
         (two halves side by side, width ~ 2 x height). ``task.direction='AtoB'``: the LEFT half A
         is the input x and the right half B the photo y; ``'BtoA'``: the right half is the input
         and the LEFT half the photo. **edges2handbags-subset has the photo on the LEFT and the
@@ -273,7 +275,14 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
             log.warning("%d images were smaller than %dx%d and were enlarged (by at most x%.2f)",
                         upscaled, task.size, task.size, max_upscale)
 
-        splits, task_out = _build_splits(per_split, task, progress)
+        splits, task_out, no_face = _build_splits(per_split, task, progress)
+        if no_face:
+            skipped[NO_FACE] = no_face
+            log.warning("skipped %d of %d photos where no face was found", no_face, n_used)
+            n_used -= no_face
+            if n_used == 0:
+                raise PixelNNError(f"no usable images in {src.path}: no face found in any of the {no_face} photos "
+                                   f"(the normals task needs aligned face crops, e.g. CelebA's)")
         if not len(splits.get("train", ())):
             log.warning("the train split is empty (only %d usable images)", n_used)
         split_source = "folders" if layout.presplit else "hash"
@@ -387,10 +396,14 @@ def _collect(src: Source, layout: Layout, process, pool: ThreadPoolExecutor, lim
 
 
 def _build_splits(per_split: dict[str, dict[str, list]], task: TaskConfig, progress: bool):
-    """Stack the per-split lists into arrays and make the inputs."""
+    """Stack the per-split lists into arrays and make the inputs.
+
+    Returns the splits, the task as stored, and how many photos were dropped because their input
+    could not be derived (``normals``: no face found).
+    """
     from tqdm.auto import tqdm
 
-    from pixelnn.tasks import derive_inputs
+    from pixelnn.tasks import derive
 
     splits: dict[str, SplitData] = {}
     task_out = task
@@ -399,12 +412,14 @@ def _build_splits(per_split: dict[str, dict[str, list]], task: TaskConfig, progr
         task_out = dataclasses.replace(task, input_channels=1 if gray else 3)
         if gray:
             log.info("paired inputs are grayscale: stored with 1 channel")
+    dropped = 0
     for name in SPLITS:
         d = per_split[name]
         if not d["photos"]:
             continue
         photos = np.stack(d["photos"])
         d["photos"].clear()
+        records, masks = d["records"], None
         if task.name == "paired":
             inputs = np.stack(d["inputs"])
             d["inputs"].clear()
@@ -414,13 +429,26 @@ def _build_splits(per_split: dict[str, dict[str, list]], task: TaskConfig, progr
             parts = []
             with tqdm(total=len(photos), desc=f"inputs ({name})", unit="img", leave=False,
                       disable=not progress or task.name == "superres") as bar:  # superres is instant
-                for i in range(0, len(photos), DERIVE_BATCH):
-                    batch = photos[i:i + DERIVE_BATCH]
-                    parts.append(derive_inputs(batch, task, progress=False))
+                step = 64 if task.name == "normals" else DERIVE_BATCH  # the face mesh is slow: a livelier bar
+                for i in range(0, len(photos), step):
+                    batch = photos[i:i + step]
+                    parts.append(derive(batch, task, progress=False))
                     bar.update(len(batch))
-            inputs = np.concatenate(parts)
-        splits[name] = SplitData(photos, inputs, d["records"])
-    return splits, task_out
+            inputs = np.concatenate([p.inputs for p in parts])
+            usable = np.concatenate([p.usable for p in parts])
+            if parts[0].masks is not None:
+                masks = np.concatenate([p.masks for p in parts])
+            if not usable.all():  # e.g. no face found: skipped like other bad input
+                for r in (r for r, ok in zip(records, usable) if not ok):
+                    log.debug("skipping %s: %s", r["source"], NO_FACE)
+                dropped += int((~usable).sum())
+                photos, inputs = photos[usable], inputs[usable]
+                records = [r for r, ok in zip(records, usable) if ok]
+                masks = None if masks is None else masks[usable]
+            if not len(photos):
+                continue
+        splits[name] = SplitData(photos, inputs, records, masks)
+    return splits, task_out, dropped
 
 
 __all__ = ["DEFAULT_MAX_UPSCALE", "PrepareReport", "prepare_dataset"]
