@@ -338,6 +338,14 @@ class FaceMesh(nn.Module):
                    for n in op["inputs"][1:]} - set(self._slot)
         if missing:
             raise PixelNNError(f"face-mesh weights lack {sorted(missing)[:3]}")
+        # activations no op needs after op k: freed as the graph runs (a batch of 64 would otherwise hold ~1 GB)
+        last: dict[str, int] = {}
+        for k, op in enumerate(graph["ops"]):
+            for name in op["inputs"]:
+                if name not in self._slot:
+                    last[name] = k
+        keep = set(graph["outputs"])
+        self._free_after = [[n for n, k2 in last.items() if k2 == k and n not in keep] for k in range(len(graph["ops"]))]
 
     def _const(self, name: str) -> torch.Tensor:
         return getattr(self, self._slot[name])
@@ -360,7 +368,7 @@ class FaceMesh(nn.Module):
         if x.ndim != 4 or tuple(x.shape[1:]) != (3, INPUT_SIZE, INPUT_SIZE):
             raise ValueError(f"face-mesh input must be (B, 3, {INPUT_SIZE}, {INPUT_SIZE}), got {tuple(x.shape)}")
         values = {self.graph["input"]: x}
-        for op in self.graph["ops"]:
+        for k, op in enumerate(self.graph["ops"]):
             kind, ins = op["op"], op["inputs"]
             a = values[ins[0]]
             if kind == "CONV_2D":
@@ -379,6 +387,8 @@ class FaceMesh(nn.Module):
             else:  # pragma: no cover - read_tflite refuses other ops
                 raise PixelNNError(f"face-mesh op {kind} is not supported")
             values[op["output"]] = y
+            for name in self._free_after[k]:
+                del values[name]
         lm_name, score_name = self.graph["outputs"]
         landmarks = values[lm_name].reshape(len(x), NUM_LANDMARKS, 3)  # (B, 1404, 1, 1) -> (B, 468, 3)
         return landmarks, values[score_name].reshape(len(x))  # (B, 1, 1, 1) -> (B,)
