@@ -613,6 +613,9 @@ class FaceNormals:
     presence : ndarray, (N,) float32
     landmarks : ndarray, (N, 468, 3) float32
         Photo pixels (see :func:`face_landmarks`).
+    normals : ndarray, (N, S, S, 3) float32, optional
+        The unit normals before encoding (0 outside the mask), when asked for (``normal_maps(...,
+        float_normals=True)``: the angular-error metrics use them unquantised); else None.
     """
 
     maps: np.ndarray
@@ -620,10 +623,12 @@ class FaceNormals:
     found: np.ndarray
     presence: np.ndarray
     landmarks: np.ndarray
+    normals: np.ndarray | None = None
 
 
 def normal_maps(photos: np.ndarray, threshold: float | None = None, region: tuple[float, float, float] = CELEBA_REGION,
-                device: str = "cpu", batch_size: int = 64, progress: bool = False) -> FaceNormals:
+                device: str = "cpu", batch_size: int = 64, progress: bool = False,
+                float_normals: bool = False) -> FaceNormals:
     """Surface-normal maps of aligned face photos, aligned with them pixel for pixel.
 
     Parameters
@@ -638,6 +643,8 @@ def normal_maps(photos: np.ndarray, threshold: float | None = None, region: tupl
     batch_size : int
     progress : bool
         A tqdm progress bar over the photos.
+    float_normals : bool
+        Also return the unit normals as float32 (:attr:`FaceNormals.normals`).
 
     Returns
     -------
@@ -655,6 +662,7 @@ def normal_maps(photos: np.ndarray, threshold: float | None = None, region: tupl
     masks = np.zeros((n, h, w), bool)
     landmarks = np.zeros((n, 468, 3), np.float32)
     presence = np.zeros(n, np.float32)
+    floats = np.zeros((n, h, w, 3), np.float32) if float_normals else None
     with tqdm(total=n, desc="normal maps", unit="img", disable=not progress, leave=False) as bar:
         for s in range(0, n, batch_size):
             lm, p = face_landmarks(photos[s:s + batch_size], region, device, batch_size)
@@ -664,11 +672,13 @@ def normal_maps(photos: np.ndarray, threshold: float | None = None, region: tupl
                 v[:, 2] = -v[:, 2]  # MediaPipe's z grows away from the camera; ours toward the viewer
                 normals, mask = mesh_normal_map(v, topo.triangles, h, w)
                 maps[s + k], masks[s + k] = encode_normals(normals, mask), mask
+                if floats is not None:
+                    floats[s + k] = np.where(mask[..., None], normals, 0)
             bar.update(len(lm))
     found = presence >= threshold
     if not found.all():
         log.debug("no face found in %d of %d photos", int((~found).sum()), n)
-    return FaceNormals(maps, masks, found, presence, landmarks)
+    return FaceNormals(maps, masks, found, presence, landmarks, floats)
 
 
 def _check_photos(photos: np.ndarray) -> np.ndarray:
