@@ -323,7 +323,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = EvalSettings(split=args.split, num_inputs=args.num_inputs, num_outputs=args.num_outputs, seed=args.seed,
                             fid_outputs_per_input=args.fid_outputs_per_input, fid_real_photos=args.fid_real_photos,
                             faithfulness_outputs_per_input=args.faithfulness_outputs_per_input,
-                            num_examples=args.num_examples,
+                            num_examples=args.num_examples, normals_metrics=args.normals_metrics,
+                            normals_outputs_per_input=args.normals_outputs_per_input,
                             options=synthesis_options(args, exclude=EVALUATE_OWN_FLAGS))
     m = evaluate(args.model, args.out, settings, data_dir=args.data, pix2pix=args.pix2pix, library_dir=library_dir,
                  overwrite=args.overwrite, progress=not args.quiet, device=args.device)
@@ -333,6 +334,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seams = "" if s.get("seam_rate") is None else f"; seam rate {s['seam_rate']:.3f}"
         print(f"{name}: LPIPS Rand-1 {s['rand1_lpips']:.3f} Oracle {s['oracle_lpips']:.3f}; "
               f"diversity {div}{seams}; FID {fid}; spectral distance {s['spectral_distance_db']:.2f} dB")
+        if "normals_inputs" in s:
+            ang = "; ".join(f"{kind} " + ("-" if s.get(f'{kind}_normals_mean') is None else
+                                          f"{s[f'{kind}_normals_mean']:.1f}/{s[f'{kind}_normals_median']:.1f}/"
+                                          f"{s[f'{kind}_normals_rmse']:.1f} deg, {s[f'{kind}_normals_within_22_5']:.1f}% "
+                                          f"within 22.5") for kind in ("rand1", "oracle"))
+            print(f"{name}: normals mean/median/RMSE {ang}; no face in {s['normals_outputs_no_face']} of "
+                  f"{s['normals_outputs_scored']} outputs")
     print(f"evaluated {m['num_inputs']} inputs in {m['wall_seconds'] / 60:.1f} min -> {args.out}")
     return 0
 
@@ -477,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--faithfulness-outputs-per-input", type=int, default=8,
                    help="outputs per input whose HED edges are scored against edge inputs (default 8)")
     p.add_argument("--num-examples", type=int, default=6, help="inputs kept as examples for the report (default 6)")
+    p.add_argument("--normals-metrics", choices=("auto", "on", "off"), default="auto",
+                   help="the paper's angular errors of face-mesh normals of the outputs vs the photo's (Tables 1-2); "
+                        "auto (default): for face datasets (task normals, or edges whose photos show faces)")
+    p.add_argument("--normals-outputs-per-input", type=int, default=None, metavar="N",
+                   help="estimate the normals of only N seeded outputs per input, Rand-1 among them (default: all, "
+                        "the paper's Oracle; ~0.1 s per image)")
     p.add_argument("--library", default=None, metavar="LIB_DIR", help="use another library's exemplars")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing REPORT_DIR")

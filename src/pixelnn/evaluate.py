@@ -21,7 +21,20 @@ each method — ``pixelnn`` (N composed outputs), ``pix2pix`` (N samples, when a
   of the evaluated inputs' photos, plotted in ``spectrum.png``, with each method's spectral distance
   to the photos (:mod:`pixelnn.evaluation.spectrum`);
 - coherence (``pixelnn`` only: the other methods have no correspondences): the seam rate of every
-  output (:func:`pixelnn.evaluation.coherence.seam_rate`), averaged per input and over inputs.
+  output (:func:`pixelnn.evaluation.coherence.seam_rate`), averaged per input and over inputs;
+- surface normals, the paper's Tables 1-2 (faces only; :mod:`pixelnn.evaluation.angular`): the
+  normals estimated from generated images with the face mesh of :mod:`pixelnn.normals` against
+  those estimated from the real photo, inside its face mask: mean, median and RMSE of the angle and
+  % of pixels within 11.25°, 22.5° and 30°, pooled over all scored pixels of all inputs, for the
+  Rand-1 output (the same draw as the image metrics') and the Oracle (per input, the output with
+  the lowest mean angular error). Computed when ``normals_metrics`` is ``"on"``, or ``"auto"`` (the
+  default) and the dataset is of faces: task ``normals``, or ``edges`` (and edge-map ``paired``)
+  whose photos have a face in at least 75% of 16 probed (:func:`~pixelnn.evaluation.angular.looks_like_faces`;
+  shoes and cats fail it). A generated image in which no face is found adds no pixel and is counted
+  (``normals_rand1_no_face``: inputs whose Rand-1 output has none; ``normals_oracle_no_face``:
+  inputs none of whose outputs has one; ``normals_outputs_no_face`` of ``normals_outputs_scored``);
+  ``normals_*_coverage`` is the share of the real masks' pixels that were scored. Inputs whose real
+  photo shows no face are left out and counted (``normals.real_no_face``).
 
 The PixelNN outputs are synthesized with the settings' :class:`~pixelnn.options.SynthesisOptions`
 (composition mode, colour, vote size, ...), their ``num_outputs`` and ``seed`` set per input by the
@@ -48,6 +61,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pixelnn.config import check_choice
 from pixelnn.errors import PixelNNError
 from pixelnn.options import SynthesisOptions
 
@@ -56,6 +70,10 @@ log = logging.getLogger(__name__)
 FORMAT_NAME = "pixelnn-evaluation"
 FORMAT_VERSION = 1
 EXAMPLE_OUTPUTS = 8
+#: ``EvalSettings.normals_metrics``: decide from the dataset, always, never.
+NORMALS_METRICS = ("auto", "on", "off")
+#: Photos of the split probed for faces by ``normals_metrics="auto"``.
+FACE_PROBE = 16
 
 
 class Sampler(Protocol):
@@ -72,6 +90,11 @@ class EvalSettings:
     ``num_outputs`` is the outputs per input of every method. ``options`` are PixelNN's synthesis options
     (:class:`~pixelnn.options.SynthesisOptions`: composition mode, colour, K, vote size, ...); their
     ``num_outputs`` and ``seed`` are replaced, per input, by ``num_outputs`` and ``seed + split position``.
+
+    ``normals_metrics`` (``auto``, ``on``, ``off``) turns the angular-error metrics on or off (``auto``:
+    on for face datasets, see the module docstring); ``normals_outputs_per_input`` bounds the outputs per
+    input whose normals are estimated (a seeded subset that always holds the Rand-1 output; None: all of
+    them, the paper's Oracle over 72; the face mesh costs ~0.1 s per image on one core).
     """
 
     split: str = "test"
@@ -87,6 +110,8 @@ class EvalSettings:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     num_examples: int = 6
+    normals_metrics: str = "auto"
+    normals_outputs_per_input: int | None = None
     options: SynthesisOptions = field(default_factory=SynthesisOptions)
 
     def check(self) -> None:
@@ -98,6 +123,9 @@ class EvalSettings:
                      "diversity_outputs", "kid_subsets", "kid_subset_size"):
             if getattr(self, name) < 1:
                 raise PixelNNError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        check_choice("normals-metrics", self.normals_metrics, NORMALS_METRICS)
+        if self.normals_outputs_per_input is not None and self.normals_outputs_per_input < 1:
+            raise PixelNNError(f"normals-outputs-per-input must be at least 1, got {self.normals_outputs_per_input}")
         if self.fid_real_photos is not None and self.fid_real_photos < 2:
             raise PixelNNError(f"fid-real-photos must be at least 2, got {self.fid_real_photos}")
 
@@ -154,6 +182,90 @@ def _mean(values: list[float]) -> float | None:
     arr = np.asarray([v for v in values if v is not None], np.float64)
     arr = arr[np.isfinite(arr)]
     return float(arr.mean()) if len(arr) else None
+
+
+def normals_metrics_apply(setting: str, task_name: str, edge_mode: bool, probe_photos: np.ndarray) -> tuple[bool, str]:
+    """Whether the angular-error metrics are computed, and why (``EvalSettings.normals_metrics``).
+
+    Parameters
+    ----------
+    setting : {'auto', 'on', 'off'}
+    task_name : str
+    edge_mode : bool
+        The inputs are edge maps (task ``edges``, or ``paired`` inputs that look like them).
+    probe_photos : ndarray, (P, S, S, 3) uint8
+        Photos of the split, probed for faces in ``auto`` mode for edge inputs.
+
+    Returns
+    -------
+    (bool, str)
+    """
+    if setting == "off":
+        return False, "turned off (normals_metrics='off')"
+    if setting == "on":
+        return True, "turned on (normals_metrics='on')"
+    if task_name == "normals":
+        return True, "task normals (faces)"
+    if not edge_mode:
+        return False, f"task {task_name}: only normals and edge inputs on faces are scored (normals_metrics='on' forces it)"
+    from pixelnn.evaluation.angular import FACE_SHARE, looks_like_faces
+
+    try:
+        faces = looks_like_faces(probe_photos)
+    except PixelNNError as e:  # e.g. the face-mesh model (mediapipe wheel) is not installed
+        log.warning("no normals metrics: %s", e)
+        return False, f"the face mesh is unavailable ({e})"
+    if faces:
+        return True, f"edge inputs, and a face in at least {FACE_SHARE:.0%} of {len(probe_photos)} probed photos"
+    return False, f"edge inputs, but no face in {FACE_SHARE:.0%} of {len(probe_photos)} probed photos (not a face dataset)"
+
+
+class _AngularTally:
+    """The angular errors of one method over the inputs: Rand-1 and Oracle pixels, and the counts."""
+
+    def __init__(self) -> None:
+        self.errors: dict[str, list[np.ndarray]] = {"rand1": [], "oracle": []}
+        self.no_face = {"rand1": 0, "oracle": 0}
+        self.outputs_scored = self.outputs_no_face = self.inputs = self.real_pixels = 0
+
+    def add(self, outputs: np.ndarray, rand_index: int, real_normals: np.ndarray, real_mask: np.ndarray,
+            limit: int | None, rng: np.random.Generator) -> dict[str, Any]:
+        """Score one input's outputs (O, S, S, 3) uint8; returns its per-input record."""
+        from pixelnn.evaluation.angular import estimate_face_normals, rand1_and_oracle, score_outputs
+
+        n = len(outputs)
+        cand = np.arange(n)
+        if limit is not None and limit < n:  # a seeded subset that holds the Rand-1 output
+            others = rng.permutation(np.delete(cand, rand_index))[:limit - 1]
+            cand = np.sort(np.append(others, rand_index))
+        errs = score_outputs(estimate_face_normals(outputs[cand]), real_normals, real_mask)
+        rand1, best = rand1_and_oracle(errs, int(np.flatnonzero(cand == rand_index)[0]))
+        self.inputs += 1
+        self.real_pixels += int(np.asarray(real_mask).sum())
+        self.outputs_scored += len(cand)
+        self.outputs_no_face += sum(e is None for e in errs)
+        rec: dict[str, Any] = {"outputs_scored": len(cand), "outputs_no_face": sum(e is None for e in errs)}
+        for kind, e in (("rand1", rand1), ("oracle", None if best is None else errs[best])):
+            if e is None:
+                self.no_face[kind] += 1
+            else:
+                self.errors[kind].append(e.astype(np.float32))
+            rec[f"{kind}_mean"] = None if e is None or not e.size else float(e.mean())
+        rec["oracle_output"] = None if best is None else int(cand[best])
+        return rec
+
+    def summary(self) -> dict[str, Any]:
+        """``{rand1,oracle}_normals_{mean,...,within_30}``, no-face counts and coverages (module docstring)."""
+        from pixelnn.evaluation.angular import STATISTICS, angular_statistics
+
+        out: dict[str, Any] = {"normals_inputs": self.inputs, "normals_outputs_scored": self.outputs_scored,
+                               "normals_outputs_no_face": self.outputs_no_face}
+        for kind in ("rand1", "oracle"):
+            st = angular_statistics(self.errors[kind])
+            out.update({f"{kind}_normals_{k}": st[k] for k in STATISTICS})
+            out[f"normals_{kind}_no_face"] = self.no_face[kind]
+            out[f"normals_{kind}_coverage"] = st["pixels"] / self.real_pixels if self.real_pixels else None
+        return out
 
 
 def load_pix2pix(p2p_dir: str | Path, device: str = "cpu") -> Sampler:
@@ -255,6 +367,20 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
     faith_kind = "superres_psnr" if task.name == "superres" else "edges" if edge_mode else None
     methods = ["pixelnn"] + (["pix2pix"] if sampler is not None else []) + ["stage1"]
     timings: dict[str, float] = {}
+    t = time.perf_counter()
+    normals_on, normals_reason = normals_metrics_apply(settings.normals_metrics, task.name, edge_mode,
+                                                       np.asarray(split.photos[positions[:FACE_PROBE]]))
+    tallies = {name: _AngularTally() for name in methods} if normals_on else {}
+    real_normals = None
+    if normals_on:  # the real photos' normals, with the same face mesh as the generated images'
+        from pixelnn.evaluation.angular import estimate_face_normals
+
+        real_normals = estimate_face_normals(np.asarray(split.photos[positions]), progress=progress)
+        if not real_normals.found.all():
+            log.warning("no face found in %d of the %d real photos: their inputs get no normals metrics",
+                        int((~real_normals.found).sum()), len(positions))
+        log.info("normals metrics: %s", normals_reason)
+        _timer(timings, "normals", t)
     per_input: list[dict[str, Any]] = []
     fid_sets: dict[str, list[np.ndarray]] = defaultdict(list)
     spec_sums: dict[str, np.ndarray] = {}
@@ -300,8 +426,14 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
             n = len(o)
             m: dict[str, Any] = {"num_outputs": n, "seam_rate": seams if name == "pixelnn" else None}
             t = time.perf_counter()
-            m.update(fidelity(o, photo, int(rng.integers(n))))
+            rand_index = int(rng.integers(n))
+            m.update(fidelity(o, photo, rand_index))
             t = _timer(timings, "fidelity_lpips_psnr_ssim", t)
+            if real_normals is not None and real_normals.found[row]:
+                m["normals"] = tallies[name].add(o, rand_index, real_normals.normals[row], real_normals.masks[row],
+                                                 settings.normals_outputs_per_input,
+                                                 np.random.default_rng([settings.seed, pos, 1]))
+                t = _timer(timings, "normals", t)
             if n > 1 and row < settings.diversity_inputs:
                 order = rng.permutation(n)[:settings.diversity_outputs]
                 m["diversity_lpips"] = consecutive_lpips(o[order])
@@ -370,11 +502,13 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
     summary: dict[str, Any] = {}
     for name in methods:
         rows = [r["methods"][name] for r in per_input]
-        keys = sorted({k for r in rows for k in r if k != "num_outputs"})
+        keys = sorted({k for r in rows for k in r if k != "num_outputs" and not isinstance(r[k], dict)})
         s = {k: _mean([r.get(k) for r in rows]) for k in keys}
         s["num_outputs"] = int(np.mean([r["num_outputs"] for r in rows]))
         s.update({k: v for k, v in realism[name].items()})
         s["spectral_distance_db"] = spectral[name]
+        if name in tallies:
+            s.update(tallies[name].summary())
         summary[name] = s
     timings["total"] = time.perf_counter() - t_start
     n_eval = len(positions)
@@ -385,6 +519,8 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
         "pix2pix_dir": str(pix2pix) if isinstance(pix2pix, (str, Path)) else (type(pix2pix).__name__ if pix2pix else None),
         "faithfulness_kind": faith_kind, "task": task.to_dict(), "split": settings.split, "split_size": len(split),
         "num_inputs": n_eval,
+        "normals": {"enabled": normals_on, "reason": normals_reason,
+                    "real_no_face": None if real_normals is None else int((~real_normals.found).sum())},
         "settings": {**asdict(settings), "options": options.to_dict()},
         "protocol": {
             "rand1": "one output per input drawn with the seed; LPIPS, PSNR and SSIM of that output",
@@ -404,6 +540,13 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
             "spectral_distance_db": "mean |10 log10 P_method(k) - 10 log10 P_photos(k)| over rings k >= 1 of the "
                                     "radially averaged power spectrum (luma, Hann window); photos = the evaluated "
                                     "inputs' photos",
+            "normals": (f"face-mesh normals (pixelnn.normals) of "
+                        f"{'all' if settings.normals_outputs_per_input is None else f'up to {settings.normals_outputs_per_input} seeded (with Rand-1)'}"
+                        " outputs per input vs those of the real photo, inside its face mask where both are defined; "
+                        "angle in degrees: mean, median, RMSE, % within 11.25/22.5/30, pooled over all scored pixels "
+                        "of all inputs; Rand-1: the image metrics' draw; Oracle: per input the output with the lowest "
+                        "mean angle; outputs with no face found add no pixel and are counted (normals_*_no_face)"
+                        if normals_on else f"not computed: {normals_reason}"),
             "seam_rate": f"fraction of 4-neighbour pixel pairs of an output whose correspondences do not continue one "
                          f"copy (same exemplar, source offset = output offset), mean over all outputs of an input, "
                          f"then over inputs; the correspondences the pipeline records for composition mode "

@@ -112,6 +112,7 @@ def evaluation_sections(metrics: dict, image_dir: str) -> list[Section]:
         other.append(row)
     st = metrics["settings"]
     proto = metrics["protocol"]
+    normals = normals_table(metrics)
     sections = [
         Section("Fidelity to the photo (paper Tables 1–2)", [
             f"{metrics['num_inputs']} inputs of the {metrics['split']} split ({metrics['split_size']} pairs), "
@@ -123,6 +124,13 @@ def evaluation_sections(metrics: dict, image_dir: str) -> list[Section]:
             f"Faithfulness: {proto['faithfulness']}. Diversity: {proto['diversity']}. "
             f"Seam rate (lower: longer coherent copies): {proto.get('seam_rate', 'not measured in this evaluation')}. "
             f"FID/KID: {proto['fid_kid']}. Spectral distance: {proto['spectral_distance_db']}."], table=other),
+        *([Section("Surface normals (paper Tables 1–2)", [
+            f"Normals: {proto.get('normals', '')}. Angles in degrees (↓); % of pixels within 11.25°, 22.5°, 30° (↑); "
+            "no face: inputs whose output (Rand-1), or all of whose outputs (Oracle), show no face to the face mesh; "
+            "coverage: share of the real face masks' pixels scored"
+            + (f"; {metrics['normals']['real_no_face']} real photo(s) without a face left out"
+               if (metrics.get("normals") or {}).get("real_no_face") else "") + "."], table=normals)]
+          if normals else []),
         Section("Frequency analysis (paper Fig. 4)", figures=[(f"{image_dir}/spectrum.png",
                                                                "Radially averaged power spectra")]),
     ]
@@ -134,6 +142,34 @@ def evaluation_sections(metrics: dict, image_dir: str) -> list[Section]:
         + ([f"PixelNN synthesis options: {', '.join(f'{k}={v}' for k, v in st['options'].items())}."]
            if isinstance(st.get("options"), dict) else []), table=timing))
     return sections
+
+
+def normals_table(metrics: dict) -> list[list[str]] | None:
+    """The paper's Table 1/2 layout for one evaluation: per method, Rand-1 and Oracle rows of edge AP (when
+    the evaluation has it: edge inputs), the six angular statistics, the no-face count and the coverage; None when
+    the evaluation has no normals metrics (not a face dataset, turned off, or written before they existed)."""
+    from pixelnn.evaluation.angular import LABELS, STATISTICS
+
+    ms = metrics["methods"]
+    methods = [m for m in ("pixelnn", "pix2pix", "stage1") if m in ms and "normals_inputs" in ms[m]]
+    if not methods:
+        return None
+    edge_ap = metrics.get("faithfulness_kind") == "edges"
+    head = ["method"] + (["edge AP ↑"] if edge_ap else []) + [
+        f"{LABELS[k]} {'↓' if k in ('mean', 'median', 'rmse') else '↑'}" for k in STATISTICS] + ["no face", "coverage"]
+    rows = [head]
+    for m in methods:
+        s = ms[m]
+        for kind, label in (("rand1", "Rand-1"), ("oracle", "Oracle")):
+            if m == "stage1" and kind == "oracle":
+                continue  # one output: its Oracle is its Rand-1
+            name = _METHOD_LABELS[m] if m == "stage1" else f"{_METHOD_LABELS[m]} ({label})"
+            row = [name] + ([_fmt(s.get("faithfulness_ap"), 2)] if edge_ap else [])
+            row += [_fmt(s.get(f"{kind}_normals_{k}"), 1) for k in STATISTICS]
+            row += [f"{s.get(f'normals_{kind}_no_face', 0)} of {s.get('normals_inputs', 0)}",
+                    _fmt(s.get(f"normals_{kind}_coverage"), 1, 100) + ("%" if s.get(f"normals_{kind}_coverage") is not None else "")]
+            rows.append(row)
+    return rows
 
 
 def write_evaluation_page(report_dir: str | Path, page_dir: str | Path, name: str | None = None) -> Path:
@@ -215,12 +251,13 @@ def report_command(report_dirs: list[str | Path], page_dir: str | Path) -> Path:
                     f"<td>{_html.escape(_composition(metrics))}</td>"
                     f"<td>{_fmt(pn.get('rand1_lpips'))}</td><td>{_fmt(pn.get('oracle_lpips'))}</td>"
                     f"<td>{_fmt(pn.get('diversity_lpips'))}</td><td>{_fmt(pn.get('seam_rate'))}</td>"
-                    f"<td>{_fmt(pn.get('fid'), 1)}</td><td>{_fmt(m.get('pix2pix', {}).get('fid'), 1)}</td></tr>")
+                    f"<td>{_fmt(pn.get('fid'), 1)}</td><td>{_fmt(m.get('pix2pix', {}).get('fid'), 1)}</td>"
+                    f"<td>{_fmt(pn.get('rand1_normals_mean'), 1)} / {_fmt(pn.get('oracle_normals_mean'), 1)}</td></tr>")
     body = [f"<!doctype html><html><head><meta charset='utf-8'><title>PixelNN evaluations</title>"
             f"<style>{_STYLE}</style></head><body><h1>PixelNN evaluations</h1>",
             "<table><tr><th>experiment</th><th>composition</th><th>PixelNN LPIPS (Rand-1)</th>"
             "<th>PixelNN LPIPS (Oracle)</th><th>PixelNN diversity</th><th>PixelNN seam rate</th><th>PixelNN FID</th>"
-            "<th>pix2pix FID</th></tr>", *rows, "</table></body></html>\n"]
+            "<th>pix2pix FID</th><th>PixelNN normals mean angle ° (Rand-1 / Oracle)</th></tr>", *rows, "</table></body></html>\n"]
     index = page_dir / "index.html"
     write_text(index, "\n".join(body))
     return index
