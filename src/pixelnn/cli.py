@@ -462,7 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pixel-cache", action="store_true",
                    help="do not read or store exemplar pixel descriptors in LIB_DIR/pixel_cache")
     p.add_argument("--library", default=None, metavar="LIB_DIR", help="borrow another library's exemplars")
-    p.add_argument("--fit", choices=("pad", "crop"), default="pad", help="how photos are fitted to the square")
+    p.add_argument("--fit", choices=("pad", "crop"), default=None,
+                   help="how photos are fitted to the square (default: crop for normals models, whose photos are "
+                        "aligned face crops; else pad)")
     add_device_option(p)
     add_engine_options(p)
     add_synthesis_options(p)

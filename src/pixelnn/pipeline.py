@@ -316,8 +316,46 @@ class PixelNNPipeline:
         return x
 
     def input_from_photo(self, photo: np.ndarray) -> np.ndarray:
-        """Derive the model's input from a photo (S, S, 3) uint8 with the task's rule."""
+        """Derive the model's input from a photo (S, S, 3) uint8 with the task's rule.
+
+        ``normals``: the face normal map (:mod:`pixelnn.normals`); a photo without a face raises a one-line
+        PixelNNError.
+        """
         return derive_inputs(np.asarray(photo)[None], self.task)[0]
+
+    @property
+    def photo_fit(self) -> str:
+        """How a photo is fitted to the square unless told: ``crop`` for ``normals`` models (aligned face crops,
+        as the training photos were), else ``pad``."""
+        return "crop" if self.task.name == "normals" else "pad"
+
+    def input_from_photo_file(self, path: str | Path, fit: str | None = None, **limits: Any
+                              ) -> tuple[np.ndarray, np.ndarray]:
+        """Read a photo file and derive the model's input from it.
+
+        Parameters
+        ----------
+        path : path
+        fit : {'pad', 'crop'}, optional
+            Default :attr:`photo_fit`.
+        **limits
+            ``max_pixels``, ``max_bytes`` of :func:`load_image_file`.
+
+        Returns
+        -------
+        photo : ndarray, (S, S, 3) uint8
+        x : ndarray, (s, s, C) uint8
+
+        Raises
+        ------
+        PixelNNError
+            Unreadable file, or no input derivable (``normals``: "NAME: no face found in the photo ...").
+        """
+        photo = load_image_file(path, self.task.size, fit=fit or self.photo_fit, **limits)
+        try:
+            return photo, self.input_from_photo(photo)
+        except PixelNNError as e:
+            raise PixelNNError(f"{Path(path).name}: {e}") from None
 
     def output_specs(self, options: SynthesisOptions) -> list[OutputSpec]:
         """The outputs of ``options``: sets x windows, or a random subset of ``num_outputs`` drawn with ``seed``."""
@@ -340,7 +378,7 @@ class PixelNNPipeline:
         if options.where or options.exemplars:
             allowed = self.library.select(where=options.where_dict or None,
                                           ids=list(options.exemplars) if options.exemplars else None)
-        like = [load_image_file(p, self.task.size) for p in options.like] + list(like_photos or [])
+        like = [load_image_file(p, self.task.size, fit=self.photo_fit) for p in options.like] + list(like_photos or [])
         if like:
             photos = np.stack([np.asarray(p) for p in like])
             inputs = np.stack([self.input_from_photo(p) for p in photos]) if self.task.name != "paired" else None

@@ -123,7 +123,7 @@ def _inputs_to_do(inputs: Sequence[str | Path], out_dir: Path, overwrite: bool, 
 
 def synthesize_files(inputs: Sequence[str | Path], model_dir: str | Path, out_dir: str | Path,
                      options: SynthesisOptions | None = None, *, library_dir: str | Path | None = None,
-                     from_photo: bool = False, fit: str = "pad", batch_size: int = 8, overwrite: bool = False,
+                     from_photo: bool = False, fit: str | None = None, batch_size: int = 8, overwrite: bool = False,
                      pixel_cache: bool = True, device: str = "auto", progress: bool = True,
                      pipeline: Any = None, engine: str = "local", **engine_options: Any) -> SynthesizeReport:
     """Synthesize every input image into ``out_dir/<stem>/``, ``batch_size`` inputs at a time.
@@ -139,8 +139,9 @@ def synthesize_files(inputs: Sequence[str | Path], model_dir: str | Path, out_di
     options : SynthesisOptions
     from_photo : bool
         The files are photos: derive each input with the model's task (the photo is saved too).
-    fit : {'pad', 'crop'}
-        How photos are fitted to the square.
+    fit : {'pad', 'crop'}, optional
+        How photos are fitted to the square (default: the pipeline's :attr:`~pixelnn.pipeline.PixelNNPipeline.photo_fit`,
+        ``crop`` for normals models, else ``pad``).
     batch_size : int
         Inputs per :meth:`pixelnn.pipeline.PixelNNPipeline.batch` (1: one :meth:`__call__` per input).
     overwrite : bool
@@ -181,8 +182,7 @@ def synthesize_files(inputs: Sequence[str | Path], model_dir: str | Path, out_di
             for p in todo[start:start + batch_size]:
                 try:
                     if from_photo:
-                        photo = load_image_file(p, pipe.task.size, fit=fit)
-                        x = pipe.input_from_photo(photo)
+                        photo, x = pipe.input_from_photo_file(p, fit)
                     else:
                         photo, x = None, load_image_file(p, None, expect=pipe.regressor.config)
                     xs.append(pipe.check_input(x))
@@ -226,7 +226,7 @@ class SynthesisWorker:
     """A Ray Data actor: opens the pipeline once, then synthesizes batches of input paths into ``out_dir``."""
 
     def __init__(self, model_dir: str, out_dir: str, options: Any = None, library_dir: str | None = None,
-                 from_photo: bool = False, fit: str = "pad", overwrite: bool = False, pixel_cache: bool = True,
+                 from_photo: bool = False, fit: str | None = None, overwrite: bool = False, pixel_cache: bool = True,
                  device: str = "auto", threads: int = 1, started: float = 0.0) -> None:
         import torch
 
@@ -268,8 +268,7 @@ class SynthesisWorker:
                     continue
                 try:
                     if self.from_photo:
-                        photo = load_image_file(p, pipe.task.size, fit=self.fit)
-                        x = pipe.input_from_photo(photo)
+                        photo, x = pipe.input_from_photo_file(p, self.fit)
                     else:
                         photo, x = None, load_image_file(p, None, expect=pipe.regressor.config)
                     xs.append(pipe.check_input(x))
@@ -315,7 +314,7 @@ def _clean_temp_dirs(out_dir: Path, stems: Iterable[str]) -> None:
 
 
 def synthesize_ray(inputs: Sequence[str | Path], model_dir: str | Path, out_dir: str | Path, options: Any = None, *,
-                   library_dir: str | Path | None = None, from_photo: bool = False, fit: str = "pad",
+                   library_dir: str | Path | None = None, from_photo: bool = False, fit: str | None = None,
                    batch_size: int = 8, overwrite: bool = False, pixel_cache: bool = True, device: str = "auto",
                    progress: bool = True, address: str | None = None, num_workers: int | None = None,
                    cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, retries: int = DEFAULT_RETRIES,

@@ -251,12 +251,31 @@ def load_training_splits(data_dir: str | Path) -> tuple[Dataset, SplitData, Spli
     return ds, train_split, val_split
 
 
+#: An encoded normal map's background (uint8 128 in every channel) as :func:`to_tensor` gives it.
+_NORMALS_BACKGROUND = 128 / 127.5 - 1.0
+
+
+def mirror_inputs(x: torch.Tensor, normals: bool = False) -> torch.Tensor:
+    """Mirror inputs (B, C, s, s) in [-1, 1] left to right.
+
+    ``normals``: the inputs are normal maps (RGB = (n + 1) / 2, x to the right): a mirrored surface
+    turns the other way, so the x channel is negated too, except on the background (128 in every
+    channel, the zero vector, kept as it is).
+    """
+    x = x.flip(-1)
+    if normals and x.shape[1] == 3:
+        background = ((x - _NORMALS_BACKGROUND).abs() < 1e-3).all(dim=1)  # (B, s, s); levels are 2 / 255 apart
+        x[:, 0] = torch.where(background, x[:, 0], -x[:, 0])
+    return x
+
+
 def draw_batch(split: SplitData, batch_size: int, rng: np.random.Generator, flip: bool = True,
-               device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+               device: torch.device | str = "cpu", normals: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """A random training batch: ``batch_size`` pairs drawn with replacement, half of them mirrored.
 
     ``rng`` draws the indices, then (with ``flip``) one mirror coin per pair, in that order (resumed
     runs depend on it). The mirroring happens on the CPU, then the batch moves to ``device``.
+    ``normals``: the inputs are normal maps, mirrored with :func:`mirror_inputs` (x component negated).
 
     Returns
     -------
@@ -269,7 +288,7 @@ def draw_batch(split: SplitData, batch_size: int, rng: np.random.Generator, flip
     x, y = to_tensor(split.inputs[idx]), to_tensor(split.photos[idx])  # (B, C, s, s), (B, 3, S, S)
     if flip:
         mirror = torch.from_numpy(rng.random(batch_size) < 0.5)
-        x[mirror], y[mirror] = x[mirror].flip(-1), y[mirror].flip(-1)
+        x[mirror], y[mirror] = mirror_inputs(x[mirror], normals), y[mirror].flip(-1)
     return x.to(device), y.to(device)
 
 

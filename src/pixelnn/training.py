@@ -283,7 +283,8 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
         nonlocal images_seen
         for group in opt.param_groups:
             group["lr"] = config.lr * _lr_factor(frac)
-        x, y = draw_batch(train_split, config.batch_size, rng, config.augment_flip, device)  # (B,C,s,s), (B,3,S,S)
+        x, y = draw_batch(train_split, config.batch_size, rng, config.augment_flip, device,
+                          normals=task.name == "normals")  # (B,C,s,s), (B,3,S,S)
         pred = model(x)  # (B, 3, S, S)
         mse = F.mse_loss(pred, y)  # eq. 1; ||w||^2 is the optimizer's weight decay
         loss = mse

@@ -109,13 +109,32 @@ class WebApp:
 
     # ------------------------------------------------------------------ inputs
     def read_photo(self, path: str | Path | None) -> np.ndarray:
-        """An uploaded photo fitted to the model's square, (S, S, 3) uint8."""
+        """An uploaded photo fitted to the model's square, (S, S, 3) uint8 (padded on white; normals models:
+        centre-cropped, as their aligned face crops were)."""
         from pixelnn.pipeline import load_image_file
 
         if not path:
             raise PixelNNError("upload a photo first")
-        return load_image_file(path, self.size, fit="pad", max_pixels=self.max_upload_pixels,
+        fit = getattr(self.pipe, "photo_fit", "pad")
+        return load_image_file(path, self.size, fit=fit, max_pixels=self.max_upload_pixels,
                                max_bytes=self.max_upload_bytes)
+
+    @property
+    def takes_sketches(self) -> bool:
+        """Whether a drawing makes sense as this model's input (not for normal maps)."""
+        return self.task_name != "normals"
+
+    def source_help(self, source: str) -> str:
+        """The page's one-line help for an input source, worded for the model's task."""
+        if self.task_name == "normals":
+            return {"photo": "Upload a face photo (an aligned, centred crop such as CelebA's): its surface-normal map "
+                             "is derived with the face mesh and shown as the input.",
+                    "input": "Upload a normal map: RGB = (n + 1) / 2 with x to the right, y up and z toward the "
+                             "viewer (a camera-facing pixel is (128, 128, 255)); grey (128) where there is no surface.",
+                    "sketch": "Normals models take a normal map, not a sketch."}[source]
+        return {"photo": f"Upload a photo; the model's input is derived from it ({self.task_name}).",
+                "input": "Upload an input image as the model takes it (it is resized to the model's input).",
+                "sketch": "Pick the brush, then draw black strokes on white (edge models expect outlines)."}[source]
 
     def read_input(self, path: str | Path | None) -> np.ndarray:
         """An uploaded input image resized to the model's input, (s, s, C) uint8."""
@@ -151,6 +170,9 @@ class WebApp:
         if source == "input":
             return self.read_input(input_path), None
         if source == "sketch":
+            if not self.takes_sketches:
+                raise PixelNNError("this model takes a normal map: upload a face photo or a normal map instead of "
+                                   "drawing")
             return self.read_drawing(drawing), None
         raise PixelNNError(f"unknown input source {source!r}; choose one of {', '.join(SOURCES)}")
 
@@ -503,16 +525,16 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
             with gr.Column(scale=1):
                 with gr.Tabs():
                     with gr.Tab("Photo", id="tab-photo"):
-                        gr.Markdown(f"Upload a photo; the model's input is derived from it ({app.task_name}).")
+                        gr.Markdown(app.source_help("photo"))
                         photo_file = gr.File(label="Photo", file_types=["image"], type="filepath", elem_id="photo-file")
                         run_photo = gr.Button("Synthesize from photo", variant="primary", elem_id="run-photo")
-                    with gr.Tab("Input image", id="tab-input"):
-                        gr.Markdown("Upload an input image as the model takes it (it is resized to the model's input).")
+                    with gr.Tab("Normal map" if app.task_name == "normals" else "Input image", id="tab-input"):
+                        gr.Markdown(app.source_help("input"))
                         input_file = gr.File(label="Input image", file_types=["image"], type="filepath",
                                              elem_id="input-file")
                         run_input = gr.Button("Synthesize from input image", variant="primary", elem_id="run-input")
-                    with gr.Tab("Sketch", id="tab-sketch"):
-                        gr.Markdown("Pick the brush, then draw black strokes on white (edge models expect outlines).")
+                    with gr.Tab("Sketch", id="tab-sketch", visible=app.takes_sketches):
+                        gr.Markdown(app.source_help("sketch"))
                         sketch = gr.Sketchpad(label="Sketch", type="numpy", image_mode="RGBA",
                                               canvas_size=(CANVAS_SIDE, CANVAS_SIDE), fixed_canvas=True,
                                               brush=gr.Brush(default_size=3, colors=["#000000"], color_mode="fixed"),

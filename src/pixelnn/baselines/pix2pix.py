@@ -573,7 +573,8 @@ def train_pix2pix(data_dir: str | Path, out_dir: str | Path, config: Pix2PixConf
         for opt in (opt_g, opt_d):
             for group in opt.param_groups:
                 group["lr"] = config.lr * _lr_factor(frac)
-        x, y = draw_batch(train_split, config.batch_size, rng, config.augment_flip, device)  # (B,C,s,s), (B,3,S,S)
+        x, y = draw_batch(train_split, config.batch_size, rng, config.augment_flip, device,
+                          normals=task.name == "normals")  # (B,C,s,s), (B,3,S,S)
         x_up = upsample_input(x, size)  # (B, C, S, S), what D sees as the condition
         fake = gen(x, dropout_on=True, generator=drop_rng)  # (B, 3, S, S)
 
