@@ -158,3 +158,29 @@ def test_prepare_normals_on_celeba_faces(tmp_path):
     frac = sp.masks.mean((1, 2))
     assert ((frac > 0.15) & (frac < 0.35)).all(), frac
     assert (sp.inputs[~sp.masks] == N.BACKGROUND).all()
+
+
+def test_prepare_threads_default_to_one_for_normals_and_are_restored(tmp_path, monkeypatch):
+    import torch
+
+    seen = []
+
+    def spy(photos, progress=False, **kw):
+        seen.append(torch.get_num_threads())
+        return _fake_normal_maps(photos)
+
+    monkeypatch.setattr(N, "normal_maps", spy)
+    _collection(tmp_path / "src", n=4, no_face=())
+    before = torch.get_num_threads()
+    prepare_dataset(tmp_path / "src", tmp_path / "a", TaskConfig(name="normals", size=S), fit="crop", progress=False)
+    assert seen == [1] and torch.get_num_threads() == before
+    prepare_dataset(tmp_path / "src", tmp_path / "b", TaskConfig(name="normals", size=S), fit="crop", progress=False,
+                    threads=2)
+    assert seen[-1] == 2 and torch.get_num_threads() == before
+    with pytest.raises(PixelNNError, match="threads must be at least 1, got 0"):
+        prepare_dataset(tmp_path / "src", tmp_path / "c", TaskConfig(name="normals", size=S), threads=0)
+    from pixelnn.cli import build_parser
+
+    args = build_parser().parse_args(["prepare", "x.zip", "--task", "normals", "--out", "o", "--threads", "3"])
+    assert args.threads == 3
+    assert build_parser().parse_args(["prepare", "x.zip", "--task", "edges", "--out", "o"]).threads is None

@@ -163,7 +163,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                       hed_scale=args.hed_scale, direction=args.direction)
     report = prepare_dataset(args.source, args.out, task, fit=args.fit, val_fraction=args.val_fraction,
                              test_fraction=args.test_fraction, limit=args.limit, overwrite=args.overwrite,
-                             progress=not args.quiet)
+                             progress=not args.quiet, threads=args.threads)
     print(report.summary())
     return 0
 
@@ -377,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--test-fraction", type=float, default=0.05)
     p.add_argument("--limit", type=int, default=None, help="use only the first N usable images (sorted by path)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads while the inputs are derived (HED, the face mesh); default 1 for --task "
+                        "normals (faster than all cores, measured), torch's choice otherwise")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     p.set_defaults(func=cmd_prepare)
 

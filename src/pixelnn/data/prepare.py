@@ -7,6 +7,7 @@ and fitting in :mod:`pixelnn.data.images`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_UPSCALE = 1.1
 AUTO_FIT_SAMPLES = 50
 DERIVE_BATCH = 512
+#: Torch threads of ``prepare --task normals`` unless told (``threads``): measured faster than 2 on 2 cores.
+DEFAULT_DERIVE_THREADS = 1
 
 
 @dataclass
@@ -114,7 +117,7 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
                     limit: int | None = None, overwrite: bool = False, progress: bool = True,
                     label_names: Sequence[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                     max_upscale: float = DEFAULT_MAX_UPSCALE, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-                    workers: int | None = None) -> PrepareReport:
+                    workers: int | None = None, threads: int | None = None) -> PrepareReport:
     """Build a PixelNN dataset (see :mod:`pixelnn.data.dataset`) from a folder or a zip of images.
 
     Parameters
@@ -166,6 +169,10 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
         Image files bigger than this are skipped as ``"too large"`` without being read.
     workers : int, optional
         Decoding threads (default: up to 4, bounded by the CPU count).
+    threads : int, optional
+        Torch CPU threads while the inputs are derived (HED, the face mesh), restored afterwards.
+        Default: :data:`DEFAULT_DERIVE_THREADS` for ``normals`` (measured faster than all cores, see
+        docs/data.md), torch's own choice for the other tasks.
 
     Returns
     -------
@@ -188,6 +195,8 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
         raise PixelNNError(f"val fraction + test fraction must be below 1, got {val_fraction + test_fraction}")
     if limit is not None and limit < 1:
         raise PixelNNError(f"limit must be at least 1, got {limit}")
+    if threads is not None and threads < 1:
+        raise PixelNNError(f"threads must be at least 1, got {threads}")
     if max_upscale < 1.0:
         raise PixelNNError(f"max_upscale must be >= 1, got {max_upscale}")
     out_dir = Path(out_dir).expanduser()
@@ -275,7 +284,10 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
             log.warning("%d images were smaller than %dx%d and were enlarged (by at most x%.2f)",
                         upscaled, task.size, task.size, max_upscale)
 
-        splits, task_out, no_face = _build_splits(per_split, task, progress)
+        if threads is None and task.name == "normals":
+            threads = DEFAULT_DERIVE_THREADS
+        with _torch_threads(threads if task.name != "paired" else None):
+            splits, task_out, no_face = _build_splits(per_split, task, progress)
         if no_face:
             skipped[NO_FACE] = no_face
             log.warning("skipped %d of %d photos where no face was found", no_face, n_used)
@@ -393,6 +405,23 @@ def _collect(src: Source, layout: Layout, process, pool: ThreadPoolExecutor, lim
                 upscaled += bool(up)
                 bar.update(1)
     return per_split, upscaled, n_used
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """Run the block with ``n`` torch CPU threads (None: leave them), then restore the previous count."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    log.debug("deriving inputs with %d torch thread(s)", n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _build_splits(per_split: dict[str, dict[str, list]], task: TaskConfig, progress: bool):
