@@ -136,3 +136,20 @@ def test_rand1_and_oracle_skip_outputs_without_a_face():
     assert best == 1
     assert A.rand1_and_oracle(errs, rand_index=2)[0] is None
     assert A.rand1_and_oracle([None, None], 0) == (None, None)
+
+
+def test_float_normals_of_real_faces_match_their_maps_and_score_zero_against_themselves(shared_data):
+    from tests.test_evaluate_normals import _zip_photos
+    from tests.test_facemesh import _mediapipe_and_tflite
+
+    if not _mediapipe_and_tflite():
+        pytest.skip("the face-mesh model (mediapipe==0.10.21 wheel, tflite) is not installed")
+    photos = _zip_photos(shared_data / "celeba-10k.zip", 2)
+    res = N.normal_maps(photos, float_normals=True)
+    assert res.found.all() and res.normals.shape == (2, 96, 96, 3) and res.normals.dtype == np.float32
+    np.testing.assert_array_equal(N.encode_normals(res.normals, res.masks), res.maps)
+    assert (A.defined(res.normals) == res.masks).all()
+    est = A.estimate_face_normals(photos)
+    errs = A.score_outputs(est, res.normals[0], res.masks[0])
+    assert A.angular_statistics(errs[0])["mean"] == pytest.approx(0.0, abs=1e-3)  # a photo against itself
+    assert A.angular_statistics(errs[1])["mean"] > 1.0  # another face

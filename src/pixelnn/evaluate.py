@@ -72,7 +72,7 @@ FORMAT_VERSION = 1
 EXAMPLE_OUTPUTS = 8
 #: ``EvalSettings.normals_metrics``: decide from the dataset, always, never.
 NORMALS_METRICS = ("auto", "on", "off")
-#: Photos of the split probed for faces by ``normals_metrics="auto"``.
+#: Photos of the split (its first ones) probed for faces by ``normals_metrics="auto"``.
 FACE_PROBE = 16
 
 
@@ -369,7 +369,7 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
     timings: dict[str, float] = {}
     t = time.perf_counter()
     normals_on, normals_reason = normals_metrics_apply(settings.normals_metrics, task.name, edge_mode,
-                                                       np.asarray(split.photos[positions[:FACE_PROBE]]))
+                                                       np.asarray(split.photos[:FACE_PROBE]))
     tallies = {name: _AngularTally() for name in methods} if normals_on else {}
     real_normals = None
     if normals_on:  # the real photos' normals, with the same face mesh as the generated images'
