@@ -207,7 +207,8 @@ def normals_metrics_apply(setting: str, task_name: str, edge_mode: bool, probe_p
     if task_name == "normals":
         return True, "task normals (faces)"
     if not edge_mode:
-        return False, f"task {task_name}: only normals and edge inputs on faces are scored (normals_metrics='on' forces it)"
+        return False, (f"task {task_name}: only normals and edge inputs on faces are scored "
+                       "(normals_metrics='on' forces it)")
     from pixelnn.evaluation.angular import FACE_SHARE, looks_like_faces
 
     try:
@@ -217,7 +218,8 @@ def normals_metrics_apply(setting: str, task_name: str, edge_mode: bool, probe_p
         return False, f"the face mesh is unavailable ({e})"
     if faces:
         return True, f"edge inputs, and a face in at least {FACE_SHARE:.0%} of {len(probe_photos)} probed photos"
-    return False, f"edge inputs, but no face in {FACE_SHARE:.0%} of {len(probe_photos)} probed photos (not a face dataset)"
+    return False, (f"edge inputs, but no face in {FACE_SHARE:.0%} of {len(probe_photos)} probed photos "
+                   "(not a face dataset)")
 
 
 class _AngularTally:
@@ -512,6 +514,8 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
         summary[name] = s
     timings["total"] = time.perf_counter() - t_start
     n_eval = len(positions)
+    k_normals = settings.normals_outputs_per_input
+    normals_scope = "all" if k_normals is None else f"up to {k_normals} seeded (with Rand-1)"
     metrics = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION,
         "experiment": out.name, "model_dir": str(model_dir), "data_dir": str(data_dir),
@@ -540,8 +544,7 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
             "spectral_distance_db": "mean |10 log10 P_method(k) - 10 log10 P_photos(k)| over rings k >= 1 of the "
                                     "radially averaged power spectrum (luma, Hann window); photos = the evaluated "
                                     "inputs' photos",
-            "normals": (f"face-mesh normals (pixelnn.normals) of "
-                        f"{'all' if settings.normals_outputs_per_input is None else f'up to {settings.normals_outputs_per_input} seeded (with Rand-1)'}"
+            "normals": (f"face-mesh normals (pixelnn.normals) of {normals_scope}"
                         " outputs per input vs those of the real photo, inside its face mask where both are defined; "
                         "angle in degrees: mean, median, RMSE, % within 11.25/22.5/30, pooled over all scored pixels "
                         "of all inputs; Rand-1: the image metrics' draw; Oracle: per input the output with the lowest "

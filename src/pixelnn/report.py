@@ -166,8 +166,9 @@ def normals_table(metrics: dict) -> list[list[str]] | None:
             name = _METHOD_LABELS[m] if m == "stage1" else f"{_METHOD_LABELS[m]} ({label})"
             row = [name] + ([_fmt(s.get("faithfulness_ap"), 2)] if edge_ap else [])
             row += [_fmt(s.get(f"{kind}_normals_{k}"), 1) for k in STATISTICS]
+            cov = s.get(f"normals_{kind}_coverage")
             row += [f"{s.get(f'normals_{kind}_no_face', 0)} of {s.get('normals_inputs', 0)}",
-                    _fmt(s.get(f"normals_{kind}_coverage"), 1, 100) + ("%" if s.get(f"normals_{kind}_coverage") is not None else "")]
+                    _fmt(cov, 1, 100) + ("%" if cov is not None else "")]
             rows.append(row)
     return rows
 
