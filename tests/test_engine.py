@@ -145,6 +145,43 @@ def test_build_library_local_retries_then_commits_once(tmp_path):
     assert broken.commits == []
 
 
+def test_build_library_resumed_sends_only_unwritten_blocks(tmp_path):
+    """Blocks an interrupted run wrote are counted as done (the bar starts there) and never rewritten."""
+    from pixelnn.engine import build_library
+
+    calls = []
+
+    def write(plan, block):
+        calls.append(block)
+        return fake_write_block(plan, block)
+
+    def written(plan, block):
+        return {"segment": f"seg{block:05d}", "count": 10 + block, "pid": -1} if block in (0, 2) else None
+
+    plan = FakePlan(list(range(4)))
+    lib = build_library(plan, "local", progress=False, write_block=write, commit_build=fake_commit,
+                        written_block=written)
+    assert calls == [1, 3]
+    assert lib == {"segments": ["seg00000", "seg00001", "seg00002", "seg00003"], "count": 46}
+    done = FakePlan(list(range(2)))
+    calls.clear()
+    build_library(done, "ray", progress=False, write_block=write, commit_build=fake_commit,
+                  written_block=lambda p, b: {"segment": f"seg{b:05d}", "count": 1})  # never starts Ray
+    assert calls == [] and done.commits == [["seg00000", "seg00001"]]
+
+
+def test_drop_stderr_lines_keeps_the_others(capfd):
+    from pixelnn.engine import drop_stderr_lines
+
+    with drop_stderr_lines("noise"):
+        os.write(2, b"[I logging.cc:303] some noise here\nreal error\n")
+        os.write(2, b"more noise\n")
+    with pytest.raises(RuntimeError), drop_stderr_lines("noise"):
+        os.write(2, b"before the failure\n")
+        raise RuntimeError("x")
+    assert capfd.readouterr().err == "real error\nbefore the failure\n"
+
+
 # ------------------------------------------------------------------------------------- Ray
 @ray_test
 def test_unreachable_address_is_one_fast_line(tiny, tmp_path, capsys):

@@ -22,14 +22,17 @@ generic parts (:func:`init_ray`, :func:`ray_map`, :func:`write_failures`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import socket
+import sys
+import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -193,11 +196,35 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, num_gpus
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     _quiet_loggers()
     try:
-        ray.init(**kwargs)
+        # the C++ core then announces at INFO, on fd 2, that it read RAY_BACKEND_LOG_LEVEL (ray#12010)
+        with drop_stderr_lines("Set ray log level from environment variable"):
+            ray.init(**kwargs)
     except Exception as e:  # ConnectionError, RuntimeError, ...: one line
         raise PixelNNError(f"cannot connect to the Ray cluster at {address or 'local'}: {one_line(e)}") from None
     quiet_ray_data()
     return ray, True
+
+
+@contextlib.contextmanager
+def drop_stderr_lines(*needles: str) -> Iterator[None]:
+    """Run a block with file descriptor 2 captured, then write what it wrote there except the lines that
+    contain one of ``needles``: for notices that C/C++ code prints straight to fd 2, past ``logging``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [line for line in tmp.read().decode(errors="replace").splitlines(keepends=True)
+                    if not any(n in line for n in needles)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 class _DroppedBlocks(logging.Filter):
@@ -353,13 +380,17 @@ class BlockWorker:
 def build_library(plan: Any, engine: str = "local", address: str | None = None, num_workers: int | None = None, *,
                   cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, retries: int = DEFAULT_RETRIES,
                   progress: bool = True, write_block: Callable[[Any, Any], Any] | None = None,
-                  commit_build: Callable[[Any, list], Any] | None = None) -> Any:
+                  commit_build: Callable[[Any, list], Any] | None = None,
+                  written_block: Callable[[Any, Any], Any] | None = None) -> Any:
     """Write every block of ``plan`` (``zarr_store.plan_build``) with ``write_block`` -- in order here, or over
     a Ray actor pool -- then ``commit_build(plan, infos)`` once, with the infos in block order.
 
     A block that fails is retried ``retries`` times; if some still fail, nothing is committed and a
     one-line PixelNNError names them (the written blocks stay: ``write_block`` is idempotent, so a re-run
-    resumes). ``write_block`` / ``commit_build`` default to :mod:`pixelnn.zarr_store`'s (tests inject fakes).
+    resumes). ``written_block(plan, block)`` returns the info of a block already written by an interrupted
+    run (else None): those are counted as done and not sent to a worker. ``write_block`` / ``commit_build``
+    / ``written_block`` default to :mod:`pixelnn.zarr_store`'s (tests inject fakes; a fake ``write_block``
+    alone gets no ``written_block``).
     """
     from tqdm.auto import tqdm
 
@@ -367,15 +398,24 @@ def build_library(plan: Any, engine: str = "local", address: str | None = None, 
     if write_block is None or commit_build is None:
         from pixelnn import zarr_store
 
+        if write_block is None and written_block is None:
+            written_block = zarr_store.written_block
         write_block = write_block or zarr_store.write_block
         commit_build = commit_build or zarr_store.commit_build
     blocks = list(plan.blocks)
     infos: dict[int, Any] = {}
+    if written_block is not None:  # a resumed build: what is already written is done
+        for i, block in enumerate(blocks):
+            info = written_block(plan, block)
+            if info is not None:
+                infos[i] = info
+    todo = [i for i in range(len(blocks)) if i not in infos]
     failures: dict[int, dict[str, Any]] = {}
-    with tqdm(total=len(blocks), desc=f"build ({engine})", unit="block", disable=not progress,
-              dynamic_ncols=True) as bar:
-        if engine == "local":
-            for i, block in enumerate(blocks):
+    with tqdm(total=len(blocks), initial=len(infos), desc=f"build ({engine})", unit="block",
+              disable=not progress, dynamic_ncols=True) as bar:
+        if todo and engine == "local":
+            for i in todo:
+                block = blocks[i]
                 for attempt in range(1, retries + 2):
                     try:
                         infos[i] = write_block(plan, block)
@@ -389,13 +429,13 @@ def build_library(plan: Any, engine: str = "local", address: str | None = None, 
                 if i in infos:
                     failures.pop(i, None)
                 bar.update(1)
-        else:
+        elif todo:
             ray, started_ray = init_ray(address, num_cpus=(num_workers or os.cpu_count() or 1) * cpus_per_worker,
                                         num_gpus=(num_workers or 1) * gpus_per_worker or None)
             try:
                 n = num_workers or _default_workers(ray, cpus_per_worker, gpus_per_worker)
                 values, fails = ray_map(
-                    ray, [str(i) for i in range(len(blocks))], BlockWorker,
+                    ray, [str(i) for i in todo], BlockWorker,
                     {"plan": plan, "write_block": write_block, "threads": max(1, int(cpus_per_worker))},
                     num_workers=n, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
                     retries=retries, batch_size=1,
@@ -403,7 +443,7 @@ def build_library(plan: Any, engine: str = "local", address: str | None = None, 
             finally:
                 if started_ray:
                     ray.shutdown()
-            infos = {int(k): v for k, v in values.items()}
+            infos.update({int(k): v for k, v in values.items()})
             failures = {int(k): f for k, f in fails.items()}
     if failures:
         first = min(failures)

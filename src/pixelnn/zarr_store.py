@@ -1203,6 +1203,15 @@ def _store_parts(url: str, model_sha: str, device: str):
     return info, model, reducer
 
 
+def written_block(plan: BuildPlan | dict[str, Any], block: Block | dict[str, Any]) -> dict[str, Any] | None:
+    """The info of ``block``'s segment when an earlier (interrupted) run of the build wrote it completely, else None."""
+    plan = BuildPlan.from_dict(plan) if isinstance(plan, dict) else plan
+    block = Block(**block) if isinstance(block, dict) else block
+    loc = Location(plan.url)
+    path = f"{SEGMENTS}/{block.segment}/{SEGMENT_JSON}"
+    return loc.read_json(path) if loc.exists(path) else None
+
+
 def write_block(plan: BuildPlan | dict[str, Any], block: Block | dict[str, Any], progress: bool = False
                 ) -> dict[str, Any]:
     """Compute one block (stage 1, conv5 descriptors, reduction) and write its segment; returns its info.
@@ -1219,9 +1228,10 @@ def write_block(plan: BuildPlan | dict[str, Any], block: Block | dict[str, Any],
 
     plan = BuildPlan.from_dict(plan) if isinstance(plan, dict) else plan
     block = Block(**block) if isinstance(block, dict) else block
+    done = written_block(plan, block)
+    if done is not None:
+        return done
     loc = Location(plan.url)
-    if loc.exists(f"{SEGMENTS}/{block.segment}/{SEGMENT_JSON}"):
-        return loc.read_json(f"{SEGMENTS}/{block.segment}/{SEGMENT_JSON}")
     info, model, reducer = _store_parts(plan.url, plan.model_sha256, plan.device)
     data = Dataset(block.dataset).split(plan.split)
     rows = np.asarray(block.rows, np.int64)
