@@ -9,7 +9,7 @@ Run it once, in a throwaway environment (never in the project's venv; no TensorF
         --celeba ../shared/data/celeba-10k.zip
 
 ``--model`` is the face-mesh model of the ``mediapipe==0.10.21`` wheel (installed with --no-deps in
-the project's venv). It writes ``facemesh_reference.npz`` next to itself: numbers only, no images.
+the project's venv). It writes ``facemesh_reference.json`` next to itself: numbers only, no images.
 
 Inputs (each (192, 192, 3) float32 in [0, 1], the model's input range):
 
@@ -27,6 +27,7 @@ This module imports only numpy and PIL at the top, so the test can import the in
 
 from __future__ import annotations
 
+import json
 import argparse
 import hashlib
 import io
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "facemesh_reference.npz"
+OUT = HERE / "facemesh_reference.json"
 SIZE = 192
 
 #: CelebA entries used (the first four of img_align_celeba).
@@ -155,7 +156,7 @@ def main() -> None:
         d = np.abs(arrays[f"{name}_landmarks"] - arrays[f"{name}_ref_landmarks"]).max()
         print(f"{name}: {len(x)} inputs, logits {arrays[f'{name}_score']}, XNNPACK vs reference kernels "
               f"max |d landmark| {d:.2e} px")
-    np.savez_compressed(OUT, **arrays)
+    OUT.write_text(json.dumps({k: {"dtype": str(np.asarray(v).dtype), "shape": list(np.shape(v)), "values": np.asarray(v).ravel().tolist()} for k, v in arrays.items()}))
     print(f"wrote {OUT} ({OUT.stat().st_size} bytes)")
 
 
