@@ -183,5 +183,87 @@ def test_celeba_prepare_train_index_synthesize_evaluate(tmp_path, capsys, monkey
     s = m["methods"]["pixelnn"]
     assert s["normals_inputs"] == 2 and s["normals_outputs_scored"] == 6
     assert 0 < s["oracle_normals_mean"] <= 60 and 0 <= s["normals_oracle_coverage"] <= 1
+    # edge AP beside the angles (Table 1): the outputs' HED edges against the real photo's
+    assert m["faithfulness_kind"] == "edges" and "HED edges of the real photo" in m["protocol"]["faithfulness"]
+    assert 0 <= s["faithfulness_ap"] <= 1 and 0 <= s["faithfulness_f1"] <= 1
     assert main(["-q", "report", str(tmp_path / "ev"), "--out", str(tmp_path / "pages")]) == 0
     assert "Surface normals (paper Tables 1–2)" in (tmp_path / "pages" / "ev.html").read_text()
+
+
+# ------------------------------------------------------------------------------------- a real browser
+@pytest.fixture(scope="module")
+def normals_page(normals_model):
+    """``pixelnn serve`` on the tiny normals model, driven by Debian's chromium (see tests/test_web.py)."""
+    pytest.importorskip("gradio")
+    from tests.test_web import CHROMIUM, CHROMIUM_ARGS, _free_port, _wait_http
+
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (/usr/bin/chromium; apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    port = _free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
+    proc = subprocess.Popen([sys.executable, "-m", "pixelnn.cli", "serve", "--model", str(normals_model / "model"),
+                             "--port", str(port), "--threads", "1", "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        _wait_http(url, proc)
+        with tempfile.TemporaryDirectory(prefix="pixelnn-chromium-") as profile, sync_api.sync_playwright() as p:
+            ctx = p.chromium.launch_persistent_context(profile, executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                                       headless=True, viewport={"width": 1400, "height": 1300})
+            ctx.set_default_timeout(300_000)
+            page = ctx.new_page()
+            page.goto(url)
+            page.wait_for_selector("#run-photo")
+            yield page
+            ctx.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_browser_normal_map_upload_gives_outputs_and_correspondences(normals_page, normals_model):
+    from tests.test_web import _upload, _wait_gallery, _wait_status
+
+    page = normals_page
+    assert page.get_by_role("tab", name="Normal map").count() == 1
+    assert page.get_by_role("tab", name="Sketch").count() == 0  # no sketch pad for a normals model
+    n, mask = _hemisphere()
+    Image.fromarray(N.encode_normals(n, mask)).save(normals_model / "sphere.png")
+    page.get_by_role("tab", name="Normal map").click()
+    _upload(page, "input-file", normals_model / "sphere.png")
+    _wait_status(page, "is ready")
+    page.click("#run-input")
+    assert "72 outputs from the input image" in _wait_status(page, "outputs from the input image")
+    _wait_gallery(page)
+    assert page.locator("#input-view img").evaluate("i => i.naturalWidth") == S
+    page.locator("#gallery img").nth(3).click()
+    page.wait_for_function("document.querySelector('#contrib-table').innerText.includes('share of pixels')")
+    page.locator("#corr-view img").wait_for()
+
+
+@needs_model
+def test_browser_photo_without_a_face_is_one_line_and_the_app_keeps_serving(normals_page, normals_model):
+    """The served process runs the real face mesh: random noise has no face; a normal map still works after."""
+    from tests.test_web import _upload, _wait_gallery, _wait_status
+
+    page = normals_page
+    noise = np.random.default_rng(1).integers(0, 256, (109, 89, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(normals_model / "noise.png")
+    page.get_by_role("tab", name="Photo").click()
+    _upload(page, "photo-file", normals_model / "noise.png")
+    _wait_status(page, "is ready")
+    page.click("#run-photo")
+    assert "no face found in the photo" in _wait_status(page, "Error")
+    page.get_by_role("tab", name="Normal map").click()
+    page.click("#run-input")
+    _wait_status(page, "outputs from the input image")
+    _wait_gallery(page)
