@@ -139,21 +139,24 @@ def _check(query: torch.Tensor, exemplars: torch.Tensor, height: int, width: int
 
 
 def _similarity_blocks(query: torch.Tensor, exemplars: torch.Tensor, chunk: int):
-    """Yield ``(start, stop, e, sims)``: the similarities (R, P) of query pixels [start, stop) against every
-    pixel of exemplar e, block by block. ``sims`` is one reused buffer, valid until the next item."""
+    """Yield ``(start, stop, e, sims)``: the similarities (R, P) of query rows [start, stop) (of Q, the query's
+    pixels or a subset of them) against every pixel of exemplar e, block by block. ``sims`` is one reused
+    buffer, valid until the next item."""
     k, p, _ = exemplars.shape
+    q = query.shape[0]
     query = query.float()
     ex_t = [exemplars[e].float().T.contiguous() for e in range(k)]  # K x (d, P)
-    buf = torch.empty(min(chunk, p), p, dtype=torch.float32, device=query.device)  # reused: a fresh one costs as much
-    for start in range(0, p, chunk):
-        stop = min(start + chunk, p)
+    buf = torch.empty(min(chunk, q), p, dtype=torch.float32, device=query.device)  # reused: a fresh one costs as much
+    for start in range(0, q, chunk):
+        stop = min(start + chunk, q)
         for e in range(k):
             yield start, stop, e, torch.mm(query[start:stop], ex_t[e], out=buf[:stop - start])  # (R, P)
 
 
 @torch.inference_mode()
 def match_windows(query: torch.Tensor, exemplars: torch.Tensor, height: int, width: int,
-                  windows: Sequence[int | None] = DEFAULT_WINDOWS, chunk: int = 768) -> tuple[torch.Tensor, torch.Tensor]:
+                  windows: Sequence[int | None] = DEFAULT_WINDOWS, chunk: int = 768,
+                  pixels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Best match of every query pixel in every exemplar, for every window, in one pass.
 
     For each block of ``chunk`` query pixels and each exemplar, one product gives the block's
@@ -175,21 +178,30 @@ def match_windows(query: torch.Tensor, exemplars: torch.Tensor, height: int, wid
         Window sides; None means the whole image.
     chunk : int
         Query pixels per block (bounds memory to chunk * P floats).
+    pixels : Tensor, (Q,) int64, optional
+        Match only these query pixels (flat indices), e.g. one region's (:mod:`pixelnn.regions`); the
+        cost is then Q / P of a full pass. None: every pixel, Q = P.
 
     Returns
     -------
-    best_sim : Tensor, (K, W, P) float32
+    best_sim : Tensor, (K, W, Q) float32
         Highest cosine similarity inside each window.
-    best_pos : Tensor, (K, W, P) int64
+    best_pos : Tensor, (K, W, Q) int64
         Flat exemplar pixel index j achieving it (ties: the lowest index).
     """
     _check(query, exemplars, height, width)
-    k, p, d = exemplars.shape
+    k, _, d = exemplars.shape
     dev = query.device
     sides = sorted({w for w in windows if w is not None})
     outer = sides[-1] if sides else None
     outer_idx = window_indices(height, width, outer).to(dev) if outer else None  # (P, O*O)
     inner = {w: nested_offsets(height, width, outer, w).to(dev) for w in sides if w != outer}  # (P, I*I) each
+    if pixels is not None:  # only these query pixels: their rows of the query and of the window tables
+        pixels = torch.as_tensor(pixels, dtype=torch.int64, device=dev)
+        query = query[pixels]  # (Q, d)
+        outer_idx = outer_idx[pixels] if outer else None  # (Q, O*O)
+        inner = {w: off[pixels] for w, off in inner.items()}  # (Q, I*I) each
+    p = query.shape[0]
     best_sim = torch.empty(k, len(windows), p, dtype=torch.float32, device=dev)
     best_pos = torch.empty(k, len(windows), p, dtype=torch.int64, device=dev)
     for start, stop, e, sims in _similarity_blocks(query, exemplars, chunk):

@@ -80,11 +80,63 @@ class CompositionMode:
     summary: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {"patch_size": None, "vote_size": 1, "highpass_sigma": 0.0,
                                           "chroma_weight": 1.0}
+    #: Whether :meth:`compose` copies the recorded matches (``matched``, ``coherent``): with regions, the
+    #: matches of all regions are merged and composed once (and :func:`pixelnn.compose.recompose` rebuilds
+    #: them). Other modes compose each region's set on its own and the pixels are merged.
+    copies: ClassVar[bool] = True
 
     def match(self, query: torch.Tensor, exemplars: torch.Tensor, height: int, width: int,
               specs: Sequence[OutputSpec], options: Any) -> Matches:
         """Matches of the query's pixels (P, d) in the exemplars' (K, P, d), for every output."""
         raise NotImplementedError
+
+    def match_pixels(self, query: torch.Tensor, exemplars: torch.Tensor, height: int, width: int,
+                     specs: Sequence[OutputSpec], options: Any, pixels: torch.Tensor) -> Matches:
+        """Matches of the query pixels ``pixels`` (Q,) only: ``rank``, ``pos``, ``similarity`` (O, Q).
+
+        By default the whole image is matched (:meth:`match`) and the pixels' columns kept; a mode whose
+        matcher treats pixels independently overrides it to match only those (``matched``).
+        """
+        m = self.match(query, exemplars, height, width, specs, options)
+        return Matches(m.rank[:, pixels], m.pos[:, pixels], m.similarity[:, pixels], m.windows)
+
+    def match_regions(self, query: torch.Tensor, exemplars: torch.Tensor, height: int, width: int,
+                      specs: Sequence[OutputSpec], options: Any, region: torch.Tensor,
+                      members: Sequence[torch.Tensor]) -> Matches:
+        """Region-level matching: every pixel matched only against its region's exemplar set.
+
+        Parameters
+        ----------
+        query : Tensor, (P, d)
+        exemplars : Tensor, (U, P, d)
+            The union of every set's neighbours.
+        height, width : int
+        specs, options
+            As in :meth:`match`; a spec's ranks are ranks *within* each set.
+        region : Tensor, (P,) int64
+            The set of each pixel (0 = default, r = region r; :func:`pixelnn.regions.region_map`).
+        members : sequence of Tensor, (K_s,) int64
+            For set s, the indices into ``exemplars`` of its neighbours in rank order.
+
+        Returns
+        -------
+        Matches
+            ``rank`` indexes the union (U); each pixel's rank is a member of its own set.
+        """
+        o, p, dev = len(specs), height * width, query.device
+        rank = torch.zeros(o, p, dtype=torch.int64, device=dev)
+        pos = torch.zeros(o, p, dtype=torch.int64, device=dev)
+        sim = torch.zeros(o, p, dtype=torch.float32, device=dev)
+        windows = spec_windows(specs)
+        for s, m in enumerate(members):
+            pix = (region == s).nonzero()[:, 0]  # (Q,) this set's pixels
+            if len(pix) == 0:
+                continue
+            m = m.to(dev)
+            part = self.match_pixels(query, exemplars[m], height, width, specs, options, pix)  # (O, Q) each
+            rank[:, pix], pos[:, pix], sim[:, pix] = m[part.rank], part.pos, part.similarity.float()
+            windows = part.windows
+        return Matches(rank, pos, sim, windows)
 
     def compose(self, stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: np.ndarray, matches: Matches,
                 specs: Sequence[OutputSpec], options: Any) -> np.ndarray:
@@ -155,6 +207,12 @@ class MatchedMode(CompositionMode):
     def match(self, query, exemplars, height, width, specs, options):
         return _pixel_matches(query, exemplars, height, width, specs)
 
+    def match_pixels(self, query, exemplars, height, width, specs, options, pixels):
+        windows = spec_windows(specs)
+        best_sim, best_pos = match_windows(query, exemplars, height, width, windows, pixels=pixels)  # (K, W, Q)
+        rank, pos, sim = select_sets(best_sim, best_pos, specs, windows)
+        return Matches(rank, pos, sim, windows)
+
 
 @register_mode
 class CoherentMode(CompositionMode):
@@ -188,6 +246,7 @@ class GlobalMode(CompositionMode):
 
     name = "global"
     summary = "eq. 2 (whole exemplars at the same position, averaged over the set)"
+    copies = False
 
     def match(self, query, exemplars, height, width, specs, options):
         p = height * width
@@ -210,6 +269,7 @@ class AuthorsMode(CompositionMode):
 
     name = "authors"
     summary = "the authors' code (co-located residuals weighted by window similarity)"
+    copies = False
 
     def match(self, query, exemplars, height, width, specs, options):
         return _pixel_matches(query, exemplars, height, width, specs)

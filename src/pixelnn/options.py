@@ -17,12 +17,16 @@ Fields left ``None`` take the composition mode's defaults (:meth:`SynthesisOptio
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+import numpy as np
 
 from pixelnn.config import COLORS, DEFAULT_WINDOWS, check_choice
 from pixelnn.errors import PixelNNError
@@ -41,6 +45,10 @@ DEFAULT_LIKE_K = 50
 #: Fields a composition mode gives defaults for (None in the options = the mode's value).
 MODE_FIELDS = ("patch_size", "vote_size", "highpass_sigma", "chroma_weight")
 OPTIONS_FORMAT = "pixelnn-synthesis-options"
+#: Prefix of a mask given inline (not as a file): ``packbits:<H>x<W>:<base64 of numpy.packbits(mask)>``.
+INLINE_MASK = "packbits:"
+#: The exemplar filters a region's set may use (any of them; they intersect, as the top-level ones do).
+REGION_FILTERS = ("where", "exemplars", "like")
 
 
 def _window(w: Any) -> int | None:
@@ -142,6 +150,132 @@ def parse_sets(text: str) -> tuple[tuple[int, ...], ...]:
     return tuple(sets)
 
 
+def encode_mask(mask: Any) -> str:
+    """An (H, W) mask (bool, or numbers: nonzero = inside) as the inline text of :class:`Region`'s ``mask``.
+
+    Returns
+    -------
+    str
+        ``packbits:<H>x<W>:<base64>``, the row-major bits of the mask (:func:`decode_mask` inverts it).
+    """
+    a = np.asarray(mask)
+    if a.ndim != 2 or a.size == 0 or not (a.dtype == bool or np.issubdtype(a.dtype, np.number)):
+        raise PixelNNError(f"a region mask must be an (S, S) bool array or a PNG path, got an array of shape "
+                           f"{a.shape} and dtype {a.dtype}")
+    bits = base64.b64encode(np.packbits(a.astype(bool).ravel()).tobytes()).decode("ascii")
+    return f"{INLINE_MASK}{a.shape[0]}x{a.shape[1]}:{bits}"
+
+
+def decode_mask(text: str) -> np.ndarray:
+    """The (H, W) bool mask of an inline mask text (:func:`encode_mask`); a one-line PixelNNError if malformed."""
+    try:
+        shape, _, bits = text[len(INLINE_MASK):].partition(":")
+        h, w = (int(v) for v in shape.split("x"))
+        flat = np.unpackbits(np.frombuffer(base64.b64decode(bits, validate=True), np.uint8))
+        if h < 1 or w < 1 or len(flat) < h * w:
+            raise ValueError
+        return flat[:h * w].reshape(h, w).astype(bool)
+    except (ValueError, TypeError):
+        raise PixelNNError(f"invalid inline region mask {text[:40]!r}...; expected packbits:<H>x<W>:<base64>") from None
+
+
+def mask_sha256(mask: np.ndarray) -> str:
+    """sha256 of a bool mask's shape and row-major bits (what the manifest records of each region)."""
+    a = np.asarray(mask, bool)
+    return hashlib.sha256(f"{a.shape[0]}x{a.shape[1]}:".encode() + np.packbits(a.ravel()).tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Region:
+    """One region of an output: a mask and the exemplar set its pixels are matched against.
+
+    Attributes
+    ----------
+    mask : str
+        A PNG file (read by the pipeline: nonzero in any channel = inside; it must be S x S, the
+        output size) or the mask itself inline (``packbits:...``, :func:`encode_mask`). An (S, S)
+        bool array is accepted and stored inline.
+    where : tuple of (key, values)
+        The region's label filter (as :attr:`SynthesisOptions.where`; a dict is accepted).
+    exemplars : tuple of str
+        Only these exemplar ids.
+    like : tuple of str
+        Only exemplars that look like these photos (the options' ``like_k`` nearest per photo).
+    source : str, optional
+        The file the mask was read from (set when the pipeline resolves a file mask to inline bits).
+
+    A region's set is its own filters alone (they intersect each other, not the top-level
+    ``where`` / ``exemplars`` / ``like``, which define the default set); at least one is needed.
+    """
+
+    mask: str
+    where: tuple[tuple[str, tuple[str, ...]], ...] = field(default=())
+    exemplars: tuple[str, ...] = ()
+    like: tuple[str, ...] = ()
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        if isinstance(self.mask, np.ndarray):
+            set_("mask", encode_mask(self.mask))
+        elif isinstance(self.mask, Path):
+            set_("mask", str(self.mask))
+        if not isinstance(self.mask, str) or not self.mask:
+            raise PixelNNError(f"a region mask must be an (S, S) bool array or a PNG path, got {self.mask!r}")
+        if self.inline:
+            decode_mask(self.mask)  # fail early on a malformed one
+        set_("where", _where(self.where))
+        set_("exemplars", tuple(str(e) for e in _items("a region's exemplars", self.exemplars)))
+        set_("like", tuple(str(p) for p in _items("a region's like", self.like)))
+        if self.source is not None:
+            set_("source", str(self.source))
+        if not (self.where or self.exemplars or self.like):
+            raise PixelNNError(f"region {self.describe()} has no exemplar set; give it one of: "
+                               f"{', '.join(REGION_FILTERS)}")
+
+    @property
+    def inline(self) -> bool:
+        """Whether the mask is given inline (not as a file)."""
+        return self.mask.startswith(INLINE_MASK)
+
+    @property
+    def where_dict(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in self.where}
+
+    def describe(self) -> str:
+        """A short name for messages: the mask file (or ``inline HxW``) and the filters."""
+        name = (f"{self.source or 'inline'} {self.mask[len(INLINE_MASK):].partition(':')[0]}" if self.inline
+                else self.mask)
+        parts = [f"{k}={'|'.join(v)}" for k, v in self.where]
+        parts += [f"exemplars={','.join(self.exemplars)}"] if self.exemplars else []
+        parts += [f"like={','.join(self.like)}"] if self.like else []
+        return f"{name}:{';'.join(parts)}" if parts else name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mask": self.mask, "where": self.where_dict, "exemplars": list(self.exemplars),
+                "like": list(self.like), "source": self.source}
+
+    @classmethod
+    def from_any(cls, r: Any) -> "Region":
+        """A Region from a Region, a dict (:meth:`to_dict`'s keys) or a pair ``(mask, exemplar set)`` whose set
+        is a dict of filters, e.g. ``(mask, {"where": {"Subcategory": ["Sneakers"]}})`` or
+        ``("eye.png", {"exemplars": ["shoe-1"]})``."""
+        if isinstance(r, Region):
+            return r
+        if isinstance(r, Mapping):
+            d = dict(r)
+        elif isinstance(r, (list, tuple)) and len(r) == 2 and isinstance(r[1], Mapping):
+            d = {"mask": r[0], **r[1]}
+        else:
+            raise PixelNNError(f"a region must be a (mask, exemplar set) pair, a dict or a Region, got {r!r}")
+        unknown = [k for k in d if k not in ("mask", "source", *REGION_FILTERS)]
+        if unknown or "mask" not in d:
+            raise PixelNNError(f"a region takes a mask and filters; unknown key(s) {', '.join(map(str, unknown))}"
+                               f"; valid: mask, {', '.join(REGION_FILTERS)}" if unknown else
+                               f"a region needs a mask, got {r!r}")
+        return cls(**d)
+
+
 @dataclass(frozen=True)
 class SynthesisOptions:
     """Every setting of one synthesis (stage 2), frozen and JSON round-trippable.
@@ -184,6 +318,14 @@ class SynthesisOptions:
     like : tuple of str
         Only exemplars that look like these photos (file paths); ``like_k`` nearest per photo.
     like_k : int
+    regions : tuple of Region
+        Region-level control: each :class:`Region` is a mask and an exemplar set (its own ``where``,
+        ``exemplars`` and ``like``). A pair ``(mask, {"where": ...})`` or a dict is accepted. Pixels
+        inside a region are matched only against that set's own K nearest exemplars (global
+        retrieval within the set, then windowed matching); pixels outside every region use the
+        default set (the top-level filters). Overlaps: the later region wins, like layers painted in
+        order. Empty (default): the whole image uses the default set, exactly as without regions.
+        See docs/synthesis.md.
     """
 
     top_k: int = DEFAULT_TOP_K
@@ -203,6 +345,7 @@ class SynthesisOptions:
     exemplars: tuple[str, ...] = ()
     like: tuple[str, ...] = ()
     like_k: int = DEFAULT_LIKE_K
+    regions: tuple[Region, ...] = ()
 
     def __post_init__(self) -> None:
         from pixelnn.modes import mode_names
@@ -244,6 +387,11 @@ class SynthesisOptions:
         set_("where", _where(self.where))
         set_("exemplars", tuple(str(e) for e in _items("exemplars", self.exemplars)))
         set_("like", tuple(str(p) for p in _items("like", self.like)))
+        regions = self.regions
+        if isinstance(regions, (Region, Mapping)) or (isinstance(regions, tuple) and len(regions) == 2 and isinstance(
+                regions[0], (str, Path, np.ndarray)) and isinstance(regions[1], Mapping)):
+            regions = [regions]  # one region given alone
+        set_("regions", tuple(Region.from_any(r) for r in _items("regions", regions)))
 
     # ------------------------------------------------------------------ derived
     def resolved(self) -> "SynthesisOptions":
@@ -278,6 +426,7 @@ class SynthesisOptions:
         d["sets"] = None if self.sets is None else [list(s) for s in self.sets]
         d["where"] = self.where_dict
         d["exemplars"], d["like"] = list(self.exemplars), list(self.like)
+        d["regions"] = [r.to_dict() for r in self.regions]
         return d
 
     @classmethod

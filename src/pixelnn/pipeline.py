@@ -49,6 +49,7 @@ from pixelnn.modes import Matches, get_mode
 from pixelnn.options import DEFAULT_DESCRIPTOR, DEFAULT_PCA_DIMS, SynthesisOptions
 from pixelnn.pixel_cache import MAX_CACHED_DIMS, PixelDescriptorCache, round_descriptors
 from pixelnn.provenance import exemplar_ranks
+from pixelnn.regions import region_map, resolve_regions
 from pixelnn.retrieval import global_descriptors
 from pixelnn.store import ExemplarStore, iter_field
 from pixelnn.tasks import derive_inputs
@@ -166,6 +167,14 @@ class SynthesisResult:
         The resolved options (the mode's defaults filled in): feeding them back reproduces the outputs.
     timings : dict
         Seconds per step (batched steps: this input's share).
+    region : ndarray, (S, S) int16, optional
+        With ``options.regions``: the exemplar set every pixel was allowed to use, 0 = the default set,
+        r = ``options.regions[r - 1]`` (:func:`pixelnn.regions.region_map`); None without regions.
+    region_neighbours : list of ndarray, optional
+        With regions: per set (0 = default, then each region), the library positions of its K
+        neighbours in rank order. ``neighbours`` is then their union, in first-seen order (the default
+        set's first, so that a default rank is also an index into ``neighbours``); a spec's ranks are
+        ranks within each pixel's set.
     """
 
     input: np.ndarray
@@ -181,6 +190,8 @@ class SynthesisResult:
     similarity: np.ndarray
     options: SynthesisOptions
     timings: dict[str, float] = field(default_factory=dict)
+    region: np.ndarray | None = None
+    region_neighbours: list[np.ndarray] | None = None
 
 
 class PixelNNPipeline:
@@ -291,7 +302,8 @@ class PixelNNPipeline:
             raise PixelNNError(f"options must be a SynthesisOptions, got {type(options).__name__}")
         options = options.replace(**overrides) if overrides else options
         name, dims = self._default
-        return options.replace(descriptor=options.descriptor or name,
+        regions = resolve_regions(options.regions, self.regressor.config.size) if options.regions else ()
+        return options.replace(descriptor=options.descriptor or name, regions=regions,
                                pca_dims=(dims or 0) if options.pca_dims is None else options.pca_dims).resolved()
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
@@ -390,6 +402,19 @@ class PixelNNPipeline:
             raise PixelNNError("the exemplar filters leave no exemplars; relax where / exemplars / like")
         return allowed
 
+    def region_sets(self, options: SynthesisOptions, like_photos: Sequence[np.ndarray] | None = None
+                    ) -> list[np.ndarray | None]:
+        """The library positions each exemplar set may use: the default set's (the top-level filters and
+        ``like_photos``, :meth:`allowed_positions`), then each region's own filters', in order."""
+        sets = [self.allowed_positions(options, like_photos)]
+        for i, r in enumerate(options.regions, 1):
+            try:
+                sets.append(self.allowed_positions(options.replace(where=r.where, exemplars=r.exemplars, like=r.like,
+                                                                   regions=())))
+            except PixelNNError as e:
+                raise PixelNNError(f"region {i} ({r.describe()}): {e}") from None
+        return sets
+
     # ------------------------------------------------------------------ the steps
     def stage1(self, x: np.ndarray) -> np.ndarray:
         """Step 1: f(x), (S, S, 3) uint8 of a checked input (s, s, C); (B, S, S, 3) for a batch (B, s, s, C)."""
@@ -450,8 +475,10 @@ class PixelNNPipeline:
 
     def result(self, x: np.ndarray, stage1: np.ndarray, neighbours: Neighbours, matches: Matches,
                outputs: np.ndarray, specs: list[OutputSpec], options: SynthesisOptions,
-               timings: dict[str, float]) -> SynthesisResult:
-        """Step 6: the result, with the mode's recorded correspondences in library coordinates."""
+               timings: dict[str, float], region: np.ndarray | None = None,
+               region_neighbours: list[np.ndarray] | None = None) -> SynthesisResult:
+        """Step 6: the result, with the mode's recorded correspondences in library coordinates (and, with
+        regions, the region map and every set's neighbours)."""
         o, (h, w) = len(specs), stage1.shape[:2]
         rank, pos = get_mode(options.mode).recorded(matches, specs)
         exemplar = neighbours.positions[rank.cpu().numpy()].reshape(o, h, w)
@@ -460,7 +487,84 @@ class PixelNNPipeline:
             input=x, stage1=stage1, outputs=outputs, specs=specs, neighbours=neighbours.positions,
             neighbour_ids=neighbours.ids, neighbour_similarity=neighbours.similarity, exemplar=exemplar,
             source_y=sy, source_x=sx, similarity=matches.similarity.cpu().numpy().reshape(o, h, w), options=options,
-            timings=timings)
+            timings=timings, region=region, region_neighbours=region_neighbours)
+
+    # ------------------------------------------------------------------ regions
+    def union_neighbours(self, sets: Sequence[Neighbours]) -> tuple[Neighbours, list[torch.Tensor]]:
+        """The union of several sets' neighbours, and where each set's lie in it.
+
+        Returns
+        -------
+        union : Neighbours
+            Every exemplar retrieved by some set once, in first-seen order (the first set's in its rank
+            order first); ``similarity`` is that of the set that first retrieved it.
+        members : list of Tensor, (K_s,) int64
+            Per set, the index in ``union`` of each of its neighbours, in the set's rank order.
+        """
+        positions = np.concatenate([n.positions for n in sets])  # (sum K_s,)
+        _, first = np.unique(positions, return_index=True)
+        keep = np.sort(first)  # first-seen order
+        index_of = {int(q): i for i, q in enumerate(positions[keep])}
+        members = [torch.tensor([index_of[int(q)] for q in n.positions], dtype=torch.int64) for n in sets]
+        ids = [i for n in sets for i in n.ids]
+        union = Neighbours(positions[keep], [ids[i] for i in keep], np.concatenate([n.similarity for n in sets])[keep],
+                           np.concatenate([n.photos for n in sets])[keep], np.concatenate([n.stage1 for n in sets])[keep])
+        return union, members
+
+    def synthesize_regions(self, x: np.ndarray, stage1: np.ndarray, options: SynthesisOptions,
+                           specs: list[OutputSpec], allowed_sets: Sequence[np.ndarray | None], clock: "_Clock",
+                           query: torch.Tensor | None = None) -> SynthesisResult:
+        """Steps 2-6 with region-level control (``options.regions``, checked): see docs/synthesis.md.
+
+        Every set (the default, then each region's, :meth:`region_sets`) gets its own global retrieval of
+        ``top_k`` within its allowed positions; f(x) and the query's pixel descriptors are computed once,
+        the union of the neighbours' descriptors once. Every pixel is then matched only against its own
+        set's neighbours (:meth:`pixelnn.modes.CompositionMode.match_regions`; ``matched`` matches each
+        set on its pixels alone, so matching costs about one pass; ``coherent`` matches the whole image
+        per set). Copy modes compose the merged matches once, so a ``vote_size`` > 1 blends the residuals
+        across region borders (a pixel's recorded source stays in its own set); ``global`` and
+        ``authors`` compose each set on its own and keep each set's pixels.
+        """
+        size = stage1.shape[0]
+        region = region_map(options.regions, size)  # (S, S) int16
+        for r in range(1, len(options.regions) + 1):
+            if not (region == r).any():
+                log.warning("region %d (%s) covers no pixel: later regions cover all of it", r,
+                            options.regions[r - 1].describe())
+        sets = [self.retrieve(stage1, options, allowed) for allowed in allowed_sets]
+        for nb, allowed in zip(sets, allowed_sets):
+            specs = self.fit_specs(specs, nb, options, allowed)
+        union, members = self.union_neighbours(sets)
+        clock("retrieval", None)
+        d = clock("descriptors", self.describe(x, stage1, union, options, query))  # exemplars (U, P, d)
+        mode = get_mode(options.mode)
+        flat = torch.from_numpy(region.reshape(-1).astype(np.int64)).to(self.device)  # (P,)
+        if mode.copies:
+            matches = clock("matching", mode.match_regions(d.query, d.exemplars, d.height, d.width, specs, options,
+                                                           flat, members))
+            outputs = clock("composition", self.compose(stage1, union, matches, specs, options))
+        else:
+            o, p = len(specs), d.height * d.width
+            outputs = np.zeros((o, d.height, d.width, 3), np.uint8)
+            rank = torch.zeros(o, p, dtype=torch.int64, device=self.device)
+            pos, sim = torch.zeros_like(rank), torch.zeros(o, p, device=self.device)
+            windows: tuple = ()
+            for s, m in enumerate(members):
+                inside = region == s  # (S, S)
+                if not inside.any():
+                    continue
+                pix = torch.from_numpy(np.flatnonzero(inside)).to(self.device)
+                part = clock("matching", mode.match(d.query, d.exemplars[m.to(self.device)], d.height, d.width,
+                                                    specs, options))
+                mine = clock("composition", mode.compose(stage1, union.photos[m.numpy()], union.stage1[m.numpy()],
+                                                         part, specs, options))  # (O, S, S, 3)
+                outputs[:, inside] = mine[:, inside]
+                r_s, p_s = mode.recorded(part, specs)
+                rank[:, pix], pos[:, pix] = m.to(self.device)[r_s[:, pix]], p_s[:, pix]
+                sim[:, pix], windows = part.similarity[:, pix].float(), part.windows
+            matches = Matches(rank, pos, sim, windows)
+        return self.result(x, stage1, union, matches, outputs, specs, options, clock.timings(), region=region,
+                           region_neighbours=[n.positions for n in sets])
 
     # ------------------------------------------------------------------ the story
     def __call__(self, x: np.ndarray, options: SynthesisOptions | None = None, *,
@@ -477,6 +581,8 @@ class PixelNNPipeline:
         x = self.check_input(x)
         # 1. Stage 1: the smooth regression f(x).
         stage1 = clock("stage1", self.stage1(x))
+        if options.regions:  # 2-6 per exemplar set, merged (region-level control)
+            return self.synthesize_regions(x, stage1, options, specs, self.region_sets(options, like_photos), clock)
         # 2. Global retrieval: the K exemplars whose f(x_n) is nearest to f(x), within the filters.
         allowed = self.allowed_positions(options, like_photos)
         neighbours = self.retrieve(stage1, options, allowed)
@@ -518,6 +624,14 @@ class PixelNNPipeline:
         options = self.check_options(options, **overrides)
         exact = self.device.type == "cpu" if exact is None else exact
         xs = np.stack([self.check_input(x) for x in inputs])  # (B, s, s, C)
+        if options.regions:  # one input at a time (every result as a single call's), the filters once
+            allowed_sets, specs = self.region_sets(options, like_photos), self.output_specs(options)
+            results = []
+            for x in xs:
+                clock = _Clock()
+                stage1 = clock("stage1", self.stage1(x))
+                results.append(self.synthesize_regions(x, stage1, options, specs, allowed_sets, clock))
+            return results
         b = len(xs)
         clock = _Clock()
         stage1 = clock("stage1", np.stack([self.stage1(x) for x in xs]) if exact else self.stage1(xs))  # (B, S, S, 3)
@@ -671,6 +785,13 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
     exemplar id: source file and labels; the resolved options, which ``pixelnn synthesize --options``
     reads back to reproduce the outputs) and ``correspondence_001.png``... (paper Fig. 5). The folder is
     renamed into place when complete, so its existence means a complete result (:func:`result_complete`).
+
+    With regions (``result.region``), ``correspondences.npz`` also holds ``region`` (S, S) int16, the set
+    every pixel was allowed to use (0 = default, r = region r), and ``region_neighbours`` (R + 1, K) int64,
+    each set's neighbours' library positions in rank order (-1 pads a set with fewer); ``exemplar_index``
+    then indexes ``exemplar_ids``, the union of the sets' neighbours. The manifest adds ``regions`` (per
+    set: its filters, mask file and sha256, pixel count and neighbour ids) and, per output,
+    ``region_exemplar_ids`` (each set's members of the output's exemplar set).
     """
     import json
 
@@ -680,6 +801,7 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
     ex_photos = library.take("photos", result.neighbours)
     records = library.records_of(result.neighbours)
     ranks = exemplar_ranks(result.exemplar, result.neighbours)  # (O, S, S)
+    regions = result.region is not None
     with atomic_dir(out_dir, overwrite=True) as tmp:
         save_image(tmp / "input.png", result.input)
         save_image(tmp / "stage1.png", result.stage1)
@@ -688,14 +810,22 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
         for o in range(n):
             save_image(tmp / f"output_{o + 1:03d}.png", result.outputs[o])
             if save_correspondence_maps:
+                shown = tuple(int(r) for r in np.unique(ranks[o])) if regions else result.specs[o].ranks
                 fig = correspondence_figure(result.outputs[o], ranks[o], result.source_y[o], result.source_x[o],
-                                            result.specs[o].ranks, ex_photos, k)
+                                            shown, ex_photos, k)
                 save_image(tmp / f"correspondence_{o + 1:03d}.png", fig)
         save_image(tmp / "grid.png", output_grid(result.stage1, result.input, result.outputs))
+        extra = {}
+        if regions:
+            sets = result.region_neighbours
+            table = np.full((len(sets), max(len(n) for n in sets)), -1, np.int64)  # (R + 1, K)
+            for i, n in enumerate(sets):
+                table[i, :len(n)] = n
+            extra = {"region": result.region.astype(np.int16), "region_neighbours": table}
         np.savez_compressed(tmp / "correspondences.npz", library_position=result.exemplar.astype(np.int64),
                             exemplar_index=ranks.astype(np.int16), source_y=result.source_y.astype(np.int16),
                             source_x=result.source_x.astype(np.int16), similarity=result.similarity.astype(np.float32),
-                            exemplar_ids=np.array(result.neighbour_ids))
+                            exemplar_ids=np.array(result.neighbour_ids), **extra)
         manifest = {
             "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "options": result.options.to_dict(),
             "library": str(getattr(library, "url", None) or getattr(library, "root", "")) or None,
@@ -710,8 +840,34 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
                                                     "labels": records[r].get("labels", {})}
                           for r, p in enumerate(result.neighbours)},
         }
+        if regions:
+            _add_regions(manifest, result)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return out_dir
+
+
+def _add_regions(manifest: dict, result: SynthesisResult) -> None:
+    """The manifest's record of a region result: which set every output pixel was allowed to use."""
+    from pixelnn.options import decode_mask, mask_sha256
+
+    id_of = dict(zip(result.neighbours.tolist(), result.neighbour_ids))
+    sets = result.region_neighbours
+    o = result.options
+    entries = [{"region": 0, "set": "default", "where": o.where_dict, "exemplars": list(o.exemplars),
+                "like": list(o.like), "pixels": int((result.region == 0).sum()),
+                "neighbours": [id_of[int(q)] for q in sets[0]]}]
+    for r, reg in enumerate(o.regions, 1):
+        entries.append({"region": r, "mask_source": reg.source, "mask_sha256": mask_sha256(decode_mask(reg.mask)),
+                        "where": reg.where_dict, "exemplars": list(reg.exemplars), "like": list(reg.like),
+                        "pixels": int((result.region == r).sum()), "neighbours": [id_of[int(q)] for q in sets[r]]})
+    manifest["regions"] = entries
+    manifest["region_order"] = ("pixels outside every region use the default set (region 0); where masks overlap, "
+                                "the later region wins")
+    for out, spec in zip(manifest["outputs"], result.specs):
+        out["region_exemplar_ids"] = [[id_of[int(n[r])] for r in spec.ranks] for n in sets]
+    for s, n in enumerate(sets):
+        for rank, q in enumerate(n):
+            manifest["exemplars"][id_of[int(q)]].setdefault("set_ranks", {})[str(s)] = rank + 1
 
 
 def result_complete(out_dir: str | Path) -> bool:
