@@ -39,7 +39,8 @@ class _ModeChoices(Sequence[str]):
 
 #: ``--name`` of every synthesis option flag -> the SynthesisOptions field it sets.
 SYNTHESIS_FLAGS = ("top_k", "windows", "sets", "mode", "color", "patch_size", "vote_size", "highpass_sigma",
-                   "chroma_weight", "descriptor", "pca_dims", "num_outputs", "seed", "where", "exemplars", "like")
+                   "chroma_weight", "descriptor", "pca_dims", "num_outputs", "seed", "where", "exemplars", "like",
+                   "regions")
 
 
 class _FlagGroup:
@@ -49,7 +50,7 @@ class _FlagGroup:
         self.group, self.exclude = group, set(exclude)
 
     def add_argument(self, flag: str, **kwargs) -> None:
-        if flag.lstrip("-").replace("-", "_") not in self.exclude:
+        if kwargs.get("dest", flag.lstrip("-").replace("-", "_")) not in self.exclude:
             self.group.add_argument(flag, **kwargs)
 
 
@@ -95,6 +96,11 @@ def add_synthesis_options(p: argparse.ArgumentParser, exclude: Sequence[str] = (
     g.add_argument("--where", action="append", metavar="KEY=VALUE", help="only exemplars with this label (repeatable)")
     g.add_argument("--like", nargs="+", metavar="PHOTO", help="only exemplars that look like these photos")
     g.add_argument("--exemplars", action="append", metavar="ID,...", help="only these exemplar ids")
+    g.add_argument("--region", dest="regions", action="append", metavar="MASK.png:FILTER",
+                   help="match the pixels of a mask (a PNG of the output size, nonzero = inside) only against "
+                        "this exemplar set: MASK.png:KEY=VALUE (a label), MASK.png:like=PHOTO[,PHOTO] or "
+                        "MASK.png:exemplars=ID[,ID]; repeatable, a later region wins where masks overlap; pixels "
+                        "outside every region use the other filters' set")
 
 
 def synthesis_options(args: argparse.Namespace, exclude: Sequence[str] = ()):
@@ -116,6 +122,10 @@ def synthesis_options(args: argparse.Namespace, exclude: Sequence[str] = ()):
             v = _parse_where(v)
         elif name == "exemplars":
             v = [e for item in v for e in item.split(",") if e]
+        elif name == "regions":
+            from pixelnn.regions import parse_region
+
+            v = [parse_region(item) for item in v]
         given[name] = v
     return base.replace(**given)
 

@@ -244,8 +244,7 @@ class Region:
 
     def describe(self) -> str:
         """A short name for messages: the mask file (or ``inline HxW``) and the filters."""
-        name = (f"{self.source or 'inline'} {self.mask[len(INLINE_MASK):].partition(':')[0]}" if self.inline
-                else self.mask)
+        name = (self.source or f"inline {self.mask[len(INLINE_MASK):].partition(':')[0]}") if self.inline else self.mask
         parts = [f"{k}={'|'.join(v)}" for k, v in self.where]
         parts += [f"exemplars={','.join(self.exemplars)}"] if self.exemplars else []
         parts += [f"like={','.join(self.like)}"] if self.like else []

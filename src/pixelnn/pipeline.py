@@ -435,17 +435,18 @@ class PixelNNPipeline:
                           self.library.take("photos", positions), self.library.take("stage1", positions))
 
     def fit_specs(self, specs: list[OutputSpec], neighbours: Neighbours, options: SynthesisOptions,
-                  allowed: np.ndarray | None) -> list[OutputSpec]:
-        """The outputs whose exemplar sets fit the neighbours found (a warning when some are dropped)."""
+                  allowed: np.ndarray | None, what: str = "") -> list[OutputSpec]:
+        """The outputs whose exemplar sets fit the neighbours found (a warning when some are dropped);
+        ``what`` names the exemplar set in the messages (regions)."""
         needed = max(max(s.ranks) for s in specs) + 1
         if len(neighbours) >= needed:
             return specs
-        log.warning("%d exemplars retrieved (top_k=%d, %s available after filters) but the outputs use up to %d; "
+        log.warning(what + "%d exemplars retrieved (top_k=%d, %s available after filters) but the outputs use up to %d; "
                     "outputs needing more are dropped", len(neighbours), options.top_k,
                     "all" if allowed is None else len(allowed), needed)
         specs = [s for s in specs if max(s.ranks) < len(neighbours)]
         if not specs:
-            raise PixelNNError(f"only {len(neighbours)} exemplars available: no output's exemplar set fits")
+            raise PixelNNError(f"{what}only {len(neighbours)} exemplars available: no output's exemplar set fits")
         return specs
 
     def describe(self, x: np.ndarray, stage1: np.ndarray, neighbours: Neighbours, options: SynthesisOptions,
@@ -532,8 +533,11 @@ class PixelNNPipeline:
                 log.warning("region %d (%s) covers no pixel: later regions cover all of it", r,
                             options.regions[r - 1].describe())
         sets = [self.retrieve(stage1, options, allowed) for allowed in allowed_sets]
-        for nb, allowed in zip(sets, allowed_sets):
-            specs = self.fit_specs(specs, nb, options, allowed)
+        for r, (nb, allowed) in enumerate(zip(sets, allowed_sets)):
+            if not (region == r).any():
+                continue  # a set without pixels does not limit the outputs
+            what = f"region {r} ({options.regions[r - 1].describe()}): " if r else "the default set: "
+            specs = self.fit_specs(specs, nb, options, allowed, what)
         union, members = self.union_neighbours(sets)
         clock("retrieval", None)
         d = clock("descriptors", self.describe(x, stage1, union, options, query))  # exemplars (U, P, d)
@@ -864,7 +868,7 @@ def _add_regions(manifest: dict, result: SynthesisResult) -> None:
     manifest["region_order"] = ("pixels outside every region use the default set (region 0); where masks overlap, "
                                 "the later region wins")
     for out, spec in zip(manifest["outputs"], result.specs):
-        out["region_exemplar_ids"] = [[id_of[int(n[r])] for r in spec.ranks] for n in sets]
+        out["region_exemplar_ids"] = [[id_of[int(n[r])] if r < len(n) else None for r in spec.ranks] for n in sets]
     for s, n in enumerate(sets):
         for rank, q in enumerate(n):
             manifest["exemplars"][id_of[int(q)]].setdefault("set_ranks", {})[str(s)] = rank + 1
