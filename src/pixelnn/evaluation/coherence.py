@@ -58,3 +58,51 @@ def seam_rate(exemplar: np.ndarray, source_y: np.ndarray, source_x: np.ndarray) 
     seams = horizontal.sum(axis=(-2, -1)) + vertical.sum(axis=(-2, -1))
     rate = seams / pairs
     return float(rate) if np.ndim(rate) == 0 else rate
+
+
+def region_seam_rates(exemplar: np.ndarray, source_y: np.ndarray, source_x: np.ndarray, region: np.ndarray,
+                      band: int = 2) -> dict[str, float]:
+    """Seam rates of a region result (issue 14) at its region borders and away from them.
+
+    Parameters
+    ----------
+    exemplar, source_y, source_x : ndarray, (..., H, W) int
+        Correspondences of one or more outputs.
+    region : ndarray, (H, W) int
+        The region map (:attr:`pixelnn.pipeline.SynthesisResult.region`).
+    band : int
+        Pairs with a pixel within ``band`` pixels (chessboard distance) of a pixel of another region,
+        that do not cross a border themselves, count as ``band``.
+
+    Returns
+    -------
+    dict
+        ``crossing``: seam rate of the 4-neighbour pairs whose pixels lie in different regions (a seam
+        there is unavoidable unless both sets share the exemplar); ``band``: of the pairs near a border;
+        ``inside``: of all other pairs; and ``pairs_crossing``, ``pairs_band``, ``pairs_inside``, their
+        counts per output. Rates are NaN where there is no such pair.
+    """
+    from pixelnn.regions import border_pixels
+
+    region = np.asarray(region)
+    horizontal, vertical = seam_mask(exemplar, source_y, source_x)
+    near = border_pixels(region)
+    for _ in range(max(band - 1, 0)):  # grow the border by one pixel per step (8-neighbourhood)
+        grown = near.copy()
+        grown[1:] |= near[:-1]
+        grown[:-1] |= near[1:]
+        grown[:, 1:] |= grown[:, :-1].copy()
+        grown[:, :-1] |= grown[:, 1:].copy()
+        near = grown
+    cross_h, cross_v = region[:, 1:] != region[:, :-1], region[1:, :] != region[:-1, :]
+    band_h = (near[:, 1:] | near[:, :-1]) & ~cross_h if band > 0 else np.zeros_like(cross_h)
+    band_v = (near[1:, :] | near[:-1, :]) & ~cross_v if band > 0 else np.zeros_like(cross_v)
+    out: dict[str, float] = {}
+    for name, mh, mv in (("crossing", cross_h, cross_v), ("band", band_h, band_v),
+                         ("inside", ~cross_h & ~band_h, ~cross_v & ~band_v)):
+        pairs = int(mh.sum() + mv.sum())
+        seams = (horizontal & mh).sum() + (vertical & mv).sum()
+        n_out = int(np.prod(horizontal.shape[:-2])) if horizontal.ndim > 2 else 1
+        out[name] = float(seams / (pairs * n_out)) if pairs else float("nan")
+        out[f"pairs_{name}"] = pairs
+    return out
