@@ -232,3 +232,17 @@ def test_cli_region_end_to_end(setup, tmp_path, capsys):
                    "--overwrite", "--region", str(tmp_path / bad)])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and match in err and len(err.splitlines()) == 1, err
+
+
+def test_region_seam_rates_known_answer():
+    from pixelnn.evaluation.coherence import region_seam_rates
+
+    h = w = 8
+    yy, xx = np.mgrid[0:h, 0:w]
+    region = np.zeros((h, w), np.int16)
+    region[:, 4:] = 1
+    ex = np.where(region == 1, 5, 3)[None]  # two exemplars, each copied in place: seams only at the border
+    rates = region_seam_rates(ex, yy[None], xx[None], region, band=1)
+    assert rates["crossing"] == 1.0 and rates["pairs_crossing"] == h
+    assert rates["band"] == 0.0 and rates["inside"] == 0.0 and rates["pairs_band"] > 0
+    assert rates["pairs_crossing"] + rates["pairs_band"] + rates["pairs_inside"] == 2 * h * (w - 1)
