@@ -15,7 +15,7 @@ from pixelnn.data.dataset import Dataset
 from pixelnn.errors import PixelNNError
 from pixelnn.io import save_image
 from pixelnn.matching import match_windows
-from pixelnn.options import Region, SynthesisOptions, decode_mask, encode_mask
+from pixelnn.options import Region, SynthesisOptions, decode_mask
 from pixelnn.pipeline import PixelNNPipeline, save_result
 from pixelnn.regions import border_pixels, load_mask, parse_region, region_map
 
