@@ -178,6 +178,17 @@ class Correspondences:
     def size(self) -> int:
         return int(self.exemplar_index.shape[-1])
 
+    @classmethod
+    def from_result(cls, result: Any) -> "Correspondences":
+        """The correspondences of a :class:`~pixelnn.pipeline.SynthesisResult` in memory, as
+        :func:`~pixelnn.pipeline.save_result` would write them."""
+        from pixelnn.provenance import exemplar_ranks
+
+        return cls(list(result.neighbour_ids), exemplar_ranks(result.exemplar, result.neighbours),
+                   np.asarray(result.exemplar, np.int64), np.asarray(result.source_y, np.int64),
+                   np.asarray(result.source_x, np.int64),
+                   [f"output_{o + 1:03d}.png" for o in range(len(result.outputs))], result.region)
+
 
 def read_correspondences(result_dir: str | Path) -> Correspondences:
     """The correspondences of a result folder written by ``pixelnn synthesize``.
