@@ -327,6 +327,17 @@ def test_cli_synthesize_then_transfer_end_to_end(tmp_path, capsys):
     lib = open_library(model / "library")
     all_labels = np.stack([np.asarray(Image.open(lab / f"{i}.png")) for i in lib.ids_of(np.arange(len(lib)))])
     assert np.array_equal(transfer_labels(all_labels, z["library_position"], z["source_y"], z["source_x"]), expected)
+    # in memory: the pipeline's result gives the same correspondences as its folder
+    from pixelnn.pipeline import PixelNNPipeline
+    from pixelnn.transfer import Correspondences
+
+    pipe = PixelNNPipeline.from_model_dir(model, pca_dims=16, device="cpu")
+    mem = Correspondences.from_result(pipe(x, num_outputs=6))
+    disk = read_correspondences(res)
+    for name in ("exemplar_index", "library_position", "source_y", "source_x"):
+        assert np.array_equal(getattr(mem, name), getattr(disk, name)), name
+    assert mem.exemplar_ids == disk.exemplar_ids and mem.output_files == disk.output_files
+    assert np.array_equal(transfer_result(mem, LabelDir(lab)).consensus, label)
     # several results at once: DIR/<result name>
     assert main(["-q", "transfer", str(res), "--labels", str(lab), "--out", str(tmp_path / "many")]) == 0
     assert (tmp_path / "many" / "transfer.json").is_file()
