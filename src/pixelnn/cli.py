@@ -371,6 +371,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_labels(args: argparse.Namespace) -> int:
+    from pixelnn.labels import labels_command
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    report = labels_command(args.source, args.library, args.out, threshold=args.threshold, device=args.device,
+                            overwrite=args.overwrite, progress=not args.quiet)
+    print(report.summary())
+    return 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from pixelnn.transfer import transfer_command
+
+    for line in transfer_command(args.results, args.labels, out=args.out, alpha=args.alpha, overwrite=args.overwrite):
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pixelnn", description="PixelNN: example-based image synthesis")
     parser.add_argument("--version", action="version", version=f"pixelnn {__version__}")
@@ -482,6 +503,36 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_options(p)
     add_synthesis_options(p)
     p.set_defaults(func=cmd_synthesize)
+
+    p = sub.add_parser("labels", help="label folders for a library's exemplars: foreground masks (white "
+                                      "backgrounds) or face masks (face mesh)")
+    p.add_argument("source", choices=("foreground", "face"),
+                   help="foreground: the object on a white background (border-connected near-white is background, "
+                        "holes filled, specks dropped); face: where the face mesh covers the photo (no face: all "
+                        "background)")
+    p.add_argument("library", metavar="LIBRARY_OR_MODEL_DIR", help="a library folder or store URL, or a model folder "
+                                                                   "(its library/)")
+    p.add_argument("--out", required=True, metavar="LABEL_DIR",
+                   help="label folder to create: one 0/1 <id>.png per exemplar id (slashes as sub-folders) and "
+                        "labels.json")
+    p.add_argument("--threshold", type=int, default=240,
+                   help="foreground: a pixel whose smallest channel is at least this is white (default 240)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the face mesh (default: torch's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing LABEL_DIR (once the new one is complete)")
+    p.add_argument("--device", default="cpu", metavar="DEVICE", help="face: where the face-mesh model runs (default cpu)")
+    p.set_defaults(func=cmd_labels)
+
+    p = sub.add_parser("transfer", help="transfer exemplar labels to synthesized outputs through their "
+                                        "correspondences: per-output label maps, consensus, overlays")
+    p.add_argument("results", nargs="+", metavar="RESULT_DIR", help="result folders written by `pixelnn synthesize`")
+    p.add_argument("--labels", required=True, metavar="LABEL_DIR",
+                   help="one label image per exemplar id, <id>.png (slashes as sub-folders): integer class masks "
+                        "(L, I;16, P) or RGB palettes; `pixelnn labels` makes some")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="where the transfer goes (default RESULT_DIR/labels; with several results, DIR/<result name>)")
+    p.add_argument("--alpha", type=float, default=0.5, help="share of the label colour in the overlays (default 0.5)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing transfer folder")
+    p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("evaluate", help="fidelity, faithfulness, diversity, FID/KID and spectra on a dataset split")
     p.add_argument("model", metavar="MODEL_DIR", help="model folder (with its library)")
