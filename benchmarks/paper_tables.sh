@@ -9,8 +9,9 @@
 # folder in RUNS_DIR to redo that step. Budgets are CPU minutes of one thread (--clock cpu), so a
 # busy machine slows the runs down but does not change what is trained.
 # The settings below are the ones docs/results.md reports: the shoes got 30 CPU-minutes of stage-1
-# and of pix2pix training, faces-sr and handbags 15, cats and faces-edges 5 (the session's CPU ran
-# out; issue 13 re-runs faces-edges and runs faces-normals with 30); shoes-sr was evaluated on 100 test inputs, shoes-edges and cats on 50, the others on 30; FID/KID used
+# and of pix2pix training, faces-normals and faces-edges 30 (issue 13; faces-edges had 5 before), faces-sr
+# and handbags 15, cats 5 (the session's CPU ran out); faces-normals is also evaluated with --mode coherent
+# (see docs/results.md); shoes-sr was evaluated on 100 test inputs, shoes-edges and cats on 50, the others on 30; FID/KID used
 # 8 outputs per input for shoes-sr and cats, 4 for the others.
 # Override with BUDGET=minutes, NUM_INPUTS=n, FID_OUTPUTS=n. Cost measured on 2 cores shared by 4-7
 # such jobs: shoes-sr's evaluation (100 inputs) took 80 min, shoes-edges' (50 inputs) 63 min.
@@ -35,7 +36,7 @@ prepare_args() {  # experiment -> source zip and prepare options
 }
 budget() {  # CPU minutes of stage 1, and of pix2pix (the same)
   if [ -n "${BUDGET:-}" ]; then echo "$BUDGET"; return; fi
-  case $1 in shoes-*|faces-normals) echo 30 ;; faces-sr|handbags-edges) echo 15 ;; *) echo 5 ;; esac
+  case $1 in shoes-*|faces-normals|faces-edges) echo 30 ;; faces-sr|handbags-edges) echo 15 ;; *) echo 5 ;; esac
 }
 num_inputs() { if [ -n "${NUM_INPUTS:-}" ]; then echo "$NUM_INPUTS"; else case $1 in shoes-sr) echo 100 ;; shoes-edges|cats-edges) echo 50 ;; *) echo 30 ;; esac; fi; }
 fid_outputs() { if [ -n "${FID_OUTPUTS:-}" ]; then echo "$FID_OUTPUTS"; else case $1 in shoes-sr|cats-edges) echo 8 ;; *) echo 4 ;; esac; fi; }
