@@ -781,9 +781,10 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
             with gr.Row():
                 with gr.Column():
                     region_editor = gr.ImageEditor(
-                        label="Paint the region", type="numpy", image_mode="RGBA", sources=(), transforms=(),
-                        canvas_size=(side, side), fixed_canvas=True, layers=False, format="png",
-                        brush=gr.Brush(default_size=max(4, side // 16), colors=[("#ff00ff", 0.6)], color_mode="fixed"),
+                        label="Paint the region", type="numpy", image_mode="RGBA",
+                        sources=(), transforms=(), canvas_size=(side, side), fixed_canvas=True, layers=False,
+                        format="png", brush=gr.Brush(default_size=max(4, side // 16), colors=[("#ff00ff", 0.6)],
+                                                     color_mode="fixed"),
                         eraser=gr.Eraser(default_size=max(4, side // 16)), elem_id="region-editor")
                     with gr.Row():
                         paint_stage1 = gr.Button("Paint on stage 1", size="sm", elem_id="region-on-stage1")
