@@ -7,6 +7,7 @@ chromium is missing.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -572,3 +573,115 @@ def test_browser_options_panel(browser_page, tiny):
     page.locator("#opt-vote_size").get_by_role("textbox").fill("")
     page.click("#run-photo")
     _wait_status(page, "6 outputs from the photo")
+
+
+def _open_regions(page) -> None:
+    """Open the Regions panel (if closed) and wait for its editor's tools."""
+    if not page.locator("#region-add").is_visible():
+        page.get_by_text("Regions: paint", exact=False).first.click()
+    page.wait_for_function("document.querySelector('#region-editor button[aria-label=Brush]')")
+
+
+def _paint(page, y0: float, y1: float, x0: float, x1: float) -> None:
+    """Three horizontal brush strokes on the Regions editor, in fractions of its image (a centred square of
+    about 0.75 x the canvas's smaller side; a stroke must start on the image)."""
+    canvas = page.locator("#region-editor canvas").first
+    canvas.scroll_into_view_if_needed()
+    b = canvas.bounding_box()
+    side = 0.7 * min(b["width"], b["height"])
+    ox, oy = b["x"] + (b["width"] - side) / 2, b["y"] + (b["height"] - side) / 2
+    for y in (y0, (y0 + y1) / 2, y1):
+        page.mouse.move(ox + side * x0, oy + side * y)
+        page.mouse.down()
+        for i in range(1, 6):
+            page.mouse.move(ox + side * (x0 + (x1 - x0) * i / 5), oy + side * y)
+        page.mouse.up()
+
+
+def test_browser_regions(browser_page, tiny):
+    """Paint two regions (a label value; the exemplar of a clicked pixel), see them listed and overlaid,
+    synthesize again: the status names them and the download's region pixels copy from their own sets."""
+    page = browser_page
+    page.get_by_role("tab", name="Photo").click()
+    if page.locator("#opt-num_outputs input").is_visible():  # after the Options test: all outputs again
+        page.locator("#opt-num_outputs input").fill("")
+    _upload(page, "photo-file", tiny["photo"])
+    _wait_status(page, "is ready")
+    page.click("#run-photo")
+    _wait_status(page, "outputs from the photo")
+    _wait_gallery(page, 1)
+    # 1. Region 1: the top band from kind=blob.
+    _open_regions(page)
+    page.wait_for_function("document.querySelector('#region-overlay img')?.naturalWidth > 0")
+    _paint(page, 0.1, 0.3, 0.05, 0.95)
+    page.locator("#region-label-0 input").click()
+    page.get_by_role("option", name="blob").click()
+    page.keyboard.press("Escape")
+    page.click("#region-add")
+    assert "Region 1 added (kind=blob" in _wait_status(page, "Region 1 added")
+    listed = page.locator("#region-list").inner_text()
+    assert "kind=blob" in listed and "No regions yet" not in listed
+    # 2. Region 2: click an output and a pixel; the bottom-left corner from that pixel's source exemplar.
+    page.locator("#gallery img").nth(0).click()
+    page.wait_for_function("document.querySelector('#contrib-table').innerText.includes('share of pixels')")
+    corr = page.locator("#corr-view img")
+    corr.wait_for()
+    box = corr.bounding_box()
+    corr.click(position={"x": box["width"] * 0.2, "y": box["height"] * 0.8})
+    page.wait_for_function("document.querySelector('#region-clicked').innerText.includes('Exemplar you clicked')")
+    clicked = page.locator("#region-clicked code").inner_text().strip()
+    assert clicked in page.locator("#pixel-info").inner_text()
+    _paint(page, 0.7, 0.9, 0.05, 0.35)
+    page.click("#region-add-clicked")
+    assert f"Region 2 added (exemplar {clicked}" in _wait_status(page, "Region 2 added")
+    assert f"exemplar {clicked}" in page.locator("#region-list").inner_text()
+    overlay = page.locator("#region-overlay img")
+    assert overlay.evaluate("i => i.naturalWidth") == 32 * (384 // 32)
+    # 3. Synthesize again: the regions are used, and said so.
+    page.click("#region-run")
+    text = _wait_status(page, "Regions (2)")
+    assert "outputs from the photo" in text and "2 region(s)" in text
+    assert "1 (kind=blob)" in text and f"2 (exemplar {clicked})" in text
+    _wait_gallery(page, 1)
+    page.click("#download-all")
+    link = page.locator("#download-file a").first
+    link.wait_for()
+    with page.expect_download() as dl:
+        link.click()
+    with zipfile.ZipFile(dl.value.path()) as z:
+        npz = np.load(z.open(next(n for n in z.namelist() if n.endswith("correspondences.npz"))))
+        manifest = json.loads(z.read(next(n for n in z.namelist() if n.endswith("manifest.json"))))
+    region, used = npz["region"], npz["exemplar_ids"][npz["exemplar_index"]]  # used: (O, S, S) source ids
+    assert (region == 1).sum() > 0 and (region == 2).sum() > 0
+    assert set(np.unique(used[:, region == 2])) == {clicked}
+    assert {manifest["exemplars"][i]["labels"]["kind"] for i in np.unique(used[:, region == 1])} == {"blob"}
+    assert [r["pixels"] for r in manifest["regions"]] == [int((region == r).sum()) for r in range(3)]
+    # 4. Remove region 2, then clear them all.
+    page.locator("#region-remove-which input").click()
+    page.get_by_role("option", name="2", exact=True).click()
+    page.click("#region-remove")
+    _wait_status(page, "Region 2 removed")
+    assert clicked not in page.locator("#region-list").inner_text()
+    page.click("#region-clear")
+    _wait_status(page, "Regions cleared")
+    assert "No regions yet" in page.locator("#region-list").inner_text()
+
+
+def test_browser_empty_region_is_an_error_then_the_app_serves(browser_page, tiny):
+    page = browser_page
+    page.get_by_role("tab", name="Photo").click()
+    _upload(page, "photo-file", tiny["photo"])
+    _wait_status(page, "is ready")
+    page.click("#run-photo")
+    _wait_status(page, "outputs from the photo")
+    _open_regions(page)
+    page.click("#region-add")  # a synthesis leaves a fresh canvas: nothing painted
+    assert "the region is empty" in _wait_status(page, "Error")
+    page.wait_for_function("document.querySelectorAll('.toast-body').length >= 1")
+    _paint(page, 0.4, 0.6, 0.3, 0.7)
+    page.click("#region-add-clicked")  # painted, but no pixel clicked since the synthesis
+    assert "click an output, then a pixel" in _wait_status(page, "click an output, then a pixel")
+    assert "No regions yet" in page.locator("#region-list").inner_text()  # neither attempt added one
+    page.click("#run-photo")  # and the app keeps serving
+    _wait_status(page, "outputs from the photo")
+    _wait_gallery(page, 1)
