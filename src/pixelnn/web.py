@@ -11,7 +11,11 @@ image; or a sketch drawn on the page), restrict the exemplars (label values offe
 :class:`~pixelnn.options.SynthesisOptions` per request, :meth:`WebApp.options_from_page`; the status shows
 the resolved options that ran), see the stage-1 image and the gallery of all outputs, click an output to see its
 correspondence map and the exemplars that supplied most of its pixels, click a pixel to see its source
-exemplar and position, and download one output or all of them with their correspondences.
+exemplar and position, and download one output or all of them with their correspondences. The Regions
+panel paints regions (on the stage-1 image or an output) and gives each its own exemplar set (labels, a
+"like this" photo, or the exemplar of the pixel clicked): :meth:`WebApp.mask_from_drawing` and
+:meth:`WebApp.region_from_page` build the :class:`~pixelnn.options.Region` list that the next synthesis
+passes as ``SynthesisOptions.regions``; :meth:`WebApp.regions_overlay` shows them over stage 1.
 
 Under use: synthesis runs one request at a time (a queue; other users wait their turn and see their
 position), uploads over :data:`MAX_UPLOAD_BYTES` or :data:`MAX_UPLOAD_PIXELS`, non-images and corrupt
