@@ -335,7 +335,7 @@ def test_regions_overlay_and_table(app):
     assert np.array_equal(small[7, 10], c1) and np.array_equal(small[20, 3], c2)  # solid borders
     assert app.regions_overlay(None, []).shape == im.shape  # no stage 1 yet, no regions
     table = app.regions_table(regions)
-    assert "| 1 | 224 | kind=blob |" in table and "| 2 | 128 | shade=red or blue |" in table  # pixels each one wins
+    assert "&nbsp;1 | 224 | kind=blob |" in table and "&nbsp;2 | 128 | shade=red or blue |" in table  # pixels each one wins
     assert "No regions yet" in app.regions_table([])
 
 

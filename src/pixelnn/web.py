@@ -398,9 +398,9 @@ class WebApp:
         from pixelnn.regions import region_map
 
         region = region_map(regions, self.size)
-        rows = ["| colour | region | pixels | exemplar set |", "|---|---|---|---|"]
+        rows = ["| region | pixels | exemplar set |", "|---|---|---|"]
         for r, (reg, colour) in enumerate(zip(regions, region_colors(len(regions))), 1):
-            rows.append(f"| <span style='color:#%02x%02x%02x'>&#9632;</span> | {r} | {int((region == r).sum())} | "
+            rows.append(f"| <span style='color:#%02x%02x%02x'>&#9632;</span>&nbsp;{r} | {int((region == r).sum())} | "
                         f"{region_set_text(reg)} |" % tuple(int(v) for v in colour))
         return ("Later regions win where they overlap; pixels outside every region use the exemplars of "
                 "*Restrict the exemplars*.\n\n" + "\n".join(rows))
