@@ -293,7 +293,10 @@ class WebApp:
             if layer is None:
                 continue
             a = np.asarray(layer)
-            ink = (a[:, :, 3] > 0) if a.ndim == 3 and a.shape[2] == 4 else (a.reshape(a.shape[0], a.shape[1], -1) > 0).any(2)
+            if a.ndim == 3 and a.shape[2] == 4:
+                ink = a[:, :, 3] > 0
+            else:
+                ink = (a.reshape(a.shape[0], a.shape[1], -1) > 0).any(axis=2)
             painted = ink if painted is None else painted | ink
         if painted is None or not painted.any():
             raise PixelNNError("the region is empty: paint it with the brush on the Regions image first")
@@ -600,8 +603,10 @@ def options_line(options: Any) -> str:
 def region_set_text(region: Any) -> str:
     """A region's exemplar set in words, e.g. ``kind=blob or spot; exemplar a003; like shoe.png``."""
     parts = [f"{k}={' or '.join(v)}" for k, v in region.where]
-    parts += [f"exemplar{'s' if len(region.exemplars) > 1 else ''} {', '.join(region.exemplars)}"] if region.exemplars else []
-    parts += ["like " + ", ".join(re.sub(r"^[0-9a-f]{16}-", "", Path(p).name) for p in region.like)] if region.like else []
+    if region.exemplars:
+        parts.append(f"exemplar{'s' if len(region.exemplars) > 1 else ''} {', '.join(region.exemplars)}")
+    if region.like:  # the kept copies' names without their content-hash prefix
+        parts.append("like " + ", ".join(re.sub(r"^[0-9a-f]{16}-", "", Path(p).name) for p in region.like))
     return "; ".join(parts)
 
 
