@@ -7,6 +7,7 @@ chromium is missing.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -254,6 +255,126 @@ def test_empty_filters_are_an_error(app, tiny):
         app.synthesize(x, where={"kind": ["no-such-kind"]})
 
 
+# ---------------------------------------------------------------------------- regions, no browser
+def _editor(side: int, *boxes: tuple[slice, slice], alpha: int = 153) -> dict:
+    """The Regions editor's value: a transparent stroke layer of ``side`` x ``side`` painted in ``boxes``."""
+    layer = np.zeros((side, side, 4), np.uint8)
+    for ys, xs in boxes:
+        layer[ys, xs] = (255, 0, 255, alpha)
+    return {"background": np.full((side, side, 4), 255, np.uint8), "layers": [layer], "composite": None}
+
+
+def test_mask_from_drawing(app):
+    side = 32 * app.scale  # the editor's canvas: the enlarged stage-1 image
+    s = app.scale
+    mask = app.mask_from_drawing(_editor(side, (slice(0, 10 * s), slice(4 * s, 20 * s))))
+    expect = np.zeros((32, 32), bool)
+    expect[:10, 4:20] = True
+    assert mask.dtype == bool and np.array_equal(mask, expect)
+    # a pixel is inside when half its area is painted; the background never counts
+    half = app.mask_from_drawing(_editor(side, (slice(0, s // 2), slice(0, 2 * s)), (slice(s, 2 * s), slice(0, s // 3))))
+    assert half.sum() == 2 and half[0, :2].all()
+    assert app.mask_from_drawing(_editor(64, (slice(0, 32), slice(0, 64)))).sum() == 16 * 32  # any canvas side
+    assert np.array_equal(app.mask_from_drawing(expect.astype(np.uint8)), expect)  # an (S, S) array as is
+    with pytest.raises(PixelNNError, match="the region is empty: paint it"):
+        app.mask_from_drawing({"background": np.zeros((side, side, 4), np.uint8), "layers": [], "composite": None})
+    with pytest.raises(PixelNNError, match="the region is empty"):
+        app.mask_from_drawing(_editor(side))
+    with pytest.raises(PixelNNError, match="region is empty"):
+        app.mask_from_drawing(None)
+    with pytest.raises(PixelNNError, match="cover no whole pixel .* wider brush"):
+        app.mask_from_drawing(_editor(side, (slice(0, side), slice(0, 1))))
+
+
+def test_region_from_page_and_its_errors(app, tiny):
+    mask = np.zeros((32, 32), bool)
+    mask[:16] = True
+    r = app.region_from_page(mask, {"kind": ["blob"], "shade": []})
+    assert r.where == (("kind", ("blob",)),) and not r.exemplars and not r.like
+    assert np.array_equal(__import__("pixelnn.options", fromlist=["decode_mask"]).decode_mask(r.mask), mask)
+    one = app.pipe.library.ids[3]
+    assert app.region_from_page(mask, exemplar_id=one).exemplars == (one,)
+    liked = app.region_from_page(mask, like_paths=[str(tiny["photo"])])
+    kept = Path(liked.like[0])
+    assert kept.is_file() and kept.parent.parent == app.work_dir and kept.read_bytes() == tiny["photo"].read_bytes()
+    app._prune(max_age_s=-1)  # the download folders go; the regions' photos stay
+    assert kept.is_file()
+    from pixelnn.web import region_set_text
+
+    assert region_set_text(liked) == "like photo.png" and region_set_text(r) == "kind=blob"
+    with pytest.raises(PixelNNError, match="give the region an exemplar set"):
+        app.region_from_page(mask, {"kind": []}, [])
+    with pytest.raises(PixelNNError, match="painted region is empty"):
+        app.region_from_page(np.zeros((32, 32), bool), {"kind": ["blob"]})
+    with pytest.raises(PixelNNError, match="is 16x16; this model's outputs are 32x32"):
+        app.region_from_page(np.ones((16, 16), bool), {"kind": ["blob"]})
+    with pytest.raises(PixelNNError, match="unknown exemplar"):
+        app.region_from_page(mask, exemplar_id="no-such-id")
+    blob = next(r["id"] for r in app.pipe.library.records if r["labels"]["kind"] == "blob")
+    with pytest.raises(PixelNNError, match=r"region \(kind=spot; exemplar .*\): .*leave no exemplars") as e:
+        app.region_from_page(mask, {"kind": ["spot"]}, exemplar_id=blob)  # filters that leave nothing
+    assert "\n" not in str(e.value)
+    with pytest.raises(PixelNNError, match="corrupt"):
+        app.region_from_page(mask, like_paths=[str(tiny["corrupt"])])
+
+
+def test_regions_overlay_and_table(app):
+    from pixelnn.web import region_colors
+
+    top, left = np.zeros((32, 32), bool), np.zeros((32, 32), bool)
+    top[:8], left[:, :4] = True, True
+    regions = [app.region_from_page(top, {"kind": ["blob"]}), app.region_from_page(left, {"shade": ["red", "blue"]})]
+    stage1 = np.full((32, 32, 3), 100, np.uint8)
+    im = app.regions_overlay(stage1, regions)
+    assert im.shape == (32 * app.scale, 32 * app.scale, 3)
+    small = im[::app.scale, ::app.scale].astype(int)
+    c1, c2 = region_colors(2).astype(int)
+    assert np.array_equal(small[20, 20], [100, 100, 100])  # outside every region: stage 1 as is
+    assert np.abs(small[4, 10] - (0.45 * 100 + 0.55 * c1)).max() <= 1  # inside region 1
+    assert np.abs(small[4, 1] - (0.45 * 100 + 0.55 * c2)).max() <= 1  # the overlap: the later region wins
+    assert np.array_equal(small[7, 10], c1) and np.array_equal(small[20, 3], c2)  # solid borders
+    assert app.regions_overlay(None, []).shape == im.shape  # no stage 1 yet, no regions
+    table = app.regions_table(regions)
+    assert "&nbsp;1 | 224 | kind=blob |" in table and "&nbsp;2 | 128 | shade=red or blue |" in table  # pixels each one wins
+    assert "No regions yet" in app.regions_table([])
+
+
+def test_regions_reach_the_pipeline(app, tiny):
+    """The page's regions become SynthesisOptions.regions: region pixels copy only from their own set."""
+    x, _ = app.make_input("photo", photo_path=str(tiny["photo"]))
+    s = app.scale
+    top = app.mask_from_drawing(_editor(32 * s, (slice(0, 12 * s), slice(0, 32 * s))))
+    corner = app.mask_from_drawing(_editor(32 * s, (slice(20 * s, 32 * s), slice(0, 10 * s))))
+    clicked = app.pipe.library.ids[5]
+    regions = [app.region_from_page(top, {"kind": ["blob"]}), app.region_from_page(corner, exemplar_id=clicked)]
+    options = app.options_from_page({"windows": "1,whole"}, {"shade": ["red"]}, regions=regions)
+    assert options.regions == tuple(regions) and options.where == (("shade", ("red",)),)
+    result = app.synthesize(x, options)
+    assert np.array_equal(result.region == 1, top) and np.array_equal(result.region == 2, corner)
+    records = app.pipe.library.records
+    blobs = {i for i, r in enumerate(records) if r["labels"]["kind"] == "blob"}
+    reds = {i for i, r in enumerate(records) if r["labels"]["shade"] == "red"}
+    assert set(np.unique(result.exemplar[:, top])) <= blobs
+    assert set(np.unique(result.exemplar[:, corner])) == {app.pipe.library.ids.index(clicked)}
+    assert set(np.unique(result.exemplar[:, result.region == 0])) <= reds
+    assert len(result.outputs) == 2  # the one-exemplar region keeps only the outputs of exemplar set #1
+    text = app.summary(result, "photo", 1.0)
+    assert "2 region(s)" in text and "Regions (2): default set" in text
+    assert f"2 (exemplar {clicked}) 120 px, 1 exemplar(s)" in text and "1 (kind=blob) 384 px" in text
+    assert "34 of the 36 outputs were dropped" in text
+    view, _, _ = app.pixel_view(result, 0, view_x=1 * s, view_y=25 * s)
+    assert "(region 2)" in view and f"`{clicked}`" in view
+    assert app.clicked_exemplar(result, 0, view_x=1 * s, view_y=25 * s) == clicked
+    assert "(the default set)" in app.pixel_view(result, 0, view_x=20 * s, view_y=20 * s)[0]
+    value = app.editor_value(result.stage1)
+    assert value["layers"] == [] and np.array_equal(np.asarray(Image.open(value["background"]))[::s, ::s], result.stage1)
+    with zipfile.ZipFile(app.download(result, None)) as z:
+        z.extractall(tiny["root"] / "regions-zip")
+    npz = np.load(tiny["root"] / "regions-zip" / "pixelnn-all" / "correspondences.npz")
+    assert np.array_equal(npz["region"], result.region)
+    assert app.options_from_page({}).regions == ()  # no regions: as before
+
+
 # ---------------------------------------------------------------------------- the server
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -452,3 +573,115 @@ def test_browser_options_panel(browser_page, tiny):
     page.locator("#opt-vote_size").get_by_role("textbox").fill("")
     page.click("#run-photo")
     _wait_status(page, "6 outputs from the photo")
+
+
+def _open_regions(page) -> None:
+    """Open the Regions panel (if closed) and wait for its editor's tools."""
+    if not page.locator("#region-add").is_visible():
+        page.get_by_text("Regions: paint", exact=False).first.click()
+    page.wait_for_function("document.querySelector('#region-editor button[aria-label=Brush]')")
+
+
+def _paint(page, y0: float, y1: float, x0: float, x1: float) -> None:
+    """Three horizontal brush strokes on the Regions editor, in fractions of its image (a centred square of
+    about 0.75 x the canvas's smaller side; a stroke must start on the image)."""
+    canvas = page.locator("#region-editor canvas").first
+    canvas.scroll_into_view_if_needed()
+    b = canvas.bounding_box()
+    side = 0.7 * min(b["width"], b["height"])
+    ox, oy = b["x"] + (b["width"] - side) / 2, b["y"] + (b["height"] - side) / 2
+    for y in (y0, (y0 + y1) / 2, y1):
+        page.mouse.move(ox + side * x0, oy + side * y)
+        page.mouse.down()
+        for i in range(1, 6):
+            page.mouse.move(ox + side * (x0 + (x1 - x0) * i / 5), oy + side * y)
+        page.mouse.up()
+
+
+def test_browser_regions(browser_page, tiny):
+    """Paint two regions (a label value; the exemplar of a clicked pixel), see them listed and overlaid,
+    synthesize again: the status names them and the download's region pixels copy from their own sets."""
+    page = browser_page
+    page.get_by_role("tab", name="Photo").click()
+    if page.locator("#opt-num_outputs input").is_visible():  # after the Options test: all outputs again
+        page.locator("#opt-num_outputs input").fill("")
+    _upload(page, "photo-file", tiny["photo"])
+    _wait_status(page, "is ready")
+    page.click("#run-photo")
+    _wait_status(page, "outputs from the photo")
+    _wait_gallery(page, 1)
+    # 1. Region 1: the top band from kind=blob.
+    _open_regions(page)
+    page.wait_for_function("document.querySelector('#region-overlay img')?.naturalWidth > 0")
+    _paint(page, 0.1, 0.3, 0.05, 0.95)
+    page.locator("#region-label-0 input").click()
+    page.get_by_role("option", name="blob").click()
+    page.keyboard.press("Escape")
+    page.click("#region-add")
+    assert "Region 1 added (kind=blob" in _wait_status(page, "Region 1 added")
+    listed = page.locator("#region-list").inner_text()
+    assert "kind=blob" in listed and "No regions yet" not in listed
+    # 2. Region 2: click an output and a pixel; the bottom-left corner from that pixel's source exemplar.
+    page.locator("#gallery img").nth(0).click()
+    page.wait_for_function("document.querySelector('#contrib-table').innerText.includes('share of pixels')")
+    corr = page.locator("#corr-view img")
+    corr.wait_for()
+    box = corr.bounding_box()
+    corr.click(position={"x": box["width"] * 0.2, "y": box["height"] * 0.8})
+    page.wait_for_function("document.querySelector('#region-clicked').innerText.includes('Exemplar you clicked')")
+    clicked = page.locator("#region-clicked code").inner_text().strip()
+    assert clicked in page.locator("#pixel-info").inner_text()
+    _paint(page, 0.7, 0.9, 0.05, 0.35)
+    page.click("#region-add-clicked")
+    assert f"Region 2 added (exemplar {clicked}" in _wait_status(page, "Region 2 added")
+    assert f"exemplar {clicked}" in page.locator("#region-list").inner_text()
+    overlay = page.locator("#region-overlay img")
+    assert overlay.evaluate("i => i.naturalWidth") == 32 * (384 // 32)
+    # 3. Synthesize again: the regions are used, and said so.
+    page.click("#region-run")
+    text = _wait_status(page, "Regions (2)")
+    assert "outputs from the photo" in text and "2 region(s)" in text
+    assert "1 (kind=blob)" in text and f"2 (exemplar {clicked})" in text
+    _wait_gallery(page, 1)
+    page.click("#download-all")
+    link = page.locator("#download-file a").first
+    link.wait_for()
+    with page.expect_download() as dl:
+        link.click()
+    with zipfile.ZipFile(dl.value.path()) as z:
+        npz = np.load(z.open(next(n for n in z.namelist() if n.endswith("correspondences.npz"))))
+        manifest = json.loads(z.read(next(n for n in z.namelist() if n.endswith("manifest.json"))))
+    region, used = npz["region"], npz["exemplar_ids"][npz["exemplar_index"]]  # used: (O, S, S) source ids
+    assert (region == 1).sum() > 0 and (region == 2).sum() > 0
+    assert set(np.unique(used[:, region == 2])) == {clicked}
+    assert {manifest["exemplars"][i]["labels"]["kind"] for i in np.unique(used[:, region == 1])} == {"blob"}
+    assert [r["pixels"] for r in manifest["regions"]] == [int((region == r).sum()) for r in range(3)]
+    # 4. Remove region 2, then clear them all.
+    page.locator("#region-remove-which input").click()
+    page.get_by_role("option", name="2", exact=True).click()
+    page.click("#region-remove")
+    _wait_status(page, "Region 2 removed")
+    assert clicked not in page.locator("#region-list").inner_text()
+    page.click("#region-clear")
+    _wait_status(page, "Regions cleared")
+    assert "No regions yet" in page.locator("#region-list").inner_text()
+
+
+def test_browser_empty_region_is_an_error_then_the_app_serves(browser_page, tiny):
+    page = browser_page
+    page.get_by_role("tab", name="Photo").click()
+    _upload(page, "photo-file", tiny["photo"])
+    _wait_status(page, "is ready")
+    page.click("#run-photo")
+    _wait_status(page, "outputs from the photo")
+    _open_regions(page)
+    page.click("#region-add")  # a synthesis leaves a fresh canvas: nothing painted
+    assert "the region is empty" in _wait_status(page, "Error")
+    page.wait_for_function("document.querySelectorAll('.toast-body').length >= 1")
+    _paint(page, 0.4, 0.6, 0.3, 0.7)
+    page.click("#region-add-clicked")  # painted, but no pixel clicked since the synthesis
+    assert "click an output, then a pixel" in _wait_status(page, "click an output, then a pixel")
+    assert "No regions yet" in page.locator("#region-list").inner_text()  # neither attempt added one
+    page.click("#run-photo")  # and the app keeps serving
+    _wait_status(page, "outputs from the photo")
+    _wait_gallery(page, 1)

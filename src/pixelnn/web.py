@@ -11,7 +11,11 @@ image; or a sketch drawn on the page), restrict the exemplars (label values offe
 :class:`~pixelnn.options.SynthesisOptions` per request, :meth:`WebApp.options_from_page`; the status shows
 the resolved options that ran), see the stage-1 image and the gallery of all outputs, click an output to see its
 correspondence map and the exemplars that supplied most of its pixels, click a pixel to see its source
-exemplar and position, and download one output or all of them with their correspondences.
+exemplar and position, and download one output or all of them with their correspondences. The Regions
+panel paints regions (on the stage-1 image or an output) and gives each its own exemplar set (labels, a
+"like this" photo, or the exemplar of the pixel clicked): :meth:`WebApp.mask_from_drawing` and
+:meth:`WebApp.region_from_page` build the :class:`~pixelnn.options.Region` list that the next synthesis
+passes as ``SynthesisOptions.regions``; :meth:`WebApp.regions_overlay` shows them over stage 1.
 
 Under use: synthesis runs one request at a time (a queue; other users wait their turn and see their
 position), uploads over :data:`MAX_UPLOAD_BYTES` or :data:`MAX_UPLOAD_PIXELS`, non-images and corrupt
@@ -22,6 +26,7 @@ network (Gradio's analytics are off).
 import functools
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -54,6 +59,8 @@ VIEW_SIDE = 384
 CANVAS_SIDE = 384
 
 SOURCES = ("photo", "input", "sketch")
+#: Folder of the work dir that keeps the regions' "like this" photos (not pruned with the download folders).
+_KEEP = "kept-photos"
 #: The Options panel's fields, in page order: SynthesisOptions field names (``where`` and ``like`` come from
 #: the "Restrict the exemplars" panel).
 PAGE_OPTIONS = ("mode", "color", "top_k", "windows", "sets", "patch_size", "vote_size", "highpass_sigma",
@@ -187,7 +194,7 @@ class WebApp:
 
     def options_from_page(self, values: dict[str, Any] | None = None,
                           label_values: dict[str, Sequence[str] | None] | None = None,
-                          like_paths: Sequence[str] | None = None) -> Any:
+                          like_paths: Sequence[str] | None = None, regions: Sequence[Any] | None = None) -> Any:
         """One :class:`~pixelnn.options.SynthesisOptions` from the page's raw values.
 
         Parameters
@@ -205,6 +212,8 @@ class WebApp:
             The label menus: key -> chosen values (``where``).
         like_paths : list of str, optional
             Uploaded "like these" photos (checked against the upload limits; ``like``).
+        regions : list of Region, optional
+            The Regions panel's regions (:meth:`region_from_page`), in order (``regions``).
 
         Returns
         -------
@@ -239,7 +248,7 @@ class WebApp:
             given["windows"] = parse_windows(windows)
         given["sets"] = parse_sets(_text(v.get("sets"))) if _text(v.get("sets")) else None
         where, paths = self._restrictions(label_values, like_paths)
-        return base.replace(**given, where=where, like=paths)
+        return base.replace(**given, where=where, like=paths, regions=tuple(regions or ()))
 
     def _restrictions(self, label_values: dict[str, Sequence[str] | None] | None,
                       like_paths: Sequence[str] | None) -> tuple[dict[str, list[str]], tuple[str, ...]]:
@@ -250,6 +259,170 @@ class WebApp:
         for p in paths:  # the upload limits, before the pipeline reads them
             self.read_photo(p)
         return where, paths
+
+    # ------------------------------------------------------------------ regions (issue 14)
+    def mask_from_drawing(self, drawing: Any, size: int | None = None) -> np.ndarray:
+        """The painted strokes of the Regions editor as an (S, S) bool region mask.
+
+        Parameters
+        ----------
+        drawing : dict or ndarray
+            The editor's value ``{"background", "layers": [(H, W, 4) uint8, ...], "composite"}``: every
+            stroke layer's pixels with alpha > 0 are painted (the background is ignored). An (H, W, 4)
+            array is one layer; an (H, W) array is painted where nonzero.
+        size : int, optional
+            S (default: the model's output size).
+
+        Returns
+        -------
+        ndarray, (S, S) bool
+            A pixel is inside when at least half of its area in the canvas is painted (area reduction
+            of the canvas to S x S, threshold 0.5).
+
+        Raises
+        ------
+        PixelNNError
+            Nothing painted, or strokes too thin to cover half of any output pixel.
+        """
+        from PIL import Image
+
+        size = int(size or self.size)
+        layers = drawing.get("layers") if isinstance(drawing, dict) else [drawing]
+        painted = None
+        for layer in layers or []:
+            if layer is None:
+                continue
+            a = np.asarray(layer)
+            if a.ndim == 3 and a.shape[2] == 4:
+                ink = a[:, :, 3] > 0
+            else:
+                ink = (a.reshape(a.shape[0], a.shape[1], -1) > 0).any(axis=2)
+            painted = ink if painted is None else painted | ink
+        if painted is None or not painted.any():
+            raise PixelNNError("the region is empty: paint it with the brush on the Regions image first")
+        h, w = painted.shape
+        if h % size == 0 and w % size == 0:  # the share of every output pixel's block that is painted
+            cover = painted.reshape(size, h // size, size, w // size).mean(axis=(1, 3))
+        else:
+            cover = np.asarray(Image.fromarray(painted.astype(np.float32), "F").resize((size, size), Image.BOX))
+        mask = cover >= 0.5 - 1e-6
+        if not mask.any():
+            raise PixelNNError(f"the painted strokes cover no whole pixel of the {size}x{size} output: paint with a "
+                               f"wider brush")
+        return mask
+
+    def region_from_page(self, mask: np.ndarray, label_values: dict[str, Sequence[str] | None] | None = None,
+                         like_paths: Sequence[str] | None = None, exemplar_id: str | None = None) -> Any:
+        """One :class:`~pixelnn.options.Region` from the Regions panel: a mask and its exemplar set.
+
+        Parameters
+        ----------
+        mask : ndarray, (S, S) bool
+            From :meth:`mask_from_drawing`.
+        label_values : dict, optional
+            The panel's label menus, key -> chosen values (the region's ``where``).
+        like_paths : list of str, optional
+            Uploaded "like this" photos (the region's ``like``; kept in the app's work folder, so the
+            region outlives Gradio's upload cache).
+        exemplar_id : str, optional
+            One exemplar id, "take this region from the exemplar I clicked" (the region's ``exemplars``).
+
+        The filters given intersect (as in :class:`~pixelnn.options.Region`).
+
+        Raises
+        ------
+        PixelNNError
+            One line: no exemplar set chosen, a bad photo, an unknown id, or filters that leave no exemplar.
+        """
+        from pixelnn.options import Region
+        from pixelnn.regions import load_mask
+
+        mask = load_mask(np.asarray(mask), self.size, name="the painted region")
+        where, paths = self._restrictions(label_values, like_paths)
+        exemplars = [str(exemplar_id)] if exemplar_id else []
+        if not (where or paths or exemplars):
+            raise PixelNNError("give the region an exemplar set: pick label values, upload a 'like this' photo, or "
+                               "click a pixel of an output and use 'from the exemplar I clicked'")
+        region = Region(mask, where=where, exemplars=exemplars, like=[self._keep_photo(p) for p in paths])
+        try:  # the set must not be empty (the pipeline checks again when it runs)
+            self.pipe.allowed_positions(self.default_options().replace(where=region.where, exemplars=region.exemplars,
+                                                                       like=region.like))
+        except PixelNNError as e:
+            raise PixelNNError(f"region ({region_set_text(region)}): {e}") from None
+        return region
+
+    def _keep_photo(self, path: str) -> str:
+        """A copy of an uploaded photo in the work folder (named by its content; never pruned)."""
+        import hashlib
+
+        data = Path(path).read_bytes()
+        keep = self.work_dir / _KEEP
+        keep.mkdir(exist_ok=True)
+        out = keep / f"{hashlib.sha256(data).hexdigest()[:16]}-{Path(path).name}"
+        if not out.exists():
+            out.write_bytes(data)
+        return str(out)
+
+    def clicked_exemplar(self, result: Any, output: int, view_x: int, view_y: int) -> str:
+        """The id of the exemplar that pixel (``view_x``, ``view_y``) of an enlarged output view came from."""
+        from pixelnn.provenance import pixel_source
+
+        return pixel_source(result, output, int(view_y) // self.scale, int(view_x) // self.scale).exemplar_id
+
+    def editor_value(self, image: np.ndarray | None) -> dict[str, Any]:
+        """The Regions editor's value with ``image`` (the stage-1 image or an output, (S, S, 3)) enlarged as
+        its background and no strokes."""
+        from pixelnn.visualize import enlarge
+
+        bg = None if image is None else self.png_files({"paint": enlarge(np.asarray(image), self.scale)})["paint"]
+        return {"background": bg, "layers": [], "composite": None}
+
+    def regions_overlay(self, stage1: np.ndarray | None, regions: Sequence[Any]) -> np.ndarray:
+        """The regions in their colours (:func:`region_colors`) over the stage-1 image (grey when none yet),
+        enlarged to the page's view: a half-tone fill where a region wins (later regions over earlier ones)
+        and a solid border."""
+        from pixelnn.regions import border_pixels, region_map
+        from pixelnn.visualize import enlarge
+
+        base = np.full((self.size, self.size, 3), 200, np.uint8) if stage1 is None else np.asarray(stage1)[..., :3]
+        out = base.astype(np.float32)
+        region = region_map(regions, self.size) if regions else np.zeros((self.size, self.size), np.int16)
+        edge = border_pixels(region)
+        for r, colour in enumerate(region_colors(len(regions)), 1):
+            inside = region == r
+            out[inside] = 0.45 * out[inside] + 0.55 * colour
+            out[inside & edge] = colour
+        return enlarge(out.round().astype(np.uint8), self.scale)
+
+    def regions_table(self, regions: Sequence[Any]) -> str:
+        """A Markdown table of the regions: colour, number, pixels that it wins, and its exemplar set."""
+        if not regions:
+            return "No regions yet: the whole image uses the exemplars of *Restrict the exemplars*."
+        from pixelnn.regions import region_map
+
+        region = region_map(regions, self.size)
+        rows = ["| region | pixels | exemplar set |", "|---|---|---|"]
+        for r, (reg, colour) in enumerate(zip(regions, region_colors(len(regions))), 1):
+            rows.append(f"| <span style='color:#%02x%02x%02x'>&#9632;</span>&nbsp;{r} | {int((region == r).sum())} | "
+                        f"{region_set_text(reg)} |" % tuple(int(v) for v in colour))
+        return ("Later regions win where they overlap; pixels outside every region use the exemplars of "
+                "*Restrict the exemplars*.\n\n" + "\n".join(rows))
+
+    def regions_summary(self, result: Any) -> str:
+        """A Markdown line about a result's regions (empty without): each region's set, the pixels it got and
+        its exemplars retrieved, and how many outputs were dropped because a set retrieved too few."""
+        regions = result.options.regions
+        if result.region is None or not regions:
+            return ""
+        sets = result.region_neighbours
+        parts = [f"default set {int((result.region == 0).sum())} px, {len(sets[0])} exemplar(s)"]
+        parts += [f"{r} ({region_set_text(reg)}) {int((result.region == r).sum())} px, {len(sets[r])} exemplar(s)"
+                  for r, reg in enumerate(regions, 1)]
+        asked = len(self.pipe.output_specs(result.options))
+        dropped = asked - len(result.outputs)
+        note = (f" {dropped} of the {asked} outputs were dropped: their exemplar sets use more neighbours than some "
+                f"region's set retrieved." if dropped > 0 else "")
+        return f"Regions ({len(regions)}): " + "; ".join(parts) + "." + note
 
     def resolved(self, options: Any) -> Any:
         """``options`` as the pipeline runs them: the mode's defaults and the pipeline's descriptor filled in."""
@@ -299,7 +472,8 @@ class WebApp:
         steps = ", ".join(f"{k} {v:.2f} s" for k, v in t.items() if k != "total")
         return (f"{len(result.outputs)} outputs from the {source} in {seconds:.1f} s "
                 f"(pipeline {t.get('total', 0):.2f} s: {steps}). Click an output to see where its pixels came from."
-                f"\n\nOptions used: {options_line(result.options)}.")
+                f"\n\nOptions used: {options_line(result.options)}."
+                + (f"\n\n{self.regions_summary(result)}" if result.region is not None else ""))
 
     # ------------------------------------------------------------------ provenance views
     def output_view(self, result: Any, output: int) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, str]], str]:
@@ -353,7 +527,9 @@ class WebApp:
         y, x = int(view_y) // self.scale, int(view_x) // self.scale
         src = pixel_source(result, output, y, x, self.pipe.library)
         photo = np.asarray(self.pipe.library.take("photos", [src.library_position])[0])
-        text = (f"Pixel (y={y}, x={x}) of output {output + 1} came from exemplar **`{src.exemplar_id}`** "
+        region = "" if result.region is None else (
+            f" (region {int(result.region[y, x])})" if result.region[y, x] else " (the default set)")
+        text = (f"Pixel (y={y}, x={x}){region} of output {output + 1} came from exemplar **`{src.exemplar_id}`** "
                 f"(rank {src.rank + 1}; {format_labels(src.labels)}) at (y={src.source_y}, x={src.source_x}); "
                 f"descriptor similarity {src.similarity:.3f}.")
         return (text, mark_pixel(photo, src.source_y, src.source_x, self.scale),
@@ -368,7 +544,7 @@ class WebApp:
         """Remove download folders older than an hour (Gradio has copied them to its own cache by then)."""
         now = time.time()
         for d in self.work_dir.iterdir():
-            if d.is_dir() and now - d.stat().st_mtime > max_age_s:
+            if d.is_dir() and d.name != _KEEP and now - d.stat().st_mtime > max_age_s:
                 shutil.rmtree(d, ignore_errors=True)
 
     def png_files(self, images: dict[str, np.ndarray]) -> dict[str, str]:
@@ -420,7 +596,25 @@ def options_line(options: Any) -> str:
     parts += [f"num_outputs {o.num_outputs} (seed {o.seed})"] if o.num_outputs is not None else []
     parts += ["where " + "; ".join(f"{k}={' or '.join(v)}" for k, v in o.where)] if o.where else []
     parts += [f"like {len(o.like)} photo(s)"] if o.like else []
+    parts += [f"{len(o.regions)} region(s)"] if o.regions else []
     return ", ".join(parts)
+
+
+def region_set_text(region: Any) -> str:
+    """A region's exemplar set in words, e.g. ``kind=blob or spot; exemplar a003; like shoe.png``."""
+    parts = [f"{k}={' or '.join(v)}" for k, v in region.where]
+    if region.exemplars:
+        parts.append(f"exemplar{'s' if len(region.exemplars) > 1 else ''} {', '.join(region.exemplars)}")
+    if region.like:  # the kept copies' names without their content-hash prefix
+        parts.append("like " + ", ".join(re.sub(r"^[0-9a-f]{16}-", "", Path(p).name) for p in region.like))
+    return "; ".join(parts)
+
+
+def region_colors(n: int) -> np.ndarray:
+    """(n, 3) uint8: the colours of regions 1..n in the overlay and the list (fixed, well separated)."""
+    from pixelnn.visualize import palette
+
+    return palette(n + 3)[3:] if n else np.zeros((0, 3), np.uint8)
 
 
 def _text(value: Any) -> str:
@@ -465,6 +659,8 @@ _CSS = """
 #status {min-height: 2.5em}
 """
 
+
+_CLICK_HINT = "Click a pixel of an output above to pick the exemplar it came from."
 
 _PIXEL_HINT = ("Hover over the selected output or its map to see where each pixel came from; click to mark it "
                "on its source exemplar.")
@@ -519,6 +715,9 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
         result_state = gr.State(None)   # SynthesisResult of this browser session
         photo_state = gr.State(None)    # the photo it came from, if any
         output_state = gr.State(None)   # selected output index
+        regions_state = gr.State([])    # the Regions panel's regions (pixelnn.options.Region), in order
+        clicked_state = gr.State(None)  # id of the exemplar of the last pixel clicked
+        source_state = gr.State(None)   # the input source of the last synthesis ("Synthesize again")
 
         gr.Markdown(f"# PixelNN: many outputs, and where every pixel came from\n{app.describe()}")
         with gr.Row():
@@ -581,23 +780,65 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
             dl_one = gr.Button("Download this output (zip)", elem_id="download-one")
             dl_all = gr.Button("Download all outputs (zip)", elem_id="download-all")
             dl_file = gr.File(label="Download", interactive=False, visible=False, elem_id="download-file")
+        side = app.size * app.scale
+        with gr.Accordion("Regions: paint a part of the output and choose its exemplars", open=False,
+                          elem_id="regions"):
+            gr.Markdown("Paint a region with the brush, give it its own exemplars (label values, a photo it should "
+                        "look like, or the exemplar of the pixel you clicked above) and *Add region*; keep several "
+                        "(later ones win where they overlap). The next synthesis, from any input, copies each region's "
+                        "pixels only from its own exemplars.")
+            with gr.Row():
+                with gr.Column():
+                    region_editor = gr.ImageEditor(
+                        label="Paint the region", type="numpy", image_mode="RGBA",
+                        sources=(), transforms=(), canvas_size=(side, side), fixed_canvas=True, layers=False,
+                        format="png", brush=gr.Brush(default_size=max(4, side // 16), colors=[("#ff00ff", 0.6)],
+                                                     color_mode="fixed"),
+                        eraser=gr.Eraser(default_size=max(4, side // 16)), elem_id="region-editor")
+                    with gr.Row():
+                        paint_stage1 = gr.Button("Paint on stage 1", size="sm", elem_id="region-on-stage1")
+                        paint_output = gr.Button("Paint on the selected output", size="sm", elem_id="region-on-output")
+                with gr.Column():
+                    gr.Markdown("**The region's exemplars**: label values and/or a photo they should look like")
+                    region_menus = [gr.Dropdown(choices=[(f"{v} ({n})", v) for v, n in values.items()],
+                                                multiselect=True, label=key, elem_id=f"region-label-{i}")
+                                    for i, (key, values) in enumerate(app.labels.items())]
+                    region_like = gr.File(label="Like this photo", file_count="multiple", file_types=["image"],
+                                          type="filepath", elem_id="region-like")
+                    add_region = gr.Button("Add region", variant="primary", elem_id="region-add")
+                    clicked_info = gr.Markdown(_CLICK_HINT, elem_id="region-clicked")
+                    add_clicked = gr.Button("Add region from the exemplar I clicked", elem_id="region-add-clicked")
+                with gr.Column():
+                    region_overlay = gr.Image(label="Regions over stage 1", type="numpy", format="png",
+                                              interactive=False, elem_id="region-overlay", elem_classes=["pixelated"])
+                    region_list = gr.Markdown(app.regions_table([]), elem_id="region-list")
+                    with gr.Row():
+                        remove_which = gr.Dropdown(choices=[], label="Region", elem_id="region-remove-which",
+                                                   scale=1, min_width=80)
+                        remove_region = gr.Button("Remove", size="sm", elem_id="region-remove")
+                        clear_regions = gr.Button("Clear regions", size="sm", elem_id="region-clear")
+                    region_run = gr.Button("Synthesize again with these regions", variant="primary",
+                                           elem_id="region-run")
 
         # ------------------------------------------------------------ handlers
-        def on_synthesize(source, photo_path, input_path, drawing, like_paths, *values):
+        def on_synthesize(source, photo_path, input_path, drawing, like_paths, regions, *values):
             t0 = time.perf_counter()
             n = len(PAGE_OPTIONS)
+            skip = (gr.skip(),) * (len(synth_outputs) - 1)
             try:
+                if source is None:
+                    raise PixelNNError("synthesize from an input first (Photo, Input image or Sketch above)")
                 options = app.options_from_page(dict(zip(PAGE_OPTIONS, values[:n])), dict(zip(app.labels, values[n:])),
-                                                like_paths)
+                                                like_paths, regions=regions)
                 x, photo = app.make_input(source, photo_path, input_path, drawing)
                 result = app.synthesize(x, options)
             except PixelNNError as e:
                 log.info("request refused: %s", e)
                 gr.Warning(str(e))
-                return (_error(e),) + (gr.skip(),) * 11
+                return (_error(e),) + skip
             except Exception as e:  # keep serving; say what happened
                 log.exception("synthesis failed")
-                return (_error(f"internal error ({type(e).__name__}: {e})"),) + (gr.skip(),) * 11
+                return (_error(f"internal error ({type(e).__name__}: {e})"),) + skip
             from pixelnn.data.dataset import resize_nearest, to_rgb
 
             shown_input = to_rgb(resize_nearest(result.input[None], app.size))[0]
@@ -608,17 +849,88 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
             msg = app.summary(result, {"photo": "photo", "input": "input image", "sketch": "sketch"}[source],
                               time.perf_counter() - t0)
             return (msg, files["input"], files["stage1"], shown, result, photo, None,
-                    None, None, None, _PIXEL_HINT, "")
+                    None, None, None, _PIXEL_HINT, "", source, app.editor_value(result.stage1),
+                    app.regions_overlay(result.stage1, regions), None, _CLICK_HINT)
 
         synth_outputs = [status, input_view, stage1_view, gallery, result_state, photo_state, output_state,
-                         output_view, corr_view, source_view, pixel_info, hover_data]
-        common = [photo_file, input_file, sketch, like_files, *(page_options[k] for k in PAGE_OPTIONS), *label_menus]
+                         output_view, corr_view, source_view, pixel_info, hover_data, source_state, region_editor,
+                         region_overlay, clicked_state, clicked_info]
+        common = [photo_file, input_file, sketch, like_files, regions_state, *(page_options[k] for k in PAGE_OPTIONS),
+                  *label_menus]
         for button, source in ((run_photo, "photo"), (run_input, "input"), (run_sketch, "sketch")):
             button.click(functools.partial(on_synthesize, source), inputs=common, outputs=synth_outputs,
                          concurrency_limit=1, concurrency_id="pipeline", api_name=f"synthesize_{source}",
                          # the full-page progress overlay animates at the display's frame rate: on a 2-core machine
                          # serving its own browser that animation costs the pipeline about a second
                          show_progress="minimal")
+        region_run.click(on_synthesize, inputs=[source_state, *common], outputs=synth_outputs, concurrency_limit=1,
+                         concurrency_id="pipeline", api_name=False, show_progress="minimal")
+
+        # ------------------------------------------------------------ regions
+        def on_add_region(drawing, regions, result, like_paths, clicked, use_clicked, *label_values):
+            try:
+                mask = app.mask_from_drawing(drawing)
+                if use_clicked:
+                    if not clicked:
+                        raise PixelNNError("click an output, then a pixel of it, to pick the exemplar it came from")
+                    region = app.region_from_page(mask, exemplar_id=clicked)
+                else:
+                    region = app.region_from_page(mask, dict(zip(app.labels, label_values)), like_paths)
+            except PixelNNError as e:
+                gr.Warning(str(e))
+                return (_error(e),) + (gr.skip(),) * 5
+            regions = [*regions, region]
+            from pixelnn.regions import region_map
+
+            won = int((region_map(regions, app.size) == len(regions)).sum())
+            msg = (f"Region {len(regions)} added ({region_set_text(region)}, {won} pixels); it applies to the next "
+                   f"synthesis: press *Synthesize*.")
+            stage1 = None if result is None else result.stage1
+            return (msg, regions, app.regions_table(regions), app.regions_overlay(stage1, regions),
+                    gr.update(choices=[str(r) for r in range(1, len(regions) + 1)], value=None),
+                    app.editor_value(stage1))
+
+        region_outputs = [status, regions_state, region_list, region_overlay, remove_which, region_editor]
+        add_inputs = [region_editor, regions_state, result_state, region_like, clicked_state]
+        add_region.click(lambda *a: on_add_region(*a[:5], False, *a[5:]), [*add_inputs, *region_menus],
+                         region_outputs, concurrency_limit=4, api_name=False, show_progress="minimal")
+        add_clicked.click(lambda *a: on_add_region(*a[:5], True), add_inputs, region_outputs,
+                          concurrency_limit=4, api_name=False, show_progress="minimal")
+
+        def on_remove(regions, result, which, clear):
+            if clear:
+                regions, msg = [], "Regions cleared: the next synthesis uses one exemplar set for the whole image."
+            else:
+                if not which:
+                    gr.Warning("choose the region to remove")
+                    return (_error("choose the region to remove"),) + (gr.skip(),) * 4
+                r = int(which)
+                regions = [reg for i, reg in enumerate(regions, 1) if i != r]
+                msg = f"Region {r} removed; {len(regions)} left (renumbered)."
+            stage1 = None if result is None else result.stage1
+            return (msg, regions, app.regions_table(regions), app.regions_overlay(stage1, regions),
+                    gr.update(choices=[str(r) for r in range(1, len(regions) + 1)], value=None))
+
+        remove_region.click(lambda r, res, w: on_remove(r, res, w, False), [regions_state, result_state, remove_which],
+                            region_outputs[:5], concurrency_limit=4, api_name=False, show_progress="minimal")
+        clear_regions.click(lambda r, res: on_remove(r, res, None, True), [regions_state, result_state],
+                            region_outputs[:5], concurrency_limit=4, api_name=False, show_progress="minimal")
+
+        def on_paint_on(result, k, which):
+            if result is None:
+                gr.Warning("synthesize first: the region is painted on the stage-1 image or an output")
+                return gr.skip()
+            if which == "output":
+                if k is None:
+                    gr.Warning("click an output first")
+                    return gr.skip()
+                return app.editor_value(result.outputs[k])
+            return app.editor_value(result.stage1)
+
+        paint_stage1.click(lambda r, k: on_paint_on(r, k, "stage1"), [result_state, output_state], region_editor,
+                           concurrency_limit=4, api_name=False, show_progress="hidden")
+        paint_output.click(lambda r, k: on_paint_on(r, k, "output"), [result_state, output_state], region_editor,
+                           concurrency_limit=4, api_name=False, show_progress="hidden")
 
         def on_upload(path, kind):
             try:
@@ -660,16 +972,19 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
 
         def on_pixel(result, k, evt: gr.SelectData):
             if result is None or k is None:
-                return "Select an output first.", gr.skip(), gr.skip()
+                return "Select an output first.", gr.skip(), gr.skip(), gr.skip(), gr.skip()
             try:
                 text, src, marked = app.pixel_view(result, k, *evt.index[:2])
+                clicked = app.clicked_exemplar(result, k, *evt.index[:2])
             except PixelNNError as e:
-                return _error(e), gr.skip(), gr.skip()
+                return _error(e), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             files = app.png_files({"source": src, f"output_{k + 1:03d}": marked})
-            return text, files["source"], files[f"output_{k + 1:03d}"]
+            return (text, files["source"], files[f"output_{k + 1:03d}"], clicked,
+                    f"Exemplar you clicked: **`{clicked}`** (pixel of output {k + 1}).")
 
         for view in (output_view, corr_view):
-            view.select(on_pixel, [result_state, output_state], [pixel_info, source_view, output_view],
+            view.select(on_pixel, [result_state, output_state],
+                        [pixel_info, source_view, output_view, clicked_state, clicked_info],
                         concurrency_limit=4, api_name=False)
 
         def on_download(result, k, photo, which):
