@@ -194,40 +194,10 @@ def test_celeba_prepare_train_index_synthesize_evaluate(tmp_path, capsys, monkey
 @pytest.fixture(scope="module")
 def normals_page(normals_model):
     """``pixelnn serve`` on the tiny normals model, driven by Debian's chromium (see tests/test_web.py)."""
-    pytest.importorskip("gradio")
-    from tests.test_web import CHROMIUM, CHROMIUM_ARGS, _free_port, _wait_http
+    from tests.test_web import open_browser, serve_model
 
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (/usr/bin/chromium; apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    import os
-    import subprocess
-    import sys
-    import tempfile
-
-    port = _free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
-    proc = subprocess.Popen([sys.executable, "-m", "pixelnn.cli", "serve", "--model", str(normals_model / "model"),
-                             "--port", str(port), "--threads", "1", "--device", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        _wait_http(url, proc)
-        with tempfile.TemporaryDirectory(prefix="pixelnn-chromium-") as profile, sync_api.sync_playwright() as p:
-            ctx = p.chromium.launch_persistent_context(profile, executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-                                                       headless=True, viewport={"width": 1400, "height": 1300})
-            ctx.set_default_timeout(300_000)
-            page = ctx.new_page()
-            page.goto(url)
-            page.wait_for_selector("#run-photo")
-            yield page
-            ctx.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with serve_model(normals_model / "model", "--device", "cpu") as url, open_browser(url) as page:
+        yield page
 
 
 def test_browser_normal_map_upload_gives_outputs_and_correspondences(normals_page, normals_model):

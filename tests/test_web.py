@@ -7,17 +7,18 @@ chromium is missing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -427,14 +428,14 @@ def test_simultaneous_users_are_queued(app, tiny):
 
 
 # ---------------------------------------------------------------------------- a real browser
-@pytest.fixture(scope="module")
-def server(tiny):
-    """``pixelnn serve`` on a free loopback port, in a subprocess."""
+@contextlib.contextmanager
+def serve_model(model_dir: Path, *extra: str):
+    """``pixelnn serve --model model_dir`` on a free loopback port, in a subprocess: yields its URL."""
     pytest.importorskip("gradio")
     port = _free_port()
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
-    proc = subprocess.Popen([sys.executable, "-m", "pixelnn.cli", "serve", "--model", str(tiny["model"]),
-                             "--port", str(port), "--threads", "1", "--max-upload-mb", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "pixelnn.cli", "serve", "--model", str(model_dir),
+                             "--port", str(port), "--threads", "1", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         _wait_http(f"http://127.0.0.1:{port}/", proc)
@@ -447,21 +448,44 @@ def server(tiny):
             proc.kill()
 
 
-@pytest.fixture(scope="module")
-def browser_page(server):
+@contextlib.contextmanager
+def open_browser(url: str, **context: Any):
+    """Debian's chromium on ``url`` (skips when chromium or playwright is missing): yields the page."""
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (/usr/bin/chromium; apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
     with tempfile.TemporaryDirectory(prefix="pixelnn-chromium-") as profile, sync_api.sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(profile, executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
                                                    headless=True, viewport={"width": 1400, "height": 1300},
-                                                   accept_downloads=True)
+                                                   **context)
         ctx.set_default_timeout(300_000)  # generous: the machine may be shared and busy
         page = ctx.new_page()
-        page.goto(server)
+        page.goto(url)
         page.wait_for_selector("#run-photo")
         yield page
         ctx.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny):
+    with serve_model(tiny["model"], "--max-upload-mb", "1") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser_page(server):
+    with open_browser(server, accept_downloads=True) as page:
+        yield page
+
+
+def _download_zip(page) -> zipfile.ZipFile:
+    """Press *Download all* and open the zip that arrives."""
+    page.click("#download-all")
+    link = page.locator("#download-file a").first
+    link.wait_for()
+    with page.expect_download() as dl:
+        link.click()
+    return zipfile.ZipFile(dl.value.path())
 
 
 def _status(page) -> str:
@@ -514,12 +538,7 @@ def test_browser_photo_sketch_and_correspondences(browser_page, tiny):
     assert "of output 71" in page.locator("#pixel-info").inner_text()
     page.locator("#source-view img").wait_for()
     # 4. Download everything.
-    page.click("#download-all")
-    link = page.locator("#download-file a").first
-    link.wait_for()
-    with page.expect_download() as dl:
-        link.click()
-    with zipfile.ZipFile(dl.value.path()) as z:
+    with _download_zip(page) as z:
         assert sum("/output_" in n for n in z.namelist()) == 72 and any(n.endswith("manifest.json") for n in z.namelist())
     # 5. Draw a stroke on the sketch pad and synthesize from it.
     page.get_by_role("tab", name="Sketch").click()
@@ -643,12 +662,7 @@ def test_browser_regions(browser_page, tiny):
     assert "outputs from the photo" in text and "2 region(s)" in text
     assert "1 (kind=blob)" in text and f"2 (exemplar {clicked})" in text
     _wait_gallery(page, 1)
-    page.click("#download-all")
-    link = page.locator("#download-file a").first
-    link.wait_for()
-    with page.expect_download() as dl:
-        link.click()
-    with zipfile.ZipFile(dl.value.path()) as z:
+    with _download_zip(page) as z:
         npz = np.load(z.open(next(n for n in z.namelist() if n.endswith("correspondences.npz"))))
         manifest = json.loads(z.read(next(n for n in z.namelist() if n.endswith("manifest.json"))))
     region, used = npz["region"], npz["exemplar_ids"][npz["exemplar_index"]]  # used: (O, S, S) source ids
