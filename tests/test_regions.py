@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from pixelnn.cli import main
-from pixelnn.compose import recompose
+from pixelnn.compose import blend_borders, border_correction, recompose
 from pixelnn.data.dataset import Dataset
 from pixelnn.errors import PixelNNError
 from pixelnn.io import save_image
@@ -118,6 +118,66 @@ def test_match_windows_on_a_subset_of_pixels_equals_the_full_pass():
     assert torch.equal(pos, full_pos[:, :, pix]) and torch.allclose(sim, full_sim[:, :, pix])
 
 
+def _dense_border_correction(r: np.ndarray, region: np.ndarray, width: float, gain: float) -> np.ndarray:
+    """Naive reference: minimise sum_pairs (c_i - c_j - t_ij)^2 + sum c^2 / width^2 by a dense solve."""
+    h, w, ch = r.shape
+    p = h * w
+    a = np.eye(p) / width ** 2
+    b = np.zeros((p, ch))
+    for y in range(h):
+        for x in range(w):
+            for yy, xx in ((y, x + 1), (y + 1, x)):
+                if yy >= h or xx >= w:
+                    continue
+                i, j = y * w + x, yy * w + xx
+                t = gain * (r[yy, xx] - r[y, x]) if region[y, x] != region[yy, xx] else 0.0
+                # d/dc of (c_i - c_j - t)^2: rows i and j of the normal equations
+                a[i, i] += 1; a[j, j] += 1; a[i, j] -= 1; a[j, i] -= 1
+                b[i] += t; b[j] -= t
+    return np.linalg.solve(a, b).reshape(h, w, ch)
+
+
+def test_border_correction_matches_a_dense_solve_and_takes_out_a_straight_step():
+    rng = np.random.default_rng(0)
+    region = np.zeros((7, 9), np.int16)
+    region[:, 5:] = 1
+    region[4:, :3] = 2
+    r = rng.normal(size=(7, 9, 2))
+    width = 2.5
+    screen = 1 / width ** 2
+    q = 1 + screen / 2 - np.sqrt(screen + screen ** 2 / 4)  # c = A q^k across a straight border
+    c = border_correction(torch.from_numpy(r), region, width).numpy()
+    np.testing.assert_allclose(c, _dense_border_correction(r, region, width, (3 - q + screen) / 2), atol=1e-10)
+    step = np.zeros((6, 40, 1))  # a straight border between two flat residuals: the step goes entirely
+    step[:, 20:] = 10.0
+    half = np.zeros((6, 40), np.int16)
+    half[:, 20:] = 1
+    out = step + border_correction(torch.from_numpy(step), half, 4.0).numpy()
+    np.testing.assert_allclose(out[:, 20] - out[:, 19], 0, atol=1e-3)  # of a step of 10 (the far ends: q^20)
+    assert abs(out[0, 19, 0] - 5) < 0.01  # both sides meet half-way ...
+    assert abs(out[0, 0, 0]) < 0.1 and abs(out[0, 39, 0] - 10) < 0.1  # ... and 5 widths away they are as they were
+
+
+def test_blend_borders_changes_only_what_is_near_a_border():
+    rng = np.random.default_rng(1)
+    s = 40
+    stage1 = rng.integers(60, 200, (s, s, 3)).astype(np.uint8)
+    region = np.zeros((s, s), np.int16)
+    region[:, 24:] = 1
+    outs = np.clip(stage1.astype(int) + np.where(region[..., None] == 1, 30, -30) + rng.integers(-3, 4, (2, s, s, 3)),
+                   0, 255).astype(np.uint8)
+    blended = blend_borders(outs, stage1, region, 3.0)
+    assert blended.dtype == np.uint8 and blended.shape == outs.shape
+    res = lambda im: im.astype(int) - stage1  # noqa: E731 (f(x)'s own step across the border stays)
+    step = lambda im: np.abs(res(im)[:, :, 24] - res(im)[:, :, 23]).mean()  # noqa: E731
+    assert step(blended) < 0.3 * step(outs)
+    far = np.abs(blended.astype(int) - outs)[:, :, :2].max()  # 22 px (7 widths) from the border
+    assert far <= 1
+    assert blend_borders(outs, stage1, region, 0.0) is outs
+    assert blend_borders(outs, stage1, np.ones((s, s), np.int16), 3.0) is outs
+    assert np.array_equal(blend_borders(outs[1:], stage1, region, 3.0), blended[1:])  # independent of the batch
+
+
 # ---------------------------------------------------------------------------------------------- pipeline
 @pytest.mark.parametrize("mode", ["matched", "coherent", "global", "authors"])
 def test_region_pixels_come_only_from_their_set(setup, mode):
@@ -150,8 +210,9 @@ def test_recompose_of_a_region_result_is_exact_and_the_manifest_reproduces_it(se
                                                         (left, {"where": {"shade": ["red"]}})])
     o = result.options
     again = recompose(result.stage1, pipe.library, result.exemplar, result.source_y, result.source_x, color=o.color,
-                      vote=o.vote_size, highpass_sigma=o.highpass_sigma, chroma_weight=o.chroma_weight)
-    assert np.array_equal(again, result.outputs)
+                      vote=o.vote_size, highpass_sigma=o.highpass_sigma, chroma_weight=o.chroma_weight,
+                      region=result.region, region_neighbours=result.region_neighbours, region_blend=o.region_blend)
+    assert o.region_blend > 0 and np.array_equal(again, result.outputs)
     out = save_result(result, tmp_path / "out", pipe.library)
     z = np.load(out / "correspondences.npz")
     assert np.array_equal(z["region"], result.region)
@@ -159,7 +220,8 @@ def test_recompose_of_a_region_result_is_exact_and_the_manifest_reproduces_it(se
         assert z["region_neighbours"][s, :len(n)].tolist() == n.tolist()
     from_files = recompose(np.asarray(Image.open(out / "stage1.png")), pipe.library, z["library_position"],
                            z["source_y"], z["source_x"], color=o.color, vote=o.vote_size,
-                           highpass_sigma=o.highpass_sigma, chroma_weight=o.chroma_weight)
+                           highpass_sigma=o.highpass_sigma, chroma_weight=o.chroma_weight, region=z["region"],
+                           region_neighbours=z["region_neighbours"], region_blend=json.loads((out / "manifest.json").read_text())["options"]["region_blend"])
     assert np.array_equal(from_files, result.outputs)
     manifest = json.loads((out / "manifest.json").read_text())
     assert [r["region"] for r in manifest["regions"]] == [0, 1, 2]
@@ -167,6 +229,28 @@ def test_recompose_of_a_region_result_is_exact_and_the_manifest_reproduces_it(se
     assert manifest["regions"][1]["where"] == {"kind": ["blob"]} and len(manifest["regions"][1]["mask_sha256"]) == 64
     reproduced = pipe(x, SynthesisOptions.load(out / "manifest.json"))  # masks inline in the options
     assert np.array_equal(reproduced.outputs, result.outputs) and np.array_equal(reproduced.region, result.region)
+
+
+def test_region_blend_smooths_only_beside_the_borders_and_zero_gives_the_bare_copies(setup):
+    root, model, pipe, x = setup
+    top, left = masks()
+    regions = [(top, {"where": {"kind": ["blob"]}}), (left, {"where": {"shade": ["red"]}})]
+    bare = pipe(x, num_outputs=8, regions=regions, region_blend=0)
+    blended = pipe(x, num_outputs=8, regions=regions)  # the default, 4 px
+    assert blended.options.region_blend == 4.0 and bare.options.region_blend == 0.0
+    for name in ("exemplar", "source_y", "source_x", "region"):  # the provenance is the same
+        assert np.array_equal(getattr(bare, name), getattr(blended, name))
+    o = bare.options
+    copies = recompose(bare.stage1, pipe.library, bare.exemplar, bare.source_y, bare.source_x, color=o.color,
+                       vote=o.vote_size, highpass_sigma=o.highpass_sigma, chroma_weight=o.chroma_weight)
+    assert np.array_equal(copies, bare.outputs)  # region_blend 0: every pixel is its source's copy
+    diff = np.abs(blended.outputs.astype(int) - bare.outputs).max(axis=(0, 3))  # (S, S)
+    near = border_pixels(bare.region)
+    for _ in range(3):  # within 3 pixels of a border
+        near = near | np.roll(near, 1, 0) | np.roll(near, -1, 0) | np.roll(near, 1, 1) | np.roll(near, -1, 1)
+    assert diff[near].mean() > diff[~near].mean()
+    with pytest.raises(PixelNNError, match="region_blend"):
+        SynthesisOptions(region_blend=-1)
 
 
 def test_a_region_with_the_default_set_changes_nothing(setup):
@@ -246,3 +330,17 @@ def test_region_seam_rates_known_answer():
     assert rates["crossing"] == 1.0 and rates["pairs_crossing"] == h
     assert rates["band"] == 0.0 and rates["inside"] == 0.0 and rates["pairs_band"] > 0
     assert rates["pairs_crossing"] + rates["pairs_band"] + rates["pairs_inside"] == 2 * h * (w - 1)
+
+
+def test_region_colour_steps_known_answer():
+    from pixelnn.evaluation.coherence import region_colour_steps
+
+    h = w = 8
+    region = np.zeros((h, w), np.int16)
+    region[:, 4:] = 1
+    im = np.full((2, h, w, 3), 100, np.uint8)
+    im[:, :, 4:, 0] = 130  # a step of 30 in red across the border only: 10 levels mean over the channels
+    steps = region_colour_steps(im, region, band=1)
+    assert steps == {"crossing": 10.0, "band": 0.0, "inside": 0.0}
+    im[1, 0, 0] = 103  # 2 pairs inside with a step of 3 levels in every channel, in 1 of 2 outputs
+    assert region_colour_steps(im, region, band=1)["inside"] == 2 * 3 / (74 * 2)  # 74 inside pairs per output

@@ -77,12 +77,14 @@ def test_options_from_page_defaults_and_every_field(app, tiny):
     # the page's untouched values (empty mode fields, sets and outputs) are the defaults too
     untouched = {"mode": "matched", "color": "rgb", "top_k": 11, "windows": "1,7,11,whole", "sets": "",
                  "patch_size": None, "vote_size": None, "highpass_sigma": None, "chroma_weight": None,
-                 "descriptor": "hypercolumn", "pca_dims": 16, "num_outputs": None, "seed": 0}
+                 "descriptor": "hypercolumn", "pca_dims": 16, "num_outputs": None, "seed": 0, "region_blend": 4}
     assert set(untouched) == set(PAGE_OPTIONS) and app.options_from_page(untouched) == base
     # what the page sends for empty fields: 0 from a number box, "" from a text box
     assert app.options_from_page({**untouched, "num_outputs": 0, "vote_size": "", "patch_size": 0,
                                   "highpass_sigma": " ", "chroma_weight": ""}) == base
     assert app.options_from_page({"chroma_weight": "0", "highpass_sigma": 0}).chroma_weight == 0.0  # 0 is a value
+    assert app.options_from_page({"region_blend": 0}).region_blend == 0.0
+    assert app.options_from_page({"region_blend": ""}).region_blend == base.region_blend
     # empty mode fields stay None, and resolve to the mode's defaults
     coherent = app.options_from_page({**untouched, "mode": "coherent"})
     assert (coherent.mode, coherent.vote_size, coherent.chroma_weight, coherent.patch_size) == ("coherent", None, None, None)

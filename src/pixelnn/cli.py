@@ -40,7 +40,7 @@ class _ModeChoices(Sequence[str]):
 #: ``--name`` of every synthesis option flag -> the SynthesisOptions field it sets.
 SYNTHESIS_FLAGS = ("top_k", "windows", "sets", "mode", "color", "patch_size", "vote_size", "highpass_sigma",
                    "chroma_weight", "descriptor", "pca_dims", "num_outputs", "seed", "where", "exemplars", "like",
-                   "regions")
+                   "regions", "region_blend")
 
 
 class _FlagGroup:
@@ -101,6 +101,9 @@ def add_synthesis_options(p: argparse.ArgumentParser, exclude: Sequence[str] = (
                         "this exemplar set: MASK.png:KEY=VALUE (a label), MASK.png:like=PHOTO[,PHOTO] or "
                         "MASK.png:exemplars=ID[,ID]; repeatable, a later region wins where masks overlap; pixels "
                         "outside every region use the other filters' set")
+    g.add_argument("--region-blend", type=float, default=None, metavar="PX",
+                   help="with --region: spread the colour step where two exemplar sets meet over about PX pixels on "
+                        "either side (Poisson blending; every pixel keeps its source); 0 = none (default 4)")
 
 
 def synthesis_options(args: argparse.Namespace, exclude: Sequence[str] = ()):

@@ -230,8 +230,105 @@ def compose_authors(stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: np.nda
     return _to_rgb_uint8(outs, space).reshape(len(specs), h, w, 3)
 
 
+def _dct_basis(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The orthonormal DCT-II basis (n, n) float64, whose columns are the eigenvectors of the path graph's
+    Laplacian (Neumann ends), and its eigenvalues (n,) ``2 - 2 cos(pi k / n)``."""
+    k = torch.arange(n, dtype=torch.float64)
+    basis = torch.cos(torch.pi * (k[:, None] + 0.5) * k[None, :] / n)  # (n, n): [pixel, frequency]
+    basis[:, 0] *= (1.0 / n) ** 0.5
+    basis[:, 1:] *= (2.0 / n) ** 0.5
+    return basis, 2 - 2 * torch.cos(torch.pi * k / n)
+
+
+def border_correction(residual: torch.Tensor, region: np.ndarray, width: float) -> torch.Tensor:
+    """The smooth correction c (H, W, C) float64 that takes out a residual's jumps at region borders.
+
+    c minimises ``sum over 4-neighbour pairs (i, j) of (c_i - c_j - t_ij)^2 + sum_i c_i^2 / width^2``
+    with ``t_ij = g (r_j - r_i)`` on the pairs that cross a border (``region`` differs) and 0 on the
+    others; g makes a straight border's step come out exactly (see :func:`blend_borders`). The normal
+    equations ``(L + 1/width^2) c = div t``, L the grid graph's Laplacian with Neumann borders, are
+    solved exactly in the DCT-II basis, which diagonalises L.
+
+    Parameters
+    ----------
+    residual : Tensor, (H, W, C) float64
+    region : ndarray, (H, W) int
+    width : float, > 0
+
+    Returns
+    -------
+    Tensor, (H, W, C) float64
+    """
+    region = np.asarray(region)
+    h, w = region.shape
+    cross_h = torch.from_numpy(region[:, 1:] != region[:, :-1])[..., None]  # (H, W-1, 1): pair crosses a border
+    cross_v = torch.from_numpy(region[1:, :] != region[:-1, :])[..., None]  # (H-1, W, 1)
+    screen = 1.0 / float(width) ** 2
+    # The screening alone leaves part of a step (about 12% at width 4). Across a straight border the
+    # solution is c = +-A q^k at distance k, with q + 1/q = 2 + screen and A (3 - q + screen) = g * step,
+    # so g = (3 - q + screen) / 2 gives 2A = step.
+    q = 1 + screen / 2 - (screen + screen ** 2 / 4) ** 0.5
+    gain = (3 - q + screen) / 2
+    r = residual.to(torch.float64)
+    b = torch.zeros_like(r)  # div t: nonzero only beside the borders
+    dh = (r[:, 1:] - r[:, :-1]) * cross_h * gain  # (H, W-1, C): g (r_j - r_i) across a border
+    dv = (r[1:, :] - r[:-1, :]) * cross_v * gain  # (H-1, W, C)
+    b[:, :-1] += dh
+    b[:, 1:] -= dh
+    b[:-1, :] += dv
+    b[1:, :] -= dv
+    basis_y, eig_y = _dct_basis(h)
+    basis_x, eig_x = _dct_basis(w)
+    denom = eig_y[:, None] + eig_x[None, :] + screen  # (H, W): the eigenvalues of L + screen
+    coef = torch.einsum("yk,yxc,xl->klc", basis_y, b, basis_x) / denom[..., None]  # (H, W, C) in the DCT basis
+    return torch.einsum("yk,klc,xl->yxc", basis_y, coef, basis_x)
+
+
+@torch.inference_mode()
+def blend_borders(outputs: np.ndarray, stage1: np.ndarray, region: np.ndarray, width: float) -> np.ndarray:
+    """Spread the colour step at region borders over about ``width`` pixels on either side (Poisson blending).
+
+    At a border two exemplar sets meet, so the copied residuals ``r = out - f(x)`` jump there. Every
+    output gets the smooth correction of :func:`border_correction`: across the border the output's step
+    becomes f(x)'s (the residual's jump is taken out), elsewhere the correction adds no gradient of its
+    own and fades out within about ``width`` pixels (Perez et al. 2003, "Poisson image editing", with a
+    screened membrane). Every pixel keeps its recorded source: the correction holds no high frequency
+    of any exemplar, only the low-frequency difference of the two sides.
+
+    Float64, one output at a time, so the result does not depend on the batch and :func:`recompose`
+    rebuilds it bit-exactly.
+
+    Parameters
+    ----------
+    outputs : ndarray, (O, H, W, 3) uint8
+        Composed outputs.
+    stage1 : ndarray, (H, W, 3) uint8
+        f(x).
+    region : ndarray, (H, W) int
+        Each pixel's exemplar set (:func:`pixelnn.regions.region_map`).
+    width : float
+        Decay length of the correction in pixels; 0 (or a single region) returns ``outputs`` unchanged.
+
+    Returns
+    -------
+    ndarray, (O, H, W, 3) uint8
+    """
+    region = np.asarray(region)
+    if width <= 0 or (region == region.flat[0]).all():
+        return outputs
+    f = torch.from_numpy(np.asarray(stage1, np.float64))  # (H, W, 3)
+    blended = np.empty_like(outputs)
+    for o in range(len(outputs)):
+        u = torch.from_numpy(np.asarray(outputs[o], np.float64))  # (H, W, 3)
+        c = border_correction(u - f, region, width)
+        blended[o] = (u + c).round().clamp(0, 255).to(torch.uint8).numpy()
+    return blended
+
+
 def recompose(stage1: np.ndarray, store: Any, exemplar: np.ndarray, source_y: np.ndarray, source_x: np.ndarray,
-              color: str = "rgb", vote: int = 1, highpass_sigma: float = 0.0, chroma_weight: float = 1.0) -> np.ndarray:
+              color: str = "rgb", vote: int = 1, highpass_sigma: float = 0.0, chroma_weight: float = 1.0,
+              region: np.ndarray | None = None, region_neighbours: Any = None,
+              region_blend: float = 0.0) -> np.ndarray:
     """Rebuild ``matched`` or ``coherent`` outputs from saved correspondences and the exemplar store alone.
 
     Parameters
@@ -244,6 +341,10 @@ def recompose(stage1: np.ndarray, store: Any, exemplar: np.ndarray, source_y: np
         Library position and source pixel of every output pixel (``correspondences.npz``).
     color, vote, highpass_sigma, chroma_weight
         As given to :func:`compose_copied` (the resolved options in the synthesis ``manifest.json``).
+    region, region_neighbours : ndarray, optional
+        A region result's region map (H, W) and its sets' neighbours (R + 1, K), -1 padded
+        (``correspondences.npz``), with its options' ``region_blend``: the borders are blended as at
+        synthesis (:func:`blend_borders` on :func:`pixelnn.regions.blend_groups`).
 
     Returns
     -------
@@ -259,4 +360,9 @@ def recompose(stage1: np.ndarray, store: Any, exemplar: np.ndarray, source_y: np
     rank = torch.from_numpy(rank.reshape(len(exemplar), p).astype(np.int64))
     pos = torch.from_numpy((np.asarray(source_y) * w + np.asarray(source_x)).reshape(len(exemplar), p).astype(np.int64))
     outs = f[None] + vote_residuals(residual, rank, pos, h, w, vote)
-    return _to_rgb_uint8(outs, space).reshape(len(exemplar), h, w, 3)
+    outs = _to_rgb_uint8(outs, space).reshape(len(exemplar), h, w, 3)
+    if region is None or region_blend <= 0:
+        return outs
+    from pixelnn.regions import blend_groups
+
+    return blend_borders(outs, stage1, blend_groups(region, region_neighbours), region_blend)

@@ -42,6 +42,8 @@ DEFAULT_PCA_DIMS = 64
 DESCRIPTORS = ("hypercolumn", "regressor")
 #: "Like these photos" keeps this many nearest exemplars per photo.
 DEFAULT_LIKE_K = 50
+#: With regions: the colour step at a border is spread over about this many pixels on either side.
+DEFAULT_REGION_BLEND = 4.0
 #: Fields a composition mode gives defaults for (None in the options = the mode's value).
 MODE_FIELDS = ("patch_size", "vote_size", "highpass_sigma", "chroma_weight")
 OPTIONS_FORMAT = "pixelnn-synthesis-options"
@@ -325,6 +327,10 @@ class SynthesisOptions:
         default set (the top-level filters). Overlaps: the later region wins, like layers painted in
         order. Empty (default): the whole image uses the default set, exactly as without regions.
         See docs/synthesis.md.
+    region_blend : float
+        With regions: the colour step where two sets meet is spread over about this many pixels on
+        either side (:func:`pixelnn.compose.blend_borders`, Poisson blending of the low frequencies;
+        every pixel keeps its source); 0 = none, the bare copies.
     """
 
     top_k: int = DEFAULT_TOP_K
@@ -345,6 +351,7 @@ class SynthesisOptions:
     like: tuple[str, ...] = ()
     like_k: int = DEFAULT_LIKE_K
     regions: tuple[Region, ...] = ()
+    region_blend: float = DEFAULT_REGION_BLEND
 
     def __post_init__(self) -> None:
         from pixelnn.modes import mode_names
@@ -374,6 +381,9 @@ class SynthesisOptions:
                 raise PixelNNError(f"{name} must be an odd number >= 1, got {v}")
         if self.highpass_sigma is not None and not _number("highpass_sigma", self.highpass_sigma) >= 0:
             raise PixelNNError(f"highpass_sigma must be >= 0, got {self.highpass_sigma}")
+        if not 0 <= _number("region_blend", self.region_blend) <= 1e4:
+            raise PixelNNError(f"region_blend must be a number of pixels between 0 and 10000, got {self.region_blend}")
+        set_("region_blend", float(self.region_blend))
         if self.chroma_weight is not None and not 0 <= _number("chroma_weight", self.chroma_weight) <= 1:
             raise PixelNNError(f"chroma_weight must be in [0, 1], got {self.chroma_weight}")
         if self.pca_dims is not None and _integer("pca_dims", self.pca_dims) < 0:

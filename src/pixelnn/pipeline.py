@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from pixelnn.compose import blend_borders
 from pixelnn.config import TaskConfig
 from pixelnn.data.images import DEFAULT_MAX_PIXELS, UnusableImage, decode_image, fit_image
 from pixelnn.descriptors import PixelPCA, fit_pca, make_descriptor
@@ -49,7 +50,7 @@ from pixelnn.modes import Matches, get_mode
 from pixelnn.options import DEFAULT_DESCRIPTOR, DEFAULT_PCA_DIMS, SynthesisOptions
 from pixelnn.pixel_cache import MAX_CACHED_DIMS, PixelDescriptorCache, round_descriptors
 from pixelnn.provenance import exemplar_ranks
-from pixelnn.regions import region_map, resolve_regions
+from pixelnn.regions import blend_groups, region_map, resolve_regions
 from pixelnn.retrieval import global_descriptors
 from pixelnn.store import ExemplarStore, iter_field
 from pixelnn.tasks import derive_inputs
@@ -567,6 +568,9 @@ class PixelNNPipeline:
                 rank[:, pix], pos[:, pix] = m.to(self.device)[r_s[:, pix]], p_s[:, pix]
                 sim[:, pix], windows = part.similarity[:, pix].float(), part.windows
             matches = Matches(rank, pos, sim, windows)
+        if options.region_blend > 0:  # 6. Poisson blending of the colour steps at the borders
+            groups = blend_groups(region, [n.positions for n in sets])
+            outputs = clock("composition", blend_borders(outputs, stage1, groups, options.region_blend))
         return self.result(x, stage1, union, matches, outputs, specs, options, clock.timings(), region=region,
                            region_neighbours=[n.positions for n in sets])
 

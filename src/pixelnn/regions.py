@@ -111,6 +111,20 @@ def region_map(regions: Sequence[Region], size: int) -> np.ndarray:
     return out
 
 
+def blend_groups(region: np.ndarray, neighbours: Sequence[np.ndarray]) -> np.ndarray:
+    """(S, S) int16: ``region`` with the sets that retrieved the same neighbours merged (their common border
+    is no border for :func:`pixelnn.compose.blend_borders`: both sides copy from the same exemplars).
+
+    ``neighbours``: per set (0 = default, then each region), its neighbours' library positions in rank
+    order (``SynthesisResult.region_neighbours``, or the rows of ``correspondences.npz``'s
+    ``region_neighbours`` without their -1 padding).
+    """
+    first: dict[tuple[int, ...], int] = {}
+    group = np.array([first.setdefault(tuple(int(q) for q in np.asarray(n) if q >= 0), s)
+                      for s, n in enumerate(neighbours)], np.int16)
+    return group[np.asarray(region)]
+
+
 def border_pixels(region: np.ndarray) -> np.ndarray:
     """(S, S) bool: pixels with a 4-neighbour in another region (both sides of every border)."""
     region = np.asarray(region)

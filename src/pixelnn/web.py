@@ -64,7 +64,7 @@ _KEEP = "kept-photos"
 #: The Options panel's fields, in page order: SynthesisOptions field names (``where`` and ``like`` come from
 #: the "Restrict the exemplars" panel).
 PAGE_OPTIONS = ("mode", "color", "top_k", "windows", "sets", "patch_size", "vote_size", "highpass_sigma",
-                "chroma_weight", "descriptor", "pca_dims", "num_outputs", "seed")
+                "chroma_weight", "descriptor", "pca_dims", "num_outputs", "seed", "region_blend")
 
 
 class WebApp:
@@ -207,7 +207,8 @@ class WebApp:
             ``"1+3"``; empty: the authors' 18), ``patch_size``, ``vote_size``, ``highpass_sigma``,
             ``chroma_weight`` (numbers or their text; empty = None = the mode's default; ``patch_size`` and
             ``vote_size`` 0 too, while ``highpass_sigma`` and ``chroma_weight`` 0 are values). ``num_outputs``
-            empty or 0: all outputs. Missing keys take the defaults.
+            empty or 0: all outputs. ``region_blend`` (the Regions panel; a number, empty: the default).
+            Missing keys take the defaults.
         label_values : dict, optional
             The label menus: key -> chosen values (``where``).
         like_paths : list of str, optional
@@ -243,6 +244,9 @@ class WebApp:
             given[name] = _number(v.get(name), name, integer=True) or None
         for name in ("highpass_sigma", "chroma_weight"):
             given[name] = _number(v.get(name), name)
+        blend = _number(v.get("region_blend"), "region_blend")
+        if blend is not None:
+            given["region_blend"] = blend
         windows = _text(v.get("windows"))
         if windows:
             given["windows"] = parse_windows(windows)
@@ -781,6 +785,7 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
             dl_all = gr.Button("Download all outputs (zip)", elem_id="download-all")
             dl_file = gr.File(label="Download", interactive=False, visible=False, elem_id="download-file")
         side = app.size * app.scale
+        d_blend = app.default_options().region_blend
         with gr.Accordion("Regions: paint a part of the output and choose its exemplars", open=False,
                           elem_id="regions"):
             gr.Markdown("Paint a region with the brush, give it its own exemplars (label values, a photo it should "
@@ -817,6 +822,10 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
                                                    scale=1, min_width=80)
                         remove_region = gr.Button("Remove", size="sm", elem_id="region-remove")
                         clear_regions = gr.Button("Clear regions", size="sm", elem_id="region-clear")
+                    page_options["region_blend"] = gr.Number(
+                        value=d_blend, label="Blend the borders over (px; region_blend)", minimum=0,
+                        info="spreads the colour step where two exemplar sets meet; 0: the bare copies",
+                        elem_id="opt-region_blend")
                     region_run = gr.Button("Synthesize again with these regions", variant="primary",
                                            elem_id="region-run")
 
@@ -1063,7 +1072,7 @@ def _options_panel(app: WebApp) -> dict[str, Any]:
                                    info="VGG-16 hypercolumns, or the stage-1 network's features", elem_id="opt-descriptor")
         f["pca_dims"] = gr.Number(value=d.pca_dims, precision=0, label="PCA dims (pca_dims)",
                                   info="0: the full descriptor (another size fits a PCA once)", elem_id="opt-pca_dims")
-    assert set(f) == set(PAGE_OPTIONS)
+    assert set(f) == set(PAGE_OPTIONS) - {"region_blend"}  # that one is in the Regions panel
     return f
 
 

@@ -82,10 +82,23 @@ def region_seam_rates(exemplar: np.ndarray, source_y: np.ndarray, source_x: np.n
         ``inside``: of all other pairs; and ``pairs_crossing``, ``pairs_band``, ``pairs_inside``, their
         counts per output. Rates are NaN where there is no such pair.
     """
+    horizontal, vertical = seam_mask(exemplar, source_y, source_x)
+    out: dict[str, float] = {}
+    for name, (mh, mv) in _region_pairs(region, band).items():
+        pairs = int(mh.sum() + mv.sum())
+        seams = (horizontal & mh).sum() + (vertical & mv).sum()
+        n_out = int(np.prod(horizontal.shape[:-2])) if horizontal.ndim > 2 else 1
+        out[name] = float(seams / (pairs * n_out)) if pairs else float("nan")
+        out[f"pairs_{name}"] = pairs
+    return out
+
+
+def _region_pairs(region: np.ndarray, band: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The 4-neighbour pairs of a region map as (horizontal (H, W-1), vertical (H-1, W)) bool masks:
+    ``crossing`` a border, in the ``band`` beside one, and ``inside``."""
     from pixelnn.regions import border_pixels
 
     region = np.asarray(region)
-    horizontal, vertical = seam_mask(exemplar, source_y, source_x)
     near = border_pixels(region)
     for _ in range(max(band - 1, 0)):  # grow the border by one pixel per step (8-neighbourhood)
         grown = near.copy()
@@ -97,12 +110,35 @@ def region_seam_rates(exemplar: np.ndarray, source_y: np.ndarray, source_x: np.n
     cross_h, cross_v = region[:, 1:] != region[:, :-1], region[1:, :] != region[:-1, :]
     band_h = (near[:, 1:] | near[:, :-1]) & ~cross_h if band > 0 else np.zeros_like(cross_h)
     band_v = (near[1:, :] | near[:-1, :]) & ~cross_v if band > 0 else np.zeros_like(cross_v)
+    return {"crossing": (cross_h, cross_v), "band": (band_h, band_v),
+            "inside": (~cross_h & ~band_h, ~cross_v & ~band_v)}
+
+
+def region_colour_steps(outputs: np.ndarray, region: np.ndarray, band: int = 2) -> dict[str, float]:
+    """The visible side of a seam: the mean colour step between 4-neighbours at region borders and away.
+
+    Parameters
+    ----------
+    outputs : ndarray, (..., H, W, 3) uint8
+        One or more outputs (a region result's, or another result's at the same places).
+    region : ndarray, (H, W) int
+        The region map whose pairs are split, as in :func:`region_seam_rates`.
+    band : int
+
+    Returns
+    -------
+    dict
+        ``crossing``, ``band``, ``inside``: the mean over those pairs (and outputs) of
+        ``mean_c |out_i,c - out_j,c|`` in uint8 levels (0-255). A border that shows has a larger
+        ``crossing`` step than the same pairs of an unconstrained result.
+    """
+    im = np.asarray(outputs, np.float64)
+    step_h = np.abs(im[..., :, 1:, :] - im[..., :, :-1, :]).mean(axis=-1)  # (..., H, W-1)
+    step_v = np.abs(im[..., 1:, :, :] - im[..., :-1, :, :]).mean(axis=-1)  # (..., H-1, W)
+    n_out = int(np.prod(im.shape[:-3])) if im.ndim > 3 else 1
     out: dict[str, float] = {}
-    for name, mh, mv in (("crossing", cross_h, cross_v), ("band", band_h, band_v),
-                         ("inside", ~cross_h & ~band_h, ~cross_v & ~band_v)):
+    for name, (mh, mv) in _region_pairs(region, band).items():
         pairs = int(mh.sum() + mv.sum())
-        seams = (horizontal & mh).sum() + (vertical & mv).sum()
-        n_out = int(np.prod(horizontal.shape[:-2])) if horizontal.ndim > 2 else 1
-        out[name] = float(seams / (pairs * n_out)) if pairs else float("nan")
-        out[f"pairs_{name}"] = pairs
+        total = step_h[..., mh].sum() + step_v[..., mv].sum()
+        out[name] = float(total / (pairs * n_out)) if pairs else float("nan")
     return out
