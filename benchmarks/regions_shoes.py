@@ -7,12 +7,15 @@ B = the two swapped. Prints, over the inputs:
   (must be 100%);
 - the seam rate (:func:`pixelnn.evaluation.coherence.region_seam_rates`) on pairs crossing the region
   border, in a 2-px band beside it and inside, with regions and without (same pixel pairs);
+- the visible side of the seams, the mean colour step between neighbours
+  (:func:`pixelnn.evaluation.coherence.region_colour_steps`) on the same pairs: with regions and the
+  default border blending, with regions and ``region_blend=0`` (the bare copies), and without regions;
 - LPIPS to the photo of a Rand-1 output (one seeded draw per input, the same index for every run),
   with regions and unconstrained;
 - seconds per input for 72 outputs, without and with the two regions;
 
 and writes a figure (``--figure``): input, stage 1, the regions, then four outputs unconstrained,
-with A and with B.
+with A unblended, with A and with B.
 
 Usage::
 
@@ -48,7 +51,7 @@ def main() -> None:
     from PIL import Image
 
     from pixelnn.data.dataset import Dataset
-    from pixelnn.evaluation.coherence import region_seam_rates
+    from pixelnn.evaluation.coherence import region_colour_steps, region_seam_rates
     from pixelnn.evaluation.lpips import lpips_distance
     from pixelnn.options import SynthesisOptions
     from pixelnn.pipeline import PixelNNPipeline
@@ -67,14 +70,17 @@ def main() -> None:
 
     runs = {"A": SynthesisOptions(regions=[(rest, where(args.rest)), (sole, where(args.sole))]),
             "B": SynthesisOptions(regions=[(rest, where(args.sole)), (sole, where(args.rest))])}
+    runs["A_bare"] = runs["A"].replace(region_blend=0)
     allowed = {v: pipe.library.select(where={args.key: [v]}) for v in (args.sole, args.rest)}
     wanted = {"A": {1: args.rest, 2: args.sole}, "B": {1: args.sole, 2: args.rest}}
+    wanted["A_bare"] = wanted["A"]
     print(f"{len(pipe.library)} exemplars; {args.key}={args.sole}: {len(allowed[args.sole])}, "
           f"{args.key}={args.rest}: {len(allowed[args.rest])}; {n} val inputs; sole = bottom third ({sole.sum()} px)")
     pipe(xs[0])  # warm-up (the descriptor PCA, LPIPS weights)
     share = {k: [] for k in runs}
     seams = {k: [] for k in ("A", "B", "plain_A")}
-    lp = {"plain": [], "A": [], "B": []}
+    steps = {k: [] for k in ("A", "A_bare", "B", "plain_A")}
+    lp = {"plain": [], "A": [], "A_bare": [], "B": []}
     times = {"plain": [], "A": []}
     fig_rows = None
     rng = np.random.default_rng(0)
@@ -85,6 +91,7 @@ def main() -> None:
         res = {"A": pipe(xs[i], runs["A"])}
         t2 = time.perf_counter()
         res["B"] = pipe(xs[i], runs["B"])
+        res["A_bare"] = pipe(xs[i], runs["A_bare"])
         times["plain"].append(t1 - t0)
         times["A"].append(t2 - t1)
         o = int(rng.integers(len(plain.outputs)))
@@ -93,12 +100,15 @@ def main() -> None:
             assert len(r.outputs) == len(plain.outputs)
             ok = [np.isin(r.exemplar[:, r.region == s], allowed[v]).mean() for s, v in wanted[k].items()]
             share[k].append(min(ok))
-            seams[k].append(region_seam_rates(r.exemplar, r.source_y, r.source_x, r.region))
+            if k in seams:
+                seams[k].append(region_seam_rates(r.exemplar, r.source_y, r.source_x, r.region))
+            steps[k].append(region_colour_steps(r.outputs, r.region))
             lp[k].append(float(lpips_distance(r.outputs[o], photos[i])[0]))
         seams["plain_A"].append(region_seam_rates(plain.exemplar, plain.source_y, plain.source_x, res["A"].region))
+        steps["plain_A"].append(region_colour_steps(plain.outputs, res["A"].region))
         if i == 0:
             pick = [0, 20, 40, 60]
-            fig_rows = [plain, res["A"], res["B"]], pick
+            fig_rows = [plain, res["A_bare"], res["A"], res["B"]], pick
         print(f"input {i + 1}/{n}: plain {t1 - t0:.1f} s, regions {t2 - t1:.1f} s", flush=True)
     mean, med = statistics.mean, statistics.median
     for k in runs:
@@ -108,9 +118,13 @@ def main() -> None:
         s = seams[k]
         print(f"seam rate {k:8s}: crossing {mean(v['crossing'] for v in s):.3f}, band {mean(v['band'] for v in s):.3f}, "
               f"inside {mean(v['inside'] for v in s):.3f}")
+    for k in ("A", "A_bare", "B", "plain_A"):
+        s = steps[k]
+        print(f"colour step {k:8s}: crossing {mean(v['crossing'] for v in s):.2f}, band {mean(v['band'] for v in s):.2f}, "
+              f"inside {mean(v['inside'] for v in s):.2f} (levels of 255)")
     for k, v in lp.items():
         print(f"Rand-1 LPIPS {k:6s}: {mean(v):.4f}")
-    for k in ("A", "B"):
+    for k in ("A", "A_bare", "B"):
         d = np.array(lp[k]) - np.array(lp["plain"])
         print(f"Rand-1 LPIPS {k} - plain: {d.mean():+.4f} +- {d.std(ddof=1) / np.sqrt(len(d)):.4f} (paired s.e.)")
     ratio = [a / p for a, p in zip(times["A"], times["plain"])]

@@ -17,7 +17,7 @@ from pixelnn.io import save_image
 from pixelnn.matching import match_windows
 from pixelnn.options import Region, SynthesisOptions, decode_mask
 from pixelnn.pipeline import PixelNNPipeline, save_result
-from pixelnn.regions import border_pixels, load_mask, parse_region, region_map
+from pixelnn.regions import border_pixels, load_mask, parse_region, region_map, set_ranks
 
 from .conftest import make_tiny_library
 
@@ -196,7 +196,8 @@ def test_region_pixels_come_only_from_their_set(setup, mode):
         assert used and used <= set(positions.tolist()), f"set {s} copied from outside its exemplars"
         assert used <= set(result.region_neighbours[s].tolist())
         for o, spec in enumerate(result.specs):  # and only from the output's members within that set
-            members = set(result.region_neighbours[s][list(spec.ranks)].tolist())
+            n = result.region_neighbours[s]
+            members = set(n[list(set_ranks(spec.ranks, len(n)))].tolist())
             assert set(np.unique(result.exemplar[o][rmap == s]).tolist()) <= members
     assert set(result.neighbours.tolist()) == set(np.concatenate(result.region_neighbours).tolist())
     assert result.neighbours[:len(result.region_neighbours[0])].tolist() == result.region_neighbours[0].tolist()
@@ -229,6 +230,27 @@ def test_recompose_of_a_region_result_is_exact_and_the_manifest_reproduces_it(se
     assert manifest["regions"][1]["where"] == {"kind": ["blob"]} and len(manifest["regions"][1]["mask_sha256"]) == 64
     reproduced = pipe(x, SynthesisOptions.load(out / "manifest.json"))  # masks inline in the options
     assert np.array_equal(reproduced.outputs, result.outputs) and np.array_equal(reproduced.region, result.region)
+
+
+def test_set_ranks_wrap_a_small_set():
+    assert set_ranks((0, 1, 2), 11) == (0, 1, 2)
+    assert set_ranks((9,), 4) == (1,) and set_ranks((4, 5, 6), 5) == (0, 1, 4) and set_ranks((3, 4, 5, 6, 7), 1) == (0,)
+
+
+@pytest.mark.parametrize("mode", ["matched", "authors"])
+def test_a_one_exemplar_region_keeps_every_output(setup, tmp_path, mode):
+    """"Take this region from the exemplar I clicked": a set of one still gives all 72 outputs."""
+    root, model, pipe, x = setup
+    top, _ = masks()
+    one = str(pipe.library.ids[3])
+    plain = pipe(x, mode=mode)
+    result = pipe(x, mode=mode, regions=[(top, {"exemplars": [one]})])
+    assert len(result.specs) == len(plain.specs) == 72
+    pos = int(pipe.library.select(ids=[one])[0])
+    assert (result.exemplar[:, top] == pos).all()
+    assert len(np.unique(result.exemplar[:, ~top])) > 1  # the rest still varies over the default set
+    manifest = json.loads((save_result(result, tmp_path / "one", pipe.library) / "manifest.json").read_text())
+    assert all(o["region_exemplar_ids"][1] == [one] for o in manifest["outputs"])
 
 
 def test_region_blend_smooths_only_beside_the_borders_and_zero_gives_the_bare_copies(setup):

@@ -102,7 +102,8 @@ class CompositionMode:
 
     def match_regions(self, query: torch.Tensor, exemplars: torch.Tensor, height: int, width: int,
                       specs: Sequence[OutputSpec], options: Any, region: torch.Tensor,
-                      members: Sequence[torch.Tensor]) -> Matches:
+                      members: Sequence[torch.Tensor],
+                      set_specs: Sequence[Sequence[OutputSpec]] | None = None) -> Matches:
         """Region-level matching: every pixel matched only against its region's exemplar set.
 
         Parameters
@@ -117,6 +118,9 @@ class CompositionMode:
             The set of each pixel (0 = default, r = region r; :func:`pixelnn.regions.region_map`).
         members : sequence of Tensor, (K_s,) int64
             For set s, the indices into ``exemplars`` of its neighbours in rank order.
+        set_specs : sequence of list of OutputSpec, optional
+            For set s, the outputs with their ranks within that set (:func:`pixelnn.regions.set_ranks`);
+            None: ``specs`` for every set.
 
         Returns
         -------
@@ -133,7 +137,8 @@ class CompositionMode:
             if len(pix) == 0:
                 continue
             m = m.to(dev)
-            part = self.match_pixels(query, exemplars[m], height, width, specs, options, pix)  # (O, Q) each
+            mine = specs if set_specs is None else set_specs[s]
+            part = self.match_pixels(query, exemplars[m], height, width, mine, options, pix)  # (O, Q) each
             rank[:, pix], pos[:, pix], sim[:, pix] = m[part.rank], part.pos, part.similarity.float()
             windows = part.windows
         return Matches(rank, pos, sim, windows)

@@ -50,7 +50,7 @@ from pixelnn.modes import Matches, get_mode
 from pixelnn.options import DEFAULT_DESCRIPTOR, DEFAULT_PCA_DIMS, SynthesisOptions
 from pixelnn.pixel_cache import MAX_CACHED_DIMS, PixelDescriptorCache, round_descriptors
 from pixelnn.provenance import exemplar_ranks
-from pixelnn.regions import blend_groups, region_map, resolve_regions
+from pixelnn.regions import blend_groups, region_map, resolve_regions, set_ranks
 from pixelnn.retrieval import global_descriptors
 from pixelnn.store import ExemplarStore, iter_field
 from pixelnn.tasks import derive_inputs
@@ -534,11 +534,15 @@ class PixelNNPipeline:
                 log.warning("region %d (%s) covers no pixel: later regions cover all of it", r,
                             options.regions[r - 1].describe())
         sets = [self.retrieve(stage1, options, allowed) for allowed in allowed_sets]
-        for r, (nb, allowed) in enumerate(zip(sets, allowed_sets)):
-            if not (region == r).any():
-                continue  # a set without pixels does not limit the outputs
-            what = f"region {r} ({options.regions[r - 1].describe()}): " if r else "the default set: "
-            specs = self.fit_specs(specs, nb, options, allowed, what)
+        if (region == 0).any():  # the default set drops the outputs it cannot fill, as without regions
+            specs = self.fit_specs(specs, sets[0], options, allowed_sets[0], "the default set: ")
+        needed = max(max(s.ranks) for s in specs) + 1
+        for r, nb in enumerate(sets[1:], 1):
+            if (region == r).any() and len(nb) < needed:
+                log.info("region %d (%s): %d exemplars for outputs that use up to %d; its ranks repeat (rank r is "
+                         "its rank r mod %d)", r, options.regions[r - 1].describe(), len(nb), needed, len(nb))
+        # every set's ranks of every output (a region with fewer neighbours reuses them: set_ranks)
+        set_specs = [[OutputSpec(set_ranks(s.ranks, len(nb)), s.window) for s in specs] for nb in sets]
         union, members = self.union_neighbours(sets)
         clock("retrieval", None)
         d = clock("descriptors", self.describe(x, stage1, union, options, query))  # exemplars (U, P, d)
@@ -546,7 +550,7 @@ class PixelNNPipeline:
         flat = torch.from_numpy(region.reshape(-1).astype(np.int64)).to(self.device)  # (P,)
         if mode.copies:
             matches = clock("matching", mode.match_regions(d.query, d.exemplars, d.height, d.width, specs, options,
-                                                           flat, members))
+                                                           flat, members, set_specs))
             outputs = clock("composition", self.compose(stage1, union, matches, specs, options))
         else:
             o, p = len(specs), d.height * d.width
@@ -560,11 +564,11 @@ class PixelNNPipeline:
                     continue
                 pix = torch.from_numpy(np.flatnonzero(inside)).to(self.device)
                 part = clock("matching", mode.match(d.query, d.exemplars[m.to(self.device)], d.height, d.width,
-                                                    specs, options))
+                                                    set_specs[s], options))
                 mine = clock("composition", mode.compose(stage1, union.photos[m.numpy()], union.stage1[m.numpy()],
-                                                         part, specs, options))  # (O, S, S, 3)
+                                                         part, set_specs[s], options))  # (O, S, S, 3)
                 outputs[:, inside] = mine[:, inside]
-                r_s, p_s = mode.recorded(part, specs)
+                r_s, p_s = mode.recorded(part, set_specs[s])
                 rank[:, pix], pos[:, pix] = m.to(self.device)[r_s[:, pix]], p_s[:, pix]
                 sim[:, pix], windows = part.similarity[:, pix].float(), part.windows
             matches = Matches(rank, pos, sim, windows)
@@ -872,7 +876,7 @@ def _add_regions(manifest: dict, result: SynthesisResult) -> None:
     manifest["region_order"] = ("pixels outside every region use the default set (region 0); where masks overlap, "
                                 "the later region wins")
     for out, spec in zip(manifest["outputs"], result.specs):
-        out["region_exemplar_ids"] = [[id_of[int(n[r])] if r < len(n) else None for r in spec.ranks] for n in sets]
+        out["region_exemplar_ids"] = [[id_of[int(n[r])] for r in set_ranks(spec.ranks, len(n))] for n in sets]
     for s, n in enumerate(sets):
         for rank, q in enumerate(n):
             manifest["exemplars"][id_of[int(q)]].setdefault("set_ranks", {})[str(s)] = rank + 1

@@ -111,6 +111,14 @@ def region_map(regions: Sequence[Region], size: int) -> np.ndarray:
     return out
 
 
+def set_ranks(ranks: Sequence[int], n: int) -> tuple[int, ...]:
+    """An output's exemplar set (0-based ranks) within a set of ``n`` neighbours: rank r is the set's
+    rank ``r mod n``, so that a region whose set has fewer neighbours than the outputs use (one clicked
+    exemplar, a small identity) still gives every output, reusing its exemplars. Unchanged when every
+    rank is below n."""
+    return tuple(sorted({int(r) % n for r in ranks}))
+
+
 def blend_groups(region: np.ndarray, neighbours: Sequence[np.ndarray]) -> np.ndarray:
     """(S, S) int16: ``region`` with the sets that retrieved the same neighbours merged (their common border
     is no border for :func:`pixelnn.compose.blend_borders`: both sides copy from the same exemplars).

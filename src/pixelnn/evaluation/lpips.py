@@ -133,7 +133,8 @@ def _to_lpips_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
         if arr.ndim != 4 or arr.shape[-1] != 3:
             raise ValueError(f"expected uint8 (N, H, W, 3) images, got shape {images.shape}")
         # Official lpips.im2tensor: x / 127.5 - 1.
-        return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        arr = np.ascontiguousarray(arr) if arr.flags.writeable else arr.copy()  # torch warns on read-only arrays
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     if isinstance(images, torch.Tensor):
         if images.dtype == torch.uint8:
             raise TypeError("pass uint8 images as numpy (N, H, W, 3) arrays; tensors must be float in [-1, 1]")
