@@ -2,11 +2,13 @@
 
 The eye band of the aligned CelebA crops (rows 40-56, columns 26-70 of 96; from the mean val face)
 is one region whose exemplar set is ``identity=--identity``; every other pixel uses all exemplars.
-For the first ``--inputs`` val inputs it prints how many outputs remain (a set with fewer than
-``top_k`` exemplars drops the outputs that need more), the share of eye pixels copied from that
-identity (must be 100%), the seam rates at the border and the seconds per input; ``--figure`` shows,
-per input: input, stage 1, four unconstrained outputs, four with the eyes from the identity; and
-the identity's exemplar photos in the last row.
+For the first ``--inputs`` val inputs it prints how many outputs there are (a region set with fewer
+than ``top_k`` exemplars reuses them, :func:`pixelnn.regions.set_ranks`), the share of eye pixels
+copied from that identity (must be 100%), the seam rates and the colour steps at the border (with
+the default border blending, with ``region_blend=0`` and without the region) and the seconds per
+input; ``--figure`` shows, per input: input, stage 1, two unconstrained outputs, then the same three
+outputs with the eyes from the identity unblended and blended; and the identity's exemplar photos
+in the last row.
 
 Usage::
 
@@ -39,7 +41,7 @@ def main() -> None:
     from PIL import Image
 
     from pixelnn.data.dataset import Dataset
-    from pixelnn.evaluation.coherence import region_seam_rates
+    from pixelnn.evaluation.coherence import region_colour_steps, region_seam_rates
     from pixelnn.options import SynthesisOptions
     from pixelnn.pipeline import PixelNNPipeline
 
@@ -60,6 +62,7 @@ def main() -> None:
         t1 = time.perf_counter()
         r = pipe(x, opts)
         t2 = time.perf_counter()
+        bare = pipe(x, opts.replace(region_blend=0))
         share = np.isin(r.exemplar[:, r.region == 1], allowed).mean()
         s = region_seam_rates(r.exemplar, r.source_y, r.source_x, r.region)
         p = region_seam_rates(plain.exemplar, plain.source_y, plain.source_x, r.region)
@@ -67,11 +70,14 @@ def main() -> None:
               f"{args.identity}: {share * 100:.2f}%; seam rate crossing / band / inside {s['crossing']:.3f} / "
               f"{s['band']:.3f} / {s['inside']:.3f} (without regions {p['crossing']:.3f} / {p['band']:.3f} / "
               f"{p['inside']:.3f}); {t1 - t0:.1f} s plain, {t2 - t1:.1f} s with the region")
-        pick = np.linspace(0, len(r.outputs) - 1, 4).round().astype(int)
+        for name, res in (("blended", r), ("bare", bare), ("without the region", plain)):
+            c = region_colour_steps(res.outputs, r.region)
+            print(f"    colour step, {name}: crossing {c['crossing']:.2f}, band {c['band']:.2f}, inside {c['inside']:.2f}")
+        pick = np.linspace(0, len(r.outputs) - 1, 3).round().astype(int)
         x3 = np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
         rows.append([np.asarray(Image.fromarray(x3).resize((size, size)))] + [plain.stage1]
-                    + [plain.outputs[j] for j in np.linspace(0, len(plain.outputs) - 1, 4).round().astype(int)]
-                    + [r.outputs[j] for j in pick])
+                    + [plain.outputs[j] for j in (0, len(plain.outputs) - 1)]
+                    + [bare.outputs[j] for j in pick] + [r.outputs[j] for j in pick])
     if args.figure:
         rows.append(list(pipe.library.take("photos", allowed)))
         gap = 4

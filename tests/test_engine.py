@@ -247,6 +247,29 @@ def test_ray_engine_writes_what_local_writes(tiny, tmp_path, ray_cluster, capsys
 
 
 @ray_test
+def test_ray_engine_with_regions_writes_what_local_writes(tiny, tmp_path, ray_cluster, monkeypatch):
+    """Region masks and "like" photos given as relative paths reach the workers (their cwd is not ours)."""
+    import numpy as np
+
+    from pixelnn.cli import main
+
+    model, inputs = tiny
+    monkeypatch.chdir(tmp_path)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[16:] = 255
+    Image.fromarray(mask).save("bottom.png")
+    like = sorted(inputs.glob("*.png"))[0]
+    Image.open(like).resize((32, 32)).save("like.png")
+    common = [str(inputs), "--model", str(model), "--num-outputs", "4", "--region", "bottom.png:kind=blob",
+              "--region", "bottom.png:like=like.png", "--region-blend", "3"]
+    assert main(["-q", "synthesize", *common, "--out", "local"]) == 0
+    assert main(["-q", "synthesize", *common, "--out", "ray", "--engine", "ray", "--num-workers", "2"]) == 0
+    assert_same_results(tmp_path / "local", tmp_path / "ray")
+    z = np.load(next((tmp_path / "ray").glob("*/correspondences.npz")))
+    assert (z["region"][16:] == 2).all() and (z["region"][:16] == 0).all()
+
+
+@ray_test
 def test_a_worker_that_cannot_start_is_one_line(tiny, tmp_path, ray_cluster, capsys):
     from pixelnn.cli import main
 

@@ -227,9 +227,11 @@ class SynthesisWorker:
 
     def __init__(self, model_dir: str, out_dir: str, options: Any = None, library_dir: str | None = None,
                  from_photo: bool = False, fit: str | None = None, overwrite: bool = False, pixel_cache: bool = True,
-                 device: str = "auto", threads: int = 1, started: float = 0.0) -> None:
+                 device: str = "auto", threads: int = 1, started: float = 0.0, cwd: str | None = None) -> None:
         import torch
 
+        if cwd and os.path.isdir(cwd):  # relative paths in the options (region masks, "like" photos) as the driver's
+            os.chdir(cwd)
         torch.set_num_threads(max(1, int(threads)))
         logging.getLogger("pixelnn").setLevel(logging.WARNING)
         self.out_dir, self.from_photo, self.fit = Path(out_dir), from_photo, fit
@@ -342,7 +344,7 @@ def synthesize_ray(inputs: Sequence[str | Path], model_dir: str | Path, out_dir:
         kwargs = dict(model_dir=str(Path(model_dir).resolve()), out_dir=str(out_dir.resolve()), options=options,
                       library_dir=_absolute(library_dir), from_photo=from_photo,
                       fit=fit, overwrite=overwrite, pixel_cache=pixel_cache, device=device,
-                      threads=max(1, int(cpus_per_worker)), started=started)
+                      threads=max(1, int(cpus_per_worker)), started=started, cwd=os.getcwd())
         keys = [str(p.resolve()) for p in todo]
         by_key = dict(zip(keys, todo))
         t0 = time.perf_counter()
