@@ -1,5 +1,6 @@
-"""Label transfer (issue 14, part 4) on shoes: IoU of foreground masks transferred through the
-correspondences against the mask of the input's own photo, beside thresholding stage 1.
+"""Label transfer (issue 14, part 4): IoU of masks transferred through the correspondences against the
+mask of the input's own photo, beside the same rule applied to stage 1. ``--kind foreground`` (shoes on
+white, the default) or ``--kind face`` (the face mesh's mask, on aligned faces).
 
 For every input (a seeded subset of a split, :func:`pixelnn.evaluate.select_inputs`): synthesize the 72
 outputs, transfer the library's foreground labels (``pixelnn labels foreground``, built into
@@ -53,6 +54,9 @@ def main() -> None:
     ap.add_argument("--num-inputs", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--labels", default=None, help="label folder (default: built into OUT/labels)")
+    ap.add_argument("--kind", choices=("foreground", "face"), default="foreground",
+                    help="the label source (`pixelnn labels KIND`) and the same rule on the photo as the truth: "
+                         "foreground (shoes on white) or face (the face mesh's mask on aligned faces)")
     ap.add_argument("--threshold", type=int, default=240, help="near-white threshold of every mask (default 240)")
     ap.add_argument("--out", required=True, help="work folder")
     ap.add_argument("--threads", type=int, default=1)
@@ -68,7 +72,7 @@ def main() -> None:
 
     from pixelnn.data.dataset import Dataset, image_grid
     from pixelnn.evaluate import select_inputs
-    from pixelnn.labels import LabelDir, foreground_masks, labels_command
+    from pixelnn.labels import LabelDir, face_masks, foreground_masks, labels_command
     from pixelnn.pipeline import PixelNNPipeline, save_result
     from pixelnn.transfer import (Correspondences, iou, overlay, read_transfer, transfer_command,
                                   transfer_result)
@@ -78,7 +82,7 @@ def main() -> None:
     labels_path = Path(args.labels) if args.labels else out / "labels"
     if not labels_path.exists():
         t = time.perf_counter()
-        print(labels_command("foreground", args.model, labels_path, threshold=args.threshold, progress=False).summary())
+        print(labels_command(args.kind, args.model, labels_path, threshold=args.threshold, progress=False).summary())
         print(f"labels built in {time.perf_counter() - t:.1f} s")
     label_dir = LabelDir(labels_path)
 
@@ -96,7 +100,12 @@ def main() -> None:
     transfer_s: list[float] = []
     fig_rows = []
     checked = 0
-    fg = 1  # the foreground class id of `pixelnn labels foreground`
+    fg = 1  # the foreground (face) class id of `pixelnn labels foreground|face`
+
+    def mask_of(image: np.ndarray, threshold: int = args.threshold) -> np.ndarray:
+        """The label rule on one image (S, S, 3) -> (S, S) bool (a face where none is found: all False)."""
+        return foreground_masks(image, threshold) if args.kind == "foreground" else face_masks(image[None])[0][0]
+
     for b in range(0, len(positions), args.batch_size):
         pos = positions[b:b + args.batch_size]
         xs = np.asarray(split.inputs[pos])
@@ -105,7 +114,7 @@ def main() -> None:
         synth_s.append((time.perf_counter() - t) / len(pos))
         for p, res in zip(pos, results):
             photo = np.asarray(split.photos[p])
-            truth = foreground_masks(photo, args.threshold)
+            truth = mask_of(photo)
             t = time.perf_counter()
             corr = Correspondences.from_result(res)
             tr = transfer_result(corr, label_dir)
@@ -118,12 +127,12 @@ def main() -> None:
             scores["rand1"].append(per_output[r])
             scores["mean_output"].append(float(np.mean(per_output)))
             scores["best_output"].append(float(np.max(per_output)))
-            scores["stage1"].append(iou(foreground_masks(res.stage1, args.threshold), truth))
-            scores["rand1_output_thresholded"].append(iou(foreground_masks(res.outputs[r], args.threshold), truth))
+            scores["stage1"].append(iou(mask_of(res.stage1), truth))
+            scores["rand1_output_thresholded"].append(iou(mask_of(res.outputs[r]), truth))
             top, _ = label_dir.load([res.neighbour_ids[0]], photo.shape[0])
             scores["top_neighbour"].append(iou(top[0] == fg, truth))
-            for th in SWEEP:
-                sweep[th].append(iou(foreground_masks(res.stage1, th), truth))
+            for th in SWEEP if args.kind == "foreground" else ():
+                sweep[th].append(iou(mask_of(res.stage1, th), truth))
             unanimous = tr.agreement == 1
             wrong = cons != truth
             agree_stats["unanimous"] += int(unanimous.sum())
@@ -153,9 +162,9 @@ def main() -> None:
                 "min": round(float(np.min(v)), 4)}
 
     metrics = {
-        "inputs": len(positions), "split": args.split, "threshold": args.threshold, "seed": args.seed,
+        "kind": args.kind, "inputs": len(positions), "split": args.split, "threshold": args.threshold, "seed": args.seed,
         "iou": {k: summary(v) for k, v in scores.items()},
-        "stage1_threshold_sweep": {str(t): round(float(np.mean(v)), 4) for t, v in sweep.items()},
+        "stage1_threshold_sweep": {str(t): round(float(np.mean(v)), 4) for t, v in sweep.items() if v},
         "mean_agreement": round(float(np.mean(mean_agreement)), 4),
         "unanimous_share": round(agree_stats["unanimous"] / (agree_stats["unanimous"] + agree_stats["contested"]), 4),
         "error_unanimous": round(agree_stats["unanimous_wrong"] / max(agree_stats["unanimous"], 1), 4),
@@ -168,13 +177,15 @@ def main() -> None:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     names = {"consensus": "transferred, consensus of 72", "rand1": "transferred, Rand-1 output",
              "mean_output": "transferred, mean over the 72 outputs", "best_output": "transferred, best of 72 (oracle)",
-             "stage1": f"stage 1 thresholded (baseline, white >= {args.threshold})",
-             "rand1_output_thresholded": "Rand-1 output image thresholded", "top_neighbour": "rank-1 neighbour's mask as is"}
-    print(f"\nforeground IoU against the photo's own mask, {len(positions)} {args.split} inputs (mean / median / min):")
+             "stage1": (f"stage 1 thresholded (baseline, white >= {args.threshold})" if args.kind == "foreground"
+                        else "face mesh on stage 1 (baseline)"),
+             "rand1_output_thresholded": f"Rand-1 output image, {'thresholded' if args.kind == 'foreground' else 'face mesh'}", "top_neighbour": "rank-1 neighbour's mask as is"}
+    print(f"\n{args.kind} IoU against the photo's own mask, {len(positions)} {args.split} inputs (mean / median / min):")
     for k, v in metrics["iou"].items():
         print(f"  {names[k]:<48} {v['mean']:.3f} / {v['median']:.3f} / {v['min']:.3f}")
-    best = max(metrics["stage1_threshold_sweep"].items(), key=lambda kv: kv[1])
-    print(f"  stage 1 threshold sweep (mean IoU): {metrics['stage1_threshold_sweep']}; best {best[0]}: {best[1]:.3f}")
+    if sweep and args.kind == "foreground":
+        best = max(metrics["stage1_threshold_sweep"].items(), key=lambda kv: kv[1])
+        print(f"  stage 1 threshold sweep (mean IoU): {metrics['stage1_threshold_sweep']}; best {best[0]}: {best[1]:.3f}")
     print(f"consensus better than stage 1 on {metrics['consensus_beats_stage1']} of {len(positions)} inputs")
     print(f"agreement: mean {metrics['mean_agreement']:.3f}; unanimous pixels {100 * metrics['unanimous_share']:.1f}% "
           f"(error {100 * metrics['error_unanimous']:.2f}%), contested pixels error "
