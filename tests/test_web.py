@@ -360,11 +360,13 @@ def test_regions_reach_the_pipeline(app, tiny):
     assert set(np.unique(result.exemplar[:, top])) <= blobs
     assert set(np.unique(result.exemplar[:, corner])) == {app.pipe.library.ids.index(clicked)}
     assert set(np.unique(result.exemplar[:, result.region == 0])) <= reds
-    assert len(result.outputs) == 2  # the one-exemplar region keeps only the outputs of exemplar set #1
+    # the one-exemplar region reuses it in every output; the default set (9 red exemplars) drops the 6
+    # outputs whose sets need ranks 10-11
+    assert len(result.outputs) == 30 and len(result.region_neighbours[0]) == 9
     text = app.summary(result, "photo", 1.0)
     assert "2 region(s)" in text and "Regions (2): default set" in text
     assert f"2 (exemplar {clicked}) 120 px, 1 exemplar(s)" in text and "1 (kind=blob) 384 px" in text
-    assert "34 of the 36 outputs were dropped" in text
+    assert "6 of the 36 outputs were dropped" in text and "Region(s) 2 have fewer exemplars" in text
     view, _, _ = app.pixel_view(result, 0, view_x=1 * s, view_y=25 * s)
     assert "(region 2)" in view and f"`{clicked}`" in view
     assert app.clicked_exemplar(result, 0, view_x=1 * s, view_y=25 * s) == clicked

@@ -414,7 +414,8 @@ class WebApp:
 
     def regions_summary(self, result: Any) -> str:
         """A Markdown line about a result's regions (empty without): each region's set, the pixels it got and
-        its exemplars retrieved, and how many outputs were dropped because a set retrieved too few."""
+        its exemplars retrieved, which regions reuse their few exemplars, and how many outputs were dropped
+        because the default set retrieved too few."""
         regions = result.options.regions
         if result.region is None or not regions:
             return ""
@@ -424,8 +425,12 @@ class WebApp:
                   for r, reg in enumerate(regions, 1)]
         asked = len(self.pipe.output_specs(result.options))
         dropped = asked - len(result.outputs)
-        note = (f" {dropped} of the {asked} outputs were dropped: their exemplar sets use more neighbours than some "
-                f"region's set retrieved." if dropped > 0 else "")
+        needed = max(max(s.ranks) for s in result.specs) + 1
+        few = [str(r) for r in range(1, len(sets)) if 0 < len(sets[r]) < needed and (result.region == r).any()]
+        note = (f" Region(s) {', '.join(few)} have fewer exemplars than the outputs use: every output reuses them."
+                if few else "")
+        note += (f" {dropped} of the {asked} outputs were dropped: their exemplar sets use more neighbours than the "
+                 f"default set retrieved." if dropped > 0 else "")
         return f"Regions ({len(regions)}): " + "; ".join(parts) + "." + note
 
     def resolved(self, options: Any) -> Any:
