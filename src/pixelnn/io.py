@@ -122,7 +122,7 @@ def parse_json(data: str | bytes, source: str | os.PathLike, what: str | None = 
     try:
         obj = json.loads(data)
     except json.JSONDecodeError as e:
-        cut = " (truncated?)" if e.pos >= len(data.rstrip()) else ""
+        cut = " (truncated?)" if e.pos >= len(data.rstrip()) or e.msg.startswith("Unterminated") else ""
         raise PixelNNError(f"{src}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}{cut}") from None
     except RecursionError:
         raise PixelNNError(f"{src}: not valid JSON (nested too deeply)") from None
@@ -207,7 +207,8 @@ def read_jsonl(path: str | os.PathLike, what: str | None = None,
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            cut = " (truncated?)" if n >= len(lines) - 1 and e.pos >= len(line.rstrip()) else ""
+            last = not any(rest.strip() for rest in lines[n:])
+            cut = " (truncated?)" if last and not text.endswith("\n") else ""
             raise PixelNNError(f"{src}: line {n}: not valid JSON (column {e.colno}): {e.msg}{cut}") from None
         except RecursionError:
             raise PixelNNError(f"{src}: line {n}: not valid JSON (nested too deeply)") from None

@@ -243,9 +243,9 @@ class PixelNNPipeline:
         descriptor load it on first use.
         """
         regressor, config = load_model_dir(model_dir)
-        library = open_library(library_dir if library_dir else Path(model_dir) / "library", model_dir=model_dir)
         cfg_path = Path(model_dir) / "config.json"
         task = config_from(TaskConfig, need(config, "task", cfg_path, dict), cfg_path, "task")
+        library = open_library(library_dir if library_dir else Path(model_dir) / "library", model_dir=model_dir)
         pipe = cls(regressor, library, task, device=device, use_pixel_cache=pixel_cache)
         pipe._default = (descriptor, pca_dims)
         pipe.pixel_descriptor(descriptor, pca_dims)  # now: the first request should not pay for the PCA fit

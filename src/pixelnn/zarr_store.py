@@ -740,7 +740,7 @@ class ZarrLibrary:
                 f"{disk / 2**20:.1f} MiB on disk ({disk / n / 1000:.1f} KB per exemplar)")
 
     def verify(self, progress: bool = False) -> list[str]:
-        """Check the sha256 of every file this version lists and read every chunk; returns the problems found."""
+        """Check the sha256 of every file this version lists (and of the model and reducer); returns the problems found."""
         from tqdm.auto import tqdm
 
         problems = []
@@ -753,6 +753,16 @@ class ZarrLibrary:
                     continue
                 if _sha256(data) != want["sha256"]:
                     problems.append(f"segment {s.name}: {rel} has a bad checksum")
+        want = {MODEL_FILE: (self.info.get("model") or {}).get("weights_sha256"),
+                REDUCER_FILE: self.info["descriptor"].get("reducer_sha256") if self.dim != self.full_dim else None}
+        for rel, sha in want.items():
+            if sha is None:
+                continue
+            try:
+                if _sha256(self.loc.read_bytes(rel)) != sha:
+                    problems.append(f"{rel} has a bad checksum")
+            except PixelNNError as e:
+                problems.append(str(e))
         idx = self.manifest["index"]
         try:
             if _sha256(self.loc.read_bytes(idx["file"])) != idx["sha256"]:
