@@ -230,7 +230,8 @@ class ExemplarLibrary:
                 need(manifest, "datasets", path, list)
             for i, e in enumerate(entries):
                 where = f"{path}: shards[{i}]"
-                need(e, "name", where, str), need(e, "count", where, int)
+                need(e, "name", where, str)
+                need(e, "count", where, int)
                 if not isinstance(e.get("removed", []), list):
                     need(e, "removed", where, list)
         except (KeyError, TypeError, ValueError) as e:

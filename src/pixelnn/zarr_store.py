@@ -493,7 +493,8 @@ class ZarrLibrary:
         src = f"{self.url.rstrip('/')}/{rel}"
         need(manifest, "count", src, int)
         index = need(manifest, "index", src, dict)
-        need(index, "file", f"{src}: index", str), need(index, "kind", f"{src}: index", str)
+        need(index, "file", f"{src}: index", str)
+        need(index, "kind", f"{src}: index", str)
         self.version, self.manifest = version, manifest
         self._segments = [_Segment(loc, e, src) for e in need(manifest, "segments", src, list)]
         self._reducer = None
