@@ -216,7 +216,7 @@ def test_bad_label_images_are_one_line_errors_naming_the_file(tmp_path, capsys):
     (lab / "labels.json").write_text(json.dumps({"format": "pixelnn-labels", "version": 1, "kind": "rgb"}))
     assert "is an index image but" in transfer()
     (lab / "labels.json").write_text("{oops")
-    assert "is corrupt" in transfer()
+    assert "not valid JSON (line 1, column 2)" in transfer()
     (lab / "labels.json").unlink()
     assert main(["-q", "transfer", str(res), "--labels", str(lab)]) == 0
     capsys.readouterr()

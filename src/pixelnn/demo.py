@@ -146,14 +146,17 @@ def run_demo(out_dir: str | Path, data: str | None = None, minutes: float = 2.0,
 
 
 def _plot_log(log_path: Path, out_png: Path) -> None:
-    import json
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    from pixelnn.errors import PixelNNError
+    from pixelnn.io import read_jsonl
+
+    rows = [r for r in read_jsonl(log_path, "training log") if "val_psnr" in r]
+    if not all(isinstance(r.get("step"), int) and isinstance(r["val_psnr"], (int, float)) for r in rows):
+        raise PixelNNError(f"training log {log_path}: a line with a bad step or val_psnr")
     fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
     ax.plot([r["step"] for r in rows], [r["val_psnr"] for r in rows], marker="o")
     ax.set_xlabel("step")

@@ -287,9 +287,10 @@ def _resolve_data_dir(model_dir: Path, data_dir: str | Path | None) -> Path:
     cfg_path = model_dir / "config.json"
     from pixelnn.io import read_json
 
-    cfg = read_json(cfg_path)
-    path = cfg.get("dataset", {}).get("path")
-    if not path:
+    cfg = read_json(cfg_path, "model config", expect=dict)
+    dataset = cfg.get("dataset") or {}
+    path = dataset.get("path") if isinstance(dataset, dict) else None
+    if not path or not isinstance(path, str):
         raise PixelNNError(f"{cfg_path} does not name its dataset; pass --data DATA_DIR")
     return Path(path)
 

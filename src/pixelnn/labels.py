@@ -247,8 +247,8 @@ class LabelDir:
         if meta_path.is_file():
             from pixelnn.io import read_json
 
-            meta = read_json(meta_path)
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            meta = read_json(meta_path, "label-folder metadata", expect=dict)
+            if meta.get("format") != FORMAT:
                 raise PixelNNError(f"{meta_path} is not a {FORMAT} file")
             if meta.get("version", 0) > VERSION:
                 raise PixelNNError(f"{meta_path} has version {meta['version']}; this PixelNN reads up to {VERSION}")

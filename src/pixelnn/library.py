@@ -57,7 +57,7 @@ from pixelnn.config import MODEL_FILES, TaskConfig
 from pixelnn.data.dataset import SPLITS, Dataset
 from pixelnn.devices import resolve_device
 from pixelnn.errors import PixelNNError
-from pixelnn.io import atomic_dir, read_json, write_json
+from pixelnn.io import atomic_dir, check_sha256, config_from, need, read_json, read_jsonl, write_json
 from pixelnn.retrieval import (DESCRIPTOR_LAYER, DESCRIPTOR_NAME, INDEX_KINDS, GlobalIndex, descriptor_dim,
                                global_descriptors)
 from pixelnn.store import check_field, check_positions, iter_field, labels_index, select_records
@@ -122,15 +122,23 @@ def _read_model(model_dir: Path) -> tuple[bytes, dict[str, Any]]:
     if not weights.is_file():
         raise PixelNNError(f"{model_dir} has no {MODEL_FILES.weights} yet; wait for the first checkpoint "
                            f"of `pixelnn train`")
-    config = read_json(cfg_path)
+    config = read_json(cfg_path, expect=dict)
     if "task" not in config:
         raise PixelNNError(f"{cfg_path} has no task; retrain the model with this version of pixelnn")
-    return weights.read_bytes(), config
+    config_from(TaskConfig, config["task"], cfg_path, "task")
+    try:
+        data = weights.read_bytes()
+    except OSError as e:
+        raise PixelNNError(f"cannot read {weights}: {e.strerror or e}") from None
+    return data, config
 
 
-def _load_regressor(path: Path):
+def _load_regressor(path: Path, sha256: str | None = None):
+    """The regressor at ``path``, refused when its file's sha256 is not the recorded ``sha256``."""
     from pixelnn.models.regressor import Regressor
 
+    check_sha256(path, sha256, "weights", "the library's copy of the stage-1 model is damaged: rebuild the library "
+                 "with `pixelnn index ... --overwrite`")
     return Regressor.load(path)
 
 
@@ -141,12 +149,17 @@ class _Shard:
         self.name = str(entry.get("name", ""))
         self.path = root / SHARDS / self.name
         self.count = int(entry.get("count", -1))
-        try:
-            self.arrays = {a: np.load(self.path / f"{a}.npy", mmap_mode="r", allow_pickle=False) for a in _ARRAYS}
-            lines = (self.path / "records.jsonl").read_text().splitlines()
-            self.records = [json.loads(line) for line in lines if line.strip()]
-        except (OSError, ValueError) as e:
-            raise PixelNNError(f"library shard {self.path} is unreadable: {e}") from None
+        self.arrays = {}
+        for a in _ARRAYS:
+            f = self.path / f"{a}.npy"
+            try:
+                self.arrays[a] = np.load(f, mmap_mode="r", allow_pickle=False)
+            except FileNotFoundError:
+                raise PixelNNError(f"library shard {self.path} is unreadable: {f.name} is missing") from None
+            except (OSError, ValueError, EOFError) as e:
+                raise PixelNNError(f"library shard {self.path} is unreadable: {f.name}: "
+                                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__} (truncated?)") from None
+        self.records = read_jsonl(self.path / "records.jsonl", "library shard records")
         expect = {"photos": ((self.count, size, size, 3), np.uint8), "stage1": ((self.count, size, size, 3), np.uint8),
                   "global": ((self.count, dim), np.float32)}
         for a, (shape, dtype) in expect.items():
@@ -199,19 +212,28 @@ class ExemplarLibrary:
         if not path.is_file():
             raise PixelNNError(f"{self.root} is not a PixelNN library (no {MANIFEST}); build one with "
                                f"`pixelnn index DATA_DIR --model MODEL_DIR`")
-        manifest = read_json(path)
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        manifest = read_json(path, expect=dict)
+        if manifest.get("format") != FORMAT_NAME:
             raise PixelNNError(f"{path} is not a {FORMAT_NAME} manifest")
         if not isinstance(manifest.get("version"), int) or manifest["version"] > FORMAT_VERSION:
             raise PixelNNError(f"{path} has format version {manifest.get('version')!r}; this PixelNN reads up to "
                                f"{FORMAT_VERSION}: upgrade pixelnn")
         try:
-            desc = manifest["descriptor"]
-            self.task = TaskConfig.from_dict(manifest["task"])
-            self.image_size = int(manifest["image_size"])
-            self.dim = int(desc["dim"])
-            entries = list(manifest["shards"])
-            count = int(manifest["count"])
+            desc = need(manifest, "descriptor", path, dict)
+            self.task = config_from(TaskConfig, need(manifest, "task", path, dict), path, "task")
+            self.image_size = int(need(manifest, "image_size", path, int))
+            self.dim = int(need(desc, "dim", f"{path}: descriptor", int))
+            entries = list(need(manifest, "shards", path, list))
+            count = int(need(manifest, "count", path, int))
+            need(manifest, "model", path, dict)
+            if not isinstance(manifest.get("datasets", []), list):
+                need(manifest, "datasets", path, list)
+            for i, e in enumerate(entries):
+                where = f"{path}: shards[{i}]"
+                need(e, "name", where, str)
+                need(e, "count", where, int)
+                if not isinstance(e.get("removed", []), list):
+                    need(e, "removed", where, list)
         except (KeyError, TypeError, ValueError) as e:
             raise PixelNNError(f"{path} is corrupt: missing or bad field {e}") from None
         if desc.get("name") != DESCRIPTOR_NAME:
@@ -266,7 +288,7 @@ class ExemplarLibrary:
         if not data_dirs:
             raise PixelNNError("no datasets given to build the library from")
         weights, config = _read_model(model_dir)
-        task = TaskConfig.from_dict(config["task"])
+        task = config_from(TaskConfig, config["task"], model_dir / MODEL_FILES.config, "task")
         datasets = [Dataset(d) for d in data_dirs]
         for ds in datasets:  # fail before any work
             _check_task(task, ds.task, f"dataset {ds.root}")
@@ -294,7 +316,9 @@ class ExemplarLibrary:
     def load_model(self, device: Any = "cpu"):
         """The library's copy of the stage-1 regressor (:class:`pixelnn.models.regressor.Regressor`), in eval mode,
         on ``device``."""
-        return _load_regressor(self.root / self.manifest["model"].get("weights", WEIGHTS)).to(resolve_device(device))
+        model = self.manifest["model"]
+        return _load_regressor(self.root / str(model.get("weights", WEIGHTS)),
+                               model.get("weights_sha256")).to(resolve_device(device))
 
     def add(self, data_dir: str | Path, split: str = "train", progress: bool = True, batch_size: int = 64,
             id_prefix: str | None = None, device: Any = "cpu") -> AddResult:

@@ -460,10 +460,15 @@ class SynthesisOptions:
         path = Path(path)
         if not path.is_file():
             raise PixelNNError(f"no such options file: {path}")
-        d = read_json(path)
-        if isinstance(d, Mapping) and d.get("format") == "pixelnn-synthesis" and "options" not in d:
+        d = read_json(path, "synthesis options", expect=dict)
+        if d.get("format") == "pixelnn-synthesis" and "options" not in d:
             raise PixelNNError(f"{path} is a manifest from an older pixelnn without its options; re-run synthesize")
-        return cls.from_dict(d)
+        try:
+            return cls.from_dict(d)
+        except PixelNNError as e:
+            raise PixelNNError(f"{path}: {e}") from None
+        except (TypeError, ValueError, KeyError, AttributeError) as e:  # a value of the wrong JSON type
+            raise PixelNNError(f"{path}: bad synthesis options: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def _check_names(d: Mapping[str, Any]) -> None:

@@ -41,7 +41,7 @@ from pixelnn.data.images import DEFAULT_MAX_PIXELS, UnusableImage, decode_image,
 from pixelnn.descriptors import PixelPCA, fit_pca, make_descriptor
 from pixelnn.devices import resolve_device
 from pixelnn.errors import PixelNNError
-from pixelnn.io import atomic_dir, save_image
+from pixelnn.io import atomic_dir, config_from, need, save_image
 from pixelnn.zarr_store import open_library
 from pixelnn.matching import OutputSpec
 from pixelnn.models.loading import load_model_dir
@@ -244,8 +244,9 @@ class PixelNNPipeline:
         descriptor load it on first use.
         """
         regressor, config = load_model_dir(model_dir)
+        cfg_path = Path(model_dir) / "config.json"
+        task = config_from(TaskConfig, need(config, "task", cfg_path, dict), cfg_path, "task")
         library = open_library(library_dir if library_dir else Path(model_dir) / "library", model_dir=model_dir)
-        task = TaskConfig.from_dict(config["task"])
         pipe = cls(regressor, library, task, device=device, use_pixel_cache=pixel_cache)
         pipe._default = (descriptor, pca_dims)
         pipe.pixel_descriptor(descriptor, pca_dims)  # now: the first request should not pay for the PCA fit

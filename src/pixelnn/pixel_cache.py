@@ -14,6 +14,11 @@ go stale: an exemplar removed and re-added with another photo, a refitted PCA or
 weights simply get new keys. Files are written atomically (temporary file, then rename), so
 concurrent readers and writers (several web-app users) are safe.
 
+Every entry read is checked: an unreadable or truncated file, an array of another shape or dtype than
+the descriptor gives for that image (``(H * W, dims)`` float16), or one holding NaN or infinite values
+is logged as a warning and recomputed (and rewritten), never used: the cache is only a copy of what
+the descriptor computes, so a bad entry costs time, not a wrong output.
+
 Descriptors are stored as float16. :func:`round_descriptors` applies the same rounding to freshly
 computed descriptors, so matches never depend on whether an exemplar came from the cache.
 """
@@ -103,16 +108,22 @@ class PixelDescriptorCache:
         k = self.key(image)
         return self.dir / k[:2] / f"{k}.npy"
 
-    def _read(self, path: Path) -> np.ndarray | None:
+    def _read(self, path: Path, pixels: int) -> np.ndarray | None:
+        """The entry at ``path`` if it is a float16 (pixels, dims) array of finite values; None (recompute it) when
+        it is missing, unreadable, of another shape or holds NaN/inf (each bad entry logs a warning)."""
         try:
             a = np.load(path, allow_pickle=False)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as e:  # truncated or foreign file: recompute and overwrite
-            log.warning("ignoring unreadable pixel-cache entry %s: %s", path, e)
+        except (OSError, ValueError, EOFError) as e:  # truncated or foreign file: recompute and overwrite
+            log.warning("ignoring unreadable pixel-cache entry %s (recomputing it): %s", path, e)
             return None
-        if a.dtype != np.float16 or a.ndim != 2 or a.shape[1] != self.descriptor.dims:
-            log.warning("ignoring pixel-cache entry %s with shape %s %s", path, a.shape, a.dtype)
+        if a.dtype != np.float16 or a.shape != (pixels, self.descriptor.dims):
+            log.warning("ignoring pixel-cache entry %s of shape %s %s, expected (%d, %d) float16 (recomputing it)",
+                        path, a.shape, a.dtype, pixels, self.descriptor.dims)
+            return None
+        if not np.isfinite(a).all():
+            log.warning("ignoring pixel-cache entry %s holding NaN or infinite values (recomputing it)", path)
             return None
         return a
 
@@ -142,7 +153,8 @@ class PixelDescriptorCache:
         """
         images = np.asarray(images)
         paths = [self.path(im) for im in images]
-        found = [self._read(p) for p in paths]
+        pixels = int(images.shape[1] * images.shape[2]) if images.ndim >= 3 else 0  # P = H * W
+        found = [self._read(p, pixels) for p in paths]
         missing = [i for i, a in enumerate(found) if a is None]
         self.hits += len(images) - len(missing)
         self.misses += len(missing)

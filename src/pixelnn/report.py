@@ -6,7 +6,7 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pixelnn.io import read_json, write_text
+from pixelnn.io import need, read_json, write_text
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;line-height:1.45}
@@ -192,38 +192,52 @@ def write_evaluation_page(report_dir: str | Path, page_dir: str | Path, name: st
     path = report_dir / "metrics.json"
     if not path.is_file():
         raise PixelNNError(f"{report_dir} is not an evaluation folder (no metrics.json); run `pixelnn evaluate` first")
-    metrics = read_json(path)
+    metrics = read_json(path, expect=dict)
     if metrics.get("format") != "pixelnn-evaluation":
         raise PixelNNError(f"{path} is not a pixelnn-evaluation file")
+    need(metrics, "methods", path, dict)
     name = name or metrics.get("experiment") or report_dir.name
+    if not isinstance(name, str):
+        raise PixelNNError(f"{path}: 'experiment' should be a string, got {name!r}")
     img_dir = page_dir / name
     img_dir.mkdir(parents=True, exist_ok=True)
     if (report_dir / "spectrum.png").is_file():
         with atomic_path(img_dir / "spectrum.png") as tmp:
             shutil.copyfile(report_dir / "spectrum.png", tmp)
-    sections = evaluation_sections(metrics, name)
+    try:
+        sections = evaluation_sections(metrics, name)
+        task = metrics.get("task", {})
+        intro = (f"Task {task.get('name')}" + (f" (edges: {task.get('edge_method')})" if task.get("name") == "edges"
+                                                else "")
+                 + f"; PixelNN composition {_composition(metrics)}; "
+                 f"evaluated in {metrics.get('wall_seconds', 0) / 60:.1f} min.")
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:  # a hand-edited or damaged file
+        raise PixelNNError(f"{path}: unexpected content ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                           f"re-run `pixelnn evaluate`") from None
     ex_path = report_dir / "examples.npz"
     if ex_path.is_file():
-        with np.load(ex_path, allow_pickle=False) as ex:
-            has_p2p = "pix2pix" in ex.files
-            figs = []
-            for i in range(len(ex["photos"])):
-                row = [ex["inputs"][i:i + 1], ex["stage1"][i:i + 1], ex["pixelnn"][i], ex["correspondence"][i:i + 1]]
-                if has_p2p:
-                    row.append(ex["pix2pix"][i])
-                row.append(ex["photos"][i:i + 1])
-                file = f"example_{i + 1:02d}.png"
-                save_image(img_dir / file, image_grid([np.concatenate(row)]))
-                j = int(ex["correspondence_index"][i]) + 1 if "correspondence_index" in ex.files else 1
-                figs.append((f"{name}/{file}", f"Input {i + 1}; the correspondence map is of PixelNN output {j} of 8"))
+        import zipfile
+
+        try:
+            with np.load(ex_path, allow_pickle=False) as ex:
+                has_p2p = "pix2pix" in ex.files
+                figs = []
+                for i in range(len(ex["photos"])):
+                    row = [ex["inputs"][i:i + 1], ex["stage1"][i:i + 1], ex["pixelnn"][i], ex["correspondence"][i:i + 1]]
+                    if has_p2p:
+                        row.append(ex["pix2pix"][i])
+                    row.append(ex["photos"][i:i + 1])
+                    file = f"example_{i + 1:02d}.png"
+                    save_image(img_dir / file, image_grid([np.concatenate(row)]))
+                    j = int(ex["correspondence_index"][i]) + 1 if "correspondence_index" in ex.files else 1
+                    figs.append((f"{name}/{file}", f"Input {i + 1}; the correspondence map is of PixelNN output {j} of 8"))
+        except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as e:
+            raise PixelNNError(f"cannot read {ex_path}: {str(e).splitlines()[0] if str(e) else type(e).__name__} "
+                               f"(truncated or damaged?); re-run `pixelnn evaluate`") from None
         order = ("input, stage 1, eight PixelNN outputs, the correspondence map of one of them (each pixel coloured by "
                  "the exemplar it was copied from, shaded by the source position)")
         order += ", eight pix2pix samples" if has_p2p else " (pix2pix not evaluated)"
         sections.insert(2, Section("Examples", [order + ", the photo."], figures=figs))
-    task = metrics.get("task", {})
-    intro = (f"Task {task.get('name')}" + (f" (edges: {task.get('edge_method')})" if task.get("name") == "edges" else "")
-             + f"; PixelNN composition {_composition(metrics)}; "
-             f"evaluated in {metrics.get('wall_seconds', 0) / 60:.1f} min.")
     return write_page(page_dir / f"{name}.html", f"PixelNN evaluation: {name}", sections, intro)
 
 
@@ -240,7 +254,10 @@ def report_command(report_dirs: list[str | Path], page_dir: str | Path) -> Path:
         d = Path(d)
         if not (d / "metrics.json").is_file():
             raise PixelNNError(f"{d} is not an evaluation folder (no metrics.json); run `pixelnn evaluate` first")
-        metrics = read_json(d / "metrics.json")  # read once: name and table row
+        metrics = read_json(d / "metrics.json", expect=dict)  # read once: name and table row
+        if metrics.get("format") != "pixelnn-evaluation":
+            raise PixelNNError(f"{d / 'metrics.json'} is not a pixelnn-evaluation file")
+        need(metrics, "methods", d / "metrics.json", dict)
         name = metrics.get("experiment") or d.name
         if name in names:
             name = f"{name}-{len(names) + 1}"

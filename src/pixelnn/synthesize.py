@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from pixelnn.engine import (BAD, DEFAULT_RETRIES, FAILED, FATAL, OK, _default_workers, check_engine_options,
                             init_ray, one_line, ray_map, write_failures)
 from pixelnn.errors import PixelNNError
+from pixelnn.io import need, read_json, read_text
 from pixelnn.options import SynthesisOptions
 from pixelnn.pipeline import PixelNNPipeline, load_image_file, result_complete, save_result
 
@@ -41,7 +42,7 @@ LIST_SUFFIXES = (".txt", ".lst", ".list")
 
 def _list_file_items(path: Path) -> list[str]:
     items = []
-    for line in path.read_text().splitlines():
+    for line in read_text(path, "list file").splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             items.append(line if Path(line).is_absolute() else str(path.parent / line))
@@ -373,7 +374,8 @@ def synthesize_ray(inputs: Sequence[str | Path], model_dir: str | Path, out_dir:
             report.failed.append((p, failures[k]["error"]))
     if not report.outputs_per_input and report.done:  # every result came from an earlier, killed task
         m = out_dir / report.done[0].stem / "manifest.json"
-        report.outputs_per_input = len(json.loads(m.read_text())["outputs"]) if m.is_file() else 0
+        report.outputs_per_input = len(need(read_json(m, "synthesis manifest", expect=dict), "outputs", m, list)) \
+            if m.is_file() else 0
     write_failures(out_dir, [{"input": str(by_key[k]), "error": f["error"], "attempts": f["attempts"]}
                              for k, f in failures.items()])
     return report

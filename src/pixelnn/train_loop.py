@@ -38,7 +38,7 @@ from pixelnn.config import check_clock
 from pixelnn.data.dataset import Dataset, SplitData
 from pixelnn.devices import resolve_device
 from pixelnn.errors import PixelNNError
-from pixelnn.io import atomic_path, save_image
+from pixelnn.io import atomic_path, check_tensors_sha256, save_image, tensors_sha256
 from pixelnn.models.regressor import to_tensor
 
 log = logging.getLogger(__name__)
@@ -342,7 +342,7 @@ def save_train_state(path: Path, tensors: dict[str, torch.Tensor], *, step: int,
     """Write a resumable training state: CPU ``tensors`` (optimizer moments, ...) and, in the metadata,
     the step, budget seconds used, images seen and the numpy RNG state (atomic)."""
     meta = {"step": str(step), "elapsed": repr(elapsed), "images_seen": str(images_seen),
-            "rng": json.dumps(rng.bit_generator.state)}
+            "rng": json.dumps(rng.bit_generator.state), "tensors_sha256": tensors_sha256(tensors)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
@@ -363,8 +363,10 @@ def load_train_state(path: Path, rng: np.random.Generator) -> tuple[dict[str, to
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
+        check_tensors_sha256(tensors, meta, path, "training state")
         rng.bit_generator.state = json.loads(meta["rng"])
         return tensors, int(meta["step"]), float(meta["elapsed"]), int(meta.get("images_seen", 0))
     except Exception as e:
-        raise PixelNNError(f"cannot read training state {path}: {e}; "
+        msg = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PixelNNError(f"cannot read training state {path}: {msg}; "
                            "pass resume=False (--restart) to start over") from None

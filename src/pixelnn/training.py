@@ -32,7 +32,7 @@ from pixelnn.config import MODEL_FILES, PERCEPTUAL_LAYERS, RegressorConfig, Task
 from pixelnn.data.dataset import SplitData, image_grid
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.image_metrics import bicubic_upsample, psnr, ssim
-from pixelnn.io import read_json, save_image, write_json
+from pixelnn.io import parse_json, read_json, save_image, write_json
 from pixelnn.models.loading import MODEL_FORMAT, MODEL_VERSION, load_model_dir
 from pixelnn.models.regressor import Regressor, module_device, predict, to_tensor
 from pixelnn.models.vgg import imagenet_normalize, vgg16
@@ -136,7 +136,8 @@ def init_regressor(source: str | Path, task: TaskConfig, input_channels: int,
     if mismatch:
         raise PixelNNError(f"cannot initialise from {weights}: its regressor does not match this training "
                            f"({'; '.join(mismatch)})")
-    source_task = json.loads(meta["task"]).get("name") if "task" in meta else None
+    source_task = parse_json(meta["task"], f"{weights} (metadata 'task')", expect=dict).get("name") \
+        if "task" in meta else None
     if source_task is not None and source_task != task.name:
         log.warning("initialising a %s model from %s, a %s model", task.name, weights, source_task)
     record = {"path": str(weights.resolve()), "step": int(meta["step"]) if "step" in meta else None,
@@ -248,7 +249,7 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
             log.warning("resuming from %s, so init_from %s is ignored", weights_path, config.init_from)
         prev_config = model_dir / MODEL_FILES.config
         if prev_config.is_file():
-            init_record = read_json(prev_config).get("init")
+            init_record = read_json(prev_config, "model config", expect=dict).get("init")
     else:
         if weights_path.exists() and not resume:
             log.warning("overwriting the model in %s", model_dir)

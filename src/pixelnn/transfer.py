@@ -18,7 +18,6 @@ is ``pixelnn transfer``, which reads a result folder and writes the label maps n
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -195,14 +194,16 @@ def read_correspondences(result_dir: str | Path) -> Correspondences:
 
     Raises a one-line PixelNNError for a folder that is not a complete result, or a corrupt one.
     """
+    import zipfile
+
     from pixelnn.io import read_json
     from pixelnn.pipeline import MANIFEST_FORMAT
 
     d = Path(result_dir)
     if not (d / "manifest.json").is_file():
         raise PixelNNError(f"{d} is not a synthesis result (no manifest.json); make one with `pixelnn synthesize`")
-    manifest = read_json(d / "manifest.json")
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+    manifest = read_json(d / "manifest.json", "synthesis manifest", expect=dict)
+    if manifest.get("format") != MANIFEST_FORMAT:
         raise PixelNNError(f"{d / 'manifest.json'} is not a {MANIFEST_FORMAT} manifest")
     path = d / "correspondences.npz"
     if not path.is_file():
@@ -210,8 +211,9 @@ def read_correspondences(result_dir: str | Path) -> Correspondences:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise PixelNNError(f"cannot read {path}: {e}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise PixelNNError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__} "
+                           f"(truncated or damaged?)") from None
     missing = [k for k in ("exemplar_index", "library_position", "source_y", "source_x", "exemplar_ids")
                if k not in arrays]
     if missing:
@@ -219,7 +221,10 @@ def read_correspondences(result_dir: str | Path) -> Correspondences:
     idx = arrays["exemplar_index"].astype(np.int64)
     if idx.ndim != 3 or idx.shape[1] != idx.shape[2]:
         raise PixelNNError(f"{path}: exemplar_index must be (O, S, S), got {idx.shape}")
-    files = [o.get("file") for o in manifest.get("outputs", [])]
+    outputs = manifest.get("outputs", [])
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise PixelNNError(f"{d / 'manifest.json'}: 'outputs' should be a list of objects")
+    files = [o.get("file") for o in outputs]
     if len(files) != len(idx) or not all(files):
         raise PixelNNError(f"{d / 'manifest.json'} lists {len(files)} outputs but the correspondences hold {len(idx)}")
     ids = [str(i) for i in arrays["exemplar_ids"].tolist()]
@@ -371,7 +376,18 @@ def read_transfer(out_dir: str | Path) -> dict[str, Any]:
     d = Path(out_dir)
     if not (d / TRANSFER_MANIFEST).is_file():
         raise PixelNNError(f"{d} is not a label transfer (no {TRANSFER_MANIFEST})")
-    with np.load(d / "labels.npz", allow_pickle=False) as z:
-        out: dict[str, Any] = {k: z[k] for k in z.files}
-    out["manifest"] = json.loads((d / TRANSFER_MANIFEST).read_text())
+    import zipfile
+
+    from pixelnn.io import read_json
+
+    manifest = read_json(d / TRANSFER_MANIFEST, "label-transfer manifest", expect=dict)
+    try:
+        with np.load(d / "labels.npz", allow_pickle=False) as z:
+            out: dict[str, Any] = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise PixelNNError(f"{d / 'labels.npz'}: missing") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise PixelNNError(f"cannot read {d / 'labels.npz'}: {str(e).splitlines()[0] if str(e) else type(e).__name__} "
+                           f"(truncated or damaged?)") from None
+    out["manifest"] = manifest
     return out

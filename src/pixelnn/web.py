@@ -586,7 +586,9 @@ class WebApp:
                 f.rename(f.with_name(f.name.replace("_001", f"_{int(output) + 1:03d}")))
             import json
 
-            m = json.loads((folder / "manifest.json").read_text())
+            from pixelnn.io import read_json
+
+            m = read_json(folder / "manifest.json", "synthesis manifest", expect=dict)
             m["outputs"][0]["file"] = f"output_{int(output) + 1:03d}.png"
             (folder / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
         return zip_dir(folder, d / f"{name}.zip")

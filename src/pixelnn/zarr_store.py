@@ -56,6 +56,7 @@ import numpy as np
 
 from pixelnn.config import TaskConfig
 from pixelnn.errors import PixelNNError
+from pixelnn.io import config_from, need
 from pixelnn.store import check_field, check_positions, check_where, few
 
 log = logging.getLogger(__name__)
@@ -137,11 +138,11 @@ class Location:
         except OSError as e:
             raise PixelNNError(f"cannot read {rel} in {self.url}: {e}") from None
 
-    def read_json(self, rel: str) -> Any:
-        try:
-            return json.loads(self.read_bytes(rel))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise PixelNNError(f"{rel} in {self.url} is corrupt: {e}") from None
+    def read_json(self, rel: str, expect: type | tuple[type, ...] | None = dict) -> Any:
+        """``rel`` parsed as JSON (an object by default), with one-line errors (:func:`pixelnn.io.parse_json`)."""
+        from pixelnn.io import parse_json
+
+        return parse_json(self.read_bytes(rel), f"{self.url.rstrip('/')}/{rel}", expect=expect)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write a file atomically (readers see the old or the new content)."""
@@ -381,11 +382,18 @@ def write_segment(loc: Location, name: str, arrays: Iterable[dict[str, np.ndarra
 class _Segment:
     """One committed segment, opened lazily (its arrays on first read)."""
 
-    def __init__(self, loc: Location, entry: dict[str, Any]):
+    def __init__(self, loc: Location, entry: dict[str, Any], source: str = "a version manifest"):
+        from pixelnn.io import need
+
         self.loc, self.entry = loc, entry
-        self.name = str(entry["name"])
-        self.count = int(entry["count"])
-        self.removed = np.asarray(sorted(entry.get("removed", [])), np.int64)
+        self.name = str(need(entry, "name", f"{source}: segment", str))
+        where = f"{source}: segment {self.name}"
+        self.count = int(need(entry, "count", where, int))
+        need(entry, "files", where, dict)
+        removed = entry.get("removed", [])
+        if not isinstance(removed, list) or not all(isinstance(r, int) and 0 <= r < self.count for r in removed):
+            raise PixelNNError(f"{where}: 'removed' should be a list of row numbers below {self.count}")
+        self.removed = np.asarray(sorted(removed), np.int64)
         self._arrays: dict[str, Any] = {}
 
     def array(self, field: str):
@@ -459,11 +467,15 @@ class ZarrLibrary:
             raise PixelNNError(f"{self.url} has store format version {info.get('version')!r}; this PixelNN reads up "
                                f"to {FORMAT_VERSION}: upgrade pixelnn")
         self.info = info
+        src = f"{self.url.rstrip('/')}/{STORE_JSON}"
         try:
-            self.task = TaskConfig.from_dict(info["task"])
-            self.image_size = int(info["image_size"])
-            desc = info["descriptor"]
-            self.full_dim, self.dim = int(desc["dim"]), int(desc["stored_dim"])
+            self.task = config_from(TaskConfig, need(info, "task", src, dict), src, "task")
+            self.image_size = int(need(info, "image_size", src, int))
+            desc = need(info, "descriptor", src, dict)
+            self.full_dim = int(need(desc, "dim", f"{src}: descriptor", int))
+            self.dim = int(need(desc, "stored_dim", f"{src}: descriptor", int))
+            need(desc, "stored_dtype", f"{src}: descriptor", str)
+            need(info, "model", src, dict)
         except (KeyError, TypeError, ValueError) as e:
             raise PixelNNError(f"{self.url}/{STORE_JSON} is corrupt: missing or bad field {e}") from None
         numbers = committed_versions(loc)
@@ -474,11 +486,17 @@ class ZarrLibrary:
             version = numbers[-1]
         elif version not in numbers:
             raise PixelNNError(f"{self.url} has no version {version}; committed: {few(numbers, 5)}")
-        manifest = loc.read_json(f"{VERSIONS}/{version:08d}.json")
+        rel = f"{VERSIONS}/{version:08d}.json"
+        manifest = loc.read_json(rel)
         if manifest.get("format") != FORMAT_NAME or manifest.get("number") != version:
             raise PixelNNError(f"{self.url}: versions/{version:08d}.json is corrupt")
+        src = f"{self.url.rstrip('/')}/{rel}"
+        need(manifest, "count", src, int)
+        index = need(manifest, "index", src, dict)
+        need(index, "file", f"{src}: index", str)
+        need(index, "kind", f"{src}: index", str)
         self.version, self.manifest = version, manifest
-        self._segments = [_Segment(loc, e) for e in manifest["segments"]]
+        self._segments = [_Segment(loc, e, src) for e in need(manifest, "segments", src, list)]
         self._reducer = None
         self._index = None
         counts = np.array([s.count for s in self._segments], np.int64)
@@ -690,8 +708,11 @@ class ZarrLibrary:
         return Path(p) if p else None
 
     def load_model(self, device: Any = "cpu"):
-        """The library's copy of the stage-1 regressor, in eval mode, on ``device``."""
-        return _load_model_bytes(self.loc.read_bytes(MODEL_FILE), device)
+        """The library's copy of the stage-1 regressor, in eval mode, on ``device`` (refused when the file's sha256
+        is not the one ``store.json`` records)."""
+        data = self.loc.read_bytes(MODEL_FILE)
+        _check_model_bytes(self.loc, data, (self.info.get("model") or {}).get("weights_sha256"))
+        return _load_model_bytes(data, device)
 
     def versions(self) -> list[int]:
         return committed_versions(self.loc)
@@ -720,7 +741,7 @@ class ZarrLibrary:
                 f"{disk / 2**20:.1f} MiB on disk ({disk / n / 1000:.1f} KB per exemplar)")
 
     def verify(self, progress: bool = False) -> list[str]:
-        """Check the sha256 of every file this version lists and read every chunk; returns the problems found."""
+        """Check the sha256 of every file this version lists (and of the model and reducer); returns the problems found."""
         from tqdm.auto import tqdm
 
         problems = []
@@ -733,6 +754,16 @@ class ZarrLibrary:
                     continue
                 if _sha256(data) != want["sha256"]:
                     problems.append(f"segment {s.name}: {rel} has a bad checksum")
+        want = {MODEL_FILE: (self.info.get("model") or {}).get("weights_sha256"),
+                REDUCER_FILE: self.info["descriptor"].get("reducer_sha256") if self.dim != self.full_dim else None}
+        for rel, sha in want.items():
+            if sha is None:
+                continue
+            try:
+                if _sha256(self.loc.read_bytes(rel)) != sha:
+                    problems.append(f"{rel} has a bad checksum")
+            except PixelNNError as e:
+                problems.append(str(e))
         idx = self.manifest["index"]
         try:
             if _sha256(self.loc.read_bytes(idx["file"])) != idx["sha256"]:
@@ -890,8 +921,18 @@ def _remove_orphans(loc: Location) -> None:
             loc.remove(f"{INDEX_DIR}/{name}")
 
 
+def _check_model_bytes(loc: Location, data: bytes, want: str | None) -> None:
+    """Refuse the store's copy of the weights when it differs from the sha256 recorded at build time."""
+    if want and _sha256(data) != want:
+        raise PixelNNError(f"weights {loc.url.rstrip('/')}/{MODEL_FILE} do not match their recorded sha256 (file "
+                           f"damaged or replaced); rebuild the library with `pixelnn index ... --overwrite`")
+
+
 @functools.lru_cache(maxsize=2)
-def _load_model_cached(data_sha: str, data: bytes, device: str):
+def _load_model_cached(data_sha: str, data: bytes, device: str, url: str = ""):
+    if _sha256(data) != data_sha:
+        raise PixelNNError(f"weights {url.rstrip('/')}/{MODEL_FILE} do not match their recorded sha256 (file damaged "
+                           f"or replaced); rebuild the library with `pixelnn index ... --overwrite`")
     return _load_model_bytes(data, device)
 
 
@@ -1061,7 +1102,7 @@ def plan_build(url: str | os.PathLike | None, model_dir: str | Path | None, data
             raise PixelNNError(f"{target.url} already exists and is not a PixelNN store; choose another --out "
                                f"or pass --overwrite")
         weights, config = _read_model(Path(model_dir))
-        task = TaskConfig.from_dict(config["task"])
+        task = config_from(TaskConfig, config["task"], Path(model_dir) / "config.json", "task")
         work = Location(_staging_url(target)) if target.local else target
         if not target.local and overwrite:
             target.remove("")
@@ -1175,7 +1216,7 @@ def _describe_rows(work: Location, plan: BuildPlan, sample: list[tuple[int, int]
     from pixelnn.models.regressor import predict
     from pixelnn.retrieval import global_descriptors
 
-    model = _load_model_cached(plan.model_sha256, work.read_bytes(MODEL_FILE), plan.device)
+    model = _load_model_cached(plan.model_sha256, work.read_bytes(MODEL_FILE), plan.device, work.url)
     by_dataset: dict[str, list[int]] = {}
     for b, r in sample:
         by_dataset.setdefault(plan.blocks[b].dataset, []).append(plan.blocks[b].rows[r])
@@ -1196,10 +1237,13 @@ def _store_parts(url: str, model_sha: str, device: str):
     """The model and the descriptor reduction of a (staged) store, loaded once per process."""
     loc = Location(url)
     info = loc.read_json(STORE_JSON)
-    model = _load_model_cached(model_sha, loc.read_bytes(MODEL_FILE), device)
+    model = _load_model_cached(model_sha, loc.read_bytes(MODEL_FILE), device, loc.url)
     reducer = None
     if info["descriptor"]["stored_dim"] != info["descriptor"]["dim"]:
-        reducer = _reducer_module().PCAReducer.from_bytes(loc.read_bytes(REDUCER_FILE))
+        data = loc.read_bytes(REDUCER_FILE)
+        if _sha256(data) != info["descriptor"].get("reducer_sha256"):
+            raise PixelNNError(f"{loc.url}: {REDUCER_FILE} has a bad checksum")
+        reducer = _reducer_module().PCAReducer.from_bytes(data)
     return info, model, reducer
 
 

@@ -67,7 +67,8 @@ from pixelnn.config import TaskConfig
 from pixelnn.data.dataset import SplitData, image_grid
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.image_metrics import psnr, ssim
-from pixelnn.io import atomic_path, read_folder_config, save_image, write_json
+from pixelnn.io import (atomic_path, check_tensors_sha256, config_from, load_state_checked, parse_json, read_folder_config,
+                        save_image, tensors_sha256, write_json)
 from pixelnn.models.regressor import module_device, to_tensor, to_uint8, upsample_input
 from pixelnn.train_loop import (LoopResult, TrainResult, dataset_record, draw_batch, load_optimizer_tensors,
                                 load_train_state, optimizer_tensors, run_budgeted, save_train_state,
@@ -187,11 +188,6 @@ def _to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _from_dict(cls: type, d: dict[str, Any]) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in d.items() if k in known})
-
-
 def auto_depth(size: int, max_depth: int = 8) -> int:
     """Most stride-2 halvings of ``size`` that stay exact and leave a bottleneck of at least 2 px (96 -> 5)."""
     depth = 0
@@ -292,6 +288,7 @@ def save_model(model: nn.Module, path: str | Path, kind: str, extra_metadata: di
     meta = {"format": f"{FORMAT}-{kind}", "version": str(VERSION), "config": json.dumps(_to_dict(model.config))}
     meta.update(extra_metadata or {})
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta["tensors_sha256"] = tensors_sha256(state)  # checked by load_model(): a damaged file is refused
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
 
@@ -307,14 +304,19 @@ def load_model(path: str | Path, kind: str) -> nn.Module:
             meta = f.metadata() or {}
         if meta.get("format") != f"{FORMAT}-{kind}":
             raise ValueError(f"not a pix2pix {kind} (format {meta.get('format')!r})")
-        config = _from_dict(cfg_cls, json.loads(meta["config"]))
+        if "config" not in meta:
+            raise ValueError("its metadata has no config")
         state = load_file(str(path))
     except PixelNNError:
         raise
     except Exception as e:  # corrupt or foreign file
-        raise PixelNNError(f"cannot read pix2pix {kind} checkpoint {path}: {e}") from None
+        raise PixelNNError(f"cannot read pix2pix {kind} checkpoint {path}: "
+                           f"{str(e).splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+    source = f"pix2pix {kind} checkpoint {path} (metadata 'config')"
+    config = config_from(cfg_cls, parse_json(meta["config"], source, expect=dict), source)
+    check_tensors_sha256(state, meta, path, f"pix2pix {kind} weights", "retrain the baseline")
     model = cls(config)
-    model.load_state_dict(state)
+    load_state_checked(model, state, path, f"pix2pix {kind} weights")
     return model.eval()
 
 
@@ -353,7 +355,7 @@ class Pix2PixSampler:
         if config.get("format") != FORMAT:
             raise PixelNNError(f"{out_dir} is not a pix2pix model directory ({cfg_path} has format "
                                f"{config.get('format')!r})")
-        task = TaskConfig.from_dict(config["task"]) if "task" in config else None
+        task = config_from(TaskConfig, config["task"], cfg_path, "task") if "task" in config else None
         return cls(load_model(out_dir / FILES.generator, "generator"), task, device=device)
 
     def _check_inputs(self, inputs: np.ndarray) -> None:

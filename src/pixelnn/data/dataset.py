@@ -30,7 +30,7 @@ import numpy as np
 
 from pixelnn.config import TaskConfig
 from pixelnn.errors import PixelNNError
-from pixelnn.io import atomic_dir, save_image
+from pixelnn.io import atomic_dir, config_from, need, read_json, read_jsonl, save_image
 
 FORMAT_NAME = "pixelnn-dataset"
 FORMAT_VERSION = 1
@@ -162,16 +162,16 @@ class Dataset:
         path = self.root / "dataset.json"
         if not path.is_file():
             raise PixelNNError(f"{self.root} is not a PixelNN dataset (no dataset.json); create one with `pixelnn prepare`")
-        try:
-            self.manifest: dict[str, Any] = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise PixelNNError(f"{path} is corrupt: {e}") from None
+        self.manifest: dict[str, Any] = read_json(path, expect=dict)
         if self.manifest.get("format") != FORMAT_NAME:
             raise PixelNNError(f"{path} is not a {FORMAT_NAME} manifest")
-        if self.manifest.get("version", 0) > FORMAT_VERSION:
-            raise PixelNNError(f"{path} has format version {self.manifest['version']}; this PixelNN reads up to "
+        version = self.manifest.get("version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            need(self.manifest, "version", path, int)
+        if version > FORMAT_VERSION:
+            raise PixelNNError(f"{path} has format version {version}; this PixelNN reads up to "
                                f"{FORMAT_VERSION}: upgrade pixelnn")
-        self.task = TaskConfig.from_dict(self.manifest["task"])
+        self.task = config_from(TaskConfig, need(self.manifest, "task", path, dict), path, "task")
 
     def split(self, name: str, mmap: bool = True) -> SplitData:
         """Load one split (memory-mapped by default)."""
@@ -179,13 +179,32 @@ class Dataset:
             raise PixelNNError(f"invalid split {name!r}; valid: {', '.join(SPLITS)}")
         d = self.root / name
         mode = "r" if mmap else None
-        try:
-            photos = np.load(d / "photos.npy", mmap_mode=mode, allow_pickle=False)
-            inputs = np.load(d / "inputs.npy", mmap_mode=mode, allow_pickle=False)
-            masks = np.load(d / "masks.npy", mmap_mode=mode, allow_pickle=False) if self.manifest.get("masks") else None
-            records = [json.loads(line) for line in (d / "records.jsonl").read_text().splitlines() if line.strip()]
-        except (OSError, ValueError) as e:
-            raise PixelNNError(f"cannot read split {name!r} of {self.root}: {e}") from None
+        arrays = {}
+        for a in ("photos", "inputs", "masks") if self.manifest.get("masks") else ("photos", "inputs"):
+            f = d / f"{a}.npy"
+            try:
+                arrays[a] = np.load(f, mmap_mode=mode, allow_pickle=False)
+            except FileNotFoundError:
+                raise PixelNNError(f"cannot read split {name!r} of {self.root}: {f} is missing") from None
+            except (OSError, ValueError, EOFError) as e:
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise PixelNNError(f"cannot read split {name!r} of {self.root}: {f}: {msg} (truncated or damaged?)") from None
+        records = read_jsonl(d / "records.jsonl", "dataset records")
+        photos, inputs, masks = arrays["photos"], arrays["inputs"], arrays.get("masks")
+        s, c = self.task.input_size, self.task.input_channels
+        expect = {"photos": ((self.task.size, self.task.size, 3), np.uint8), "inputs": ((s, s, c), np.uint8),
+                  "masks": ((s, s), np.bool_)}
+        for a, arr in arrays.items():
+            shape, dtype = expect[a]
+            if arr.ndim != len(shape) + 1 or tuple(arr.shape[1:]) != shape or arr.dtype != dtype:
+                raise PixelNNError(f"{d / (a + '.npy')} is {arr.dtype}{list(arr.shape)}, expected {np.dtype(dtype)}"
+                                   f"[N, {', '.join(map(str, shape))}] for the task in {self.root / 'dataset.json'}")
+            if len(arr) != len(records):
+                raise PixelNNError(f"split {name!r} of {self.root} is damaged: {a}.npy holds {len(arr)} rows but "
+                                   f"records.jsonl {len(records)}")
+        bad = next((i for i, r in enumerate(records) if "id" not in r), None)
+        if bad is not None:
+            raise PixelNNError(f"{d / 'records.jsonl'}: record {bad + 1} has no id")
         return SplitData(photos, inputs, records, masks)
 
     def __repr__(self) -> str:

@@ -135,9 +135,11 @@ def cached_inception_features(images: np.ndarray, progress: bool = False, device
     if path.is_file():
         try:
             feats = np.load(path, allow_pickle=False)
-            if feats.shape == (len(images), FEATURE_DIMS):
+            if feats.shape == (len(images), FEATURE_DIMS) and np.isfinite(feats).all():
                 return feats
-        except (OSError, ValueError):
+            logging.getLogger(__name__).warning("ignoring Inception feature cache %s of shape %s or holding NaN/inf "
+                                                "(recomputing it)", path, feats.shape)
+        except (OSError, ValueError, EOFError):
             pass  # unreadable: recompute and overwrite
     feats = inception_features(images, progress=progress, device=device)
     try:

@@ -418,7 +418,7 @@ def facemesh_weights() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from pixelnn.io import atomic_path, cache_dir
+    from pixelnn.io import atomic_path, cache_dir, check_tensors_sha256, tensors_sha256
 
     cached = cache_dir() / CACHE_NAME
     try:
@@ -431,7 +431,9 @@ def facemesh_weights() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
                 meta = f.metadata() or {}
             if meta.get("format") == CACHE_FORMAT and (src is None or meta.get("source") == _source_tag(src)):
                 log.debug("loading face-mesh weights from %s", cached)
-                return json.loads(meta["graph"]), load_file(str(cached))
+                tensors = load_file(str(cached))
+                check_tensors_sha256(tensors, meta, cached, "cached face-mesh weights")  # damaged: rebuilt below
+                return json.loads(meta["graph"]), tensors
             log.info("%s is stale; converting the face-mesh model again", cached)
         except Exception as exc:  # a damaged cache: rebuild it rather than fail
             log.warning("cannot read %s (%s); converting the face-mesh model again", cached, exc)
@@ -442,7 +444,8 @@ def facemesh_weights() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     with atomic_path(cached) as tmp:
         save_file(tensors, str(tmp), metadata={"format": CACHE_FORMAT, "source": _source_tag(src),
                                                "origin": "mediapipe 0.10.21 " + "/".join(MODEL_FILE),
-                                               "graph": json.dumps(graph, separators=(",", ":"))})
+                                               "graph": json.dumps(graph, separators=(",", ":")),
+                                               "tensors_sha256": tensors_sha256(tensors)})
     return graph, tensors
 
 

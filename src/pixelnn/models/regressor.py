@@ -26,7 +26,8 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from pixelnn.config import RegressorConfig
 from pixelnn.errors import PixelNNError
-from pixelnn.io import atomic_path
+from pixelnn.io import (atomic_path, check_tensors_sha256, config_from, load_state_checked, parse_json,
+                        tensors_sha256)
 
 
 NORMS = ("batch", "group", "none")
@@ -123,25 +124,38 @@ class Regressor(nn.Module):
         meta = {"format": "pixelnn-regressor", "version": "1", "config": json.dumps(self.config.to_dict())}
         meta.update(extra_metadata or {})
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        meta["tensors_sha256"] = tensors_sha256(state)  # checked by load(): a damaged file is refused
         with atomic_path(path) as tmp:
             save_file(state, str(tmp), metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path, map_location: str = "cpu") -> "Regressor":
-        """Rebuild a regressor from a safetensors checkpoint alone."""
+        """Rebuild a regressor from a safetensors checkpoint alone.
+
+        One-line PixelNNErrors for a missing, unreadable or foreign file, a config in the metadata that is not
+        valid JSON or does not fit the tensors, and tensors that differ from the digest the file records
+        (``tensors_sha256``, written by :meth:`save`: a damaged file).
+        """
         path = Path(path)
         if not path.is_file():
             raise PixelNNError(f"no regressor checkpoint at {path}; train one with `pixelnn train`")
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-            config = RegressorConfig.from_dict(json.loads(meta["config"]))
-            state = load_file(str(path), device=map_location)
+            state = load_file(str(path))
         except Exception as e:  # corrupt or foreign file
-            raise PixelNNError(f"cannot read regressor checkpoint {path}: {e}") from None
+            msg = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PixelNNError(f"cannot read regressor checkpoint {path}: {msg}") from None
+        if "config" not in meta:
+            raise PixelNNError(f"cannot read regressor checkpoint {path}: its metadata has no config "
+                               f"(not a PixelNN regressor)")
+        source = f"regressor checkpoint {path} (metadata 'config')"
+        config = config_from(RegressorConfig, parse_json(meta["config"], source, expect=dict), source)
+        check_tensors_sha256(state, meta, path, "regressor weights",
+                             "retrain the model, or restore the file from a backup")
         model = cls(config)
-        model.load_state_dict(state)
-        return model.eval()
+        load_state_checked(model, state, path, "regressor weights")
+        return model.eval().to(map_location)
 
 
 def module_device(module: nn.Module) -> torch.device:
