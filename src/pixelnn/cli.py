@@ -8,16 +8,94 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from pixelnn import __version__
-from pixelnn.config import DIRECTIONS, EDGE_METHODS, PERCEPTUAL_LAYERS, TASKS, TaskConfig, TrainConfig
-from pixelnn.engine import add_engine_options
+from pixelnn.config import (DIRECTIONS, EDGE_METHODS, MAX_BASE_CHANNELS, MAX_BATCH_SIZE, MAX_DEPTH, MAX_HED_SCALE,
+                            MAX_LR, MAX_SEED, MAX_SIZE, PERCEPTUAL_LAYERS, TASKS, TaskConfig, TrainConfig,
+                            check_number)
+from pixelnn.engine import add_engine_options, one_line
 from pixelnn.errors import PixelNNError
+from pixelnn.options import MAX_TOP_K, NUMBER_BOUNDS
 
 log = logging.getLogger("pixelnn")
+
+
+_INT, _ABOVE = {"integer": True}, {"above": True}
+#: Every numeric flag of every subcommand, by argparse ``dest`` (the flag is ``--`` + dest with dashes), with
+#: its bounds (low, high, :func:`pixelnn.config.check_number`'s keywords): :func:`check_numeric_flags` checks
+#: each one given right after parsing, before a command reads a file, so ``--hed-scale 0`` or ``--port 99999``
+#: fail at once. Bounds that depend on data (a vote wider than the model's outputs, a U-Net deeper than its
+#: photos allow) are checked where the data is known, still before the work starts.
+NUMERIC_FLAGS: dict[str, tuple[float | None, float | None, dict[str, bool]]] = {
+    # prepare
+    "size": (16, MAX_SIZE, _INT), "factor": (1, MAX_SIZE, _INT), "hed_scale": (0, MAX_HED_SCALE, _ABOVE),
+    "val_fraction": (0, 1, {}), "test_fraction": (0, 1, {}), "limit": (1, None, _INT),
+    # train, baseline-train, demo (and the torch threads of several commands)
+    "steps": (0, None, _INT), "minutes": (0, None, _ABOVE), "batch_size": (1, MAX_BATCH_SIZE, _INT),
+    "lr": (0, MAX_LR, _ABOVE), "seed": (0, MAX_SEED, _INT), "threads": (1, None, _INT),
+    "val_every": (1, None, _INT), "sample_every": (0, None, _INT), "base_channels": (1, MAX_BASE_CHANNELS, _INT),
+    "depth": (0, MAX_DEPTH, _INT), "perceptual_weight": (0, None, {}),
+    # index, library
+    "pca_dims": (0, None, _INT), "global_dims": (0, None, _INT), "block_size": (1, None, _INT),
+    # engine
+    "num_workers": (1, None, _INT), "cpus_per_worker": (0, None, _ABOVE), "gpus_per_worker": (0, None, {}),
+    "retries": (0, None, _INT),
+    # synthesis options (synthesize, evaluate)
+    "top_k": (1, MAX_TOP_K, _INT), **NUMBER_BOUNDS,
+    # labels, transfer
+    "threshold": (0, 255, _INT), "alpha": (0, 1, {}),
+    # evaluate
+    "num_inputs": (1, None, _INT), "fid_outputs_per_input": (1, None, _INT), "fid_real_photos": (2, None, _INT),
+    "faithfulness_outputs_per_input": (1, None, _INT), "num_examples": (0, None, _INT),
+    "normals_outputs_per_input": (1, None, _INT),
+    # serve
+    "port": (1, 65535, _INT), "max_upload_mb": (0, None, _ABOVE), "max_upload_mp": (0, None, _ABOVE),
+}
+
+
+def flag_name(dest: str) -> str:
+    """The flag of an argparse ``dest``: ``vote_size`` -> ``--vote-size``."""
+    return "--" + dest.replace("_", "-")
+
+
+def check_numeric_flags(args: argparse.Namespace) -> None:
+    """A one-line PixelNNError for the first numeric flag given out of its :data:`NUMERIC_FLAGS` bounds, e.g.
+    ``--vote-size must be an odd integer >= 1, got 4`` (a NaN or an infinity never passes)."""
+    for dest, (lo, hi, kinds) in NUMERIC_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            check_number(flag_name(dest), value, lo, hi, **kinds)
+
+
+def check_out_folder(out: str | None) -> None:
+    """``--out`` must be a folder that is there or can be made: a one-line PixelNNError when it (or the nearest
+    existing folder above it) is a file or cannot be written in. Store URLs (``s3://...``) are left to the store."""
+    if out is None or "://" in str(out):
+        return
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise PixelNNError(f"--out {out} is a file, not a folder")
+    there = next((p for p in (path, *path.parents) if p.exists()), Path("."))  # the nearest existing one
+    if not there.is_dir():
+        raise PixelNNError(f"--out {out}: {there} is a file, not a folder")
+    if not os.access(there, os.W_OK | os.X_OK):
+        raise PixelNNError(f"--out {out}: cannot write in {there} (permission denied)")
+
+
+def check_against_model(options, model_dir: str | Path) -> None:
+    """Synthesis options the model's outputs cannot take (``--vote-size 1001`` on 96 x 96 photos), refused before
+    the model loads; a model folder whose config cannot be read is left to the loader's own message."""
+    from pixelnn.io import read_json
+
+    try:
+        size = int(read_json(Path(model_dir) / "config.json")["task"]["size"])
+    except Exception:  # not a model folder: the pipeline says so
+        return
+    options.check_size(size, name=flag_name)
 
 
 class _ModeChoices(Sequence[str]):
@@ -307,6 +385,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     from pixelnn.synthesize import synthesize_files
 
     options = synthesis_options(args)
+    check_against_model(options, args.model)
     done = synthesize_files(args.inputs, args.model, args.out, options, library_dir=_library_dir(args.library),
                             from_photo=args.from_photo, fit=args.fit, batch_size=args.batch_size,
                             overwrite=args.overwrite, pixel_cache=not args.no_pixel_cache, device=args.device,
@@ -336,6 +415,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                             num_examples=args.num_examples, normals_metrics=args.normals_metrics,
                             normals_outputs_per_input=args.normals_outputs_per_input,
                             options=synthesis_options(args, exclude=EVALUATE_OWN_FLAGS))
+    check_against_model(settings.options, args.model)
     m = evaluate(args.model, args.out, settings, data_dir=args.data, pix2pix=args.pix2pix, library_dir=library_dir,
                  overwrite=args.overwrite, progress=not args.quiet, device=args.device)
     for name, s in m["methods"].items():
@@ -601,9 +681,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_numeric_flags(args)
+        check_out_folder(getattr(args, "out", None))
         return args.func(args)
     except PixelNNError as e:
         print(f"pixelnn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, UnicodeError) as e:  # the last line of defence: the checks should come first
+        log.debug("unexpected error", exc_info=True)  # -v shows the traceback
+        print(f"pixelnn {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"pixelnn {args.command}: interrupted", file=sys.stderr)
