@@ -133,7 +133,7 @@ BAD_FLAGS = [
     (["evaluate", NOWHERE, "--out", NOWHERE + "/r", "--num-outputs", "0"], "--num-outputs must be an integer >= 1"),
     (["evaluate", NOWHERE, "--out", NOWHERE + "/r", "--seed", "-1"], "--seed must be an integer between 0"),
     (["evaluate", NOWHERE, "--out", NOWHERE + "/r", "--fid-outputs-per-input", "0"], "--fid-outputs-per-input must"),
-    (["evaluate", NOWHERE, "--out", NOWHERE + "/r", "--fid-real-photos", "1"], "--fid-real-photos must be an integer >= 2"),
+    (["evaluate", NOWHERE, "--out", NOWHERE + "/r", "--fid-real-photos", "1"], "--fid-real-photos must be an integer"),
     (["evaluate", NOWHERE, "--out", NOWHERE + "/r", "--faithfulness-outputs-per-input", "0"], "--faithfulness-outputs"),
     (["evaluate", NOWHERE, "--out", NOWHERE + "/r", "--num-examples", "-1"], "--num-examples must be an integer >= 0"),
     (["evaluate", NOWHERE, "--out", NOWHERE + "/r", "--vote-size", "2"], "--vote-size must be an odd integer >= 1"),
@@ -265,7 +265,8 @@ def test_resume_refuses_a_changed_architecture(tiny_superres_dataset, tmp_path, 
     line = _run([*base[1:], "--steps", "2", "--base-channels", "8"], capsys)
     assert "cannot resume" in line and "base_channels 8 asked for, the checkpoint has 4" in line
     line = _run([*base[1:], "--steps", "2", "--depth", "2", "--norm", "group"], capsys)
-    assert "depth 2 asked for, the checkpoint has 1" in line and "norm group asked for, the checkpoint has batch" in line
+    assert "depth 2 asked for, the checkpoint has 1" in line
+    assert "norm group asked for, the checkpoint has batch" in line
     # the same architecture (or none named) resumes
     assert main([*base, "--steps", "2", "--base-channels", "4"]) == 0
 

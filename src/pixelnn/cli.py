@@ -167,8 +167,9 @@ def add_synthesis_options(p: argparse.ArgumentParser, exclude: Sequence[str] = (
     g.add_argument("--pca-dims", type=int, default=None, help="reduce descriptors by PCA (default 64; 0: full)")
     g.add_argument("--top-k", type=int, default=None, help="global neighbours K (default 11, what the sets need)")
     g.add_argument("--windows", default=None, help="comma list of window sides or 'whole' (default 1,7,11,whole)")
-    g.add_argument("--sets", default=None, help="comma list of 1-based rank ranges, e.g. 1,2,1-3,1-5 "
-                                                "(default: the authors' 18 sets)")
+    g.add_argument("--sets", default=None,
+                   help="comma list of exemplar sets of 1-based neighbour ranks: 4 is rank 4, 1-3 ranks 1 to 3, "
+                        "1+4 ranks 1 and 4; e.g. 1,2,1-3,1-5 (default: the authors' 18 sets)")
     g.add_argument("--num-outputs", type=int, default=None, help="keep a random subset of the outputs (with --seed)")
     g.add_argument("--seed", type=int, default=None, help="seed of that subset (default 0)")
     g.add_argument("--where", action="append", metavar="KEY=VALUE", help="only exemplars with this label (repeatable)")
@@ -223,7 +224,8 @@ def _add_task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--factor", type=int, default=8, help="superres downsampling factor (default 8: 96 -> 12)")
     p.add_argument("--edge-method", choices=EDGE_METHODS, default="hed", help="edge detector for --task edges")
     p.add_argument("--hed-scale", type=float, default=2.0,
-                   help="run HED on the photo enlarged this much (default 2: sharper; 1 is ~3.5x faster)")
+                   help="run HED on the photo enlarged this much, above 0 and at most 8 (default 2: sharper; "
+                        "1 is ~3.5x faster)")
     p.add_argument("--direction", choices=DIRECTIONS, default="AtoB",
                    help="paired images: AtoB = left half is the input; BtoA = right half is the input")
 
@@ -238,7 +240,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="what --minutes counts: wall-clock time (default) or this process's CPU time, "
                         "fair on a shared machine (with --threads 1 the two agree on an idle one)")
-    p.add_argument("--steps", type=int, default=100_000, help="maximum optimisation steps (default 100000)")
+    p.add_argument("--steps", type=int, default=100_000,
+                   help="maximum optimisation steps, counted across resumes (default 100000; 0 saves the starting "
+                        "weights as they are)")
     p.add_argument("--device", default=DEFAULT_DEVICE, metavar="DEVICE",
                    help=f"where to train: {', '.join(DEVICE_CHOICES)} (default {DEFAULT_DEVICE}: the first CUDA GPU, "
                         f"else MPS, else the CPU); checkpoints are the same files whatever the device")
@@ -497,13 +501,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the stage-1 regressor (L2, optionally + perceptual loss) on a dataset")
     _add_training_options(p)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate, above 0 and at most 1 (default 0.002)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--val-every", type=int, default=500, help="validate and checkpoint every N steps")
-    p.add_argument("--sample-every", type=int, default=1000, help="write a sample grid every N steps")
+    p.add_argument("--sample-every", type=int, default=1000, help="write a sample grid every N steps (0: never)")
     p.add_argument("--base-channels", type=int, default=None, help="U-Net channels at full resolution (default 16)")
-    p.add_argument("--depth", type=int, default=None, help="U-Net downsamplings (default 4)")
+    p.add_argument("--depth", type=int, default=None,
+                   help="U-Net downsamplings, at most log2 of the photo side (default 4)")
     p.add_argument("--norm", choices=("batch", "group", "none"), default=None)
     p.add_argument("--perceptual-weight", type=float, default=0.0, metavar="W",
                    help="add W x a VGG-16 perceptual loss (MSE of frozen ImageNet VGG activations) to the L2 loss "
@@ -653,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="web app: draw or upload an input, browse the outputs, see where pixels came from")
     p.add_argument("--model", required=True, help="model folder (with its library)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--port", type=int, default=7860, help="port, 1-65535 (default 7860)")
     p.add_argument("--library", default=None, metavar="LIB_DIR", help="borrow another library's exemplars")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload in MB (default 10)")
     p.add_argument("--max-upload-mp", type=float, default=25.0, help="largest upload in megapixels (default 25)")
