@@ -54,7 +54,7 @@ BAD_FLAGS = [
     (SYN + ["--sets", "garbage"], "invalid exemplar set 'garbage'"),
     (SYN + ["--sets", "1.5"], "invalid exemplar set '1.5'"),
     (SYN + ["--sets", "1,,7"], "invalid sets '1,,7': an empty item"),
-    (SYN + ["--sets", "0"], "invalid exemplar set '0': ranks go from 1 to 10000"),
+    (SYN + ["--sets", "0"], "invalid exemplar set '0': 1-based ranks go from 1 to 10000"),
     (SYN + ["--sets", "-"], "invalid exemplar set '-'"),
     (SYN + ["--sets", "1--2"], "invalid exemplar set '1--2'"),
     (SYN + ["--sets", "3-1"], "ranges go up"),
@@ -383,8 +383,8 @@ def test_pix2pix_config_checks_itself(kwargs, message):
     ({"windows": (7.5,)}, "invalid window 7.5"),
     ({"windows": (math.nan,)}, "invalid window nan"),
     ({"windows": ("0",)}, "invalid window 0"),
-    ({"sets": ((0, 1),)}, "a set's rank must be an integer between 1 and 10000, got 0"),
-    ({"sets": ((1.5,),)}, "a set's rank must be an integer"),
+    ({"sets": ((0, 1),)}, "a set's 1-based rank must be an integer between 1 and 10000, got 0"),
+    ({"sets": ((1.5,),)}, "a set's 1-based rank must be an integer"),
     ({"vote_size": True}, "vote_size must be an odd integer >= 1, got True"),
 ])
 def test_synthesis_options_check_themselves(kwargs, message):

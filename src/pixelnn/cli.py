@@ -1,7 +1,10 @@
 """The ``pixelnn`` command line: a thin shell over the library.
 
 Every subcommand parses its options, calls one library function and prints a short summary.
-User errors (:class:`PixelNNError`) are printed as one line and exit with status 2.
+Options are checked before any work (:data:`NUMERIC_FLAGS`: finite, in range, odd where it matters;
+``--out`` a writable folder). User errors (:class:`PixelNNError`) are printed as one line and exit with
+status 2; so is any ``OSError``, ``ValueError`` or ``UnicodeError`` that a check missed (``-v`` logs its
+traceback).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pixelnn.config import (DIRECTIONS, EDGE_METHODS, MAX_BASE_CHANNELS, MAX_BAT
                             check_number)
 from pixelnn.engine import add_engine_options, one_line
 from pixelnn.errors import PixelNNError
-from pixelnn.options import MAX_TOP_K, NUMBER_BOUNDS
+from pixelnn.options import MAX_TOP_K, NUMBER_BOUNDS, SynthesisOptions
 
 log = logging.getLogger("pixelnn")
 
@@ -86,7 +89,7 @@ def check_out_folder(out: str | None) -> None:
         raise PixelNNError(f"--out {out}: cannot write in {there} (permission denied)")
 
 
-def check_against_model(options, model_dir: str | Path) -> None:
+def check_against_model(options: SynthesisOptions, model_dir: str | Path) -> None:
     """Synthesis options the model's outputs cannot take (``--vote-size 1001`` on 96 x 96 photos), refused before
     the model loads; a model folder whose config cannot be read is left to the loader's own message."""
     from pixelnn.io import read_json

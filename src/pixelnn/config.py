@@ -26,7 +26,7 @@ DEFAULT_WINDOWS: tuple[int | None, ...] = (1, 7, 11, None)
 
 #: Largest photo side a task may ask for (a 4096 x 4096 photo is 48 MiB; the paper's are 96 or 128).
 MAX_SIZE = 4096
-#: Largest enlargement HED may run at (its cost grows with the square: 8 is already ~50x the time of 1).
+#: Largest enlargement HED may run at (its cost grows with the square of the scale).
 MAX_HED_SCALE = 8.0
 
 
@@ -71,12 +71,13 @@ def check_number(name: str, value: Any, lo: float | None = None, hi: float | Non
     """
     kind = "an odd integer" if odd else "an integer" if integer else "a number"
     if lo is not None and hi is not None:
-        want = f"{kind} {'> ' + _bound(lo) + ' and <= ' if above else 'between ' + _bound(lo) + ' and '}{_bound(hi)}"
+        want = f"> {_bound(lo)} and <= {_bound(hi)}" if above else f"between {_bound(lo)} and {_bound(hi)}"
     elif lo is not None:
-        want = f"{kind} {'>' if above else '>='} {_bound(lo)}"
+        want = f"{'>' if above else '>='} {_bound(lo)}"
     else:
-        want = f"{kind} <= {_bound(hi)}" if hi is not None else f"a finite {kind.split()[-1]}"
-    bad = PixelNNError(f"{name} must be {want}, got {value!r}")
+        want = f"<= {_bound(hi)}" if hi is not None else ""
+    bad = PixelNNError(f"{name} must be {kind} {want}, got {value!r}" if want else
+                       f"{name} must be a finite {kind.split()[-1]}, got {value!r}")
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise bad
     if integer or odd:

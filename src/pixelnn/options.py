@@ -151,8 +151,8 @@ def parse_sets(text: str) -> tuple[tuple[int, ...], ...]:
                                    f"members like 1+4, e.g. 1,2,1-3,1-5")
             lo_i, hi_i = int(lo), int(hi if dash else lo)
             if not 1 <= lo_i <= hi_i <= MAX_TOP_K:
-                raise PixelNNError(f"invalid exemplar set {item!r}: ranks go from 1 to {MAX_TOP_K} and ranges go "
-                                   f"up (1-3)")
+                raise PixelNNError(f"invalid exemplar set {item!r}: 1-based ranks go from 1 to {MAX_TOP_K} and "
+                                   f"ranges go up (1-3)")
             ranks.update(dict.fromkeys(range(lo_i, hi_i + 1)))
         sets.append(tuple(ranks))
     return tuple(sets)
@@ -370,7 +370,7 @@ class SynthesisOptions:
             raise PixelNNError("windows must name at least one window (a side >= 1 or 'whole')")
         set_("windows", tuple(_window(w) for w in windows))
         if self.sets is not None:
-            sets = tuple(tuple(check_number("a set's rank", r, 1, MAX_TOP_K, integer=True) for r in _items("a set", s))
+            sets = tuple(tuple(check_number("a set's 1-based rank", r, 1, MAX_TOP_K, integer=True) for r in _items("a set", s))
                          for s in _items("sets", self.sets))
             if not sets or any(not s or min(s) < 1 for s in sets):
                 raise PixelNNError(f"sets must be non-empty lists of 1-based ranks (>= 1), got {self.sets!r}")
