@@ -43,7 +43,7 @@ def test_train_perceptual_and_init_from_options(tiny_superres_dataset, tmp_path,
     assert "no such model folder" in _one_line_error(capsys)
     assert main(["-q", "train", str(tiny_superres_dataset), "--out", str(tmp_path / "m"),
                  "--perceptual-weight", "-1"]) == 2
-    assert "perceptual weight must be >= 0" in _one_line_error(capsys)
+    assert "--perceptual-weight must be a number >= 0, got -1" in _one_line_error(capsys)
 
 
 def test_prepare_then_train_end_to_end(tmp_path, capsys):

@@ -170,7 +170,7 @@ def test_cli_evaluate_normals_flags(setup, tmp_path, capsys):
     m = json.loads((tmp_path / "c" / "metrics.json").read_text())
     assert m["settings"]["normals_outputs_per_input"] == 2 and m["normals"]["enabled"]
     assert main(["evaluate", str(model), "--out", str(tmp_path / "d"), "--normals-outputs-per-input", "0"]) == 2
-    assert "normals-outputs-per-input must be at least 1" in capsys.readouterr().err
+    assert "--normals-outputs-per-input must be an integer >= 1, got 0" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------ the real face mesh

@@ -104,20 +104,20 @@ def test_options_from_page_defaults_and_every_field(app, tiny):
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"vote_size": 2}, "vote_size must be an odd number"),
-    ({"patch_size": 4}, "patch_size must be an odd number"),
-    ({"chroma_weight": 1.5}, r"chroma_weight must be in \[0, 1\]"),
-    ({"highpass_sigma": -1}, "highpass_sigma must be >= 0"),
+    ({"vote_size": 2}, "vote_size must be an odd integer >= 1, got 2"),
+    ({"patch_size": 4}, "patch_size must be an odd integer >= 1, got 4"),
+    ({"chroma_weight": 1.5}, "chroma_weight must be a number between 0 and 1, got 1.5"),
+    ({"highpass_sigma": -1}, "highpass_sigma must be a number >= 0"),
     ({"windows": "1,seven"}, "invalid window 'seven'"),
     ({"windows": "0"}, "invalid window 0"),
     ({"windows": " , "}, "at least one window"),
     ({"sets": "1,3-1"}, "invalid exemplar set '3-1'"),
     ({"sets": "a"}, "invalid exemplar set 'a'"),
-    ({"top_k": 0}, "top_k must be an integer >= 1"),
+    ({"top_k": 0}, "top_k must be an integer between 1 and 10000, got 0"),
     ({"top_k": 2.5}, "top_k must be a whole number"),
-    ({"num_outputs": -2}, "num_outputs must be >= 1"),
+    ({"num_outputs": -2}, "num_outputs must be an integer >= 1, got -2"),
     ({"vote_size": "three"}, "vote_size must be a number, got 'three'"),
-    ({"pca_dims": -3}, "pca_dims must be >= 1, or 0"),
+    ({"pca_dims": -3}, "pca_dims must be an integer >= 0, got -3"),
     ({"seed": "x"}, "seed must be a number"),
     ({"mode": "fancy"}, "invalid composition mode 'fancy'; valid: matched, coherent"),
     ({"color": "cmyk"}, "invalid color 'cmyk'"),
@@ -592,7 +592,7 @@ def test_browser_options_panel(browser_page, tiny):
     assert page.locator("#gallery img").count() == 6
     page.locator("#opt-vote_size").get_by_role("textbox").fill("2")  # a bad value: one line in the page, and the app keeps serving
     page.click("#run-photo")
-    assert "vote_size must be an odd number" in _wait_status(page, "Error")
+    assert "vote_size must be an odd integer" in _wait_status(page, "Error")
     page.locator("#opt-vote_size").get_by_role("textbox").fill("")
     page.click("#run-photo")
     _wait_status(page, "6 outputs from the photo")

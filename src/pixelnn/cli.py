@@ -1,23 +1,104 @@
 """The ``pixelnn`` command line: a thin shell over the library.
 
 Every subcommand parses its options, calls one library function and prints a short summary.
-User errors (:class:`PixelNNError`) are printed as one line and exit with status 2.
+Options are checked before any work (:data:`NUMERIC_FLAGS`: finite, in range, odd where it matters;
+``--out`` a writable folder). User errors (:class:`PixelNNError`) are printed as one line and exit with
+status 2; so is any ``OSError``, ``ValueError`` or ``UnicodeError`` that a check missed (``-v`` logs its
+traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from pixelnn import __version__
-from pixelnn.config import DIRECTIONS, EDGE_METHODS, PERCEPTUAL_LAYERS, TASKS, TaskConfig, TrainConfig
-from pixelnn.engine import add_engine_options
+from pixelnn.config import (DIRECTIONS, EDGE_METHODS, MAX_BASE_CHANNELS, MAX_BATCH_SIZE, MAX_DEPTH, MAX_HED_SCALE,
+                            MAX_LR, MAX_SEED, MAX_SIZE, PERCEPTUAL_LAYERS, TASKS, TaskConfig, TrainConfig,
+                            check_number)
+from pixelnn.engine import add_engine_options, one_line
 from pixelnn.errors import PixelNNError
+from pixelnn.options import MAX_TOP_K, NUMBER_BOUNDS, SynthesisOptions
 
 log = logging.getLogger("pixelnn")
+
+
+_INT, _ABOVE = {"integer": True}, {"above": True}
+#: Every numeric flag of every subcommand, by argparse ``dest`` (the flag is ``--`` + dest with dashes), with
+#: its bounds (low, high, :func:`pixelnn.config.check_number`'s keywords): :func:`check_numeric_flags` checks
+#: each one given right after parsing, before a command reads a file, so ``--hed-scale 0`` or ``--port 99999``
+#: fail at once. Bounds that depend on data (a vote wider than the model's outputs, a U-Net deeper than its
+#: photos allow) are checked where the data is known, still before the work starts.
+NUMERIC_FLAGS: dict[str, tuple[float | None, float | None, dict[str, bool]]] = {
+    # prepare
+    "size": (16, MAX_SIZE, _INT), "factor": (1, MAX_SIZE, _INT), "hed_scale": (0, MAX_HED_SCALE, _ABOVE),
+    "val_fraction": (0, 1, {}), "test_fraction": (0, 1, {}), "limit": (1, None, _INT),
+    # train, baseline-train, demo (and the torch threads of several commands)
+    "steps": (0, None, _INT), "minutes": (0, None, _ABOVE), "batch_size": (1, MAX_BATCH_SIZE, _INT),
+    "lr": (0, MAX_LR, _ABOVE), "seed": (0, MAX_SEED, _INT), "threads": (1, None, _INT),
+    "val_every": (1, None, _INT), "sample_every": (0, None, _INT), "base_channels": (1, MAX_BASE_CHANNELS, _INT),
+    "depth": (0, MAX_DEPTH, _INT), "perceptual_weight": (0, None, {}),
+    # index, library
+    "pca_dims": (0, None, _INT), "global_dims": (0, None, _INT), "block_size": (1, None, _INT),
+    # engine
+    "num_workers": (1, None, _INT), "cpus_per_worker": (0, None, _ABOVE), "gpus_per_worker": (0, None, {}),
+    "retries": (0, None, _INT),
+    # synthesis options (synthesize, evaluate)
+    "top_k": (1, MAX_TOP_K, _INT), **NUMBER_BOUNDS,
+    # labels, transfer
+    "threshold": (0, 255, _INT), "alpha": (0, 1, {}),
+    # evaluate
+    "num_inputs": (1, None, _INT), "fid_outputs_per_input": (1, None, _INT), "fid_real_photos": (2, None, _INT),
+    "faithfulness_outputs_per_input": (1, None, _INT), "num_examples": (0, None, _INT),
+    "normals_outputs_per_input": (1, None, _INT),
+    # serve
+    "port": (1, 65535, _INT), "max_upload_mb": (0, None, _ABOVE), "max_upload_mp": (0, None, _ABOVE),
+}
+
+
+def flag_name(dest: str) -> str:
+    """The flag of an argparse ``dest``: ``vote_size`` -> ``--vote-size``."""
+    return "--" + dest.replace("_", "-")
+
+
+def check_numeric_flags(args: argparse.Namespace) -> None:
+    """A one-line PixelNNError for the first numeric flag given out of its :data:`NUMERIC_FLAGS` bounds, e.g.
+    ``--vote-size must be an odd integer >= 1, got 4`` (a NaN or an infinity never passes)."""
+    for dest, (lo, hi, kinds) in NUMERIC_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            check_number(flag_name(dest), value, lo, hi, **kinds)
+
+
+def check_out_folder(out: str | None) -> None:
+    """``--out`` must be a folder that is there or can be made: a one-line PixelNNError when it (or the nearest
+    existing folder above it) is a file or cannot be written in. Store URLs (``s3://...``) are left to the store."""
+    if out is None or "://" in str(out):
+        return
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise PixelNNError(f"--out {out} is a file, not a folder")
+    there = next((p for p in (path, *path.parents) if p.exists()), Path("."))  # the nearest existing one
+    if not there.is_dir():
+        raise PixelNNError(f"--out {out}: {there} is a file, not a folder")
+    if not os.access(there, os.W_OK | os.X_OK):
+        raise PixelNNError(f"--out {out}: cannot write in {there} (permission denied)")
+
+
+def check_against_model(options: SynthesisOptions, model_dir: str | Path) -> None:
+    """Synthesis options the model's outputs cannot take (``--vote-size 1001`` on 96 x 96 photos), refused before
+    the model loads; a model folder whose config cannot be read is left to the loader's own message."""
+    from pixelnn.io import read_json
+
+    try:
+        size = int(read_json(Path(model_dir) / "config.json")["task"]["size"])
+    except Exception:  # not a model folder: the pipeline says so
+        return
+    options.check_size(size, name=flag_name)
 
 
 class _ModeChoices(Sequence[str]):
@@ -89,8 +170,9 @@ def add_synthesis_options(p: argparse.ArgumentParser, exclude: Sequence[str] = (
     g.add_argument("--pca-dims", type=int, default=None, help="reduce descriptors by PCA (default 64; 0: full)")
     g.add_argument("--top-k", type=int, default=None, help="global neighbours K (default 11, what the sets need)")
     g.add_argument("--windows", default=None, help="comma list of window sides or 'whole' (default 1,7,11,whole)")
-    g.add_argument("--sets", default=None, help="comma list of 1-based rank ranges, e.g. 1,2,1-3,1-5 "
-                                                "(default: the authors' 18 sets)")
+    g.add_argument("--sets", default=None,
+                   help="comma list of exemplar sets of 1-based neighbour ranks: 4 is rank 4, 1-3 ranks 1 to 3, "
+                        "1+4 ranks 1 and 4; e.g. 1,2,1-3,1-5 (default: the authors' 18 sets)")
     g.add_argument("--num-outputs", type=int, default=None, help="keep a random subset of the outputs (with --seed)")
     g.add_argument("--seed", type=int, default=None, help="seed of that subset (default 0)")
     g.add_argument("--where", action="append", metavar="KEY=VALUE", help="only exemplars with this label (repeatable)")
@@ -148,7 +230,8 @@ def _add_task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--factor", type=int, default=8, help="superres downsampling factor (default 8: 96 -> 12)")
     p.add_argument("--edge-method", choices=EDGE_METHODS, default="hed", help="edge detector for --task edges")
     p.add_argument("--hed-scale", type=float, default=2.0,
-                   help="run HED on the photo enlarged this much (default 2: sharper; 1 is ~3.5x faster)")
+                   help="run HED on the photo enlarged this much, above 0 and at most 8 (default 2: sharper; "
+                        "1 is ~3.5x faster)")
     p.add_argument("--direction", choices=DIRECTIONS, default="AtoB",
                    help="paired images: AtoB = left half is the input; BtoA = right half is the input")
 
@@ -163,7 +246,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="what --minutes counts: wall-clock time (default) or this process's CPU time, "
                         "fair on a shared machine (with --threads 1 the two agree on an idle one)")
-    p.add_argument("--steps", type=int, default=100_000, help="maximum optimisation steps (default 100000)")
+    p.add_argument("--steps", type=int, default=100_000,
+                   help="maximum optimisation steps, counted across resumes (default 100000; 0 saves the starting "
+                        "weights as they are)")
     p.add_argument("--device", default=DEFAULT_DEVICE, metavar="DEVICE",
                    help=f"where to train: {', '.join(DEVICE_CHOICES)} (default {DEFAULT_DEVICE}: the first CUDA GPU, "
                         f"else MPS, else the CPU); checkpoints are the same files whatever the device")
@@ -310,6 +395,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     from pixelnn.synthesize import synthesize_files
 
     options = synthesis_options(args)
+    check_against_model(options, args.model)
     done = synthesize_files(args.inputs, args.model, args.out, options, library_dir=_library_dir(args.library),
                             from_photo=args.from_photo, fit=args.fit, batch_size=args.batch_size,
                             overwrite=args.overwrite, pixel_cache=not args.no_pixel_cache, device=args.device,
@@ -339,6 +425,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                             num_examples=args.num_examples, normals_metrics=args.normals_metrics,
                             normals_outputs_per_input=args.normals_outputs_per_input,
                             options=synthesis_options(args, exclude=EVALUATE_OWN_FLAGS))
+    check_against_model(settings.options, args.model)
     m = evaluate(args.model, args.out, settings, data_dir=args.data, pix2pix=args.pix2pix, library_dir=library_dir,
                  overwrite=args.overwrite, progress=not args.quiet, device=args.device)
     for name, s in m["methods"].items():
@@ -420,13 +507,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the stage-1 regressor (L2, optionally + perceptual loss) on a dataset")
     _add_training_options(p)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate, above 0 and at most 1 (default 0.002)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--val-every", type=int, default=500, help="validate and checkpoint every N steps")
-    p.add_argument("--sample-every", type=int, default=1000, help="write a sample grid every N steps")
+    p.add_argument("--sample-every", type=int, default=1000, help="write a sample grid every N steps (0: never)")
     p.add_argument("--base-channels", type=int, default=None, help="U-Net channels at full resolution (default 16)")
-    p.add_argument("--depth", type=int, default=None, help="U-Net downsamplings (default 4)")
+    p.add_argument("--depth", type=int, default=None,
+                   help="U-Net downsamplings, at most log2 of the photo side (default 4)")
     p.add_argument("--norm", choices=("batch", "group", "none"), default=None)
     p.add_argument("--perceptual-weight", type=float, default=0.0, metavar="W",
                    help="add W x a VGG-16 perceptual loss (MSE of frozen ImageNet VGG activations) to the L2 loss "
@@ -576,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="web app: draw or upload an input, browse the outputs, see where pixels came from")
     p.add_argument("--model", required=True, help="model folder (with its library)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--port", type=int, default=7860, help="port, 1-65535 (default 7860)")
     p.add_argument("--library", default=None, metavar="LIB_DIR", help="borrow another library's exemplars")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload in MB (default 10)")
     p.add_argument("--max-upload-mp", type=float, default=25.0, help="largest upload in megapixels (default 25)")
@@ -604,9 +692,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_numeric_flags(args)
+        check_out_folder(getattr(args, "out", None))
         return args.func(args)
     except PixelNNError as e:
         print(f"pixelnn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, UnicodeError) as e:  # the last line of defence: the checks should come first
+        log.debug("unexpected error", exc_info=True)  # -v shows the traceback
+        print(f"pixelnn {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"pixelnn {args.command}: interrupted", file=sys.stderr)

@@ -6,6 +6,8 @@ A model directory or a dataset directory can always be rebuilt from its JSON alo
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -22,10 +24,70 @@ COLORS = ("rgb", "luma")
 DEFAULT_WINDOWS: tuple[int | None, ...] = (1, 7, 11, None)
 
 
+#: Largest photo side a task may ask for (a 4096 x 4096 photo is 48 MiB; the paper's are 96 or 128).
+MAX_SIZE = 4096
+#: Largest enlargement HED may run at (its cost grows with the square of the scale).
+MAX_HED_SCALE = 8.0
+
+
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
     """A one-line PixelNNError naming the valid choices when ``value`` is not one of them."""
     if value not in choices:
         raise PixelNNError(f"invalid {name} {value!r}; valid: {', '.join(choices)}")
+
+
+def _bound(v: float) -> str:
+    """A bound as the message shows it: 95, 0.5, or 2**63 - 1 (not its 19 digits)."""
+    if isinstance(v, int) and v >= 2**31 and (v + 1) & v == 0:
+        return f"2**{v.bit_length()} - 1"
+    return str(int(v)) if float(v).is_integer() else repr(v)
+
+
+def check_number(name: str, value: Any, lo: float | None = None, hi: float | None = None, *, integer: bool = False,
+                 odd: bool = False, above: bool = False) -> Any:
+    """``value`` as a finite int or float within bounds, else a one-line PixelNNError naming ``name``.
+
+    Parameters
+    ----------
+    name : str
+        What the message calls the value: a field (``vote_size``) or a flag (``--vote-size``).
+    value : number
+        A bool, a string, NaN or an infinity is refused; with ``integer`` a whole float (3.0, from JSON)
+        becomes an int.
+    lo, hi : float, optional
+        Inclusive bounds (``lo`` exclusive with ``above``: ``> 0``); None: unbounded.
+    integer, odd : bool
+        Require a whole number, an odd one.
+
+    Returns
+    -------
+    int or float
+        The value (an int when ``integer``).
+
+    Raises
+    ------
+    PixelNNError
+        E.g. ``--vote-size must be an odd integer between 1 and 95, got 1001``.
+    """
+    kind = "an odd integer" if odd else "an integer" if integer else "a number"
+    if lo is not None and hi is not None:
+        want = f"> {_bound(lo)} and <= {_bound(hi)}" if above else f"between {_bound(lo)} and {_bound(hi)}"
+    elif lo is not None:
+        want = f"{'>' if above else '>='} {_bound(lo)}"
+    else:
+        want = f"<= {_bound(hi)}" if hi is not None else ""
+    bad = PixelNNError(f"{name} must be {kind} {want}, got {value!r}" if want else
+                       f"{name} must be a finite {kind.split()[-1]}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise bad
+    if integer or odd:
+        if not float(value).is_integer():
+            raise bad
+        value = int(value)
+    if (lo is not None and (value <= lo if above else value < lo)) or (hi is not None and value > hi) \
+            or (odd and value % 2 == 0):
+        raise bad
+    return value
 
 
 @dataclass
@@ -67,10 +129,11 @@ class TaskConfig:
         check_choice("task", self.name, TASKS)
         check_choice("edge method", self.edge_method, EDGE_METHODS)
         check_choice("direction", self.direction, DIRECTIONS)
-        if self.size < 16:
-            raise PixelNNError(f"size must be at least 16, got {self.size}")
-        if self.name == "superres" and (self.factor < 1 or self.size % self.factor):
+        self.size = check_number("size", self.size, 16, MAX_SIZE, integer=True)
+        self.factor = check_number("factor", self.factor, 1, self.size, integer=True)
+        if self.name == "superres" and self.size % self.factor:
             raise PixelNNError(f"superres factor {self.factor} must divide size {self.size}")
+        self.hed_scale = check_number("hed scale", self.hed_scale, 0, MAX_HED_SCALE, above=True)
         if self.name == "edges":
             self.input_channels = 1
         if self.name == "normals":
@@ -90,6 +153,13 @@ class TaskConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+#: Normalisations of the regressor's blocks.
+NORMS = ("batch", "group", "none")
+#: Bounds of the regressor's architecture (a U-Net of 1024 channels at full resolution is already ~1e9 weights).
+MAX_BASE_CHANNELS = 1024
+MAX_DEPTH = 12
+
+
 @dataclass
 class RegressorConfig:
     """Architecture of the stage-1 regressor (see :mod:`pixelnn.models.regressor`)."""
@@ -102,6 +172,16 @@ class RegressorConfig:
     depth: int = 4  # number of 2x downsamplings in the U-Net encoder (96 -> 6)
     norm: str = "batch"  # batch | group | none
     residual_upsample: bool = True  # predict a residual over the bicubically upsampled input (3-channel inputs)
+
+    def __post_init__(self) -> None:
+        check_choice("norm", self.norm, NORMS)
+        self.base_channels = check_number("base channels", self.base_channels, 1, MAX_BASE_CHANNELS, integer=True)
+        self.depth = check_number("depth", self.depth, 0, MAX_DEPTH, integer=True)
+
+    @property
+    def max_depth(self) -> int:
+        """The most downsamplings ``size`` allows: each level halves the grid, down to 1 x 1."""
+        return min(max(int(self.size).bit_length() - 1, 0), MAX_DEPTH)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,6 +205,32 @@ def check_clock(clock: str) -> None:
         from pixelnn.errors import PixelNNError
 
         raise PixelNNError(f"invalid clock {clock!r}; valid: {', '.join(CLOCKS)}")
+
+
+#: Bounds of a training's settings: a batch of 65536 photos or a learning rate above 1 is a typo.
+MAX_BATCH_SIZE = 65536
+MAX_LR = 1.0
+#: Seeds are non-negative and fit numpy's and torch's generators (64 bits).
+MAX_SEED = 2**63 - 1
+
+
+def check_train_budget(config: Any) -> None:
+    """Check (and normalise) the settings :class:`TrainConfig` and the pix2pix config share.
+
+    ``batch_size``, ``val_every`` >= 1; ``max_steps`` >= 0 (0: the start is saved as is, e.g. an
+    ``init_from`` model); ``sample_every`` >= 0 (0: no sample grids);
+    ``minutes`` None or > 0; ``seed`` in [0, 2**63 - 1]; ``num_threads`` None or >= 1. A one-line
+    PixelNNError names the first bad one.
+    """
+    config.batch_size = check_number("batch size", config.batch_size, 1, MAX_BATCH_SIZE, integer=True)
+    config.max_steps = check_number("max steps", config.max_steps, 0, integer=True)  # 0: save the start as is
+    config.val_every = check_number("val every", config.val_every, 1, integer=True)
+    config.sample_every = check_number("sample every", config.sample_every, 0, integer=True)
+    if config.minutes is not None:
+        config.minutes = check_number("minutes", config.minutes, 0, above=True)
+    config.seed = check_number("seed", config.seed, 0, MAX_SEED, integer=True)
+    if config.num_threads is not None:
+        config.num_threads = check_number("threads", config.num_threads, 1, integer=True)
 
 
 @dataclass
@@ -155,8 +261,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_clock(self.clock)
-        if not self.perceptual_weight >= 0:  # also refuses NaN
-            raise PixelNNError(f"perceptual weight must be >= 0, got {self.perceptual_weight}")
+        check_train_budget(self)
+        self.lr = check_number("learning rate", self.lr, 0, MAX_LR, above=True)
+        self.weight_decay = check_number("weight decay", self.weight_decay, 0)
+        self.perceptual_weight = check_number("perceptual weight", self.perceptual_weight, 0)
         if isinstance(self.perceptual_layers, str):
             self.perceptual_layers = tuple(n.strip() for n in self.perceptual_layers.split(",") if n.strip())
         self.perceptual_layers = tuple(self.perceptual_layers)  # a JSON list back to a tuple

@@ -84,9 +84,9 @@ def check_engine_options(engine: str = "local", address: str | None = None, num_
         raise PixelNNError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if num_workers is not None and num_workers < 1:
         raise PixelNNError(f"--num-workers must be >= 1, got {num_workers}")
-    if cpus_per_worker <= 0:
+    if not 0 < cpus_per_worker < math.inf:  # also refuses NaN
         raise PixelNNError(f"--cpus-per-worker must be > 0, got {cpus_per_worker}")
-    if gpus_per_worker < 0:
+    if not 0 <= gpus_per_worker < math.inf:
         raise PixelNNError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
     if retries < 0:
         raise PixelNNError(f"--retries must be >= 0, got {retries}")

@@ -21,14 +21,16 @@ import base64
 import dataclasses
 import hashlib
 import json
+import math
 import numbers
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from pixelnn.config import COLORS, DEFAULT_WINDOWS, check_choice
+from pixelnn.config import COLORS, DEFAULT_WINDOWS, MAX_SEED, check_choice, check_number
 from pixelnn.errors import PixelNNError
 
 # pixelnn.modes and pixelnn.matching are imported where used: they load torch (~2 s), and this module must stay
@@ -46,6 +48,19 @@ DEFAULT_LIKE_K = 50
 DEFAULT_REGION_BLEND = 4.0
 #: Fields a composition mode gives defaults for (None in the options = the mode's value).
 MODE_FIELDS = ("patch_size", "vote_size", "highpass_sigma", "chroma_weight")
+#: Most neighbours a search may ask for (each one's pixel descriptors are computed and held).
+MAX_TOP_K = 10_000
+#: The optional numeric fields: (low, high, check_number's keywords); None leaves a field to its default.
+#: Sizes an output cannot take are refused by :meth:`SynthesisOptions.check_size`.
+NUMBER_BOUNDS: dict[str, tuple[float | None, float | None, dict[str, bool]]] = {
+    "patch_size": (1, None, {"odd": True}),
+    "vote_size": (1, None, {"odd": True}),
+    "highpass_sigma": (0, None, {}),
+    "chroma_weight": (0, 1, {}),
+    "pca_dims": (0, None, {"integer": True}),  # 0: the full descriptor
+    "num_outputs": (1, None, {"integer": True}),
+    "region_blend": (0, 10000, {}),  # pixels; 0: the bare copies
+}
 OPTIONS_FORMAT = "pixelnn-synthesis-options"
 #: Prefix of a mask given inline (not as a file): ``packbits:<H>x<W>:<base64 of numpy.packbits(mask)>``.
 INLINE_MASK = "packbits:"
@@ -54,31 +69,14 @@ REGION_FILTERS = ("where", "exemplars", "like")
 
 
 def _window(w: Any) -> int | None:
+    """A window side (an int, or its digits as text) or None for ``"whole"``; a one-line PixelNNError otherwise."""
     if w is None or w == "whole":
         return None
-    try:
+    if isinstance(w, str) and w.strip().isdecimal():
         w = int(w)
-    except (TypeError, ValueError):
-        raise PixelNNError(f"invalid window {w!r}; a window is a side >= 1 or 'whole'") from None
-    if w < 1:
-        raise PixelNNError(f"invalid window {w}; a window is a side >= 1 or 'whole'")
-    return w
-
-
-def _number(name: str, v: Any) -> float:
-    """``v`` as a float; a one-line PixelNNError when it is not a number (a JSON string, a bool)."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise PixelNNError(f"{name} must be a number, got {v!r}")
-    return float(v)
-
-
-def _integer(name: str, v: Any) -> int:
-    """``v`` as an int (a whole float such as 3.0 is accepted); a one-line PixelNNError otherwise."""
-    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
-        return int(v)
-    if _number(name, v).is_integer():
-        return int(v)
-    raise PixelNNError(f"{name} must be a whole number, got {v!r}")
+    if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w != int(w) or w < 1:
+        raise PixelNNError(f"invalid window {w!r}; a window is a whole side >= 1 or 'whole'")
+    return int(w)
 
 
 def _items(name: str, v: Any) -> tuple:
@@ -109,46 +107,57 @@ def _where(where: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple(out)
 
 
+def _text_items(name: str, text: str, separators: str, example: str, nothing: str) -> list[str]:
+    """The items of a comma list (split at the regular expression ``separators``); a one-line PixelNNError
+    when it has none (``nothing`` says so) or an empty one (``1,,7``)."""
+    text = str(text).strip()
+    items = [item.strip() for item in re.split(separators, text)]
+    if not any(items):
+        raise PixelNNError(nothing)
+    if "" in items:
+        raise PixelNNError(f"invalid {name} {text!r}: an empty item between commas; e.g. {example}")
+    return items
+
+
 def parse_windows(text: str) -> tuple[str, ...]:
-    """``"1, 7x7, 11,whole"`` -> ``("1", "7", "11", "whole")``, the items SynthesisOptions' ``windows`` checks;
-    the text form of the CLI's ``--windows`` and the web app's Windows field
-    (a bad item then raises a one-line PixelNNError)."""
+    """``"1, 7x7, 11 whole"`` -> ``("1", "7", "11", "whole")``, the items SynthesisOptions' ``windows`` checks;
+    the text form of the CLI's ``--windows`` and the web app's Windows field. Items are separated by commas,
+    semicolons or spaces; an empty item (``1,,7``) or a bad one (``1.5``, ``0``, once checked) raises a
+    one-line PixelNNError."""
     out = []
-    for item in str(text).replace(";", ",").replace(" ", ",").split(","):
-        item = item.strip().lower()
-        if not item:
-            continue
+    for item in _text_items("windows", text, r"\s*[,;]\s*|\s+", "1,7,11,whole",
+                            "windows must name at least one window (a side >= 1 or 'whole')"):
+        item = item.lower()
         side, x, other = item.partition("x")
-        if x and side == other:
-            item = side
-        out.append(item)
-    if not out:
-        raise PixelNNError("windows must name at least one window (a side >= 1 or 'whole')")
+        out.append(side if x and side == other else item)  # 7x7 -> 7
     return tuple(out)
 
 
 def parse_sets(text: str) -> tuple[tuple[int, ...], ...]:
     """``"1,2,1-3,1+4"`` -> ``((1,), (2,), (1, 2, 3), (1, 4))``: comma-separated exemplar sets of 1-based
-    neighbour ranks, each a rank, a range ``a-b`` or members joined by ``+``."""
+    neighbour ranks, each a rank, a range ``a-b`` (ranks a to b) or members joined by ``+`` (``1-3+7``).
+
+    Raises
+    ------
+    PixelNNError
+        One line, for an empty item (``1,,7``), a rank that is not a whole number from 1 to
+        :data:`MAX_TOP_K` (``0``, ``1.5``, ``-``) or a range that goes down (``3-1``, ``1--2``).
+    """
     sets = []
-    for item in str(text).replace(";", ",").split(","):
-        item = item.replace(" ", "").lstrip("#")
-        if not item:
-            continue
-        ranks: list[int] = []
-        for part in item.split("+"):
+    for item in _text_items("sets", str(text).replace(" ", ""), r"[,;]", "1,2,1-3,1-5",
+                            "no exemplar sets given; leave the field empty for the authors' 18"):
+        ranks: dict[int, None] = {}  # ordered, without repeats
+        for part in item.lstrip("#").split("+"):
             lo, dash, hi = part.partition("-")
-            try:
-                lo_i, hi_i = int(lo), int(hi if dash else lo)
-            except ValueError:
+            if not lo.isdecimal() or not (hi if dash else lo).isdecimal():
                 raise PixelNNError(f"invalid exemplar set {item!r}: use 1-based ranks, ranges like 1-3 or "
-                                   f"members like 1+4, e.g. 1,2,1-3,1-5") from None
-            if lo_i < 1 or hi_i < lo_i:
-                raise PixelNNError(f"invalid exemplar set {item!r}: 1-based ranks start at 1 and ranges go up (1-3)")
-            ranks += [r for r in range(lo_i, hi_i + 1) if r not in ranks]
+                                   f"members like 1+4, e.g. 1,2,1-3,1-5")
+            lo_i, hi_i = int(lo), int(hi if dash else lo)
+            if not 1 <= lo_i <= hi_i <= MAX_TOP_K:
+                raise PixelNNError(f"invalid exemplar set {item!r}: 1-based ranks go from 1 to {MAX_TOP_K} and "
+                                   f"ranges go up (1-3)")
+            ranks.update(dict.fromkeys(range(lo_i, hi_i + 1)))
         sets.append(tuple(ranks))
-    if not sets:
-        raise PixelNNError("no exemplar sets given; leave the field empty for the authors' 18")
     return tuple(sets)
 
 
@@ -362,37 +371,22 @@ class SynthesisOptions:
         if self.descriptor is not None:
             check_choice("descriptor", self.descriptor, DESCRIPTORS)
         for name in ("top_k", "like_k"):
-            if _integer(name, getattr(self, name)) < 1:
-                raise PixelNNError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-            set_(name, int(getattr(self, name)))
-        set_("seed", _integer("seed", self.seed))
+            set_(name, check_number(name, getattr(self, name), 1, MAX_TOP_K, integer=True))
+        set_("seed", check_number("seed", self.seed, 0, MAX_SEED, integer=True))
         windows = _items("windows", self.windows)
         if not windows:
             raise PixelNNError("windows must name at least one window (a side >= 1 or 'whole')")
         set_("windows", tuple(_window(w) for w in windows))
         if self.sets is not None:
-            sets = tuple(tuple(_integer("a set's rank", r) for r in _items("a set", s)) for s in _items("sets", self.sets))
+            sets = tuple(tuple(check_number("a set's 1-based rank", r, 1, MAX_TOP_K, integer=True) for r in _items("a set", s))
+                         for s in _items("sets", self.sets))
             if not sets or any(not s or min(s) < 1 for s in sets):
                 raise PixelNNError(f"sets must be non-empty lists of 1-based ranks (>= 1), got {self.sets!r}")
             set_("sets", sets)
-        for name in ("patch_size", "vote_size"):
-            v = getattr(self, name)
-            if v is not None and (_integer(name, v) < 1 or v % 2 == 0):
-                raise PixelNNError(f"{name} must be an odd number >= 1, got {v}")
-        if self.highpass_sigma is not None and not _number("highpass_sigma", self.highpass_sigma) >= 0:
-            raise PixelNNError(f"highpass_sigma must be >= 0, got {self.highpass_sigma}")
-        if not 0 <= _number("region_blend", self.region_blend) <= 1e4:
-            raise PixelNNError(f"region_blend must be a number of pixels between 0 and 10000, got {self.region_blend}")
+        for name, bounds in NUMBER_BOUNDS.items():  # None: the mode's (or the pipeline's) default
+            if getattr(self, name) is not None:  # a whole float from JSON (3.0) becomes an int
+                set_(name, check_number(name, getattr(self, name), *bounds[:2], **bounds[2]))
         set_("region_blend", float(self.region_blend))
-        if self.chroma_weight is not None and not 0 <= _number("chroma_weight", self.chroma_weight) <= 1:
-            raise PixelNNError(f"chroma_weight must be in [0, 1], got {self.chroma_weight}")
-        if self.pca_dims is not None and _integer("pca_dims", self.pca_dims) < 0:
-            raise PixelNNError(f"pca_dims must be >= 1, or 0 for the full descriptor; got {self.pca_dims}")
-        if self.num_outputs is not None and _integer("num_outputs", self.num_outputs) < 1:
-            raise PixelNNError(f"num_outputs must be >= 1, got {self.num_outputs}")
-        for name in ("patch_size", "vote_size", "pca_dims", "num_outputs"):  # 3.0 from JSON -> 3
-            if getattr(self, name) is not None:
-                set_(name, int(getattr(self, name)))
         set_("where", _where(self.where))
         set_("exemplars", tuple(str(e) for e in _items("exemplars", self.exemplars)))
         set_("like", tuple(str(p) for p in _items("like", self.like)))
@@ -401,6 +395,24 @@ class SynthesisOptions:
                 regions[0], (str, Path, np.ndarray)) and isinstance(regions[1], Mapping)):
             regions = [regions]  # one region given alone
         set_("regions", tuple(Region.from_any(r) for r in _items("regions", regions)))
+
+    def check_size(self, size: int, name: Callable[[str], str] = str) -> None:
+        """Refuse (one-line PixelNNError) settings a ``size`` x ``size`` output cannot take: a window
+        side, ``vote_size`` or ``patch_size`` beyond it (the odd ones up to its largest odd side), a
+        ``highpass_sigma`` above it (a wider blur removes nothing more, and its kernel grows with sigma).
+
+        ``name`` spells a field in the message (the CLI passes one that gives ``--vote-size``).
+        """
+        odd_max = size if size % 2 else size - 1
+        for field_name in ("patch_size", "vote_size"):
+            if getattr(self, field_name) is not None:
+                check_number(name(field_name), getattr(self, field_name), 1, odd_max, odd=True)
+        if self.highpass_sigma is not None:
+            check_number(name("highpass_sigma"), self.highpass_sigma, 0, size)
+        for w in self.windows:
+            if w is not None and w > size:
+                raise PixelNNError(f"{name('windows')} must be sides between 1 and {size} or 'whole' "
+                                   f"(outputs are {size}x{size}), got {w}")
 
     # ------------------------------------------------------------------ derived
     def resolved(self) -> "SynthesisOptions":

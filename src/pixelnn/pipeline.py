@@ -298,15 +298,18 @@ class PixelNNPipeline:
         return added
 
     def check_options(self, options: SynthesisOptions | None = None, **overrides: Any) -> SynthesisOptions:
-        """``options`` (default: the defaults) with ``overrides`` applied, the mode's defaults filled in."""
+        """``options`` (default: the defaults) with ``overrides`` applied, the mode's defaults filled in, checked
+        against this model's output size (:meth:`SynthesisOptions.check_size`)."""
         options = options if options is not None else SynthesisOptions()
         if not isinstance(options, SynthesisOptions):
             raise PixelNNError(f"options must be a SynthesisOptions, got {type(options).__name__}")
         options = options.replace(**overrides) if overrides else options
         name, dims = self._default
         regions = resolve_regions(options.regions, self.regressor.config.size) if options.regions else ()
-        return options.replace(descriptor=options.descriptor or name, regions=regions,
-                               pca_dims=(dims or 0) if options.pca_dims is None else options.pca_dims).resolved()
+        options = options.replace(descriptor=options.descriptor or name, regions=regions,
+                                  pca_dims=(dims or 0) if options.pca_dims is None else options.pca_dims).resolved()
+        options.check_size(self.regressor.config.size)  # e.g. a vote or a window wider than the output
+        return options
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """Validate an input against the task: (s, s, C) uint8 (a 2-D edge map gets a channel axis)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import threading
 import time
@@ -191,6 +192,18 @@ def run_budgeted(step_fn: Callable[[int, float], None], *, save: Callable[[int, 
     if result.interrupted:
         raise KeyboardInterrupt
     return result
+
+
+def check_finite_loss(loss: float, step: int, lr: float) -> None:
+    """Stop a diverged training: a one-line PixelNNError when the loss of a step is NaN or infinite.
+
+    Raised before the step is saved (the loop's checkpoints follow the step), so the last checkpoint stays
+    the last finite one. A NaN or infinity stays in the running mean of the loss, so checking that mean
+    after each step catches it without another device sync.
+    """
+    if not math.isfinite(loss):
+        raise PixelNNError(f"training diverged: the loss is {loss} at step {step + 1} (learning rate {lr:g}); "
+                           f"resume from the last checkpoint with a lower learning rate, or restart")
 
 
 def save_samples(samples_dir: Path, step: int, grid: np.ndarray) -> None:

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import safe_open
 
-from pixelnn.config import MODEL_FILES, PERCEPTUAL_LAYERS, RegressorConfig, TaskConfig, TrainConfig
+from pixelnn.config import MODEL_FILES, PERCEPTUAL_LAYERS, RegressorConfig, TaskConfig, TrainConfig, check_number
 from pixelnn.data.dataset import SplitData, image_grid
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.image_metrics import bicubic_upsample, psnr, ssim
@@ -36,9 +36,9 @@ from pixelnn.io import parse_json, read_json, save_image, write_json
 from pixelnn.models.loading import MODEL_FORMAT, MODEL_VERSION, load_model_dir
 from pixelnn.models.regressor import Regressor, module_device, predict, to_tensor
 from pixelnn.models.vgg import imagenet_normalize, vgg16
-from pixelnn.train_loop import (LoopResult, TrainResult, budget_bar, budget_clock, dataset_record, draw_batch,
-                                load_optimizer_tensors, load_train_state, load_training_splits, optimizer_tensors,
-                                run_budgeted, save_train_state, start_training)
+from pixelnn.train_loop import (LoopResult, TrainResult, budget_bar, budget_clock, check_finite_loss, dataset_record,
+                                draw_batch, load_optimizer_tensors, load_train_state, load_training_splits,
+                                optimizer_tensors, run_budgeted, save_train_state, start_training)
 
 __all__ = ["MODEL_FORMAT", "MODEL_VERSION", "PerceptualLoss", "TrainResult", "budget_bar", "budget_clock",
            "evaluate_stage1", "init_regressor", "load_model_dir", "load_optimizer_tensors", "load_training_splits",
@@ -48,9 +48,12 @@ log = logging.getLogger(__name__)
 
 
 def regressor_config_for(task: TaskConfig, input_channels: int, **overrides: Any) -> RegressorConfig:
-    """Regressor architecture matching a task's input and output shapes."""
-    return RegressorConfig(in_channels=input_channels, out_channels=3, size=task.size,
-                           input_size=task.input_size, **overrides)
+    """Regressor architecture matching a task's input and output shapes (a one-line PixelNNError for a
+    ``depth`` the photo size cannot take)."""
+    config = RegressorConfig(in_channels=input_channels, out_channels=3, size=task.size,
+                             input_size=task.input_size, **overrides)
+    check_number(f"depth for {task.size}x{task.size} photos", config.depth, 0, config.max_depth, integer=True)
+    return config
 
 
 class PerceptualLoss(nn.Module):
@@ -96,6 +99,20 @@ class PerceptualLoss(nn.Module):
             target_feats = self.features(target)
         pred_feats = self.features(pred)
         return sum(F.mse_loss(pred_feats[name], target_feats[name]) for name in self.layers)
+
+
+def check_resume_overrides(config: RegressorConfig, model_overrides: dict[str, Any] | None, model_dir: Path) -> None:
+    """Refuse (one-line PixelNNError) architecture settings that differ from the checkpoint being resumed.
+
+    A resumed training keeps its checkpoint's architecture, so a changed ``base_channels``, ``depth`` or
+    ``norm`` could not be honoured: the message names each mismatch and the way out (a fresh ``--out``
+    or ``--restart``).
+    """
+    mismatch = [f"{k} {v} asked for, the checkpoint has {getattr(config, k)}"
+                for k, v in (model_overrides or {}).items() if getattr(config, k, v) != v]
+    if mismatch:
+        raise PixelNNError(f"cannot resume {model_dir}: {'; '.join(mismatch)} (train into another folder, or "
+                           f"--restart to start over)")
 
 
 def init_regressor(source: str | Path, task: TaskConfig, input_channels: int,
@@ -244,6 +261,7 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
     init_record = None  # where the weights first came from, when not from scratch
     if resuming:
         model = Regressor.load(weights_path)
+        check_resume_overrides(model.config, model_overrides, model_dir)
         log.info("resuming from %s", weights_path)
         if config.init_from:
             log.warning("resuming from %s, so init_from %s is ignored", weights_path, config.init_from)
@@ -300,6 +318,7 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
             update_ema(train_mse=mse.item())
         else:
             update_ema(train_mse=mse.item(), train_perceptual=perc.item(), train_loss=loss.item())
+        check_finite_loss(ema.get("train_loss", ema["train_mse"]), step, config.lr)  # before this step is saved
 
     def save_all(step: int, elapsed: float) -> None:
         model.save(weights_path, {"task": json.dumps(task.to_dict()), "step": str(step)})

@@ -63,16 +63,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, safe_open, save_file
 
-from pixelnn.config import TaskConfig
+from pixelnn.config import MAX_LR, TaskConfig, check_number, check_train_budget
 from pixelnn.data.dataset import SplitData, image_grid
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.image_metrics import psnr, ssim
 from pixelnn.io import (atomic_path, check_tensors_sha256, config_from, load_state_checked, parse_json, read_folder_config,
                         save_image, tensors_sha256, write_json)
 from pixelnn.models.regressor import module_device, to_tensor, to_uint8, upsample_input
-from pixelnn.train_loop import (LoopResult, TrainResult, dataset_record, draw_batch, load_optimizer_tensors,
-                                load_train_state, optimizer_tensors, run_budgeted, save_train_state,
-                                start_training)
+from pixelnn.train_loop import (LoopResult, TrainResult, check_finite_loss, dataset_record, draw_batch,
+                                load_optimizer_tensors, load_train_state, optimizer_tensors, run_budgeted,
+                                save_train_state, start_training)
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +177,10 @@ class Pix2PixConfig:
     def __post_init__(self) -> None:
         if self.gan_loss not in GAN_LOSSES:
             raise PixelNNError(f"invalid gan loss {self.gan_loss!r}; valid: {', '.join(GAN_LOSSES)}")
-        if self.batch_size < 1:
-            raise PixelNNError(f"batch size must be positive, got {self.batch_size}")
+        check_train_budget(self)
+        self.lr = check_number("learning rate", self.lr, 0, MAX_LR, above=True)
+        self.lambda_l1 = check_number("lambda l1", self.lambda_l1, 0)
+        self.dropout = check_number("dropout", self.dropout, 0, 1)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -600,6 +602,7 @@ def train_pix2pix(data_dir: str | Path, out_dir: str | Path, config: Pix2PixConf
         images_seen += config.batch_size
         for k, v in (("d", loss_d.item()), ("g_gan", loss_g_gan.item()), ("l1", loss_l1.item())):
             ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
+        check_finite_loss(ema["d"] + ema["g_gan"] + ema["l1"], step, config.lr)  # before this step is saved
 
     def save_all(step: int, elapsed: float) -> None:
         save_model(gen, g_path, "generator", {"task": json.dumps(task.to_dict()), "step": str(step)})

@@ -45,7 +45,8 @@ TOO_SMALL = "too small"          # smaller than the output size (would need more
 BAD_PAIR = "bad pair"            # paired task: the image cannot be split into two A|B halves
 UNSAFE_PATH = "unsafe path"      # zip entry with an absolute path, a '..' component, or a symlink
 NO_FACE = "no face"              # normals task: the face-mesh model finds no face in the photo
-SKIP_REASONS = (CORRUPT, TOO_LARGE, TOO_SMALL, BAD_PAIR, UNSAFE_PATH, NO_FACE)
+BAD_NAME = "name not UTF-8"     # a file (or folder) name that is not valid UTF-8: its id could not be stored
+SKIP_REASONS = (CORRUPT, TOO_LARGE, TOO_SMALL, BAD_PAIR, UNSAFE_PATH, BAD_NAME, NO_FACE)
 
 FITS = ("auto", "pad", "crop")
 

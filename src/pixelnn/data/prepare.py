@@ -22,9 +22,9 @@ import numpy as np
 
 from pixelnn.config import TaskConfig
 from pixelnn.data.dataset import SPLITS, SplitData, assign_split, write_dataset
-from pixelnn.data.images import (CORRUPT, DEFAULT_MAX_PIXELS, FITS, NO_FACE, SKIP_REASONS, TOO_LARGE, UNSAFE_PATH,
-                                 UnusableImage, choose_fit, decode_image, fit_image, is_grayscale, pil_limits,
-                                 split_pair)
+from pixelnn.data.images import (BAD_NAME, CORRUPT, DEFAULT_MAX_PIXELS, FITS, NO_FACE, SKIP_REASONS, TOO_LARGE,
+                                 UNSAFE_PATH, UnusableImage, choose_fit, decode_image, fit_image, is_grayscale,
+                                 pil_limits, split_pair)
 from pixelnn.data.sources import DEFAULT_MAX_FILE_BYTES, Layout, Source, open_source, plan_layout
 from pixelnn.errors import PixelNNError
 
@@ -212,12 +212,16 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
 
     with open_source(src_path, exclude=out_dir) as src:
         skipped = {r: 0 for r in SKIP_REASONS}
-        skipped[UNSAFE_PATH] = src.unsafe
+        skipped[UNSAFE_PATH], skipped[BAD_NAME] = src.unsafe, src.bad_names
         if src.unsafe:
             log.warning("%s: refused %d zip entries with absolute paths, '..' components or symlinks",
                         src.path, src.unsafe)
+        if src.bad_names:
+            log.warning("%s: left out %d image files whose names are not UTF-8 (rename them to use them)",
+                        src.path, src.bad_names)
         if not src.images:
-            what = f" ({src.unsafe} unsafe entries refused)" if src.unsafe else ""
+            what = (f" ({src.unsafe} unsafe entries refused)" if src.unsafe else "") + \
+                (f" ({src.bad_names} files with names that are not UTF-8 left out)" if src.bad_names else "")
             raise PixelNNError(f"no images found in {src.path}{what}; looked for "
                                f".jpg .jpeg .png .bmp .gif .tif .tiff .webp files")
         layout = plan_layout(src, label_names)
@@ -278,7 +282,8 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
             raise PixelNNError(f"no usable images in {src.path}: {len(src.images)} image files, "
                                f"skipped {_skip_text(skipped)}")
         if skipped:
-            log.warning("skipped %d of %d files: %s", sum(skipped.values()) - skipped.get(UNSAFE_PATH, 0),
+            log.warning("skipped %d of %d files: %s",
+                        sum(skipped.values()) - skipped.get(UNSAFE_PATH, 0) - skipped.get(BAD_NAME, 0),
                         len(src.images), _skip_text(skipped))
         if upscaled:
             log.warning("%d images were smaller than %dx%d and were enlarged (by at most x%.2f)",

@@ -2,7 +2,8 @@
 
 A source lists its image files (by extension, recursively, sorted by their POSIX path inside the
 source) and reads them as bytes. Zips are never extracted: entries with an absolute path, a ``..``
-component or a symlink mode are refused and counted (``unsafe``). Hidden files and folders
+component or a symlink mode are refused and counted (``unsafe``), and so are files whose name is not
+valid UTF-8 (``bad_names``). Hidden files and folders
 (``.name``) and ``__MACOSX`` are ignored everywhere; files without an image extension are ignored
 (``README.txt``, ``identity_CelebA.txt`` ...).
 
@@ -64,6 +65,7 @@ class Source:
     images: list[str] = field(default_factory=list)
     others: list[str] = field(default_factory=list)  # non-image, non-hidden files (for label files)
     unsafe: int = 0
+    bad_names: int = 0  # image files whose path is not valid UTF-8 (left out: ids and records are UTF-8 text)
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     _zip: zipfile.ZipFile | None = None
     _zip_names: dict[str, zipfile.ZipInfo] = field(default_factory=dict)
@@ -142,7 +144,10 @@ def _open_folder(root: Path, exclude) -> Source:
             full = Path(dirpath, fn)
             if not full.is_file():  # broken symlink, fifo, socket...
                 continue
-            if is_image_name(fn):
+            if is_image_name(fn) and not _utf8(rel):
+                src.bad_names += 1
+                log.debug("leaving out %r: its name is not UTF-8", rel)
+            elif is_image_name(fn):
                 src.images.append(rel)
                 try:
                     src._sizes[rel] = full.stat().st_size
@@ -158,6 +163,15 @@ def _open_folder(root: Path, exclude) -> Source:
     src.images.sort()
     src.others.sort()
     return src
+
+
+def _utf8(name: str) -> bool:
+    """Whether a path decoded from the file system is valid UTF-8 (undecodable bytes become surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _open_zip(path: Path) -> Source:
