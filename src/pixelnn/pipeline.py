@@ -120,6 +120,12 @@ class Neighbours:
         return len(self.positions)
 
 
+def _no_neighbours(size: int) -> "Neighbours":
+    """The neighbours of an exemplar set that no output pixel uses: none."""
+    empty = np.zeros((0, size, size, 3), np.uint8)
+    return Neighbours(np.zeros(0, np.int64), [], np.zeros(0, np.float32), empty, empty.copy())
+
+
 @dataclass
 class Descriptors:
     """Step 3's result: unit-norm pixel descriptors on the pipeline's device, rounded to float16 precision.
@@ -537,7 +543,9 @@ class PixelNNPipeline:
             if not (region == r).any():
                 log.warning("region %d (%s) covers no pixel: later regions cover all of it", r,
                             options.regions[r - 1].describe())
-        sets = [self.retrieve(stage1, options, allowed) for allowed in allowed_sets]
+        # a set without pixels (the default one, when the regions cover the image) retrieves nothing
+        sets = [self.retrieve(stage1, options, allowed) if (region == r).any() else _no_neighbours(size)
+                for r, allowed in enumerate(allowed_sets)]
         if (region == 0).any():  # the default set drops the outputs it cannot fill, as without regions
             specs = self.fit_specs(specs, sets[0], options, allowed_sets[0], "the default set: ")
         needed = max(max(s.ranks) for s in specs) + 1
@@ -546,7 +554,7 @@ class PixelNNPipeline:
                 log.info("region %d (%s): %d exemplars for outputs that use up to %d; its ranks repeat (rank r is "
                          "its rank r mod %d)", r, options.regions[r - 1].describe(), len(nb), needed, len(nb))
         # every set's ranks of every output (a region with fewer neighbours reuses them: set_ranks)
-        set_specs = [[OutputSpec(set_ranks(s.ranks, len(nb)), s.window) for s in specs] for nb in sets]
+        set_specs = [[OutputSpec(set_ranks(s.ranks, max(len(nb), 1)), s.window) for s in specs] for nb in sets]
         union, members = self.union_neighbours(sets)
         clock("retrieval", None)
         d = clock("descriptors", self.describe(x, stage1, union, options, query))  # exemplars (U, P, d)
@@ -880,7 +888,8 @@ def _add_regions(manifest: dict, result: SynthesisResult) -> None:
     manifest["region_order"] = ("pixels outside every region use the default set (region 0); where masks overlap, "
                                 "the later region wins")
     for out, spec in zip(manifest["outputs"], result.specs):
-        out["region_exemplar_ids"] = [[id_of[int(n[r])] for r in set_ranks(spec.ranks, len(n))] for n in sets]
+        out["region_exemplar_ids"] = [[id_of[int(n[r])] for r in set_ranks(spec.ranks, len(n))] if len(n) else []
+                                      for n in sets]
     for s, n in enumerate(sets):
         for rank, q in enumerate(n):
             manifest["exemplars"][id_of[int(q)]].setdefault("set_ranks", {})[str(s)] = rank + 1
