@@ -500,7 +500,7 @@ def crop_regions(photos: np.ndarray, regions: np.ndarray, size: int = 192, devic
     # in grid_sample's [-1, 1] photo coordinates (align_corners=False: -1 is the photo's left edge)
     theta = torch.stack([torch.stack([side / w * cos, -side / w * sin, 2 * cx / w - 1], 1),
                          torch.stack([side / h * sin, side / h * cos, 2 * cy / h - 1], 1)], 1)  # (N, 2, 3)
-    x = torch.from_numpy(np.ascontiguousarray(photos)).to(device).permute(0, 3, 1, 2).float() / 255  # (N, 3, H, W)
+    x = torch.from_numpy(np.array(photos)).to(device).permute(0, 3, 1, 2).float() / 255  # (N, 3, H, W)
     grid = F.affine_grid(theta.float().to(device), [n, 3, size, size], align_corners=False)  # (N, size, size, 2)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)  # (N, 3, size, size)
 

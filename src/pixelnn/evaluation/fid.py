@@ -65,7 +65,7 @@ def preprocess(images: np.ndarray) -> torch.Tensor:
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"images must be (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()  # [0, 255]
+    x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float()  # [0, 255]
     if x.shape[2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
         x = nv_bilinear(x, INCEPTION_SIZE)
     lo, hi = TF_INPUT_RANGE
