@@ -62,6 +62,8 @@ PCA_FIT_IMAGES = 200
 MANIFEST_FORMAT = "pixelnn-synthesis"
 #: 2: the resolved SynthesisOptions under "options" (1 listed mode, color and composition sizes loose).
 MANIFEST_VERSION = 2
+#: What a new result may replace: an earlier result (never a folder PixelNN did not write).
+RESULT_REPLACES = (("manifest.json", MANIFEST_FORMAT),)
 
 
 def load_pixel_descriptor(library: ExemplarStore, name: str = DEFAULT_DESCRIPTOR, regressor: Regressor | None = None,
@@ -815,7 +817,7 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
     records = library.records_of(result.neighbours)
     ranks = exemplar_ranks(result.exemplar, result.neighbours)  # (O, S, S)
     regions = result.region is not None
-    with atomic_dir(out_dir, overwrite=True) as tmp:
+    with atomic_dir(out_dir, overwrite=True, replaces=RESULT_REPLACES, what="synthesis result") as tmp:
         save_image(tmp / "input.png", result.input)
         save_image(tmp / "stage1.png", result.stage1)
         if photo is not None:
