@@ -452,6 +452,23 @@ def read_folder_config(folder: str | os.PathLike, name: str, kind: str, how: str
     return read_json(path, expect=dict)
 
 
+def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
+    """Append one JSON line; a torn last line (a writer killed mid-line) is dropped first, so the file stays
+    valid JSON lines."""
+    path = Path(path)
+    line = (json.dumps(obj) + "\n").encode()
+    with open(path, "ab+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(max(0, size - 1))
+            if f.read(1) != b"\n":
+                f.seek(0)
+                data = f.read()
+                f.truncate(data.rfind(b"\n") + 1)
+                log.warning("%s: dropped a torn last line (a run killed while writing it)", path)
+        f.write(line)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write text atomically."""
     with atomic_path(path) as tmp:
