@@ -693,10 +693,10 @@ def check_replaceable(path: str | os.PathLike, markers: Sequence[Marker], what: 
     path = Path(path)
     if not (path.exists() or path.is_symlink()) or written_by_pixelnn(path, markers):
         return
-    kind = "a folder" if path.is_dir() and not path.is_symlink() else "not a folder"
+    kind = "a folder" if path.is_dir() and not path.is_symlink() else "a file or link"
     files = " or ".join(f"{file} of format {fmt!r}" for file, fmt in markers)
-    raise PixelNNError(f"{path} exists and is {kind} PixelNN wrote (no {files}); PixelNN replaces only its own "
-                       f"{what} folders: move it away or choose another output")
+    raise PixelNNError(f"{path} exists and is {kind} PixelNN did not write (no {files}); PixelNN replaces only "
+                       f"its own {what} folders: move it away or choose another output")
 
 
 def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
