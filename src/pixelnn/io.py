@@ -2,7 +2,12 @@
 
 Writing: nothing on disk is ever left half-written. Every writer produces a temporary file next to the
 destination and renames it into place (``os.replace`` is atomic on POSIX), so a crash or Ctrl-C leaves
-either the old file or the new one.
+either the old file or the new one. Temporary names carry the writer's process id (``.NAME.tmp.PID.*``); a
+folder swap keeps the previous folder as ``.NAME.old.PID.*`` until the new one is in place, and
+:func:`recover` (run by every opener and writer of NAME) restores it when a kill came between the two
+renames and deletes what dead writers left. :func:`atomic_dir` replaces only folders of its own kind
+(:func:`check_replaceable`), and :func:`writer_lock` keeps library writers one at a time
+(docs/reliability.md, "User data is never destroyed").
 
 Reading: every JSON and JSON-lines file the project reads goes through :func:`read_json` /
 :func:`read_jsonl` (and :func:`parse_json` for JSON held elsewhere, e.g. safetensors metadata), which turn a

@@ -208,11 +208,11 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
         raise PixelNNError(f"{out_dir} already exists; pass --overwrite to replace it")
     if out_dir.exists() and not out_dir.is_dir():
         raise PixelNNError(f"{out_dir} exists and is not a folder")
-    check_replaceable(out_dir, DATASET_REPLACES, "dataset")  # before any work
     if src_path.exists():
         rs, ro = src_path.resolve(), out_dir.resolve()
         if rs == ro or ro in rs.parents:
             raise PixelNNError(f"the output {out_dir} must not contain the source {src_path}")
+    check_replaceable(out_dir, DATASET_REPLACES, "dataset")  # before any work
 
     with open_source(src_path, exclude=out_dir) as src:
         skipped = {r: 0 for r in SKIP_REASONS}
