@@ -615,8 +615,7 @@ def _recover_entries(parent: Path, name: str | None, wait: float) -> list[str]:
         entries = os.listdir(parent)
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         return []
-    if name is not None:
-        entries = [e for e in entries if e.startswith(f".{name}.")]
+    entries = [e for e in entries if e.startswith(f".{name}." if name is not None else ".")]
     found = []
     for e in sorted(entries):
         m = _TEMP_NAME.match(e)
@@ -721,7 +720,7 @@ def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False, replaces: Sequence[Marker] | None = None,
-               what: str = "output") -> Iterator[Path]:
+               what: str = "output", recover_parent: bool = True) -> Iterator[Path]:
     """Build a directory under a temporary name (``.NAME.tmp.PID.*``) and move it into place when the block
     succeeds.
 
@@ -729,12 +728,15 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, replaces: Seque
     ``path`` exists and ``overwrite`` is true, it is replaced only after the new one is complete
     (:func:`replace_dir`: recoverable), and only when it is empty or one of ``replaces`` (a
     ``(manifest file, format)`` marker of the folder kind): PixelNN never replaces a folder it did not write.
+    ``recover_parent=False`` skips the recovery (a caller that writes many folders into one parent recovers
+    it once).
     """
     from pixelnn.errors import PixelNNError
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    recover_all(path.parent)
+    if recover_parent:
+        recover_all(path.parent)
     if path.exists() and not overwrite:
         raise PixelNNError(f"{path} already exists; pass --overwrite to replace it")
     if replaces is not None:
@@ -805,7 +807,10 @@ def writer_lock(target: str | os.PathLike, what: str = "library", timeout: float
 
     target = Path(target)
     lock = lock_path(target)
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PixelNNError(f"cannot create the folder of {target}: {e.strerror or e}") from None
     key = str(lock.resolve())
     with _HELD_GUARD:
         rlock = _THREAD_LOCKS.setdefault(key, threading.RLock())
@@ -821,7 +826,11 @@ def writer_lock(target: str | os.PathLike, what: str = "library", timeout: float
             finally:
                 _HELD[key][1] -= 1
             return
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise PixelNNError(f"cannot write {target}: its lock file {lock} cannot be created "
+                               f"({e.strerror or e})") from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -791,7 +791,8 @@ def subset_result(result: SynthesisResult, indices: Sequence[int]) -> SynthesisR
 
 
 def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save_correspondence_maps: bool = True,
-                photo: np.ndarray | None = None, input_file: str | Path | None = None) -> Path:
+                photo: np.ndarray | None = None, input_file: str | Path | None = None,
+                recover_parent: bool = True) -> Path:
     """Write a result the way ``pixelnn synthesize`` does, into ``out_dir`` (created atomically).
 
     Files: ``input.png``, ``stage1.png``, ``output_001.png``..., ``grid.png``, ``correspondences.npz``
@@ -802,7 +803,8 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
     renamed into place when complete, so its existence means a complete result (:func:`result_complete`).
     An existing ``out_dir`` is replaced only when it is an earlier result (its manifest's format is
     ``pixelnn-synthesis``) or empty: any other folder is a one-line PixelNNError. ``input_file``: the file the
-    input came from, recorded in the manifest (``input``: its path and sha256).
+    input came from, recorded in the manifest (``input``: its path and sha256). ``recover_parent=False``: the
+    caller already ran :func:`pixelnn.io.recover_all` on the parent folder (``synthesize`` does, once per run).
 
     With regions (``result.region``), ``correspondences.npz`` also holds ``region`` (S, S) int16, the set
     every pixel was allowed to use (0 = default, r = region r), and ``region_neighbours`` (R + 1, K) int64,
@@ -820,7 +822,8 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
     records = library.records_of(result.neighbours)
     ranks = exemplar_ranks(result.exemplar, result.neighbours)  # (O, S, S)
     regions = result.region is not None
-    with atomic_dir(out_dir, overwrite=True, replaces=RESULT_REPLACES, what="synthesis result") as tmp:
+    with atomic_dir(out_dir, overwrite=True, replaces=RESULT_REPLACES, what="synthesis result",
+                    recover_parent=recover_parent) as tmp:
         save_image(tmp / "input.png", result.input)
         save_image(tmp / "stage1.png", result.stage1)
         if photo is not None:

@@ -266,7 +266,8 @@ def synthesize_files(inputs: Sequence[str | Path], model_dir: str | Path, out_di
             results = [pipe(xs[0], options)] if len(batch) == 1 else pipe.batch(xs, options)
             for p, photo, result in zip(batch, photos, results):
                 try:
-                    save_result(result, out_dir / names[p], pipe.library, photo=photo, input_file=p)
+                    save_result(result, out_dir / names[p], pipe.library, photo=photo, input_file=p,
+                                recover_parent=False)  # recovered once, in _inputs_to_do
                 except PixelNNError as e:  # e.g. a folder that appeared meanwhile and is not a result
                     report.failed.append((p, str(e)))
                     continue
@@ -329,7 +330,8 @@ class SynthesisWorker:
     def save(self, result: Any, path: Path, photo: Any) -> None:
         from pixelnn.pipeline import save_result
 
-        save_result(result, self.folder(path), self.pipe.library, photo=photo, input_file=path)
+        save_result(result, self.folder(path), self.pipe.library, photo=photo, input_file=path,
+                    recover_parent=False)  # the driver recovered OUT
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pixelnn.pipeline import load_image_file
