@@ -447,6 +447,7 @@ class ExemplarLibrary:
         temporary folder of a live writer (the caller holds the writer lock: there should be none)."""
         shard_dir = self.root / SHARDS
         shard_dir.mkdir(exist_ok=True)
+        recover_all(self.root)  # temporary files (library.json...) of dead writers
         recover_all(shard_dir)  # temporary folders of dead writers
         listed = {e["name"] for e in self.manifest["shards"]}
         for p in shard_dir.iterdir():

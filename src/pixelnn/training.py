@@ -34,7 +34,7 @@ from pixelnn.config import MODEL_FILES, PERCEPTUAL_LAYERS, RegressorConfig, Task
 from pixelnn.data.dataset import SplitData, image_grid
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.image_metrics import bicubic_upsample, psnr, ssim
-from pixelnn.io import append_jsonl, crash_point, load_state_checked, parse_json, read_json, save_image, write_json
+from pixelnn.io import append_jsonl, crash_point, load_state_checked, recover_all, parse_json, read_json, save_image, write_json
 from pixelnn.models.loading import MODEL_FORMAT, MODEL_VERSION, load_model_dir
 from pixelnn.models.regressor import Regressor, module_device, predict, to_tensor
 from pixelnn.models.vgg import imagenet_normalize, vgg16
@@ -285,6 +285,8 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
 
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / MODEL_FILES.samples).mkdir(exist_ok=True)
+    for d in (model_dir, model_dir / MODEL_FILES.samples):
+        recover_all(d)  # temporary files of a killed run
     write_json(model_dir / MODEL_FILES.config, {
         "format": MODEL_FORMAT, "version": MODEL_VERSION, "task": task.to_dict(),
         "regressor": model.config.to_dict(), "train": config.to_dict(), "init": init_record,

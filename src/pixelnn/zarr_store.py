@@ -58,7 +58,8 @@ import numpy as np
 
 from pixelnn.config import TaskConfig
 from pixelnn.errors import PixelNNError
-from pixelnn.io import check_replaceable, config_from, crash_point, need, recover, replace_dir, writer_lock
+from pixelnn.io import (check_replaceable, config_from, crash_point, need, recover, recover_all, replace_dir, temp_prefix,
+                        writer_lock)
 from pixelnn.store import check_field, check_positions, check_where, few
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class Location:
 
             final = Path(self.path(rel))
             final.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(final), dir=final.parent)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
@@ -928,8 +929,17 @@ def _commit(loc: Location, manifest: dict[str, Any], number: int | None = None) 
     return number
 
 
+def _clean_temp_files(loc: Location) -> None:
+    """Delete the temporary files (``.NAME.tmp.PID.*``) that dead writers left in a local store's folders."""
+    if loc.local:
+        for d in ("", VERSIONS, INDEX_DIR, "model", "global"):
+            recover_all(Path(loc.path(d)))
+
+
 def _remove_orphans(loc: Location) -> None:
-    """Delete segments and index files that no committed version lists (left by an interrupted writer)."""
+    """Delete segments and index files that no committed version lists (left by an interrupted writer), and
+    the temporary files of dead writers (local stores)."""
+    _clean_temp_files(loc)
     listed_segments, listed_index = set(), set()
     for n in committed_versions(loc):
         m = loc.read_json(f"{VERSIONS}/{n:08d}.json")
@@ -1168,6 +1178,7 @@ def plan_build(url: str | os.PathLike | None, model_dir: str | Path | None, data
             for name in work.listdir(SEGMENTS):
                 if name.startswith(".tmp-"):
                     work.remove(f"{SEGMENTS}/{name}")
+            _clean_temp_files(work)
             log.warning("resuming an interrupted build of %s: %d of %d segments already written", target.url,
                         len(done), len(blocks))
         else:

@@ -69,7 +69,7 @@ from pixelnn.data.dataset import SplitData, image_grid
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.image_metrics import psnr, ssim
 from pixelnn.io import (append_jsonl, atomic_path, check_tensors_sha256, config_from, crash_point, load_state_checked,
-                        parse_json, read_folder_config, save_image, tensors_sha256, write_json)
+                        parse_json, read_folder_config, recover_all, save_image, tensors_sha256, write_json)
 from pixelnn.models.regressor import module_device, to_tensor, to_uint8, upsample_input
 from pixelnn.train_loop import (LoopResult, TrainResult, check_weight_steps, dataset_record, draw_batch,
                                 load_optimizer_tensors, load_train_state, optimizer_tensors, run_budgeted,
@@ -574,6 +574,8 @@ def train_pix2pix(data_dir: str | Path, out_dir: str | Path, config: Pix2PixConf
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / FILES.samples).mkdir(exist_ok=True)
+    for d in (out_dir, out_dir / FILES.samples):
+        recover_all(d)  # temporary files of a killed run
     write_json(out_dir / FILES.config, {
         "format": FORMAT, "version": VERSION, "task": task.to_dict(), "generator": _to_dict(gen.config),
         "discriminator": _to_dict(disc.config), "train": config.to_dict(), "device": str(device),
