@@ -342,7 +342,7 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
     from pixelnn.evaluation import spectrum as spec
     from pixelnn.evaluation.coherence import seam_rate
     from pixelnn.devices import resolve_device
-    from pixelnn.io import atomic_dir, write_json
+    from pixelnn.io import atomic_dir, check_replaceable, recover, write_json
     from pixelnn.pipeline import PixelNNPipeline
 
     settings = settings or EvalSettings()
@@ -352,8 +352,10 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
     model_dir, out = Path(model_dir), Path(out)
     if not model_dir.is_dir():
         raise PixelNNError(f"no such model folder: {model_dir}")
+    recover(out)
     if out.exists() and not overwrite:
         raise PixelNNError(f"{out} already exists; pass --overwrite to replace it")
+    check_replaceable(out, (("metrics.json", FORMAT_NAME),), "evaluation")  # before any work
     data_dir = _resolve_data_dir(model_dir, data_dir)
     dataset = Dataset(data_dir)
     split = dataset.split(settings.split)
@@ -572,7 +574,7 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
         "wall_seconds": round(timings["total"], 2),
     }
     metrics = _jsonable(metrics)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, replaces=(("metrics.json", FORMAT_NAME),), what="evaluation") as tmp:
         write_json(tmp / "metrics.json", metrics)
         with open(tmp / "per_input.jsonl", "w") as f:
             for r in per_input:

@@ -13,6 +13,7 @@ from typing import Any
 
 from pixelnn.config import MODEL_FILES
 from pixelnn.errors import PixelNNError
+from pixelnn.io import recover
 from pixelnn.library import DEFAULT_DIRNAME, MANIFEST, ExemplarLibrary
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ def index_command(data_dir: str | Path, model_dir: str | Path, out: str | Path |
       its own format; ``pixelnn library upgrade`` converts it.
     - ``--remove ID ...`` then removes exemplars by id (all ids must exist, or nothing is removed).
     - Any dataset whose task or image size differs from the library's is refused.
+    - The whole command holds the library's writer lock (:func:`pixelnn.io.writer_lock`; local folders): a
+      second writer waits for it, then works on what the first committed. A replacement killed between
+      its two renames is undone first (:func:`pixelnn.io.recover`).
 
     Returns
     -------
@@ -48,8 +52,20 @@ def index_command(data_dir: str | Path, model_dir: str | Path, out: str | Path |
 
     model_dir = Path(model_dir)
     lib_url = str(out) if out is not None else str(model_dir / DEFAULT_DIRNAME)
-    datasets = [Path(data_dir), *[Path(d) for d in (add or [])]]
     loc = zarr_store.Location(lib_url)
+    with zarr_store.store_lock(loc):
+        if loc.local:
+            recover(loc.root)
+        return _index(data_dir, model_dir, lib_url, loc, add, remove, progress, overwrite, split, device, global_dims,
+                      block_size, engine, **engine_options)
+
+
+def _index(data_dir: str | Path, model_dir: Path, lib_url: str, loc: Any, add: list[str | Path] | None,
+           remove: list[str] | None, progress: bool, overwrite: bool, split: str, device: Any,
+           global_dims: int | None, block_size: int | None, engine: str, **engine_options: Any) -> str:
+    from pixelnn import zarr_store
+
+    datasets = [Path(data_dir), *[Path(d) for d in (add or [])]]
     legacy = loc.local and (Path(loc.root) / MANIFEST).is_file() and not overwrite
     build_options = {k: v for k, v in (("global_dims", global_dims), ("block_size", block_size)) if v is not None}
     lines = []

@@ -2,7 +2,12 @@
 
 Writing: nothing on disk is ever left half-written. Every writer produces a temporary file next to the
 destination and renames it into place (``os.replace`` is atomic on POSIX), so a crash or Ctrl-C leaves
-either the old file or the new one.
+either the old file or the new one. Temporary names carry the writer's process id (``.NAME.tmp.PID.*``); a
+folder swap keeps the previous folder as ``.NAME.old.PID.*`` until the new one is in place, and
+:func:`recover` (run by every opener and writer of NAME) restores it when a kill came between the two
+renames and deletes what dead writers left. :func:`atomic_dir` replaces only folders of its own kind
+(:func:`check_replaceable`), and :func:`writer_lock` keeps library writers one at a time
+(docs/reliability.md, "User data is never destroyed").
 
 Reading: every JSON and JSON-lines file the project reads goes through :func:`read_json` /
 :func:`read_jsonl` (and :func:`parse_json` for JSON held elsewhere, e.g. safetensors metadata), which turn a
@@ -15,13 +20,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 import shutil
+import signal
 import tempfile
+import threading
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -38,7 +50,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix,
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix if suffix is not None else path.suffix,
                                dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
@@ -445,6 +457,23 @@ def read_folder_config(folder: str | os.PathLike, name: str, kind: str, how: str
     return read_json(path, expect=dict)
 
 
+def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
+    """Append one JSON line; a torn last line (a writer killed mid-line) is dropped first, so the file stays
+    valid JSON lines."""
+    path = Path(path)
+    line = (json.dumps(obj) + "\n").encode()
+    with open(path, "ab+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(max(0, size - 1))
+            if f.read(1) != b"\n":
+                f.seek(0)
+                data = f.read()
+                f.truncate(data.rfind(b"\n") + 1)
+                log.warning("%s: dropped a torn last line (a run killed while writing it)", path)
+        f.write(line)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write text atomically."""
     with atomic_path(path) as tmp:
@@ -470,31 +499,375 @@ def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
         Image.fromarray(arr).save(tmp)
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Build a directory under a temporary name and move it into place when the block succeeds.
+# ------------------------------------------------------------------------------------ recoverable swaps
+#: Temporary names next to a destination NAME (docs/reliability.md, "User data is never destroyed"):
+#: ``.NAME.tmp.PID.*`` (being written by process PID), ``.NAME.old.PID.*`` (the previous folder while PID
+#: swaps a new one in: complete, restored when NAME is missing) and ``.NAME.trash.PID.*`` (being deleted).
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old|trash)\.(?P<pid>\d+)(?:\..*)?$")
 
-    If ``path`` exists and ``overwrite`` is true, it is replaced only after the new one is complete.
+
+def temp_prefix(path: str | os.PathLike) -> str:
+    """``.NAME.tmp.PID.``: the prefix of this process's temporary files and folders for ``path``."""
+    return f".{Path(path).name}.tmp.{os.getpid()}."
+
+
+def temp_owner(path: str | os.PathLike) -> int | None:
+    """The process id in a temporary name (``.NAME.tmp.PID.*``, ``.NAME.old.PID.*``, ``.NAME.trash.PID.*``), else None."""
+    m = _TEMP_NAME.match(Path(path).name)
+    return int(m["pid"]) if m else None
+
+
+def crash_point(name: str) -> None:
+    """Fault injection for the crash-consistency tests: SIGKILL this process here when ``$PIXELNN_CRASH_AT``
+    is ``name`` (points: ``swap``, between the two renames of a folder swap; ``checkpoint``, between a
+    training checkpoint and its weights file; ``shard``, after a library shard and before its manifest)."""
+    if os.environ.get("PIXELNN_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch; Linux /proc), or None when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat[stat.rindex(")") + 2:].split()[19])
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime "))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def pid_alive(pid: int, since: float | None = None) -> bool:
+    """Whether process ``pid`` exists on this machine and is not a zombie (this process is alive).
+
+    ``since``: when the entry it would have written was last modified; a process that started after that
+    is another one that reuses the number (Linux), so the writer is dead.
+    """
+    if pid == os.getpid():
+        return True
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass  # PermissionError: someone else's process; go on to /proc
+    try:  # a killed child not yet reaped is a zombie: dead
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat[stat.rindex(")") + 2:][:1] == "Z":
+            return False
+    except (OSError, ValueError):
+        return True
+    if since is not None:
+        started = _process_start(pid)
+        if started is not None and started > since + 2.0:
+            return False
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _discard(path: Path) -> None:
+    """Delete a folder: renamed to ``.NAME.trash.PID.*`` first, so that a half-deleted folder never keeps a
+    name that recovery would restore."""
+    trash = path.with_name(f".{path.name.lstrip('.').split('.old.')[0]}.trash.{os.getpid()}.{os.urandom(3).hex()}")
+    try:
+        os.replace(path, trash)
+    except OSError:
+        trash = path
+    _remove(trash)
+
+
+def recover(path: str | os.PathLike, wait: float = 2.0) -> list[str]:
+    """Finish or undo what killed writers left next to ``path`` (a file or folder PixelNN writes).
+
+    - ``.NAME.old.PID.*`` of a dead process: if ``path`` is missing, the swap was killed between its two
+      renames, and the previous copy is renamed back onto ``path``; if ``path`` exists, the swap completed
+      and the previous copy is deleted.
+    - ``.NAME.tmp.PID.*`` and ``.NAME.trash.PID.*`` of a dead process: deleted.
+    - Entries of a live process are left alone; when ``path`` is missing while a live process swaps it,
+      this waits up to ``wait`` seconds for the swap to finish.
+
+    Returns one line per action (also logged). Raises a one-line PixelNNError, saying how to restore it by
+    hand, when a previous copy cannot be renamed back.
     """
     path = Path(path)
+    return _recover_entries(path.parent, path.name, wait)
+
+
+def recover_all(folder: str | os.PathLike) -> list[str]:
+    """:func:`recover` for every destination inside ``folder`` (one listing): restores interrupted swaps and
+    deletes the temporary entries of dead writers (e.g. the ``.library.tmp.PID.*`` of a killed build)."""
+    return _recover_entries(Path(folder), None, 0.0)
+
+
+def _recover_entries(parent: Path, name: str | None, wait: float) -> list[str]:
+    from pixelnn.errors import PixelNNError
+
+    try:
+        entries = os.listdir(parent)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return []
+    entries = [e for e in entries if e.startswith(f".{name}." if name is not None else ".")]
+    found = []
+    for e in sorted(entries):
+        m = _TEMP_NAME.match(e)
+        if m and (name is None or m["name"] == name):
+            found.append((m["name"], m["kind"], int(m["pid"]), parent / e))
+    done: list[str] = []
+    for base, kind, pid, entry in found:
+        final = parent / base
+        try:  # a temporary entry is created by its writer, so it is not older than the writer; a renamed one
+            mtime = entry.lstat().st_mtime if kind == "tmp" else None  # (old, trash) keeps its own mtime
+        except FileNotFoundError:
+            continue
+        alive = pid_alive(pid, mtime)
+        if alive and name is None:
+            continue  # recover_all: a live writer's entries are its own business
+        if kind == "old" and alive:
+            deadline = time.monotonic() + wait
+            while not final.exists() and entry.exists() and pid_alive(pid, mtime) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not final.exists() and entry.exists() and pid_alive(pid, mtime):
+                raise PixelNNError(f"{final} is being replaced by process {pid} (its previous copy is {entry.name}); "
+                                   f"retry when it has finished")
+            if pid_alive(pid, mtime) or not entry.exists():
+                continue
+        elif alive:
+            continue
+        if kind == "old" and not final.exists() and not final.is_symlink():
+            try:
+                os.rename(entry, final)
+            except FileNotFoundError:
+                continue  # another process restored it first
+            except OSError as err:
+                raise PixelNNError(f"{final} is missing: its previous copy {entry} (left by process {pid}, killed "
+                                   f"while replacing it) cannot be renamed back ({err.strerror or err}); restore "
+                                   f"it with `mv '{entry}' '{final}'`") from None
+            msg = f"restored {final} from {entry.name}: process {pid} was killed while replacing it"
+            log.warning(msg)
+        elif kind == "old":
+            _discard(entry)
+            msg = f"deleted {entry}: the previous copy of {final}, left by process {pid} after replacing it"
+            log.info(msg)
+        else:
+            _remove(entry)
+            msg = f"deleted {entry}, left by process {pid} (killed while writing it)"
+            log.info(msg)
+        done.append(msg)
+    return done
+
+
+#: A folder kind PixelNN writes: its manifest file and that manifest's ``format``.
+Marker = tuple[str, str]
+
+
+def written_by_pixelnn(path: str | os.PathLike, markers: Sequence[Marker]) -> bool:
+    """Whether the existing folder ``path`` may be replaced: empty, or holding one of ``markers``' manifest
+    files (a JSON object whose ``format`` is the marker's, or a damaged file of that name)."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return False
+    if not any(path.iterdir()):
+        return True
+    for file, fmt in markers:
+        f = path / file
+        if not f.is_file():
+            continue
+        try:
+            obj = json.loads(f.read_bytes().decode("utf-8"))
+        except (OSError, ValueError):
+            return True  # PixelNN's manifest, damaged: the folder is still PixelNN's
+        if isinstance(obj, dict) and obj.get("format") == fmt:
+            return True
+    return False
+
+
+def check_replaceable(path: str | os.PathLike, markers: Sequence[Marker], what: str) -> None:
+    """Refuse (one line) to replace an existing ``path`` that PixelNN did not write (see :func:`written_by_pixelnn`)."""
+    from pixelnn.errors import PixelNNError
+
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()) or written_by_pixelnn(path, markers):
+        return
+    kind = "a folder" if path.is_dir() and not path.is_symlink() else "a file or link"
+    files = " or ".join(f"{file} of format {fmt!r}" for file, fmt in markers)
+    raise PixelNNError(f"{path} exists and is {kind} PixelNN did not write (no {files}); PixelNN replaces only "
+                       f"its own {what} folders: move it away or choose another output")
+
+
+def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Move the complete folder ``src`` onto ``dst``. An existing ``dst`` is first renamed to
+    ``.DST.old.PID.*`` and deleted only after ``src`` is in place, so a kill between the two renames is undone
+    by the next :func:`recover` of ``dst``."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists() or dst.is_symlink():
+        old = dst.with_name(f".{dst.name}.old.{os.getpid()}.{os.urandom(3).hex()}")
+        os.replace(dst, old)
+        crash_point("swap")
+        os.replace(src, dst)
+        _discard(old)
+    else:
+        os.replace(src, dst)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False, replaces: Sequence[Marker] | None = None,
+               what: str = "output", recover_parent: bool = True) -> Iterator[Path]:
+    """Build a directory under a temporary name (``.NAME.tmp.PID.*``) and move it into place when the block
+    succeeds.
+
+    First, what killed writers left next to ``path`` is recovered (:func:`recover_all` of its parent). If
+    ``path`` exists and ``overwrite`` is true, it is replaced only after the new one is complete
+    (:func:`replace_dir`: recoverable), and only when it is empty or one of ``replaces`` (a
+    ``(manifest file, format)`` marker of the folder kind): PixelNN never replaces a folder it did not write.
+    ``recover_parent=False`` skips the recovery (a caller that writes many folders into one parent recovers
+    it once).
+    """
+    from pixelnn.errors import PixelNNError
+
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp.", dir=path.parent))
+    if recover_parent:
+        recover_all(path.parent)
+    if path.exists() and not overwrite:
+        raise PixelNNError(f"{path} already exists; pass --overwrite to replace it")
+    if replaces is not None:
+        check_replaceable(path, replaces, what)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent))
     try:
         yield tmp
         if path.exists():
             if not overwrite:
-                from pixelnn.errors import PixelNNError
-
                 raise PixelNNError(f"{path} already exists; pass --overwrite to replace it")
-            old = path.with_name(f".{path.name}.old.{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            if replaces is not None:
+                check_replaceable(path, replaces, what)
+            replace_dir(tmp, path)
         else:
             os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------ writer locks
+#: Seconds a writer waits for another writer's lock before it is refused (``$PIXELNN_LOCK_TIMEOUT``).
+LOCK_TIMEOUT = 600.0
+_HELD: dict[str, list] = {}  # lock file -> [fd, depth], the locks this process holds
+_HELD_GUARD = threading.Lock()
+_THREAD_LOCKS: dict[str, threading.RLock] = {}
+
+
+def lock_path(target: str | os.PathLike) -> Path:
+    """The lock file of the writers of ``target``: ``.NAME.lock`` beside it (it outlives a replacement of the
+    folder by ``--overwrite`` and exists before a new folder does)."""
+    target = Path(target)
+    return target.parent / f".{target.name}.lock"
+
+
+def lock_timeout() -> float:
+    env = os.environ.get("PIXELNN_LOCK_TIMEOUT")
+    if env:
+        try:
+            return max(0.0, float(env))
+        except ValueError:
+            from pixelnn.errors import PixelNNError
+
+            raise PixelNNError(f"PIXELNN_LOCK_TIMEOUT should be a number of seconds, got {env!r}") from None
+    return LOCK_TIMEOUT
+
+
+def _holder(lock: Path) -> str:
+    try:
+        text = lock.read_text().strip()
+    except OSError:
+        return "?"
+    return text if text.isdigit() else "?"
+
+
+@contextlib.contextmanager
+def writer_lock(target: str | os.PathLike, what: str = "library", timeout: float | None = None) -> Iterator[None]:
+    """Hold the exclusive lock of the writers of ``target`` (an ``fcntl.flock`` on :func:`lock_path`).
+
+    Re-entrant within a process. A second writer logs ``waiting for another writer of TARGET (pid N)...``
+    and waits up to ``timeout`` seconds (default :func:`lock_timeout`; 0: refuse at once), then is refused
+    with a one-line PixelNNError. The kernel releases the lock when its holder dies, so a killed writer
+    never leaves a stale lock.
+    """
+    import fcntl
+
+    from pixelnn.errors import PixelNNError
+
+    target = Path(target)
+    lock = lock_path(target)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PixelNNError(f"cannot create the folder of {target}: {e.strerror or e}") from None
+    key = str(lock.resolve())
+    with _HELD_GUARD:
+        rlock = _THREAD_LOCKS.setdefault(key, threading.RLock())
+    limit = lock_timeout() if timeout is None else max(0.0, float(timeout))
+    t0 = time.monotonic()
+    if not (rlock.acquire(timeout=limit) if limit > 0 else rlock.acquire(blocking=False)):
+        raise PixelNNError(f"{target} is being written by another thread of this process; retry when it has finished")
+    try:
+        if key in _HELD:
+            _HELD[key][1] += 1
+            try:
+                yield
+            finally:
+                _HELD[key][1] -= 1
+            return
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise PixelNNError(f"cannot write {target}: its lock file {lock} cannot be created "
+                               f"({e.strerror or e})") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(lock)
+                if limit <= 0:
+                    raise PixelNNError(f"another writer of {target} (pid {holder}) is running; retry when it has "
+                                       f"finished (or set PIXELNN_LOCK_TIMEOUT to wait for it)") from None
+                log.warning("waiting for another writer of %s (pid %s) to finish (up to %g s; PIXELNN_LOCK_TIMEOUT "
+                            "sets the wait)...", target, holder, limit)
+                while True:
+                    time.sleep(0.1)
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() - t0 >= limit:
+                            raise PixelNNError(f"another writer of {target} (pid {_holder(lock)}) still runs after "
+                                               f"{limit:g} s of waiting; retry when it has finished (or set "
+                                               f"PIXELNN_LOCK_TIMEOUT to wait longer)") from None
+                log.info("got the lock of %s after %.1f s", target, time.monotonic() - t0)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            _HELD[key] = [fd, 1]
+            try:
+                yield
+            finally:
+                del _HELD[key]
+        finally:
+            os.close(fd)  # releases the flock
+    finally:
+        rlock.release()
+
+
+def holds_lock(target: str | os.PathLike) -> bool:
+    """Whether this process holds :func:`writer_lock` of ``target``."""
+    return str(lock_path(target).resolve()) in _HELD
 
 
 def cache_dir() -> Path:

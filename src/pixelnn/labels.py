@@ -482,7 +482,7 @@ def write_label_dir(out: str | Path, pairs: Iterable[tuple[str, np.ndarray]], cl
     notes = notes if notes is not None else {}
     counts: dict[int, int] = {int(c): 0 for c in classes.ids}
     n = empty = 0
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, replaces=((META, FORMAT),), what="label") as tmp:
         for exemplar_id, mask in pairs:
             m = np.asarray(mask).astype(np.uint8)
             path = tmp / id_to_relpath(exemplar_id)

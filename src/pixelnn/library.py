@@ -26,9 +26,10 @@ Arrays are ``.npy`` read with ``allow_pickle=False`` and memory-mapped. Crash sa
 built under a temporary name and renamed into place, then ``library.json`` is replaced
 atomically; the manifest alone says which shards and rows exist, so a crash at any point leaves
 the previous library (a shard folder that no manifest lists is an orphan, deleted by the next
-write). Removal appends the ids to their shard's ``removed`` list in the manifest (tombstones);
-:meth:`ExemplarLibrary.compact` rewrites the affected shards without them. One writer at a time:
-nothing locks the folder.
+write, unless it is the temporary folder of a live writer). Removal appends the ids to their shard's
+``removed`` list in the manifest (tombstones); :meth:`ExemplarLibrary.compact` rewrites the affected shards
+without them. One writer at a time: every change holds :func:`pixelnn.io.writer_lock` of the folder (a
+second writer waits for it, then reloads the manifest before it changes anything).
 
 Positions 0..len-1 number the live exemplars in shard order then row order; they are what
 :meth:`ExemplarLibrary.search` returns and what :meth:`ExemplarLibrary.select` produces. The library
@@ -57,7 +58,8 @@ from pixelnn.config import MODEL_FILES, TaskConfig
 from pixelnn.data.dataset import SPLITS, Dataset
 from pixelnn.devices import resolve_device
 from pixelnn.errors import PixelNNError
-from pixelnn.io import atomic_dir, check_sha256, config_from, need, read_json, read_jsonl, write_json
+from pixelnn.io import (atomic_dir, check_replaceable, check_sha256, config_from, crash_point, need, pid_alive, read_json,
+                        read_jsonl, recover, recover_all, temp_owner, write_json, writer_lock)
 from pixelnn.retrieval import (DESCRIPTOR_LAYER, DESCRIPTOR_NAME, INDEX_KINDS, GlobalIndex, descriptor_dim,
                                global_descriptors)
 from pixelnn.store import check_field, check_positions, iter_field, labels_index, select_records
@@ -71,6 +73,8 @@ MANIFEST = "library.json"
 WEIGHTS = "regressor.safetensors"
 SHARDS = "shards"
 DEFAULT_DIRNAME = "library"
+#: What ``--overwrite`` may replace: a library of either format (:func:`pixelnn.io.check_replaceable`).
+REPLACES = ((MANIFEST, FORMAT_NAME), ("store.json", "pixelnn-store"))
 #: The arrays of a shard (file stems).
 _ARRAYS = ("photos", "stage1", "global", "inputs")
 #: Rows processed per chunk while building a shard (bounds memory).
@@ -208,6 +212,7 @@ class ExemplarLibrary:
         return cls(lib_dir, index=index, nlist=nlist, nprobe=nprobe)
 
     def _load(self) -> None:
+        recover(self.root)  # a replacement killed between its two renames is undone here
         path = self.root / MANIFEST
         if not path.is_file():
             raise PixelNNError(f"{self.root} is not a PixelNN library (no {MANIFEST}); build one with "
@@ -283,8 +288,16 @@ class ExemplarLibrary:
         """
         model_dir = Path(model_dir)
         out_dir = Path(out_dir) if out_dir is not None else model_dir / DEFAULT_DIRNAME
+        with writer_lock(out_dir, "library"):
+            return cls._build(out_dir, model_dir, data_dirs, split, progress, overwrite, batch_size, id_prefix, device)
+
+    @classmethod
+    def _build(cls, out_dir: Path, model_dir: Path, data_dirs: list[str | Path], split: str, progress: bool,
+               overwrite: bool, batch_size: int, id_prefix: str | None, device: Any) -> "ExemplarLibrary":
+        recover(out_dir)
         if out_dir.exists() and not overwrite:
             raise PixelNNError(f"{out_dir} already exists; add datasets to it with `--add`, or pass --overwrite")
+        check_replaceable(out_dir, REPLACES, "library")
         if not data_dirs:
             raise PixelNNError("no datasets given to build the library from")
         weights, config = _read_model(model_dir)
@@ -302,7 +315,7 @@ class ExemplarLibrary:
                       "regressor": config.get("regressor"), "trained_on": (config.get("dataset") or {}).get("path")},
             "count": 0, "shards": [], "datasets": [],
         }
-        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        with atomic_dir(out_dir, overwrite=overwrite, replaces=REPLACES, what="library") as tmp:
             (tmp / WEIGHTS).write_bytes(weights)
             (tmp / SHARDS).mkdir()
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -335,8 +348,10 @@ class ExemplarLibrary:
         """
         ds = Dataset(data_dir)
         _check_task(self.task, ds.task, f"dataset {ds.root}")
-        return self._add_dataset(ds, split, self.load_model(device), progress=progress, batch_size=batch_size,
-                                 id_prefix=id_prefix)
+        with writer_lock(self.root, "library"):
+            self._load()  # what another writer committed while this one waited
+            return self._add_dataset(ds, split, self.load_model(device), progress=progress, batch_size=batch_size,
+                                     id_prefix=id_prefix)
 
     def _add_dataset(self, ds: Dataset, split: str, model, progress: bool, batch_size: int,
                      id_prefix: str | None) -> AddResult:
@@ -403,6 +418,7 @@ class ExemplarLibrary:
                     if prefix:
                         rec["dataset_id"] = r["id"]
                     f.write(json.dumps(rec, sort_keys=True) + "\n")
+        crash_point("shard")
         manifest = json.loads(json.dumps(self.manifest))
         manifest["shards"].append({"name": name, "count": n, "dataset": dataset_path, "split": split, "removed": []})
         manifest["datasets"].append({"path": dataset_path, "split": split, "added": n, "skipped": skipped,
@@ -427,11 +443,18 @@ class ExemplarLibrary:
         return f"{max(nums, default=-1) + 1:04d}"
 
     def _remove_orphans(self) -> None:
-        """Delete shard folders no manifest lists (left by a crash between a shard and its manifest)."""
+        """Delete shard folders no manifest lists (left by a crash between a shard and its manifest), never the
+        temporary folder of a live writer (the caller holds the writer lock: there should be none)."""
         shard_dir = self.root / SHARDS
         shard_dir.mkdir(exist_ok=True)
+        recover_all(self.root)  # temporary files (library.json...) of dead writers
+        recover_all(shard_dir)  # temporary folders of dead writers
         listed = {e["name"] for e in self.manifest["shards"]}
         for p in shard_dir.iterdir():
+            owner = temp_owner(p)
+            if owner is not None and pid_alive(owner):
+                log.warning("%s is being written by process %d: not removed", p, owner)
+                continue
             if p.name not in listed:
                 log.info("removing orphan %s", p)
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
@@ -441,6 +464,11 @@ class ExemplarLibrary:
 
         Raises PixelNNError, removing nothing, if any id is not in the library. Returns the number removed.
         """
+        with writer_lock(self.root, "library"):
+            self._load()  # what another writer committed while this one waited
+            return self._remove(ids)
+
+    def _remove(self, ids: Iterable[str]) -> int:
         ids = list(dict.fromkeys(str(i) for i in ([ids] if isinstance(ids, str) else ids)))
         unknown = [i for i in ids if i not in self._pos]
         if unknown:
@@ -466,6 +494,11 @@ class ExemplarLibrary:
         Positions are unchanged. New shards are written first, then the manifest, then the old
         folders are deleted, so a crash leaves a loadable library.
         """
+        with writer_lock(self.root, "library"):
+            self._load()  # what another writer committed while this one waited
+            return self._compact()
+
+    def _compact(self) -> int:
         todo = [(k, s) for k, s in enumerate(self._shards) if len(s.live) < s.count]
         if not todo:
             return 0

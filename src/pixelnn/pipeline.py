@@ -62,6 +62,8 @@ PCA_FIT_IMAGES = 200
 MANIFEST_FORMAT = "pixelnn-synthesis"
 #: 2: the resolved SynthesisOptions under "options" (1 listed mode, color and composition sizes loose).
 MANIFEST_VERSION = 2
+#: What a new result may replace: an earlier result (never a folder PixelNN did not write).
+RESULT_REPLACES = (("manifest.json", MANIFEST_FORMAT),)
 
 
 def load_pixel_descriptor(library: ExemplarStore, name: str = DEFAULT_DESCRIPTOR, regressor: Regressor | None = None,
@@ -800,7 +802,8 @@ def subset_result(result: SynthesisResult, indices: Sequence[int]) -> SynthesisR
 
 
 def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save_correspondence_maps: bool = True,
-                photo: np.ndarray | None = None) -> Path:
+                photo: np.ndarray | None = None, input_file: str | Path | None = None,
+                recover_parent: bool = True) -> Path:
     """Write a result the way ``pixelnn synthesize`` does, into ``out_dir`` (created atomically).
 
     Files: ``input.png``, ``stage1.png``, ``output_001.png``..., ``grid.png``, ``correspondences.npz``
@@ -809,6 +812,10 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
     exemplar id: source file and labels; the resolved options, which ``pixelnn synthesize --options``
     reads back to reproduce the outputs) and ``correspondence_001.png``... (paper Fig. 5). The folder is
     renamed into place when complete, so its existence means a complete result (:func:`result_complete`).
+    An existing ``out_dir`` is replaced only when it is an earlier result (its manifest's format is
+    ``pixelnn-synthesis``) or empty: any other folder is a one-line PixelNNError. ``input_file``: the file the
+    input came from, recorded in the manifest (``input``: its path and sha256). ``recover_parent=False``: the
+    caller already ran :func:`pixelnn.io.recover_all` on the parent folder (``synthesize`` does, once per run).
 
     With regions (``result.region``), ``correspondences.npz`` also holds ``region`` (S, S) int16, the set
     every pixel was allowed to use (0 = default, r = region r), and ``region_neighbours`` (R + 1, K) int64,
@@ -826,7 +833,8 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
     records = library.records_of(result.neighbours)
     ranks = exemplar_ranks(result.exemplar, result.neighbours)  # (O, S, S)
     regions = result.region is not None
-    with atomic_dir(out_dir, overwrite=True) as tmp:
+    with atomic_dir(out_dir, overwrite=True, replaces=RESULT_REPLACES, what="synthesis result",
+                    recover_parent=recover_parent) as tmp:
         save_image(tmp / "input.png", result.input)
         save_image(tmp / "stage1.png", result.stage1)
         if photo is not None:
@@ -853,6 +861,7 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
         manifest = {
             "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "options": result.options.to_dict(),
             "library": str(getattr(library, "url", None) or getattr(library, "root", "")) or None,
+            **({"input": input_record(input_file)} if input_file is not None else {}),
             "timings": {k_: round(v, 4) for k_, v in result.timings.items()},
             "outputs": [{"file": f"output_{o + 1:03d}.png", "exemplar_ranks": [r + 1 for r in s.ranks],
                          "exemplar_ids": [result.neighbour_ids[r] for r in s.ranks], "window": s.window_name,
@@ -893,6 +902,14 @@ def _add_regions(manifest: dict, result: SynthesisResult) -> None:
     for s, n in enumerate(sets):
         for rank, q in enumerate(n):
             manifest["exemplars"][id_of[int(q)]].setdefault("set_ranks", {})[str(s)] = rank + 1
+
+
+def input_record(path: str | Path) -> dict[str, str]:
+    """What a result's manifest records of its input file: ``{"file": absolute path, "sha256": of its bytes}``."""
+    from pixelnn.io import file_sha256
+
+    path = Path(path)
+    return {"file": str(path.resolve()), "sha256": file_sha256(path)}
 
 
 def result_complete(out_dir: str | Path) -> bool:

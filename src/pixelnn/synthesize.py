@@ -4,9 +4,14 @@
 >>> print(report.summary())                                                      # doctest: +SKIP
 72 outputs for each of 40 inputs in 61.2 s (0.65 inputs/s); 0 already complete -> results/
 
-Every input gets ``OUT/<stem>/`` as :func:`pixelnn.pipeline.save_result` writes it (atomically: the
-folder appears when complete). A re-run skips inputs whose folder is complete unless ``overwrite``,
-so an interrupted run resumes where it stopped.
+Every input gets ``OUT/<name>/`` as :func:`pixelnn.pipeline.save_result` writes it (atomically: the
+folder appears when complete), where the name is the input's file stem; inputs that share a stem get
+``STEM-EXT`` (``a.jpg`` and ``a.png`` -> ``a-jpg/`` and ``a-png/``) and a name still taken (one file name in
+two folders) ``-2``, ``-3``... in input order (:func:`output_names`). Each manifest records its input file
+(``input``: path and sha256). A re-run skips inputs whose folder holds their complete result unless
+``overwrite``, so an interrupted run resumes where it stopped; a folder that is not a PixelNN result is
+never replaced (that input fails with a one-line error), nor, without ``overwrite``, the result of
+another input.
 """
 
 from __future__ import annotations
@@ -55,8 +60,8 @@ def expand_inputs(items: Sequence[str | Path], _nested: bool = False) -> list[Pa
     """Image files from files, folders (their images, sorted, not recursive), glob patterns and list files
     (``LIST_SUFFIXES``: one of those per line), in order.
 
-    Raises a one-line PixelNNError for an item that matches nothing, and for two inputs whose
-    output folders (their file stems) would clash.
+    Raises a one-line PixelNNError for an item that matches nothing. Inputs sharing a file stem get
+    distinct output folders (:func:`output_names`).
     """
     paths: list[Path] = []
     for item in items:
@@ -77,15 +82,59 @@ def expand_inputs(items: Sequence[str | Path], _nested: bool = False) -> list[Pa
             paths += found
         else:
             raise PixelNNError(f"no such input file or folder: {item}")
-    paths = list(dict.fromkeys(paths))
-    if _nested:
-        return paths
-    stems: dict[str, Path] = {}
-    for q in paths:
-        if q.stem in stems:
-            raise PixelNNError(f"{stems[q.stem]} and {q} would both write OUT/{q.stem}; rename one")
-        stems[q.stem] = q
-    return paths
+    return list(dict.fromkeys(paths))
+
+
+def output_names(paths: Sequence[Path]) -> list[str]:
+    """The result folder name of each input, in order.
+
+    An input whose file stem no other input has keeps its stem (``a.png`` -> ``a``). Inputs that share a
+    stem (compared case-insensitively) get ``STEM-EXT``, the extension lower-cased (``a.jpg``, ``a.png`` ->
+    ``a-jpg``, ``a-png``); a name still taken (the same file name in two folders, or an input whose stem is
+    already ``a-png``) gets ``-2``, ``-3``... in input order.
+
+    >>> output_names([Path("x/a.jpg"), Path("x/a.png"), Path("x/b.png"), Path("y/a.png")])
+    ['a-jpg', 'a-png', 'b', 'a-png-2']
+    """
+    from collections import Counter
+
+    stems = Counter(p.stem.lower() for p in paths)
+    names: list[str | None] = [p.stem if stems[p.stem.lower()] == 1 else None for p in paths]
+    taken = {n.lower() for n in names if n is not None}
+    for i, p in enumerate(paths):
+        if names[i] is not None:
+            continue
+        base = f"{p.stem}-{p.suffix[1:].lower()}" if p.suffix[1:] else p.stem
+        name, k = base, 2
+        while name.lower() in taken:
+            name, k = f"{base}-{k}", k + 1
+        taken.add(name.lower())
+        names[i] = name
+    return [str(n) for n in names]
+
+
+def result_state(folder: Path, input_file: Path) -> str:
+    """``"absent"``; ``"done"``: the complete result of ``input_file`` (or of an input its manifest does not
+    record); ``"other"``: the complete result of another input file (its recorded sha256 differs);
+    ``"replaceable"``: an empty folder or a damaged result; ``"foreign"``: anything PixelNN did not write."""
+    from pixelnn.io import written_by_pixelnn
+    from pixelnn.pipeline import RESULT_REPLACES, input_record
+
+    if not (folder.exists() or folder.is_symlink()):
+        return "absent"
+    if not written_by_pixelnn(folder, RESULT_REPLACES):
+        return "foreign"
+    if not result_complete(folder):
+        return "replaceable"
+    try:
+        recorded = json.loads((folder / "manifest.json").read_text()).get("input") or {}
+    except (OSError, ValueError, AttributeError):
+        return "replaceable"
+    want = recorded.get("sha256") if isinstance(recorded, dict) else None
+    try:
+        return "other" if want and want != input_record(input_file)["sha256"] else "done"
+    except OSError:
+        return "done"
 
 
 @dataclass
@@ -108,18 +157,36 @@ class SynthesizeReport:
 
 
 def _inputs_to_do(inputs: Sequence[str | Path], out_dir: Path, overwrite: bool, batch_size: int
-                  ) -> tuple[SynthesizeReport, list[Path]]:
-    """The expanded inputs split into already complete (the report's ``skipped``) and still to do (both engines)."""
+                  ) -> tuple[SynthesizeReport, list[Path], dict[Path, str]]:
+    """The expanded inputs split into already complete (the report's ``skipped``), refused (``failed``: their
+    folder is not a PixelNN result, or another input's without ``overwrite``) and still to do, with every
+    input's folder name (both engines)."""
+    from pixelnn.io import recover_all
+
     if batch_size < 1:
         raise PixelNNError(f"batch size must be >= 1, got {batch_size}")
     paths = expand_inputs(inputs)
+    names = dict(zip(paths, output_names(paths)))
+    recover_all(out_dir)  # interrupted result swaps, temporary folders of killed runs
     report, todo = SynthesizeReport(out_dir), []
     for p in paths:
-        (report.skipped if not overwrite and result_complete(out_dir / p.stem) else todo).append(p)
+        folder = out_dir / names[p]
+        state = result_state(folder, p)
+        if state == "foreign":
+            report.failed.append((p, f"{folder} exists and is not a PixelNN result (no manifest.json of format "
+                                     f"'pixelnn-synthesis'); PixelNN replaces only its own results: move it away "
+                                     f"or choose another --out"))
+        elif state == "other" and not overwrite:
+            report.failed.append((p, f"{folder} holds the result of another input (its manifest records another "
+                                     f"file); pass --overwrite to replace it with {p.name}'s, or choose another --out"))
+        elif state == "done" and not overwrite:
+            report.skipped.append(p)
+        else:
+            todo.append(p)
     if report.skipped:
         log.info("%d of %d inputs already have complete results in %s (skipped; --overwrite redoes them)",
                  len(report.skipped), len(paths), out_dir)
-    return report, todo
+    return report, todo, names
 
 
 def synthesize_files(inputs: Sequence[str | Path], model_dir: str | Path, out_dir: str | Path,
@@ -169,7 +236,7 @@ def synthesize_files(inputs: Sequence[str | Path], model_dir: str | Path, out_di
         check_engine_options(engine, **engine_options)
     options = options or SynthesisOptions()
     out_dir = Path(out_dir)
-    report, todo = _inputs_to_do(inputs, out_dir, overwrite, batch_size)
+    report, todo, names = _inputs_to_do(inputs, out_dir, overwrite, batch_size)
     if not todo:
         _write_failures(out_dir, report)
         return report
@@ -198,7 +265,12 @@ def synthesize_files(inputs: Sequence[str | Path], model_dir: str | Path, out_di
                 continue
             results = [pipe(xs[0], options)] if len(batch) == 1 else pipe.batch(xs, options)
             for p, photo, result in zip(batch, photos, results):
-                save_result(result, out_dir / p.stem, pipe.library, photo=photo)
+                try:
+                    save_result(result, out_dir / names[p], pipe.library, photo=photo, input_file=p,
+                                recover_parent=False)  # recovered once, in _inputs_to_do
+                except PixelNNError as e:  # e.g. a folder that appeared meanwhile and is not a result
+                    report.failed.append((p, str(e)))
+                    continue
                 report.done.append(p)
                 report.outputs_per_input = len(result.outputs)
             bar.update(len(batch))
@@ -228,7 +300,8 @@ class SynthesisWorker:
 
     def __init__(self, model_dir: str, out_dir: str, options: Any = None, library_dir: str | None = None,
                  from_photo: bool = False, fit: str | None = None, overwrite: bool = False, pixel_cache: bool = True,
-                 device: str = "auto", threads: int = 1, started: float = 0.0, cwd: str | None = None) -> None:
+                 device: str = "auto", threads: int = 1, started: float = 0.0, cwd: str | None = None,
+                 names: dict[str, str] | None = None) -> None:
         import torch
 
         if cwd and os.path.isdir(cwd):  # relative paths in the options (region masks, "like" photos) as the driver's
@@ -237,6 +310,7 @@ class SynthesisWorker:
         logging.getLogger("pixelnn").setLevel(logging.WARNING)
         self.out_dir, self.from_photo, self.fit = Path(out_dir), from_photo, fit
         self.overwrite, self.started = overwrite, started
+        self.names = dict(names or {})  # input key -> result folder name (output_names); default: the stem
         self.fatal: str | None = None
         try:
             self.pipe = self.open(model_dir, library_dir, pixel_cache, device)
@@ -249,10 +323,15 @@ class SynthesisWorker:
 
         return PixelNNPipeline.from_model_dir(model_dir, library_dir=library_dir, pixel_cache=pixel_cache, device=device)
 
+    def folder(self, path: Path) -> Path:
+        """Where the result of the input ``path`` goes."""
+        return self.out_dir / (self.names.get(str(path)) or path.stem)
+
     def save(self, result: Any, path: Path, photo: Any) -> None:
         from pixelnn.pipeline import save_result
 
-        save_result(result, self.out_dir / path.stem, self.pipe.library, photo=photo)
+        save_result(result, self.folder(path), self.pipe.library, photo=photo, input_file=path,
+                    recover_parent=False)  # the driver recovered OUT
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pixelnn.pipeline import load_image_file
@@ -266,7 +345,7 @@ class SynthesisWorker:
             todo, xs, photos = [], [], []
             for k in keys:
                 p = Path(k)
-                if _written_since(self.out_dir / p.stem, self.started, self.overwrite):  # a retried task
+                if _written_since(self.folder(p), self.started, self.overwrite):  # a retried task
                     out[k] = (OK, "", -1)
                     continue
                 try:
@@ -333,10 +412,11 @@ def synthesize_ray(inputs: Sequence[str | Path], model_dir: str | Path, out_dir:
     check_engine_options("ray", address, num_workers, cpus_per_worker, gpus_per_worker, retries)
     options = options or SynthesisOptions()
     out_dir = Path(out_dir)
-    report, todo = _inputs_to_do(inputs, out_dir, overwrite, batch_size)
+    report, todo, names = _inputs_to_do(inputs, out_dir, overwrite, batch_size)
     if not todo:
-        write_failures(out_dir, [])
+        write_failures(out_dir, [{"input": str(p), "error": why, "attempts": 1} for p, why in report.failed])
         return report
+    refused = list(report.failed)
     ray, started_ray = init_ray(address, num_cpus=(num_workers or os.cpu_count() or 1) * cpus_per_worker,
                                 num_gpus=(num_workers or 1) * gpus_per_worker or None)
     try:
@@ -345,7 +425,8 @@ def synthesize_ray(inputs: Sequence[str | Path], model_dir: str | Path, out_dir:
         kwargs = dict(model_dir=str(Path(model_dir).resolve()), out_dir=str(out_dir.resolve()), options=options,
                       library_dir=_absolute(library_dir), from_photo=from_photo,
                       fit=fit, overwrite=overwrite, pixel_cache=pixel_cache, device=device,
-                      threads=max(1, int(cpus_per_worker)), started=started, cwd=os.getcwd())
+                      threads=max(1, int(cpus_per_worker)), started=started, cwd=os.getcwd(),
+                      names={str(p.resolve()): names[p] for p in todo})
         keys = [str(p.resolve()) for p in todo]
         by_key = dict(zip(keys, todo))
         t0 = time.perf_counter()
@@ -360,22 +441,23 @@ def synthesize_ray(inputs: Sequence[str | Path], model_dir: str | Path, out_dir:
             values, failures = ray_map(
                 ray, keys, worker_cls, kwargs, num_workers=n, cpus_per_worker=cpus_per_worker,
                 gpus_per_worker=gpus_per_worker, retries=retries, batch_size=batch_size, on_result=on_result,
-                already_done=lambda k: _written_since(out_dir / by_key[k].stem, started, overwrite))
+                already_done=lambda k: _written_since(out_dir / names[by_key[k]], started, overwrite))
             bar.update(bar.total - bar.n)  # the failed ones, now final
         report.seconds = time.perf_counter() - t0
     finally:
         if started_ray:
             ray.shutdown()
-    _clean_temp_dirs(out_dir, (p.stem for p in todo))
+    _clean_temp_dirs(out_dir, (names[p] for p in todo))
     for k, p in zip(keys, todo):
         if k in values:
             report.done.append(p)
         else:
             report.failed.append((p, failures[k]["error"]))
     if not report.outputs_per_input and report.done:  # every result came from an earlier, killed task
-        m = out_dir / report.done[0].stem / "manifest.json"
+        m = out_dir / names[report.done[0]] / "manifest.json"
         report.outputs_per_input = len(need(read_json(m, "synthesis manifest", expect=dict), "outputs", m, list)) \
             if m.is_file() else 0
-    write_failures(out_dir, [{"input": str(by_key[k]), "error": f["error"], "attempts": f["attempts"]}
-                             for k, f in failures.items()])
+    write_failures(out_dir, [{"input": str(p), "error": why, "attempts": 1} for p, why in refused]
+                   + [{"input": str(by_key[k]), "error": f["error"], "attempts": f["attempts"]}
+                      for k, f in failures.items()])
     return report

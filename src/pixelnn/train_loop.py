@@ -14,7 +14,15 @@ What a step *is* (batches, losses, optimisers, learning-rate schedule) stays wit
 the files (checkpoint format, log lines). The helpers both trainers need live here too:
 :func:`start_training`, :func:`load_training_splits`, :func:`draw_batch`, :func:`dataset_record`, :func:`budget_clock`,
 :func:`budget_bar`, :func:`optimizer_tensors` and :func:`load_optimizer_tensors`,
-:func:`save_train_state` and :func:`load_train_state`, and :class:`TrainResult`.
+:func:`save_train_state` and :func:`load_train_state`, :func:`with_weights`, :func:`take_weights` and
+:func:`check_weight_steps`, and :class:`TrainResult`.
+
+**One checkpoint file.** The training state (``train_state.safetensors``) holds the model weights
+(``weights.<model>.*`` tensors) beside the optimizer moments, the step and the RNG states, in one file
+written atomically: a run killed at any point resumes from weights and optimizer state of the same
+step. The weights files (``regressor.safetensors``...) are written first and stay the models' plain
+exports; a resume takes the weights from the training state. A state written before it held the
+weights (two files) is resumed only when the weights files record its step.
 """
 
 from __future__ import annotations
@@ -335,19 +343,64 @@ def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "") -> dict[str,
 
 
 def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str = "") -> None:
-    """Restore the state written by :func:`optimizer_tensors` (keys without ``prefix`` are ignored).
+    """Restore the state written by :func:`optimizer_tensors` (keys without ``prefix``, and model weights
+    (:data:`WEIGHTS_PREFIX`), are ignored).
 
     The optimizer moves the moments to its parameters' device.
     """
     sd = opt.state_dict()
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in tensors.items():
-        if not key.startswith(prefix):
+        if not key.startswith(prefix) or key.startswith(WEIGHTS_PREFIX):
             continue
-        i, k = key[len(prefix):].split(".", 1)
+        i, _, k = key[len(prefix):].partition(".")
+        if not i.isdigit() or not k:
+            continue
         state.setdefault(int(i), {})[k] = v
     sd["state"] = state
     opt.load_state_dict(sd)
+
+
+#: Prefix of the model weights inside a training state: ``weights.<model name>.<tensor name>``.
+WEIGHTS_PREFIX = "weights."
+
+
+def with_weights(tensors: dict[str, torch.Tensor], models: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """``tensors`` plus every model's weights under ``weights.<name>.`` (CPU copies), for one checkpoint file."""
+    out = dict(tensors)
+    for name, model in models.items():
+        for k, v in model.state_dict().items():
+            out[f"{WEIGHTS_PREFIX}{name}.{k}"] = v.detach().cpu().clone().contiguous()
+    return out
+
+
+def take_weights(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor] | None:
+    """The weights of model ``name`` in a training state's tensors (:func:`with_weights`), or None when the
+    state holds none (written before checkpoints held the weights)."""
+    prefix = f"{WEIGHTS_PREFIX}{name}."
+    found = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return found or None
+
+
+def weights_step(path: Path) -> int | None:
+    """The training step a weights file's metadata records (``step``), or None."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            step = (f.metadata() or {}).get("step")
+        return int(step) if step is not None else None
+    except Exception:
+        return None
+
+
+def check_weight_steps(state_path: Path, step: int, weights: list[Path]) -> None:
+    """For a training state without weights (two separate files, written by an older PixelNN): refuse to
+    resume when a weights file records another step than the state (a save killed between the files)."""
+    for w in weights:
+        ws = weights_step(w)
+        if ws is not None and ws != step:
+            raise PixelNNError(f"{w} is at step {ws} but {state_path} at step {step}: a checkpoint of an older "
+                               f"PixelNN was interrupted between its files, so they do not resume together; pass "
+                               f"resume=False (--restart) to train from scratch")
 
 
 def save_train_state(path: Path, tensors: dict[str, torch.Tensor], *, step: int, elapsed: float, images_seen: int,

@@ -8,7 +8,9 @@ start from another model's weights (``TrainConfig.init_from``: fine-tuning).
 
 - ``regressor.safetensors``: the weights, with the model config in the file's metadata;
 - ``config.json``: task, model, training settings and the dataset it came from;
-- ``train_state.safetensors``: optimizer moments, step, elapsed time and RNG state, for resuming;
+- ``train_state.safetensors``: the checkpoint to resume from, one file: the weights again, optimizer
+  moments, step, elapsed time and RNG state (so a kill never leaves weights and optimizer at different
+  steps; :mod:`pixelnn.train_loop`);
 - ``train_log.jsonl``: one line per validation (step, training loss terms, val MSE and PSNR, throughput);
 - ``samples/step_XXXXXXX.png`` and ``samples/latest.png``: input | f(x) | photo grids on val images;
 - ``metrics.json``: final validation PSNR/SSIM of f(x) against the photo (and bicubic for superres).
@@ -32,13 +34,14 @@ from pixelnn.config import MODEL_FILES, PERCEPTUAL_LAYERS, RegressorConfig, Task
 from pixelnn.data.dataset import SplitData, image_grid
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.image_metrics import bicubic_upsample, psnr, ssim
-from pixelnn.io import parse_json, read_json, save_image, write_json
+from pixelnn.io import append_jsonl, crash_point, load_state_checked, recover_all, parse_json, read_json, save_image, write_json
 from pixelnn.models.loading import MODEL_FORMAT, MODEL_VERSION, load_model_dir
 from pixelnn.models.regressor import Regressor, module_device, predict, to_tensor
 from pixelnn.models.vgg import imagenet_normalize, vgg16
-from pixelnn.train_loop import (LoopResult, TrainResult, budget_bar, budget_clock, check_finite_loss, dataset_record,
-                                draw_batch, load_optimizer_tensors, load_train_state, load_training_splits,
-                                optimizer_tensors, run_budgeted, save_train_state, start_training)
+from pixelnn.train_loop import (LoopResult, TrainResult, budget_bar, budget_clock, check_finite_loss, check_weight_steps,
+                                dataset_record, draw_batch, load_optimizer_tensors, load_train_state,
+                                load_training_splits, optimizer_tensors, run_budgeted, save_train_state, start_training,
+                                take_weights, weights_step, with_weights)
 
 __all__ = ["MODEL_FORMAT", "MODEL_VERSION", "PerceptualLoss", "TrainResult", "budget_bar", "budget_clock",
            "evaluate_stage1", "init_regressor", "load_model_dir", "load_optimizer_tensors", "load_training_splits",
@@ -210,13 +213,27 @@ def _val_loss(model: Regressor, split: SplitData, limit: int = 512, batch_size: 
     return total / max(n, 1)
 
 
-def _save_state(path: Path, opt: torch.optim.Optimizer, step: int, elapsed: float, rng: np.random.Generator,
-                images_seen: int) -> None:
-    save_train_state(path, optimizer_tensors(opt), step=step, elapsed=elapsed, images_seen=images_seen, rng=rng)
+def _save_state(path: Path, model: Regressor, opt: torch.optim.Optimizer, step: int, elapsed: float,
+                rng: np.random.Generator, images_seen: int) -> None:
+    """The checkpoint: weights and optimizer state of one step, in one file."""
+    save_train_state(path, with_weights(optimizer_tensors(opt), {"regressor": model}), step=step, elapsed=elapsed,
+                     images_seen=images_seen, rng=rng)
 
 
-def _load_state(path: Path, opt: torch.optim.Optimizer, rng: np.random.Generator) -> tuple[int, float, int]:
+def _load_state(path: Path, model: Regressor, weights_path: Path, opt: torch.optim.Optimizer,
+                rng: np.random.Generator) -> tuple[int, float, int]:
+    """Restore weights, optimizer and RNG from the checkpoint (an older two-file one only when its steps agree)."""
     tensors, step, elapsed, images_seen = load_train_state(path, rng)
+    weights = take_weights(tensors, "regressor")
+    if weights is None:
+        check_weight_steps(path, step, [weights_path])
+    else:
+        load_state_checked(model, weights, path, "regressor weights in the training state",
+                           "pass resume=False (--restart) to start over")
+        ws = weights_step(weights_path)
+        if ws is not None and ws != step:
+            log.info("%s is at step %d; resuming from the checkpoint's step %d (a save was interrupted)",
+                     weights_path, ws, step)
     load_optimizer_tensors(opt, tensors)
     return step, elapsed, images_seen
 
@@ -281,11 +298,13 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, elapsed_before, images_seen = 0, 0.0, 0
     if resuming:
-        step, elapsed_before, images_seen = _load_state(state_path, opt, rng)
+        step, elapsed_before, images_seen = _load_state(state_path, model, weights_path, opt, rng)
         log.info("resumed at step %d (%.0f s trained)", step, elapsed_before)
 
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / MODEL_FILES.samples).mkdir(exist_ok=True)
+    for d in (model_dir, model_dir / MODEL_FILES.samples):
+        recover_all(d)  # temporary files of a killed run
     write_json(model_dir / MODEL_FILES.config, {
         "format": MODEL_FORMAT, "version": MODEL_VERSION, "task": task.to_dict(),
         "regressor": model.config.to_dict(), "train": config.to_dict(), "init": init_record,
@@ -322,7 +341,8 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
 
     def save_all(step: int, elapsed: float) -> None:
         model.save(weights_path, {"task": json.dumps(task.to_dict()), "step": str(step)})
-        _save_state(state_path, opt, step, elapsed, rng, images_seen)
+        crash_point("checkpoint")
+        _save_state(state_path, model, opt, step, elapsed, rng, images_seen)
 
     def validate(step: int, elapsed: float, images_per_second: float) -> None:
         _log_validation(model, val_split, model_dir, step, elapsed, ema, images_per_second)
@@ -367,7 +387,6 @@ def _log_validation(model: Regressor, val_split: SplitData, model_dir: Path, ste
     entry = {"step": step, "elapsed": round(elapsed, 1), "train_mse": train_losses.get("train_mse"),
              **{k: v for k, v in train_losses.items() if k != "train_mse"}, "val_mse": val_loss,
              "val_psnr": round(val_psnr, 3), "images_per_second": round(images_per_second, 2)}
-    with open(model_dir / MODEL_FILES.log, "a") as f:
-        f.write(json.dumps(entry) + "\n")
+    append_jsonl(model_dir / MODEL_FILES.log, entry)
     log.info("step %d: val mse %.5f (%.2f dB), %.1f img/s", step, val_loss, val_psnr, images_per_second)
     return val_loss

@@ -304,7 +304,8 @@ def save_transfer(t: LabelTransfer, result_dir: str | Path, out_dir: str | Path,
     result_dir, out_dir = Path(result_dir), Path(out_dir)
     lut = t.classes.color_table()
     outputs = []
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, replaces=((TRANSFER_MANIFEST, TRANSFER_FORMAT),),
+                    what="label transfer") as tmp:
         for o, name in enumerate(corr.output_files):
             image = _read_rgb(result_dir / name)
             lab_name, ov_name = f"label_{o + 1:03d}.png", f"overlay_{o + 1:03d}.png"
@@ -341,8 +342,10 @@ def transfer_command(result_dirs: Sequence[str | Path], labels: str | Path, out:
 
     Each result's transfer goes to ``RESULT_DIR/labels`` by default; with ``--out``, to ``DIR`` for one
     result and ``DIR/<result folder name>`` for several. An existing transfer folder is replaced only
-    with ``overwrite``. Every result is checked before anything is written.
+    with ``overwrite`` (and only when it is a transfer folder). Every result is checked before anything is written.
     """
+    from pixelnn.io import check_replaceable
+
     if not result_dirs:
         raise PixelNNError("no result folders given")
     if not 0.0 <= alpha <= 1.0:
@@ -357,6 +360,7 @@ def transfer_command(result_dirs: Sequence[str | Path], labels: str | Path, out:
     for t in targets:
         if t.exists() and not overwrite:
             raise PixelNNError(f"{t} already exists; pass --overwrite to replace it")
+        check_replaceable(t, ((TRANSFER_MANIFEST, TRANSFER_FORMAT),), "label transfer")
     lines = []
     for d, corr, target in zip(dirs, corrs, targets):
         t = transfer_result(corr, label_dir)

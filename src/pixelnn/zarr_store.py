@@ -28,7 +28,9 @@ over rows. **Positions** number the live rows 0..len-1, as the store contract sa
 written, and only then the next ``versions/N.json`` is created (exclusively). Nothing a version
 lists is modified afterwards, so a reader that opened version N keeps reading version N while a
 writer commits N+1, and a build killed midway leaves version N readable (its half-written segments
-are orphans, removed by the next writer). One writer at a time. :meth:`ZarrLibrary.compact` is the
+are orphans, removed by the next writer). One writer at a time: on a local folder every change holds
+:func:`pixelnn.io.writer_lock` (a second writer waits, then plans on the newest version; object stores
+have no lock). :meth:`ZarrLibrary.compact` is the
 exception: it deletes the segments it replaces, so readers of older versions get a one-line error.
 
 **Building** goes in blocks so that any engine can run it (:func:`plan_build`, :func:`write_block`,
@@ -56,7 +58,8 @@ import numpy as np
 
 from pixelnn.config import TaskConfig
 from pixelnn.errors import PixelNNError
-from pixelnn.io import config_from, need
+from pixelnn.io import (check_replaceable, config_from, crash_point, need, recover, recover_all, replace_dir, temp_prefix,
+                        writer_lock)
 from pixelnn.store import check_field, check_positions, check_where, few
 
 log = logging.getLogger(__name__)
@@ -165,7 +168,7 @@ class Location:
 
             final = Path(self.path(rel))
             final.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix(final), dir=final.parent)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
@@ -454,6 +457,8 @@ class ZarrLibrary:
     # ------------------------------------------------------------------ opening
     def _load(self, version: int | None) -> None:
         loc = self.loc
+        if loc.local:
+            recover(loc.root)  # an `index --overwrite` killed between its two renames is undone here
         if not loc.exists(STORE_JSON):
             if loc.exists("library.json"):
                 raise PixelNNError(f"{self.url} is a version-1 library; open it with pixelnn.zarr_store.open_library "
@@ -779,11 +784,12 @@ class ZarrLibrary:
         skipped). Returns :class:`pixelnn.library.AddResult`."""
         from pixelnn.library import AddResult
 
-        plan = plan_build(self.url, None, [data_dir], split=split, block_size=block_size, id_prefix=id_prefix,
-                          batch_size=batch_size, device=device, progress=progress)
-        infos = [write_block(plan, b, progress=progress) for b in plan.blocks]
-        commit_build(plan, infos, progress=progress)
-        self._load(None)
+        with store_lock(self.loc):
+            plan = plan_build(self.url, None, [data_dir], split=split, block_size=block_size, id_prefix=id_prefix,
+                              batch_size=batch_size, device=device, progress=progress)
+            infos = [write_block(plan, b, progress=progress) for b in plan.blocks]
+            commit_build(plan, infos, progress=progress)
+            self._load(None)
         path = str(Path(data_dir).resolve())
         return AddResult(path, sum(b.count for b in plan.blocks), plan.skipped.get(path, 0))
 
@@ -792,6 +798,11 @@ class ZarrLibrary:
         ids = list(dict.fromkeys(str(i) for i in ([ids] if isinstance(ids, str) else ids)))
         if not ids:
             return 0
+        with store_lock(self.loc):
+            self._load(None)  # what another writer committed while this one waited
+            return self._remove(ids)
+
+    def _remove(self, ids: list[str]) -> int:
         pos = self.select(ids=ids)
         rows = self._live_rows[pos]
         seg = np.searchsorted(self._row_starts, rows, side="right") - 1
@@ -809,6 +820,11 @@ class ZarrLibrary:
 
         Positions are unchanged. Returns the number of rows dropped.
         """
+        with store_lock(self.loc):
+            self._load(None)  # what another writer committed while this one waited
+            return self._compact(progress)
+
+    def _compact(self, progress: bool) -> int:
         todo = [k for k, s in enumerate(self._segments) if len(s.removed)]
         if not todo:
             return 0
@@ -874,6 +890,8 @@ def open_library(url: str | Path, model_dir: str | Path | None = None, **kwargs:
 
     url = str(url)
     loc = Location(url)
+    if loc.local:
+        recover(loc.root)  # an `index --overwrite` killed between its two renames is undone here
     if loc.exists(STORE_JSON):
         return ZarrLibrary.open(url, **kwargs)
     if loc.local and (Path(loc.root) / MANIFEST).is_file():
@@ -883,6 +901,12 @@ def open_library(url: str | Path, model_dir: str | Path | None = None, **kwargs:
         raise PixelNNError(f"{url} is not a PixelNN library (no {STORE_JSON} or {MANIFEST}); build one "
                            f"with `pixelnn index DATA_DIR{hint} --out {url}`")
     raise PixelNNError(f"no exemplar library at {url}; build it with `pixelnn index DATA_DIR{hint}`")
+
+
+def store_lock(target: Location | str | os.PathLike, what: str = "library"):
+    """:func:`pixelnn.io.writer_lock` of a local store (``.NAME.lock`` beside it); nothing for object stores."""
+    loc = target if isinstance(target, Location) else Location(target)
+    return writer_lock(loc.root, what) if loc.local else contextlib.nullcontext()
 
 
 def committed_versions(loc: Location) -> list[int]:
@@ -905,8 +929,17 @@ def _commit(loc: Location, manifest: dict[str, Any], number: int | None = None) 
     return number
 
 
+def _clean_temp_files(loc: Location) -> None:
+    """Delete the temporary files (``.NAME.tmp.PID.*``) that dead writers left in a local store's folders."""
+    if loc.local:
+        for d in ("", VERSIONS, INDEX_DIR, "model", "global"):
+            recover_all(Path(loc.path(d)))
+
+
 def _remove_orphans(loc: Location) -> None:
-    """Delete segments and index files that no committed version lists (left by an interrupted writer)."""
+    """Delete segments and index files that no committed version lists (left by an interrupted writer), and
+    the temporary files of dead writers (local stores)."""
+    _clean_temp_files(loc)
     listed_segments, listed_index = set(), set()
     for n in committed_versions(loc):
         m = loc.read_json(f"{VERSIONS}/{n:08d}.json")
@@ -1101,6 +1134,10 @@ def plan_build(url: str | os.PathLike | None, model_dir: str | Path | None, data
         if target.exists() and not overwrite and target.listdir(""):
             raise PixelNNError(f"{target.url} already exists and is not a PixelNN store; choose another --out "
                                f"or pass --overwrite")
+        if target.local and overwrite:
+            from pixelnn.library import REPLACES
+
+            check_replaceable(target.root, REPLACES, "library")
         weights, config = _read_model(Path(model_dir))
         task = config_from(TaskConfig, config["task"], Path(model_dir) / "config.json", "task")
         work = Location(_staging_url(target)) if target.local else target
@@ -1141,6 +1178,7 @@ def plan_build(url: str | os.PathLike | None, model_dir: str | Path | None, data
             for name in work.listdir(SEGMENTS):
                 if name.startswith(".tmp-"):
                     work.remove(f"{SEGMENTS}/{name}")
+            _clean_temp_files(work)
             log.warning("resuming an interrupted build of %s: %d of %d segments already written", target.url,
                         len(done), len(blocks))
         else:
@@ -1315,6 +1353,7 @@ def commit_build(plan: BuildPlan | dict[str, Any], infos: Sequence[dict[str, Any
     replaces the old store at this point), so a killed build never leaves a store that opens.
     """
     plan = BuildPlan.from_dict(plan) if isinstance(plan, dict) else plan
+    crash_point("shard")
     loc = Location(plan.url)
     by_name = {i["name"]: i for i in infos}
     missing = [b.segment for b in plan.blocks if b.segment not in by_name]
@@ -1349,28 +1388,22 @@ def commit_build(plan: BuildPlan | dict[str, Any], infos: Sequence[dict[str, Any
 
 
 def _publish(staging: Location, target: Location) -> None:
-    """Rename a committed local staging folder onto its target (an old store there is moved aside first,
-    then deleted, so the target is never missing a complete store for longer than two renames)."""
-    import shutil
-
+    """Rename a committed local staging folder onto its target (an old store there is moved aside first to
+    ``.NAME.old.PID.*``, then deleted: :func:`pixelnn.io.replace_dir`, undone by the next opener when killed
+    between the two renames)."""
     final, built = Path(target.root), Path(staging.root)
     final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:6]}"
-        final.rename(old)
-        built.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        built.rename(final)
+    replace_dir(built, final)
 
 
 def build_store(url: str | os.PathLike | None, model_dir: str | Path, data_dirs: Sequence[str | Path],
                 progress: bool = True, **kwargs: Any) -> ZarrLibrary:
     """Build a new store in this process (the local engine): :func:`plan_build`, every :func:`write_block`,
-    :func:`commit_build`."""
-    plan = plan_build(url, model_dir, data_dirs, progress=progress, **kwargs)
-    infos = [write_block(plan, b, progress=progress) for b in plan.blocks]
-    return commit_build(plan, infos, progress=progress)
+    :func:`commit_build`, holding the writer lock of the target."""
+    with store_lock(url if url is not None else Path(model_dir) / "library"):
+        plan = plan_build(url, model_dir, data_dirs, progress=progress, **kwargs)
+        infos = [write_block(plan, b, progress=progress) for b in plan.blocks]
+        return commit_build(plan, infos, progress=progress)
 
 
 # ------------------------------------------------------------------------------------------- upgrade
@@ -1382,14 +1415,24 @@ def upgrade_library(old: str | Path, new: str | os.PathLike, global_dims: int = 
     new store gives outputs identical to the old one; ``global_dims=512`` reduces them (a PCA fitted on
     the library), as new builds do.
     """
+    with store_lock(new):
+        return _upgrade_library(old, new, global_dims, block_size, overwrite, progress, index_memory)
+
+
+def _upgrade_library(old: str | Path, new: str | os.PathLike, global_dims: int, block_size: int, overwrite: bool,
+                     progress: bool, index_memory: int) -> ZarrLibrary:
     from tqdm.auto import tqdm
 
-    from pixelnn.library import ExemplarLibrary
+    from pixelnn.library import REPLACES, ExemplarLibrary
 
     src = ExemplarLibrary.open(old)
     target = Location(new)
+    if target.local:
+        recover(target.root)
     if target.exists() and target.listdir("") and not overwrite:
         raise PixelNNError(f"{target.url} already exists; pass --overwrite to replace it")
+    if target.local and overwrite:
+        check_replaceable(target.root, REPLACES, "library")
     work = Location(_staging_url(target)) if target.local else target
     if not target.local and overwrite:
         target.remove("")

@@ -41,7 +41,8 @@ budget (steps or minutes) and decays linearly to 0 over the second half.
 
 - ``generator.safetensors`` / ``discriminator.safetensors``: weights, config in the metadata;
 - ``config.json``: task, both architectures, training settings, dataset;
-- ``train_state.safetensors``: both optimizers, step, time, data and dropout RNG states (resume);
+- ``train_state.safetensors``: the checkpoint to resume from, one file: both networks' weights again, both
+  optimizers, step, time, data and dropout RNG states (a kill never leaves them at different steps);
 - ``train_log.jsonl``: one line per validation (smoothed train losses, val L1/PSNR of one dropout
   sample per image on the first 256 val images; L1s in [0, 1] units);
 - ``samples/step_XXXXXXX.png`` and ``samples/latest.png``: rows input | 3 samples | photo;
@@ -67,12 +68,12 @@ from pixelnn.config import MAX_LR, TaskConfig, check_number, check_train_budget
 from pixelnn.data.dataset import SplitData, image_grid
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.image_metrics import psnr, ssim
-from pixelnn.io import (atomic_path, check_tensors_sha256, config_from, load_state_checked, parse_json, read_folder_config,
-                        save_image, tensors_sha256, write_json)
+from pixelnn.io import (append_jsonl, atomic_path, check_tensors_sha256, config_from, crash_point, load_state_checked,
+                        parse_json, read_folder_config, recover_all, save_image, tensors_sha256, write_json)
 from pixelnn.models.regressor import module_device, to_tensor, to_uint8, upsample_input
-from pixelnn.train_loop import (LoopResult, TrainResult, check_finite_loss, dataset_record, draw_batch,
-                                load_optimizer_tensors, load_train_state, optimizer_tensors, run_budgeted,
-                                save_train_state, start_training)
+from pixelnn.train_loop import (LoopResult, TrainResult, check_finite_loss, check_weight_steps, dataset_record,
+                                draw_batch, load_optimizer_tensors, load_train_state, optimizer_tensors, run_budgeted,
+                                save_train_state, start_training, take_weights, with_weights)
 
 log = logging.getLogger(__name__)
 
@@ -474,16 +475,26 @@ def _sample_grid(generator: Generator, split: SplitData, n: int = 8, draws: int 
     return image_grid([inputs] + [_one_sample_each(generator, inputs, seed=s) for s in range(draws)] + [photos])
 
 
-def _save_state(path: Path, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, drop_rng: torch.Generator,
-                rng: np.random.Generator, step: int, elapsed: float, images_seen: int) -> None:
+def _save_state(path: Path, gen: nn.Module, disc: nn.Module, opt_g: torch.optim.Optimizer,
+                opt_d: torch.optim.Optimizer, drop_rng: torch.Generator, rng: np.random.Generator, step: int,
+                elapsed: float, images_seen: int) -> None:
     tensors = {**optimizer_tensors(opt_g, "g."), **optimizer_tensors(opt_d, "d."),
                "dropout_rng": drop_rng.get_state().clone()}
+    tensors = with_weights(tensors, {"generator": gen, "discriminator": disc})
     save_train_state(path, tensors, step=step, elapsed=elapsed, images_seen=images_seen, rng=rng)
 
 
-def _load_state(path: Path, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, drop_rng: torch.Generator,
-                rng: np.random.Generator) -> tuple[int, float, int]:
+def _load_state(path: Path, gen: nn.Module, disc: nn.Module, weight_files: list[Path], opt_g: torch.optim.Optimizer,
+                opt_d: torch.optim.Optimizer, drop_rng: torch.Generator, rng: np.random.Generator
+                ) -> tuple[int, float, int]:
     tensors, step, elapsed, images_seen = load_train_state(path, rng)
+    g_w, d_w = take_weights(tensors, "generator"), take_weights(tensors, "discriminator")
+    if g_w is None or d_w is None:
+        check_weight_steps(path, step, weight_files)
+    else:
+        how = "pass resume=False (--restart) to start over"
+        load_state_checked(gen, g_w, path, "pix2pix generator weights in the training state", how)
+        load_state_checked(disc, d_w, path, "pix2pix discriminator weights in the training state", how)
     load_optimizer_tensors(opt_g, tensors, "g.")
     load_optimizer_tensors(opt_d, tensors, "d.")
     try:
@@ -559,11 +570,14 @@ def train_pix2pix(data_dir: str | Path, out_dir: str | Path, config: Pix2PixConf
     opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr, betas=betas)
     step, elapsed_before, images_seen = 0, 0.0, 0
     if resuming:
-        step, elapsed_before, images_seen = _load_state(state_path, opt_g, opt_d, drop_rng, rng)
+        step, elapsed_before, images_seen = _load_state(state_path, gen, disc, [g_path, d_path], opt_g, opt_d,
+                                                        drop_rng, rng)
         log.info("resumed at step %d (%.0f s trained)", step, elapsed_before)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / FILES.samples).mkdir(exist_ok=True)
+    for d in (out_dir, out_dir / FILES.samples):
+        recover_all(d)  # temporary files of a killed run
     write_json(out_dir / FILES.config, {
         "format": FORMAT, "version": VERSION, "task": task.to_dict(), "generator": _to_dict(gen.config),
         "discriminator": _to_dict(disc.config), "train": config.to_dict(), "device": str(device),
@@ -607,7 +621,8 @@ def train_pix2pix(data_dir: str | Path, out_dir: str | Path, config: Pix2PixConf
     def save_all(step: int, elapsed: float) -> None:
         save_model(gen, g_path, "generator", {"task": json.dumps(task.to_dict()), "step": str(step)})
         save_model(disc, d_path, "discriminator", {"step": str(step)})
-        _save_state(state_path, opt_g, opt_d, drop_rng, rng, step, elapsed, images_seen)
+        crash_point("checkpoint")
+        _save_state(state_path, gen, disc, opt_g, opt_d, drop_rng, rng, step, elapsed, images_seen)
 
     def validate(step: int, elapsed: float, images_per_second: float) -> None:
         _log_validation(gen, val_split, out_dir, step, elapsed, ema, images_per_second)
@@ -653,8 +668,7 @@ def _log_validation(gen: Generator, val_split: SplitData, out_dir: Path, step: i
              "val_l1": round(float(np.abs(out.astype(np.float32) - photos).mean() / 255.0), 5),
              "val_psnr": round(float(np.mean(psnr(out, photos))), 3),
              "images_per_second": round(images_per_second, 2)}
-    with open(out_dir / FILES.log, "a") as f:
-        f.write(json.dumps(entry) + "\n")
+    append_jsonl(out_dir / FILES.log, entry)
     log.info("step %d: val L1 %.4f, PSNR %.2f dB, %.1f img/s", step, entry["val_l1"], entry["val_psnr"],
              images_per_second)
     return entry

@@ -30,11 +30,13 @@ import numpy as np
 
 from pixelnn.config import TaskConfig
 from pixelnn.errors import PixelNNError
-from pixelnn.io import atomic_dir, config_from, need, read_json, read_jsonl, save_image
+from pixelnn.io import atomic_dir, config_from, need, read_json, read_jsonl, recover, save_image
 
 FORMAT_NAME = "pixelnn-dataset"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
+#: What ``--overwrite`` may replace: a dataset folder (:func:`pixelnn.io.check_replaceable`).
+REPLACES = (("dataset.json", FORMAT_NAME),)
 
 
 @dataclass
@@ -132,7 +134,7 @@ def write_dataset(out_dir: str | Path, task: TaskConfig, splits: dict[str, Split
     if with_masks:
         manifest["masks"] = True
     manifest.update(extra or {})
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, replaces=REPLACES, what="dataset") as tmp:
         for name in SPLITS:
             d = tmp / name
             d.mkdir()
@@ -159,6 +161,7 @@ class Dataset:
 
     def __init__(self, data_dir: str | Path):
         self.root = Path(data_dir)
+        recover(self.root)  # an interrupted `prepare --overwrite` is undone here
         path = self.root / "dataset.json"
         if not path.is_file():
             raise PixelNNError(f"{self.root} is not a PixelNN dataset (no dataset.json); create one with `pixelnn prepare`")

@@ -21,12 +21,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from pixelnn.config import TaskConfig
+from pixelnn.data.dataset import REPLACES as DATASET_REPLACES
 from pixelnn.data.dataset import SPLITS, SplitData, assign_split, write_dataset
 from pixelnn.data.images import (BAD_NAME, CORRUPT, DEFAULT_MAX_PIXELS, FITS, NO_FACE, SKIP_REASONS, TOO_LARGE,
                                  UNSAFE_PATH, UnusableImage, choose_fit, decode_image, fit_image, is_grayscale,
                                  pil_limits, split_pair)
 from pixelnn.data.sources import DEFAULT_MAX_FILE_BYTES, Layout, Source, open_source, plan_layout
 from pixelnn.errors import PixelNNError
+from pixelnn.io import check_replaceable, recover
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +203,7 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
         raise PixelNNError(f"max_upscale must be >= 1, got {max_upscale}")
     out_dir = Path(out_dir).expanduser()
     src_path = Path(source).expanduser()
+    recover(out_dir)  # an earlier --overwrite killed between its two renames is undone first
     if out_dir.exists() and not overwrite:
         raise PixelNNError(f"{out_dir} already exists; pass --overwrite to replace it")
     if out_dir.exists() and not out_dir.is_dir():
@@ -209,6 +212,7 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
         rs, ro = src_path.resolve(), out_dir.resolve()
         if rs == ro or ro in rs.parents:
             raise PixelNNError(f"the output {out_dir} must not contain the source {src_path}")
+    check_replaceable(out_dir, DATASET_REPLACES, "dataset")  # before any work
 
     with open_source(src_path, exclude=out_dir) as src:
         skipped = {r: 0 for r in SKIP_REASONS}
