@@ -71,7 +71,7 @@ def _child(argv: list[str], log_path: str, env: dict[str, str], cwd: str) -> Non
         code = main(argv)
     except SystemExit as e:
         code = int(e.code or 0)
-    except BaseException as e:  # noqa: BLE001 - reported through the log and the exit status
+    except BaseException:  # noqa: BLE001 - reported through the log and the exit status
         import traceback
 
         traceback.print_exc()
