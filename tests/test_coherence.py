@@ -45,3 +45,18 @@ def test_batched_rates_and_bad_shapes():
     assert rates.shape == (2,) and rates[0] == 0 and rates[1] == pytest.approx(2 / 12)
     with pytest.raises(ValueError):
         seam_rate(e, sy[:2], sx)
+
+
+def test_seam_visibility_known_answer():
+    from pixelnn.evaluation.coherence import seam_visibility
+
+    h = w = 6
+    yy, xx = np.mgrid[0:h, 0:w]
+    ex = np.where(xx >= 3, 1, 0)[None]  # two exemplars copied in place: one vertical seam line
+    img = np.zeros((1, h, w, 3), np.uint8)
+    img[..., 0] = (xx * 2)[None]  # a ramp: every horizontal step is 2 levels in red
+    img[0, :, 3:, 0] += 20  # ... and the seam adds 20
+    v = seam_visibility(img, ex, yy[None], xx[None])
+    # seam pairs: 6 horizontal steps of 22/3 (mean over RGB); other pairs: 24 horizontal of 2/3, 30 vertical of 0
+    assert v.shape == (1,) and np.isclose(v[0], (22 / 3) / ((24 * 2 / 3) / 54))
+    assert np.isnan(seam_visibility(img[0], np.zeros((h, w), int), yy, xx))  # one copy: no seam

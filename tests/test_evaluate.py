@@ -76,6 +76,8 @@ def test_evaluate_writes_every_number(setup):
     assert "seam_rate" in metrics["protocol"] and "'matched'" in metrics["protocol"]["seam_rate"]
     assert 0 <= metrics["methods"]["pixelnn"]["seam_rate"] <= 1
     assert metrics["methods"]["pix2pix"]["seam_rate"] is None and metrics["methods"]["stage1"]["seam_rate"] is None
+    assert metrics["methods"]["pixelnn"]["seam_visibility"] > 0 and "seam_visibility" in metrics["protocol"]
+    assert metrics["methods"]["pix2pix"]["seam_visibility"] is None
     # the fake pix2pix is nearly collapsed: far less diverse than PixelNN's compositions
     assert metrics["methods"]["pix2pix"]["diversity_lpips"] < metrics["methods"]["pixelnn"]["diversity_lpips"]
     for key in ("synthesis_pixelnn", "synthesis_pix2pix", "fidelity_lpips_psnr_ssim", "fid_features", "total"):
@@ -122,6 +124,7 @@ def test_seam_rate_of_the_global_mode_is_zero(setup, tmp_path):
     assert glob["methods"]["pixelnn"]["seam_rate"] == 0.0 and glob["methods"]["stage1"]["seam_rate"] is None
     rows = [json.loads(line) for line in (tmp_path / "global" / "per_input.jsonl").read_text().splitlines()]
     assert [r["methods"]["pixelnn"]["seam_rate"] for r in rows] == [0.0, 0.0]
+    assert glob["methods"]["pixelnn"]["seam_visibility"] is None  # no seam: nothing to show
     # the matched outputs of the same model do break their copies
     assert metrics["methods"]["pixelnn"]["seam_rate"] > 0
 

@@ -21,7 +21,9 @@ each method — ``pixelnn`` (N composed outputs), ``pix2pix`` (N samples, when a
   of the evaluated inputs' photos, plotted in ``spectrum.png``, with each method's spectral distance
   to the photos (:mod:`pixelnn.evaluation.spectrum`);
 - coherence (``pixelnn`` only: the other methods have no correspondences): the seam rate of every
-  output (:func:`pixelnn.evaluation.coherence.seam_rate`), averaged per input and over inputs;
+  output (:func:`pixelnn.evaluation.coherence.seam_rate`) and its seam visibility (the colour step at
+  seams over that elsewhere, :func:`pixelnn.evaluation.coherence.seam_visibility`), averaged per
+  input and over inputs;
 - surface normals, the paper's Tables 1-2 (faces only; :mod:`pixelnn.evaluation.angular`): the
   normals estimated from generated images with the face mesh of :mod:`pixelnn.normals` against
   those estimated from the real photo, inside its face mask: mean, median and RMSE of the angle and
@@ -340,7 +342,7 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
     from pixelnn.evaluation import faithfulness as faith
     from pixelnn.evaluation import fid as fidm
     from pixelnn.evaluation import spectrum as spec
-    from pixelnn.evaluation.coherence import seam_rate
+    from pixelnn.evaluation.coherence import seam_rate, seam_visibility
     from pixelnn.devices import resolve_device
     from pixelnn.io import atomic_dir, check_replaceable, recover, write_json
     from pixelnn.pipeline import PixelNNPipeline
@@ -419,6 +421,7 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
         res = pipe(x, settings.options.replace(num_outputs=settings.num_outputs, seed=settings.seed + pos))
         t = _timer(timings, "synthesis_pixelnn", t)
         seams = float(np.mean(seam_rate(res.exemplar, res.source_y, res.source_x)))  # mean over the outputs
+        visibility = _nanmean(seam_visibility(res.outputs, res.exemplar, res.source_y, res.source_x))
         t = _timer(timings, "seam_rate", t)
         outs = {"pixelnn": res.outputs, "stage1": res.stage1[None]}
         if sampler is not None:
@@ -432,7 +435,8 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
         for name in methods:
             o = outs[name]
             n = len(o)
-            m: dict[str, Any] = {"num_outputs": n, "seam_rate": seams if name == "pixelnn" else None}
+            m: dict[str, Any] = {"num_outputs": n, "seam_rate": seams if name == "pixelnn" else None,
+                                 "seam_visibility": visibility if name == "pixelnn" else None}
             t = time.perf_counter()
             rand_index = int(rng.integers(n))
             m.update(fidelity(o, photo, rand_index))
@@ -567,6 +571,10 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
                          f"copy (same exemplar, source offset = output offset), mean over all outputs of an input, "
                          f"then over inputs; the correspondences the pipeline records for composition mode "
                          f"{options.mode!r}; PixelNN only (pix2pix and stage 1 have none: null)",
+            "seam_visibility": "per output, the mean colour step (mean over RGB of |out_i - out_j|) across its seam "
+                               "pairs over that across its other 4-neighbour pairs "
+                               "(pixelnn.evaluation.coherence.seam_visibility; about 1: seams do not show), mean "
+                               "over the outputs with both kinds of pairs, then over inputs; PixelNN only",
         },
         "methods": summary,
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},

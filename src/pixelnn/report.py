@@ -97,7 +97,7 @@ def evaluation_sections(metrics: dict, image_dir: str) -> list[Section]:
         head.append("input PSNR ↑ (dB)")
     elif faith == "edges":
         head += ["edge AP ↑", "edge best F1 ↑"]
-    head += ["diversity LPIPS ↑", "seam rate", "FID ↓", "KID ×1000 ↓", "spectral distance ↓ (dB)"]
+    head += ["diversity LPIPS ↑", "seam rate", "seam visibility ↓", "FID ↓", "KID ×1000 ↓", "spectral distance ↓ (dB)"]
     other = [head]
     for m in methods:
         s = ms[m]
@@ -107,7 +107,8 @@ def evaluation_sections(metrics: dict, image_dir: str) -> list[Section]:
         elif faith == "edges":
             row += [_fmt(s.get("faithfulness_ap")), _fmt(s.get("faithfulness_f1"))]
         kid = "–" if s.get("kid") is None else f"{s['kid'] * 1000:.2f} ± {s['kid_std'] * 1000:.2f}"
-        row += [_fmt(s.get("diversity_lpips")), _fmt(s.get("seam_rate")), _fmt(s.get("fid"), 1), kid,
+        row += [_fmt(s.get("diversity_lpips")), _fmt(s.get("seam_rate")), _fmt(s.get("seam_visibility"), 2),
+                _fmt(s.get("fid"), 1), kid,
                 _fmt(s.get("spectral_distance_db"), 2)]
         other.append(row)
     st = metrics["settings"]
@@ -123,6 +124,7 @@ def evaluation_sections(metrics: dict, image_dir: str) -> list[Section]:
         Section("Faithfulness, diversity, coherence, realism, frequency content", [
             f"Faithfulness: {proto['faithfulness']}. Diversity: {proto['diversity']}. "
             f"Seam rate (lower: longer coherent copies): {proto.get('seam_rate', 'not measured in this evaluation')}. "
+            f"Seam visibility: {proto.get('seam_visibility', 'not measured in this evaluation')}. "
             f"FID/KID: {proto['fid_kid']}. Spectral distance: {proto['spectral_distance_db']}."], table=other),
         *([Section("Surface normals (paper Tables 1–2)", [
             f"Normals: {proto.get('normals', '')}. Angles in degrees (↓); % of pixels within 11.25°, 22.5°, 30° (↑); "

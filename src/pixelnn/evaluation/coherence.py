@@ -1,4 +1,4 @@
-"""Coherence of a composition, from its correspondences: the seam rate.
+"""Coherence of a composition, from its correspondences: the seam rate, and how much the seams show.
 
 A pixel-wise composition is coherent where neighbouring output pixels copy neighbouring pixels of
 the same exemplar, in the same arrangement: the pair (p, p + d) of output pixels, d = (0, 1) or
@@ -132,13 +132,53 @@ def region_colour_steps(outputs: np.ndarray, region: np.ndarray, band: int = 2) 
         ``mean_c |out_i,c - out_j,c|`` in uint8 levels (0-255). A border that shows has a larger
         ``crossing`` step than the same pairs of an unconstrained result.
     """
-    im = np.asarray(outputs, np.float64)
-    step_h = np.abs(im[..., :, 1:, :] - im[..., :, :-1, :]).mean(axis=-1)  # (..., H, W-1)
-    step_v = np.abs(im[..., 1:, :, :] - im[..., :-1, :, :]).mean(axis=-1)  # (..., H-1, W)
-    n_out = int(np.prod(im.shape[:-3])) if im.ndim > 3 else 1
+    step_h, step_v = _colour_steps(outputs)  # (..., H, W-1), (..., H-1, W)
+    n_out = int(np.prod(step_h.shape[:-2])) if step_h.ndim > 2 else 1
     out: dict[str, float] = {}
     for name, (mh, mv) in _region_pairs(region, band).items():
         pairs = int(mh.sum() + mv.sum())
         total = step_h[..., mh].sum() + step_v[..., mv].sum()
         out[name] = float(total / (pairs * n_out)) if pairs else float("nan")
     return out
+
+
+def _colour_steps(outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over RGB of ``|out_i - out_j|`` for the horizontal (..., H, W-1) and vertical (..., H-1, W) pairs."""
+    im = np.asarray(outputs, np.float64)
+    return (np.abs(im[..., :, 1:, :] - im[..., :, :-1, :]).mean(axis=-1),
+            np.abs(im[..., 1:, :, :] - im[..., :-1, :, :]).mean(axis=-1))
+
+
+def seam_visibility(outputs: np.ndarray, exemplar: np.ndarray, source_y: np.ndarray,
+                    source_x: np.ndarray) -> np.ndarray | float:
+    """How much the seams of a composition show: the mean colour step across its seam pairs over the mean
+    colour step across its other pairs.
+
+    A seam (:func:`seam_mask`) joins two copied pieces. Where pieces meet seamlessly their step is like
+    any other neighbour pair's and the ratio is near 1; a patchwork of mismatched pieces has large
+    steps at its seams and a ratio well above 1.
+
+    Parameters
+    ----------
+    outputs : ndarray, (..., H, W, 3) uint8
+    exemplar, source_y, source_x : ndarray, (..., H, W) int
+        The outputs' correspondences.
+
+    Returns
+    -------
+    float or ndarray of shape (...)
+        One ratio per output; NaN for an output without seams or without non-seam pairs.
+    """
+    horizontal, vertical = seam_mask(exemplar, source_y, source_x)
+    step_h, step_v = _colour_steps(outputs)
+    if step_h.shape != horizontal.shape:
+        raise ValueError(f"outputs {np.shape(outputs)} do not match correspondences {np.shape(exemplar)}")
+    axes = (-2, -1)
+    seam_sum = (step_h * horizontal).sum(axis=axes) + (step_v * vertical).sum(axis=axes)
+    seam_n = horizontal.sum(axis=axes) + vertical.sum(axis=axes)
+    rest_sum = (step_h * ~horizontal).sum(axis=axes) + (step_v * ~vertical).sum(axis=axes)
+    rest_n = (~horizontal).sum(axis=axes) + (~vertical).sum(axis=axes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = (seam_sum / seam_n) / (rest_sum / rest_n)
+    ratio = np.where((seam_n > 0) & (rest_n > 0), ratio, np.nan)
+    return float(ratio) if np.ndim(ratio) == 0 else ratio
