@@ -106,10 +106,10 @@ def test_identical_query_reproduces_exemplar():
     assert np.abs(y(luma[0]) - y(photo[0])).mean() < np.abs(y(stage1[0]) - y(photo[0])).mean() / 3
 
 
-@pytest.mark.parametrize("color,mode,vote,highpass_sigma,chroma_weight", [
-    ("rgb", "matched", 1, 0.0, 1.0), ("luma", "matched", 1, 0.0, 1.0), ("rgb", "coherent", 3, 2.0, 0.5),
-    ("luma", "coherent", 5, 1.5, 1.0)])
-def test_recompose_from_correspondences_is_exact(color, mode, vote, highpass_sigma, chroma_weight):
+@pytest.mark.parametrize("color,mode,vote,highpass_sigma,chroma_weight,seam_blend", [
+    ("rgb", "matched", 1, 0.0, 1.0, 0.0), ("luma", "matched", 1, 0.0, 1.0, 0.0), ("rgb", "coherent", 3, 2.0, 0.5, 0.0),
+    ("luma", "coherent", 5, 1.5, 1.0, 0.0), ("rgb", "matched", 1, 0.0, 1.0, 3.0), ("rgb", "coherent", 3, 0.0, 1.0, 2.0)])
+def test_recompose_from_correspondences_is_exact(color, mode, vote, highpass_sigma, chroma_weight, seam_blend):
     size, k = 10, 4
     g = torch.Generator().manual_seed(3)
     q = unit(torch.randn(size * size, 6, generator=g))
@@ -125,11 +125,11 @@ def test_recompose_from_correspondences_is_exact(color, mode, vote, highpass_sig
     else:
         rank, pos, _ = select_sets(sim, pos, specs, (1, 3, None))
     outs = compose_copied(query_stage1, lib_photos[neighbours], lib_stage1[neighbours], rank, pos, color=color,
-                          vote=vote, highpass_sigma=highpass_sigma, chroma_weight=chroma_weight)
+                          vote=vote, highpass_sigma=highpass_sigma, chroma_weight=chroma_weight, seam_blend=seam_blend)
     exemplar = neighbours[rank.numpy()].reshape(-1, size, size)
     sy, sx = np.divmod(pos.numpy().reshape(-1, size, size), size)
     again = recompose(query_stage1, ArrayStore(lib_photos, lib_stage1), exemplar, sy, sx, color=color, vote=vote,
-                      highpass_sigma=highpass_sigma, chroma_weight=chroma_weight)
+                      highpass_sigma=highpass_sigma, chroma_weight=chroma_weight, seam_blend=seam_blend)
     assert np.array_equal(outs, again)
 
 
@@ -194,3 +194,23 @@ def test_global_and_authors_modes():
     assert np.array_equal(out[1], expected.astype(np.uint8))
     with pytest.raises(PixelNNError, match="valid: matched, coherent, global, authors"):
         get_mode("nope")
+
+
+def test_fuse_seams_gives_a_seam_the_pieces_own_steps():
+    """Two exemplars, each a horizontal ramp of slope 2 plus its own offset (0 and 40), copied in place on
+    either side of a vertical seam: fused, the step across the seam is the ramp's 2, not the offsets' jump,
+    and every non-seam step far from it is unchanged."""
+    from pixelnn.compose import fuse_seams
+
+    h, w = 8, 40
+    xx = torch.arange(w, dtype=torch.float32)[None].expand(h, w)
+    residual = torch.stack([2 * xx, 2 * xx + 40]).reshape(2, h * w, 1).expand(2, h * w, 3).contiguous()
+    pix = torch.arange(h * w)
+    rank = (pix % w >= 20).long()[None]  # the right half copies exemplar 1
+    outs = residual[rank[0], pix][None].clone()  # (1, P, 3), f = 0
+    fused = fuse_seams(outs, torch.zeros(h * w, 3), residual, rank, pix[None], h, w, 4.0).reshape(h, w, 3)
+    assert torch.allclose(fused[:, 20] - fused[:, 19], torch.full((h, 3), 2.0), atol=1e-3)
+    before = outs.reshape(h, w, 3)
+    assert torch.allclose(fused[:, 1:3] - fused[:, 0:2], before[:, 1:3] - before[:, 0:2], atol=0.05)
+    same = fuse_seams(outs, torch.zeros(h * w, 3), residual, torch.zeros_like(rank), pix[None], h, w, 4.0)
+    assert torch.equal(same, outs)  # one copy: no seam, nothing changes

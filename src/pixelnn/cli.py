@@ -121,7 +121,7 @@ class _ModeChoices(Sequence[str]):
 #: ``--name`` of every synthesis option flag -> the SynthesisOptions field it sets.
 SYNTHESIS_FLAGS = ("top_k", "windows", "sets", "mode", "color", "patch_size", "vote_size", "highpass_sigma",
                    "chroma_weight", "descriptor", "pca_dims", "num_outputs", "seed", "where", "exemplars", "like",
-                   "regions", "region_blend")
+                   "regions", "region_blend", "seam_blend")
 
 
 class _FlagGroup:
@@ -162,6 +162,9 @@ def add_synthesis_options(p: argparse.ArgumentParser, exclude: Sequence[str] = (
                         "the mode's, 1 for matched, 3 for coherent)")
     g.add_argument("--highpass-sigma", type=float, default=None,
                    help="copy only the residual minus its Gaussian blur of this std in pixels (default 0: all of it)")
+    g.add_argument("--seam-blend", type=float, default=None, metavar="PX",
+                   help="matched/coherent: gradient-domain fusion of the copied pieces at every seam over about PX "
+                        "pixels (every pixel keeps its source); 0 = none (default)")
     g.add_argument("--chroma-weight", type=float, default=None,
                    help="fraction of the exemplar's colour cast copied, 0-1 (default: the mode's, 1 for matched, "
                         "0.6 for coherent)")

@@ -166,7 +166,7 @@ def _query_and_residuals(stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: n
 @torch.inference_mode()
 def compose_copied(stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: np.ndarray, rank: torch.Tensor,
                    pos: torch.Tensor, *, color: str = "rgb", vote: int = 1, highpass_sigma: float = 0.0,
-                   chroma_weight: float = 1.0) -> np.ndarray:
+                   chroma_weight: float = 1.0, seam_blend: float = 0.0) -> np.ndarray:
     """Paper eq. 3, ``out_i = f_i(x) + (y_k[j] - f_j(x_k))``: every pixel copies the residual of its match.
 
     Parameters
@@ -188,6 +188,9 @@ def compose_copied(stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: np.ndar
         ``color="rgb"``: copy the residual's chroma (YCbCr) scaled by this weight: 1 copies the
         exemplar's colour (paper), 0 is ``color="luma"``; between, the output's colour moves part of
         the way from f(x)'s towards the exemplar's.
+    seam_blend : float
+        Gradient-domain fusion of the copied pieces over about this many pixels at every seam
+        (:func:`fuse_seams`); 0 (default): none, the copies as they are (paper eq. 3).
 
     Returns
     -------
@@ -196,6 +199,8 @@ def compose_copied(stage1: np.ndarray, ex_photos: np.ndarray, ex_stage1: np.ndar
     h, w, _ = stage1.shape
     f, residual, space = _query_and_residuals(stage1, ex_photos, ex_stage1, color, highpass_sigma, chroma_weight)
     outs = f[None] + vote_residuals(residual, rank, pos, h, w, vote)  # (O, P, 3)
+    if seam_blend > 0:
+        outs = fuse_seams(outs, f, residual, rank, pos, h, w, seam_blend)
     return _to_rgb_uint8(outs, space).reshape(len(rank), h, w, 3)
 
 
@@ -242,14 +247,56 @@ def _dct_basis(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return basis, 2 - 2 * torch.cos(torch.pi * k / n)
 
 
-def border_correction(residual: torch.Tensor, region: np.ndarray, width: float) -> torch.Tensor:
-    """The smooth correction c (H, W, C) float64 that takes out a residual's jumps at region borders.
+def _gain(width: float) -> float:
+    """The screening alone leaves part of a step (about 12% at width 4). Across a straight line of jumps
+    the solution is c = +-A q^k at distance k, with q + 1/q = 2 + screen and A (3 - q + screen) = g * step,
+    so g = (3 - q + screen) / 2 gives 2A = step."""
+    screen = 1.0 / float(width) ** 2
+    q = 1 + screen / 2 - (screen + screen ** 2 / 4) ** 0.5
+    return (3 - q + screen) / 2
+
+
+def jump_correction(jump_h: torch.Tensor, jump_v: torch.Tensor, width: float) -> torch.Tensor:
+    """The smooth correction c (C, H, W) float64 that takes given jumps out of an image's neighbour steps.
 
     c minimises ``sum over 4-neighbour pairs (i, j) of (c_i - c_j - t_ij)^2 + sum_i c_i^2 / width^2``
-    with ``t_ij = g (r_j - r_i)`` on the pairs that cross a border (``region`` differs) and 0 on the
-    others; g makes a straight border's step come out exactly (see :func:`blend_borders`). The normal
-    equations ``(L + 1/width^2) c = div t``, L the grid graph's Laplacian with Neumann borders, are
-    solved exactly in the DCT-II basis, which diagonalises L.
+    with ``t_ij = g * jump_ij``: c_j - c_i = -jump_ij where a jump is given (0 elsewhere: no gradient of
+    its own), fading out within about ``width`` pixels; g (:func:`_gain`) makes a straight line of jumps
+    come out exactly. The normal equations ``(L + 1/width^2) c = div t``, L the grid graph's Laplacian
+    with Neumann borders, are solved exactly in the DCT-II basis, which diagonalises L.
+
+    Parameters
+    ----------
+    jump_h : Tensor, (C, H, W-1) float64
+        The part of ``x[:, :, 1:] - x[:, :, :-1]`` to take out (0 where nothing is to change).
+    jump_v : Tensor, (C, H-1, W) float64
+        The same for ``x[:, 1:, :] - x[:, :-1, :]``.
+    width : float, > 0
+
+    Returns
+    -------
+    Tensor, (C, H, W) float64
+    """
+    c, h, w = jump_v.shape[0], jump_v.shape[1] + 1, jump_v.shape[2]
+    screen = 1.0 / float(width) ** 2
+    gain = _gain(width)
+    b = torch.zeros(c, h, w, dtype=torch.float64)  # div t: nonzero only beside the jumps
+    dh, dv = jump_h * gain, jump_v * gain
+    b[:, :, :-1] += dh
+    b[:, :, 1:] -= dh
+    b[:, :-1, :] += dv
+    b[:, 1:, :] -= dv
+    basis_y, eig_y = _dct_basis(h)
+    basis_x, eig_x = _dct_basis(w)
+    denom = eig_y[:, None] + eig_x[None, :] + screen  # (H, W): the eigenvalues of L + screen
+    coef = basis_y.T @ b @ basis_x / denom  # (C, H, W) in the DCT basis
+    return basis_y @ coef @ basis_x.T
+
+
+def border_correction(residual: torch.Tensor, region: np.ndarray, width: float) -> torch.Tensor:
+    """The smooth correction c (H, W, C) float64 that takes out a residual's jumps at region borders:
+    :func:`jump_correction` of the residual's steps on the 4-neighbour pairs that cross a border
+    (``region`` differs), so that across a border the residual no longer jumps.
 
     Parameters
     ----------
@@ -262,28 +309,74 @@ def border_correction(residual: torch.Tensor, region: np.ndarray, width: float) 
     Tensor, (H, W, C) float64
     """
     region = np.asarray(region)
-    h, w = region.shape
     cross_h = torch.from_numpy(region[:, 1:] != region[:, :-1])  # (H, W-1): the pair crosses a border
     cross_v = torch.from_numpy(region[1:, :] != region[:-1, :])  # (H-1, W)
-    screen = 1.0 / float(width) ** 2
-    # The screening alone leaves part of a step (about 12% at width 4). Across a straight border the
-    # solution is c = +-A q^k at distance k, with q + 1/q = 2 + screen and A (3 - q + screen) = g * step,
-    # so g = (3 - q + screen) / 2 gives 2A = step.
-    q = 1 + screen / 2 - (screen + screen ** 2 / 4) ** 0.5
-    gain = (3 - q + screen) / 2
     r = residual.to(torch.float64).permute(2, 0, 1).contiguous()  # (C, H, W)
-    b = torch.zeros_like(r)  # div t: nonzero only beside the borders
-    dh = (r[:, :, 1:] - r[:, :, :-1]) * (cross_h * gain)  # (C, H, W-1): g (r_j - r_i) across a border
-    dv = (r[:, 1:, :] - r[:, :-1, :]) * (cross_v * gain)  # (C, H-1, W)
-    b[:, :, :-1] += dh
-    b[:, :, 1:] -= dh
-    b[:, :-1, :] += dv
-    b[:, 1:, :] -= dv
-    basis_y, eig_y = _dct_basis(h)
-    basis_x, eig_x = _dct_basis(w)
-    denom = eig_y[:, None] + eig_x[None, :] + screen  # (H, W): the eigenvalues of L + screen
-    coef = basis_y.T @ b @ basis_x / denom  # (C, H, W) in the DCT basis
-    return (basis_y @ coef @ basis_x.T).permute(1, 2, 0).contiguous()
+    jump_h = (r[:, :, 1:] - r[:, :, :-1]) * cross_h  # (C, H, W-1): r_j - r_i across a border
+    jump_v = (r[:, 1:, :] - r[:, :-1, :]) * cross_v  # (C, H-1, W)
+    return jump_correction(jump_h, jump_v, width).permute(1, 2, 0).contiguous()
+
+
+def fuse_seams(outs: torch.Tensor, f: torch.Tensor, residual: torch.Tensor, rank: torch.Tensor, pos: torch.Tensor,
+               height: int, width: int, blend: float) -> torch.Tensor:
+    """Gradient-domain fusion of copied pieces (Photomontage, Agarwala et al. 2004): at every seam the
+    output's step becomes the mean of the two pieces' own steps there, by a smooth correction
+    (:func:`jump_correction`) that fades out within about ``blend`` pixels.
+
+    A seam pair (i, j) (:func:`pixelnn.evaluation.coherence.seam_mask`: the two pixels do not continue
+    one copy) copies pixel a of exemplar k and pixel b of exemplar l. Its target step is the mean of
+    the steps each exemplar has there, ``r_k[a + d] - r_k[a]`` and ``r_l[b] - r_l[b - d]`` (either alone
+    at an exemplar's edge), instead of the jump ``r_l[b] - r_k[a]`` between two unrelated pixels. Every
+    pixel keeps its source: the correction holds no exemplar's pixels, only the low-frequency misfit
+    of the pieces.
+
+    Parameters
+    ----------
+    outs : Tensor, (O, P, 3) float
+        Composed outputs (in the residual space), before rounding.
+    f : Tensor, (P, 3) float
+        f(x) in that space.
+    residual : Tensor, (K, P, 3) float
+        The exemplar residuals that were copied.
+    rank, pos : Tensor, (O, P) int64
+        Each output pixel's exemplar (index into ``residual``) and source pixel.
+    height, width : int
+    blend : float, > 0
+
+    Returns
+    -------
+    Tensor, (O, P, 3) float
+        The fused outputs, one at a time in float64 (independent of the batch).
+    """
+    h, w, p = height, width, height * width
+    k = residual.shape[0]
+    flat = residual.reshape(k * p, -1).to(torch.float64)  # (K P, 3)
+    fused = torch.empty_like(outs)
+    for o in range(len(outs)):
+        rk, ps = rank[o].reshape(h, w), pos[o].reshape(h, w)
+        sy, sx = ps // w, ps % w
+        u = (outs[o].to(torch.float64) - f.to(torch.float64)).reshape(h, w, -1)  # the output's residual
+
+        def step(a_r, a_y, a_x, dy, dx):  # an exemplar's own step from (a_y, a_x) to (a_y + dy, a_x + dx)
+            ok = (a_y >= 0) & (a_x >= 0) & (a_y + dy < h) & (a_x + dx < w)  # both inside the exemplar
+            here = a_r * p + a_y.clamp(0, h - 1) * w + a_x.clamp(0, w - 1)
+            there = a_r * p + (a_y + dy).clamp(0, h - 1) * w + (a_x + dx).clamp(0, w - 1)
+            return (flat[there] - flat[here]) * ok[..., None], ok
+
+        jumps = []
+        for dy, dx in ((0, 1), (1, 0)):
+            ri, yi, xi = (t[:h - dy, :w - dx] for t in (rk, sy, sx))  # the pair's first pixel
+            rj, yj, xj = (t[dy:, dx:] for t in (rk, sy, sx))  # and its second
+            seam = ~((ri == rj) & (yj == yi + dy) & (xj == xi + dx))
+            g1, ok1 = step(ri, yi, xi, dy, dx)  # the first piece's own step there
+            g2, ok2 = step(rj, yj - dy, xj - dx, dy, dx)  # the second piece's own step (from b - d to b)
+            n = (ok1.to(torch.float64) + ok2.to(torch.float64)).clamp_min(1)[..., None]
+            target = (g1 + g2) / n  # (H', W', 3)
+            actual = u[dy:, dx:] - u[:h - dy, :w - dx]
+            jumps.append(((actual - target) * (seam & (ok1 | ok2))[..., None]).permute(2, 0, 1))
+        c = jump_correction(jumps[0], jumps[1], blend).permute(1, 2, 0).reshape(p, -1)
+        fused[o] = (outs[o].to(torch.float64) + c).to(outs.dtype)
+    return fused
 
 
 @torch.inference_mode()
@@ -330,7 +423,7 @@ def blend_borders(outputs: np.ndarray, stage1: np.ndarray, region: np.ndarray, w
 def recompose(stage1: np.ndarray, store: Any, exemplar: np.ndarray, source_y: np.ndarray, source_x: np.ndarray,
               color: str = "rgb", vote: int = 1, highpass_sigma: float = 0.0, chroma_weight: float = 1.0,
               region: np.ndarray | None = None, region_neighbours: Any = None,
-              region_blend: float = 0.0) -> np.ndarray:
+              region_blend: float = 0.0, seam_blend: float = 0.0) -> np.ndarray:
     """Rebuild ``matched`` or ``coherent`` outputs from saved correspondences and the exemplar store alone.
 
     Parameters
@@ -341,7 +434,7 @@ def recompose(stage1: np.ndarray, store: Any, exemplar: np.ndarray, source_y: np
         The library (:class:`pixelnn.store.ExemplarStore`: its ``take("photos" | "stage1", positions)``).
     exemplar, source_y, source_x : ndarray, (O, H, W) int
         Library position and source pixel of every output pixel (``correspondences.npz``).
-    color, vote, highpass_sigma, chroma_weight
+    color, vote, highpass_sigma, chroma_weight, seam_blend
         As given to :func:`compose_copied` (the resolved options in the synthesis ``manifest.json``).
     region, region_neighbours : ndarray, optional
         A region result's region map (H, W) and its sets' neighbours (R + 1, K), -1 padded
@@ -362,6 +455,8 @@ def recompose(stage1: np.ndarray, store: Any, exemplar: np.ndarray, source_y: np
     rank = torch.from_numpy(rank.reshape(len(exemplar), p).astype(np.int64))
     pos = torch.from_numpy((np.asarray(source_y) * w + np.asarray(source_x)).reshape(len(exemplar), p).astype(np.int64))
     outs = f[None] + vote_residuals(residual, rank, pos, h, w, vote)
+    if seam_blend > 0:
+        outs = fuse_seams(outs, f, residual, rank, pos, h, w, seam_blend)
     outs = _to_rgb_uint8(outs, space).reshape(len(exemplar), h, w, 3)
     if region is None or region_blend <= 0:
         return outs

@@ -148,7 +148,7 @@ class CompositionMode:
         """The outputs (O, H, W, 3) uint8 from f(x) (H, W, 3), the neighbours' photos and f(x_k) (K, H, W, 3)."""
         return compose_copied(stage1, ex_photos, ex_stage1, matches.rank.cpu(), matches.pos.cpu(),
                               color=options.color, vote=options.vote_size, highpass_sigma=options.highpass_sigma,
-                              chroma_weight=options.chroma_weight)
+                              chroma_weight=options.chroma_weight, seam_blend=options.seam_blend)
 
     def recorded(self, matches: Matches, specs: Sequence[OutputSpec]) -> tuple[torch.Tensor, torch.Tensor]:
         """The (rank, pos) correspondences recorded for the outputs, (O, P) each: by default the copied ones,

@@ -60,6 +60,7 @@ NUMBER_BOUNDS: dict[str, tuple[float | None, float | None, dict[str, bool]]] = {
     "pca_dims": (0, None, {"integer": True}),  # 0: the full descriptor
     "num_outputs": (1, None, {"integer": True}),
     "region_blend": (0, 10000, {}),  # pixels; 0: the bare copies
+    "seam_blend": (0, 10000, {}),  # pixels; 0: no fusion
 }
 OPTIONS_FORMAT = "pixelnn-synthesis-options"
 #: Prefix of a mask given inline (not as a file): ``packbits:<H>x<W>:<base64 of numpy.packbits(mask)>``.
@@ -336,6 +337,10 @@ class SynthesisOptions:
         default set (the top-level filters). Overlaps: the later region wins, like layers painted in
         order. Empty (default): the whole image uses the default set, exactly as without regions.
         See docs/synthesis.md.
+    seam_blend : float
+        ``matched`` and ``coherent``: gradient-domain fusion of the copied pieces at every seam over
+        about this many pixels (:func:`pixelnn.compose.fuse_seams`; every pixel keeps its source);
+        0 (default): the copies as they are.
     region_blend : float
         With regions: the colour step where two sets meet is spread over about this many pixels on
         either side (:func:`pixelnn.compose.blend_borders`, Poisson blending of the low frequencies;
@@ -361,6 +366,7 @@ class SynthesisOptions:
     like_k: int = DEFAULT_LIKE_K
     regions: tuple[Region, ...] = ()
     region_blend: float = DEFAULT_REGION_BLEND
+    seam_blend: float = 0.0
 
     def __post_init__(self) -> None:
         from pixelnn.modes import mode_names
@@ -387,6 +393,7 @@ class SynthesisOptions:
             if getattr(self, name) is not None:  # a whole float from JSON (3.0) becomes an int
                 set_(name, check_number(name, getattr(self, name), *bounds[:2], **bounds[2]))
         set_("region_blend", float(self.region_blend))
+        set_("seam_blend", float(self.seam_blend))
         set_("where", _where(self.where))
         set_("exemplars", tuple(str(e) for e in _items("exemplars", self.exemplars)))
         set_("like", tuple(str(p) for p in _items("like", self.like)))
