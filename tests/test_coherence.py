@@ -58,5 +58,5 @@ def test_seam_visibility_known_answer():
     img[0, :, 3:, 0] += 20  # ... and the seam adds 20
     v = seam_visibility(img, ex, yy[None], xx[None])
     # seam pairs: 6 horizontal steps of 22/3 (mean over RGB); other pairs: 24 horizontal of 2/3, 30 vertical of 0
-    assert v.shape == (1,) and np.isclose(v[0], (22 / 3) / ((24 * 2 / 3) / 54))
+    assert v.shape == (1,) and np.isclose(v[0], (22 / 3) / ((24 * 2 / 3) / 54) - 1)
     assert np.isnan(seam_visibility(img[0], np.zeros((h, w), int), yy, xx))  # one copy: no seam

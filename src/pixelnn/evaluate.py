@@ -572,8 +572,8 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
                          f"then over inputs; the correspondences the pipeline records for composition mode "
                          f"{options.mode!r}; PixelNN only (pix2pix and stage 1 have none: null)",
             "seam_visibility": "per output, the mean colour step (mean over RGB of |out_i - out_j|) across its seam "
-                               "pairs over that across its other 4-neighbour pairs "
-                               "(pixelnn.evaluation.coherence.seam_visibility; about 1: seams do not show), mean "
+                               "pairs over that across its other 4-neighbour pairs, minus 1 "
+                               "(pixelnn.evaluation.coherence.seam_visibility; 0: seams do not show), mean "
                                "over the outputs with both kinds of pairs, then over inputs; PixelNN only",
         },
         "methods": summary,

@@ -107,7 +107,7 @@ def evaluation_sections(metrics: dict, image_dir: str) -> list[Section]:
         elif faith == "edges":
             row += [_fmt(s.get("faithfulness_ap")), _fmt(s.get("faithfulness_f1"))]
         kid = "–" if s.get("kid") is None else f"{s['kid'] * 1000:.2f} ± {s['kid_std'] * 1000:.2f}"
-        row += [_fmt(s.get("diversity_lpips")), _fmt(s.get("seam_rate")), _fmt(s.get("seam_visibility"), 2),
+        row += [_fmt(s.get("diversity_lpips")), _fmt(s.get("seam_rate")), _fmt(s.get("seam_visibility"), 3),
                 _fmt(s.get("fid"), 1), kid,
                 _fmt(s.get("spectral_distance_db"), 2)]
         other.append(row)

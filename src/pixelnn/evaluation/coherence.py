@@ -151,12 +151,12 @@ def _colour_steps(outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def seam_visibility(outputs: np.ndarray, exemplar: np.ndarray, source_y: np.ndarray,
                     source_x: np.ndarray) -> np.ndarray | float:
-    """How much the seams of a composition show: the mean colour step across its seam pairs over the mean
-    colour step across its other pairs.
+    """How much the seams of a composition show: the excess of the mean colour step across its seam pairs
+    over the mean colour step across its other pairs, relative to the latter (``seam / other - 1``).
 
     A seam (:func:`seam_mask`) joins two copied pieces. Where pieces meet seamlessly their step is like
-    any other neighbour pair's and the ratio is near 1; a patchwork of mismatched pieces has large
-    steps at its seams and a ratio well above 1.
+    any other neighbour pair's and the visibility is near 0; a patchwork of mismatched pieces has
+    large steps at its seams (0.3: seams step 30% more than the rest).
 
     Parameters
     ----------
@@ -167,7 +167,7 @@ def seam_visibility(outputs: np.ndarray, exemplar: np.ndarray, source_y: np.ndar
     Returns
     -------
     float or ndarray of shape (...)
-        One ratio per output; NaN for an output without seams or without non-seam pairs.
+        One value per output; NaN for an output without seams or without non-seam pairs.
     """
     horizontal, vertical = seam_mask(exemplar, source_y, source_x)
     step_h, step_v = _colour_steps(outputs)
@@ -179,6 +179,6 @@ def seam_visibility(outputs: np.ndarray, exemplar: np.ndarray, source_y: np.ndar
     rest_sum = (step_h * ~horizontal).sum(axis=axes) + (step_v * ~vertical).sum(axis=axes)
     rest_n = (~horizontal).sum(axis=axes) + (~vertical).sum(axis=axes)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = (seam_sum / seam_n) / (rest_sum / rest_n)
+        ratio = (seam_sum / seam_n) / (rest_sum / rest_n) - 1
     ratio = np.where((seam_n > 0) & (rest_n > 0), ratio, np.nan)
     return float(ratio) if np.ndim(ratio) == 0 else ratio
