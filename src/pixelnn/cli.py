@@ -18,10 +18,10 @@ from typing import Sequence
 
 from pixelnn import __version__
 from pixelnn.config import (DIRECTIONS, EDGE_METHODS, MAX_BASE_CHANNELS, MAX_BATCH_SIZE, MAX_DEPTH, MAX_HED_SCALE,
-                            MAX_LR, MAX_SEED, MAX_SIZE, PERCEPTUAL_LAYERS, TASKS, TaskConfig, TrainConfig,
+                            MAX_LR, MAX_SEED, MAX_SIZE, MAX_THREADS, PERCEPTUAL_LAYERS, TASKS, TaskConfig, TrainConfig,
                             check_number)
 from pixelnn.engine import add_engine_options, one_line
-from pixelnn.errors import PixelNNError
+from pixelnn.errors import PixelNNError, printable
 from pixelnn.options import MAX_TOP_K, NUMBER_BOUNDS, SynthesisOptions
 
 log = logging.getLogger("pixelnn")
@@ -39,7 +39,7 @@ NUMERIC_FLAGS: dict[str, tuple[float | None, float | None, dict[str, bool]]] = {
     "val_fraction": (0, 1, {}), "test_fraction": (0, 1, {}), "limit": (1, None, _INT),
     # train, baseline-train, demo (and the torch threads of several commands)
     "steps": (0, None, _INT), "minutes": (0, None, _ABOVE), "batch_size": (1, MAX_BATCH_SIZE, _INT),
-    "lr": (0, MAX_LR, _ABOVE), "seed": (0, MAX_SEED, _INT), "threads": (1, None, _INT),
+    "lr": (0, MAX_LR, _ABOVE), "seed": (0, MAX_SEED, _INT), "threads": (1, MAX_THREADS, _INT),
     "val_every": (1, None, _INT), "sample_every": (0, None, _INT), "base_channels": (1, MAX_BASE_CHANNELS, _INT),
     "depth": (0, MAX_DEPTH, _INT), "perceptual_weight": (0, None, {}),
     # index, library

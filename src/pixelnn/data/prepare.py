@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pixelnn.config import TaskConfig
+from pixelnn.config import MAX_THREADS, TaskConfig
 from pixelnn.data.dataset import SPLITS, SplitData, assign_split, write_dataset
 from pixelnn.data.images import (BAD_NAME, CORRUPT, DEFAULT_MAX_PIXELS, FITS, NO_FACE, SKIP_REASONS, TOO_LARGE,
                                  UNSAFE_PATH, UnusableImage, choose_fit, decode_image, fit_image, is_grayscale,
@@ -195,8 +195,8 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
         raise PixelNNError(f"val fraction + test fraction must be below 1, got {val_fraction + test_fraction}")
     if limit is not None and limit < 1:
         raise PixelNNError(f"limit must be at least 1, got {limit}")
-    if threads is not None and threads < 1:
-        raise PixelNNError(f"threads must be at least 1, got {threads}")
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise PixelNNError(f"threads must be between 1 and {MAX_THREADS}, got {threads}")
     if max_upscale < 1.0:
         raise PixelNNError(f"max_upscale must be >= 1, got {max_upscale}")
     out_dir = Path(out_dir).expanduser()
