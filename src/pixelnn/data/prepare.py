@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -108,10 +109,44 @@ class PrepareReport:
         return "\n".join(lines)
 
 
+def _warnings_held(fn):
+    """Hold back the warnings that ``fn`` logs (here and in :mod:`pixelnn.data.sources`: refused zip entries,
+    a malformed identity file...) until it returns; when it fails with a PixelNNError they are dropped, so the
+    error is the one line printed (its message already counts the skipped files)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        held: list[logging.LogRecord] = []
+
+        def hold(record: logging.LogRecord) -> bool:
+            if record.levelno >= logging.WARNING:
+                held.append(record)
+                return False
+            return True
+
+        loggers = [log, logging.getLogger("pixelnn.data.sources")]
+        for lg in loggers:
+            lg.addFilter(hold)
+        try:
+            result = fn(*args, **kwargs)
+        except PixelNNError:
+            held.clear()
+            raise
+        finally:
+            for lg in loggers:
+                lg.removeFilter(hold)
+            for record in held:
+                logging.getLogger(record.name).handle(record)
+        return result
+
+    return run
+
+
 def _skip_text(skipped: dict[str, int]) -> str:
     return ", ".join(f"{v} {k}" for k, v in skipped.items() if v) or "none"
 
 
+@_warnings_held
 def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task: TaskConfig, *,
                     fit: str = "auto", val_fraction: float = 0.05, test_fraction: float = 0.05,
                     limit: int | None = None, overwrite: bool = False, progress: bool = True,
