@@ -74,12 +74,54 @@ def check_numeric_flags(args: argparse.Namespace) -> None:
             check_number(flag_name(dest), value, lo, hi, **kinds)
 
 
-def check_out_folder(out: str | None) -> None:
-    """``--out`` must be a folder that is there or can be made: a one-line PixelNNError when it (or the nearest
-    existing folder above it) is a file or cannot be written in. Store URLs (``s3://...``) are left to the store."""
+#: The arguments that name files or folders (argparse ``dest``), checked by :func:`check_path_args`.
+PATH_DESTS = ("source", "out", "data_dir", "model", "init_from", "add", "library", "new", "inputs", "options", "like",
+              "labels", "results", "data", "pix2pix", "report_dirs")
+#: Longest file name (one path component) and path, in bytes, that the file systems PixelNN runs on take.
+NAME_MAX, PATH_MAX = 255, 4096
+
+
+def check_path_args(args: argparse.Namespace) -> None:
+    """A one-line PixelNNError for a path argument that no file system takes, before any file is touched: a name
+    (one component) over :data:`NAME_MAX` bytes or a path over :data:`PATH_MAX` (the OS would raise
+    ENAMETOOLONG from every check of it), or a NUL character (Python raises ValueError). Store URLs are skipped."""
+    for dest in PATH_DESTS:
+        values = getattr(args, dest, None)
+        for v in [values] if isinstance(values, str) else values if isinstance(values, list) else []:
+            if not isinstance(v, str) or "://" in v:
+                continue
+            shown = printable(v if len(v) <= 60 else v[:50] + "...")
+            if "\0" in v:
+                raise PixelNNError(f"{shown}: a path cannot hold a NUL character")
+            try:
+                b = os.fsencode(v)
+            except UnicodeError:  # not a file system name at all: the OS call will say so
+                continue
+            longest = max(len(part) for part in b.split(b"/"))
+            if longest > NAME_MAX or len(b) > PATH_MAX:
+                raise PixelNNError(f"{shown}: file name too long ({longest} bytes in one name, {len(b)} in all; at "
+                                   f"most {NAME_MAX} and {PATH_MAX})")
+
+
+def check_out_folder(out: str | None, replaces: bool = False, name: str = "--out") -> None:
+    """``--out`` must be a folder that is there or can be made: a one-line PixelNNError when it is empty (an unset
+    shell variable: ``--out "$DIR"``), when it (or the nearest existing folder above it) is a file or cannot be
+    written in, and, when the command ``replaces`` the folder (``--overwrite``), when it is the current folder
+    or one above it (replacing it would delete everything in it). Store URLs (``s3://...``) are left to the
+    store."""
     if out is None or "://" in str(out):
         return
+    if not str(out).strip():
+        raise PixelNNError(f"{name} is empty: give a folder")
     path = Path(out)
+    if replaces:
+        try:
+            here, target = Path.cwd().resolve(), path.resolve()
+        except (OSError, RuntimeError):
+            here = target = None
+        if target is not None and (target == here or target in here.parents):
+            raise PixelNNError(f"{name} {printable(out)} is the current folder or one above it: --overwrite would "
+                               f"replace it and everything in it; give a new folder")
     if path.exists() and not path.is_dir():
         raise PixelNNError(f"--out {out} is a file, not a folder")
     there = next((p for p in (path, *path.parents) if p.exists()), Path("."))  # the nearest existing one
@@ -401,7 +443,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
                             overwrite=args.overwrite, pixel_cache=not args.no_pixel_cache, device=args.device,
                             progress=not args.quiet, **engine_options(args))
     for path, why in done.failed:  # one line each; the others were synthesized
-        print(f"pixelnn synthesize: error: {why}", file=sys.stderr)
+        print(f"pixelnn synthesize: error: {printable(why)}", file=sys.stderr)
     if done.done or done.skipped or not done.failed:
         print(done.summary())
     return 2 if done.failed else 0
@@ -482,8 +524,16 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, as every other error: ``pixelnn train: error: argument --steps:
+    invalid int value: 'x' (pixelnn train --help lists the options)``, exit status 2, no usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {printable(message)} ({self.prog} --help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pixelnn", description="PixelNN: example-based image synthesis")
+    parser = _Parser(prog="pixelnn", description="PixelNN: example-based image synthesis")
     parser.add_argument("--version", action="version", version=f"pixelnn {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
@@ -680,7 +730,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tolerant_output() -> None:
+    """Let stdout and stderr print any path: a file name that is not UTF-8 (held as surrogates) is written
+    with backslash escapes instead of failing with UnicodeEncodeError after the work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError, AttributeError):  # a stream that cannot change: leave it
+                pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    _tolerant_output()
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
@@ -693,14 +755,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         check_numeric_flags(args)
-        check_out_folder(getattr(args, "out", None))
+        check_path_args(args)
+        # synthesize --overwrite replaces the results inside OUT, the others OUT itself
+        check_out_folder(getattr(args, "out", None),
+                         replaces=bool(getattr(args, "overwrite", False)) and args.command != "synthesize")
+        if args.command == "library" and args.new and "://" not in args.new:  # upgrade's NEW, replaced likewise
+            check_out_folder(args.new, replaces=args.overwrite, name="NEW")
         return args.func(args)
-    except PixelNNError as e:
-        print(f"pixelnn {args.command}: error: {e}", file=sys.stderr)
+    except PixelNNError as e:  # one line, whatever it names (a file name with a newline is written \n)
+        print(f"pixelnn {args.command}: error: {printable(e)}", file=sys.stderr)
         return 2
     except (OSError, ValueError, UnicodeError) as e:  # the last line of defence: the checks should come first
         log.debug("unexpected error", exc_info=True)  # -v shows the traceback
-        print(f"pixelnn {args.command}: error: {one_line(e)}", file=sys.stderr)
+        print(f"pixelnn {args.command}: error: {printable(one_line(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"pixelnn {args.command}: interrupted", file=sys.stderr)

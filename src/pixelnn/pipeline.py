@@ -40,7 +40,7 @@ from pixelnn.config import TaskConfig
 from pixelnn.data.images import DEFAULT_MAX_PIXELS, UnusableImage, decode_image, fit_image
 from pixelnn.descriptors import PixelPCA, fit_pca, make_descriptor
 from pixelnn.devices import resolve_device
-from pixelnn.errors import PixelNNError
+from pixelnn.errors import PixelNNError, printable
 from pixelnn.io import atomic_dir, config_from, need, save_image
 from pixelnn.zarr_store import open_library
 from pixelnn.matching import OutputSpec
@@ -771,19 +771,20 @@ def load_image_file(path: str | Path, size: int | None = None, fit: str = "pad",
     """
     path = Path(path)
     if not path.is_file():
-        raise PixelNNError(f"no such image file: {path}")
+        raise PixelNNError(f"no such image file: {printable(path)}")
     if max_bytes is not None and path.stat().st_size > max_bytes:
-        raise PixelNNError(f"{path.name} is {path.stat().st_size / 2**20:.1f} MB; the limit is "
+        raise PixelNNError(f"{printable(path.name)} is {path.stat().st_size / 2**20:.1f} MB; the limit is "
                            f"{max_bytes / 2**20:.1f} MB")
     try:
         im = decode_image(str(path), max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
     except UnusableImage as e:
-        raise PixelNNError(f"cannot use {path.name}: {e}") from None
+        raise PixelNNError(f"cannot use {printable(path.name)}: {e}") from None
     if size is not None:
         return fit_image(im, size, fit, max_upscale=float("inf"))
     s = expect.input_size
     if im.size != (s, s):
-        log.warning("%s is %dx%d; resizing it to the model's %dx%d input", path, im.size[0], im.size[1], s, s)
+        log.warning("%s is %dx%d; resizing it to the model's %dx%d input", printable(path), im.size[0], im.size[1],
+                    s, s)
     return fit_input(im, expect)
 
 

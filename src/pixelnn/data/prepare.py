@@ -27,7 +27,7 @@ from pixelnn.data.images import (BAD_NAME, CORRUPT, DEFAULT_MAX_PIXELS, FITS, NO
                                  UNSAFE_PATH, UnusableImage, choose_fit, decode_image, fit_image, is_grayscale,
                                  pil_limits, split_pair)
 from pixelnn.data.sources import DEFAULT_MAX_FILE_BYTES, Layout, Source, open_source, plan_layout
-from pixelnn.errors import PixelNNError
+from pixelnn.errors import PixelNNError, printable
 
 log = logging.getLogger(__name__)
 
@@ -237,30 +237,30 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
     out_dir = Path(out_dir).expanduser()
     src_path = Path(source).expanduser()
     if out_dir.exists() and not overwrite:
-        raise PixelNNError(f"{out_dir} already exists; pass --overwrite to replace it")
+        raise PixelNNError(f"{printable(out_dir)} already exists; pass --overwrite to replace it")
     if out_dir.exists() and not out_dir.is_dir():
-        raise PixelNNError(f"{out_dir} exists and is not a folder")
+        raise PixelNNError(f"{printable(out_dir)} exists and is not a folder")
     if src_path.exists():
         rs, ro = src_path.resolve(), out_dir.resolve()
         if rs == ro or ro in rs.parents:
-            raise PixelNNError(f"the output {out_dir} must not contain the source {src_path}")
+            raise PixelNNError(f"the output {printable(out_dir)} must not contain the source {printable(src_path)}")
 
     with open_source(src_path, exclude=out_dir) as src:
         skipped = {r: 0 for r in SKIP_REASONS}
         skipped[UNSAFE_PATH], skipped[BAD_NAME] = src.unsafe, src.bad_names
         if src.unsafe:
             log.warning("%s: refused %d zip entries with absolute paths, '..' components or symlinks",
-                        src.path, src.unsafe)
+                        printable(src.path), src.unsafe)
         if src.bad_names:
             log.warning("%s: left out %d image files whose names are not UTF-8 (rename them to use them)",
-                        src.path, src.bad_names)
+                        printable(src.path), src.bad_names)
         if not src.images:
             what = (f" ({src.unsafe} unsafe entries refused)" if src.unsafe else "") + \
                 (f" ({src.bad_names} files with names that are not UTF-8 left out)" if src.bad_names else "")
-            raise PixelNNError(f"no images found in {src.path}{what}; looked for "
+            raise PixelNNError(f"no images found in {printable(src.path)}{what}; looked for "
                                f".jpg .jpeg .png .bmp .gif .tif .tiff .webp files")
         layout = plan_layout(src, label_names)
-        log.info("%s %s: %d image files%s%s", src.kind, src.path, len(src.images),
+        log.info("%s %s: %d image files%s%s", src.kind, printable(src.path), len(src.images),
                  f", collection root {layout.root!r}" if layout.root else "",
                  f", split folders {', '.join(layout.split_folders)}" if layout.presplit else "")
 
@@ -314,7 +314,7 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
         per_split, upscaled, n_used = collected
         skipped = {k: v for k, v in skipped.items() if v}
         if n_used == 0:
-            raise PixelNNError(f"no usable images in {src.path}: {len(src.images)} image files, "
+            raise PixelNNError(f"no usable images in {printable(src.path)}: {len(src.images)} image files, "
                                f"skipped {_skip_text(skipped)}")
         if skipped:
             log.warning("skipped %d of %d files: %s",
@@ -333,7 +333,7 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
             log.warning("skipped %d of %d photos where no face was found", no_face, n_used)
             n_used -= no_face
             if n_used == 0:
-                raise PixelNNError(f"no usable images in {src.path}: no face found in any of the {no_face} photos "
+                raise PixelNNError(f"no usable images in {printable(src.path)}: no face found in any of the {no_face} photos "
                                    f"(the normals task needs aligned face crops, e.g. CelebA's)")
         if not len(splits.get("train", ())):
             log.warning("the train split is empty (only %d usable images)", n_used)
