@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -494,8 +495,38 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+#: A host name as RFC 1123 spells one (labels of letters, digits and inner dashes, dot-separated).
+_HOST_NAME = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+                        r"[A-Za-z0-9])?)*\.?")
+
+
+def check_serve_address(host: str, port: int) -> None:
+    """``serve``'s ``--host`` and ``--port``, before the model loads (seconds) rather than at the bind: a host that is
+    neither an IP address nor a host name, or (for an IP address or ``localhost``) an address this machine cannot
+    listen on or a port in use, is a one-line PixelNNError. Other names are left to the bind (no DNS lookup here)."""
+    import ipaddress
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        if not _HOST_NAME.fullmatch(host) or re.fullmatch(r"[0-9.]+", host):  # 999.1.1.1: no address, no name
+            raise PixelNNError(f"--host {printable(host)!r} is neither an IP address nor a host name") from None
+        if host.lower().rstrip(".") != "localhost":
+            return
+        family, host = socket.AF_INET, "127.0.0.1"
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise PixelNNError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from pixelnn.web import serve
+
+    check_serve_address(args.host, args.port)
 
     serve(args.model, host=args.host, port=args.port, library_dir=_library_dir(args.library),
           max_upload_bytes=int(args.max_upload_mb * 2**20), max_upload_pixels=int(args.max_upload_mp * 1e6),
