@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pixelnn.errors import PixelNNError
+from pixelnn.errors import PixelNNError, printable
 from pixelnn.options import MODE_FIELDS, parse_sets, parse_windows  # noqa: F401 (parse_*: part of this API)
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no phoning home
@@ -360,7 +360,7 @@ class WebApp:
             self.pipe.allowed_positions(self.default_options().replace(where=region.where, exemplars=region.exemplars,
                                                                        like=region.like))
         except PixelNNError as e:
-            raise PixelNNError(f"region ({region_set_text(region)}): {e}") from None
+            raise PixelNNError(f"region ({printable(region_set_text(region))}): {e}") from None
         return region
 
     def _keep_photo(self, path: str) -> str:
