@@ -452,13 +452,13 @@ class PixelNNPipeline:
         needed = max(max(s.ranks) for s in specs) + 1
         if len(neighbours) >= needed:
             return specs
+        kept = [s for s in specs if max(s.ranks) < len(neighbours)]
+        if not kept:  # the error alone (no warning line above it)
+            raise PixelNNError(f"{what}only {len(neighbours)} exemplars available: no output's exemplar set fits")
         log.warning(what + "%d exemplars retrieved (top_k=%d, %s available after filters) but the outputs use up to %d; "
                     "outputs needing more are dropped", len(neighbours), options.top_k,
                     "all" if allowed is None else len(allowed), needed)
-        specs = [s for s in specs if max(s.ranks) < len(neighbours)]
-        if not specs:
-            raise PixelNNError(f"{what}only {len(neighbours)} exemplars available: no output's exemplar set fits")
-        return specs
+        return kept
 
     def describe(self, x: np.ndarray, stage1: np.ndarray, neighbours: Neighbours, options: SynthesisOptions,
                  query: torch.Tensor | None = None) -> Descriptors:
