@@ -92,6 +92,8 @@ def check_path_args(args: argparse.Namespace) -> None:
             if not isinstance(v, str) or "://" in v:
                 continue
             shown = printable(v if len(v) <= 60 else v[:50] + "...")
+            if not v.strip():  # Path("") is the current folder: an unset shell variable, most likely
+                raise PixelNNError(f"an empty path {v!r} was given (for {dest.replace('_', ' ')})")
             if "\0" in v:
                 raise PixelNNError(f"{shown}: a path cannot hold a NUL character")
             try:
