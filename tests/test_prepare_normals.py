@@ -177,7 +177,7 @@ def test_prepare_threads_default_to_one_for_normals_and_are_restored(tmp_path, m
     prepare_dataset(tmp_path / "src", tmp_path / "b", TaskConfig(name="normals", size=S), fit="crop", progress=False,
                     threads=2)
     assert seen[-1] == 2 and torch.get_num_threads() == before
-    with pytest.raises(PixelNNError, match="threads must be at least 1, got 0"):
+    with pytest.raises(PixelNNError, match="threads must be between 1 and 1024, got 0"):
         prepare_dataset(tmp_path / "src", tmp_path / "c", TaskConfig(name="normals", size=S), threads=0)
     from pixelnn.cli import build_parser
 

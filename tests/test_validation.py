@@ -94,7 +94,7 @@ BAD_FLAGS = [
      "--test-fraction must be"),
     (["prepare", NOWHERE, "--task", "superres", "--out", NOWHERE + "/d", "--limit", "0"], "--limit must be"),
     (["prepare", NOWHERE, "--task", "superres", "--out", NOWHERE + "/d", "--threads", "0"],
-     "--threads must be an integer >= 1, got 0"),
+     "--threads must be an integer between 1 and 1024, got 0"),
     # train
     (["train", NOWHERE, "--out", NOWHERE + "/m", "--batch-size", "-1"], "--batch-size must be an integer between 1"),
     (["train", NOWHERE, "--out", NOWHERE + "/m", "--batch-size", "0"], "--batch-size must be an integer between 1"),
@@ -112,7 +112,7 @@ BAD_FLAGS = [
     (["train", NOWHERE, "--out", NOWHERE + "/m", "--base-channels", "0"], "--base-channels must be an integer"),
     (["train", NOWHERE, "--out", NOWHERE + "/m", "--perceptual-weight", "nan"], "--perceptual-weight must be"),
     (["train", NOWHERE, "--out", NOWHERE + "/m", "--seed", "-1"], "--seed must be an integer between 0"),
-    (["train", NOWHERE, "--out", NOWHERE + "/m", "--threads", "0"], "--threads must be an integer >= 1"),
+    (["train", NOWHERE, "--out", NOWHERE + "/m", "--threads", "0"], "--threads must be an integer between 1 and 1024"),
     # baseline-train
     (["baseline-train", NOWHERE, "--out", NOWHERE + "/p", "--batch-size", "0"], "--batch-size must be"),
     (["baseline-train", NOWHERE, "--out", NOWHERE + "/p", "--minutes", "inf"], "--minutes must be a number > 0"),
@@ -143,7 +143,7 @@ BAD_FLAGS = [
     (["serve", "--model", NOWHERE, "--max-upload-mb", "nan"], "--max-upload-mb must be a number > 0, got nan"),
     (["serve", "--model", NOWHERE, "--max-upload-mb", "0"], "--max-upload-mb must be a number > 0, got 0"),
     (["serve", "--model", NOWHERE, "--max-upload-mp", "inf"], "--max-upload-mp must be a number > 0, got inf"),
-    (["serve", "--model", NOWHERE, "--threads", "0"], "--threads must be an integer >= 1"),
+    (["serve", "--model", NOWHERE, "--threads", "0"], "--threads must be an integer between 1 and 1024"),
     # demo
     (["demo", "--out", NOWHERE, "--minutes", "0"], "--minutes must be a number > 0, got 0"),
     (["demo", "--out", NOWHERE, "--minutes", "nan"], "--minutes must be a number > 0, got nan"),
@@ -326,7 +326,7 @@ def test_task_config_checks_itself(kwargs, message):
     ({"minutes": -1}, "minutes must be a number > 0, got -1"),
     ({"minutes": math.inf}, "minutes must be"),
     ({"seed": -1}, "seed must be an integer between 0"),
-    ({"num_threads": 0}, "threads must be an integer >= 1"),
+    ({"num_threads": 0}, "threads must be an integer between 1 and 1024"),
     ({"weight_decay": math.nan}, "weight decay must be a number >= 0"),
     ({"perceptual_weight": -1}, "perceptual weight must be a number >= 0, got -1"),
     ({"clock": "sundial"}, "invalid clock 'sundial'; valid: wall, cpu"),

@@ -12,16 +12,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from pixelnn import __version__
 from pixelnn.config import (DIRECTIONS, EDGE_METHODS, MAX_BASE_CHANNELS, MAX_BATCH_SIZE, MAX_DEPTH, MAX_HED_SCALE,
-                            MAX_LR, MAX_SEED, MAX_SIZE, PERCEPTUAL_LAYERS, TASKS, TaskConfig, TrainConfig,
+                            MAX_LR, MAX_SEED, MAX_SIZE, MAX_THREADS, PERCEPTUAL_LAYERS, TASKS, TaskConfig, TrainConfig,
                             check_number)
 from pixelnn.engine import add_engine_options, one_line
-from pixelnn.errors import PixelNNError
+from pixelnn.errors import PixelNNError, printable
 from pixelnn.options import MAX_TOP_K, NUMBER_BOUNDS, SynthesisOptions
 
 log = logging.getLogger("pixelnn")
@@ -39,7 +40,7 @@ NUMERIC_FLAGS: dict[str, tuple[float | None, float | None, dict[str, bool]]] = {
     "val_fraction": (0, 1, {}), "test_fraction": (0, 1, {}), "limit": (1, None, _INT),
     # train, baseline-train, demo (and the torch threads of several commands)
     "steps": (0, None, _INT), "minutes": (0, None, _ABOVE), "batch_size": (1, MAX_BATCH_SIZE, _INT),
-    "lr": (0, MAX_LR, _ABOVE), "seed": (0, MAX_SEED, _INT), "threads": (1, None, _INT),
+    "lr": (0, MAX_LR, _ABOVE), "seed": (0, MAX_SEED, _INT), "threads": (1, MAX_THREADS, _INT),
     "val_every": (1, None, _INT), "sample_every": (0, None, _INT), "base_channels": (1, MAX_BASE_CHANNELS, _INT),
     "depth": (0, MAX_DEPTH, _INT), "perceptual_weight": (0, None, {}),
     # index, library
@@ -74,12 +75,56 @@ def check_numeric_flags(args: argparse.Namespace) -> None:
             check_number(flag_name(dest), value, lo, hi, **kinds)
 
 
-def check_out_folder(out: str | None) -> None:
-    """``--out`` must be a folder that is there or can be made: a one-line PixelNNError when it (or the nearest
-    existing folder above it) is a file or cannot be written in. Store URLs (``s3://...``) are left to the store."""
+#: The arguments that name files or folders (argparse ``dest``), checked by :func:`check_path_args`.
+PATH_DESTS = ("source", "out", "data_dir", "model", "init_from", "add", "library", "new", "inputs", "options", "like",
+              "labels", "results", "data", "pix2pix", "report_dirs")
+#: Longest file name (one path component) and path, in bytes, that the file systems PixelNN runs on take.
+NAME_MAX, PATH_MAX = 255, 4096
+
+
+def check_path_args(args: argparse.Namespace) -> None:
+    """A one-line PixelNNError for a path argument that no file system takes, before any file is touched: a name
+    (one component) over :data:`NAME_MAX` bytes or a path over :data:`PATH_MAX` (the OS would raise
+    ENAMETOOLONG from every check of it), or a NUL character (Python raises ValueError). Store URLs are skipped."""
+    for dest in PATH_DESTS:
+        values = getattr(args, dest, None)
+        for v in [values] if isinstance(values, str) else values if isinstance(values, list) else []:
+            if not isinstance(v, str) or "://" in v:
+                continue
+            shown = printable(v if len(v) <= 60 else v[:50] + "...")
+            if not v.strip():  # Path("") is the current folder: an unset shell variable, most likely
+                raise PixelNNError(f"an empty path {v!r} was given (for {dest.replace('_', ' ')})")
+            if "\0" in v:
+                raise PixelNNError(f"{shown}: a path cannot hold a NUL character")
+            try:
+                b = os.fsencode(v)
+            except UnicodeError:  # not a file system name at all: the OS call will say so
+                continue
+            longest = max(len(part) for part in b.split(b"/"))
+            if longest > NAME_MAX or len(b) > PATH_MAX:
+                raise PixelNNError(f"{shown}: file name too long ({longest} bytes in one name, {len(b)} in all; at "
+                                   f"most {NAME_MAX} and {PATH_MAX})")
+
+
+def check_out_folder(out: str | None, replaces: bool = False, name: str = "--out") -> None:
+    """``--out`` must be a folder that is there or can be made: a one-line PixelNNError when it is empty (an unset
+    shell variable: ``--out "$DIR"``), when it (or the nearest existing folder above it) is a file or cannot be
+    written in, and, when the command ``replaces`` the folder (``--overwrite``), when it is the current folder
+    or one above it (replacing it would delete everything in it). Store URLs (``s3://...``) are left to the
+    store."""
     if out is None or "://" in str(out):
         return
+    if not str(out).strip():
+        raise PixelNNError(f"{name} is empty: give a folder")
     path = Path(out)
+    if replaces:
+        try:
+            here, target = Path.cwd().resolve(), path.resolve()
+        except (OSError, RuntimeError):
+            here = target = None
+        if target is not None and (target == here or target in here.parents):
+            raise PixelNNError(f"{name} {printable(out)} is the current folder or one above it: --overwrite would "
+                               f"replace it and everything in it; give a new folder")
     if path.exists() and not path.is_dir():
         raise PixelNNError(f"--out {out} is a file, not a folder")
     there = next((p for p in (path, *path.parents) if p.exists()), Path("."))  # the nearest existing one
@@ -404,7 +449,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
                             overwrite=args.overwrite, pixel_cache=not args.no_pixel_cache, device=args.device,
                             progress=not args.quiet, **engine_options(args))
     for path, why in done.failed:  # one line each; the others were synthesized
-        print(f"pixelnn synthesize: error: {why}", file=sys.stderr)
+        print(f"pixelnn synthesize: error: {printable(why)}", file=sys.stderr)
     if done.done or done.skipped or not done.failed:
         print(done.summary())
     return 2 if done.failed else 0
@@ -455,8 +500,38 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+#: A host name as RFC 1123 spells one (labels of letters, digits and inner dashes, dot-separated).
+_HOST_NAME = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+                        r"[A-Za-z0-9])?)*\.?")
+
+
+def check_serve_address(host: str, port: int) -> None:
+    """``serve``'s ``--host`` and ``--port``, before the model loads (seconds) rather than at the bind: a host that is
+    neither an IP address nor a host name, or (for an IP address or ``localhost``) an address this machine cannot
+    listen on or a port in use, is a one-line PixelNNError. Other names are left to the bind (no DNS lookup here)."""
+    import ipaddress
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        if not _HOST_NAME.fullmatch(host) or re.fullmatch(r"[0-9.]+", host):  # 999.1.1.1: no address, no name
+            raise PixelNNError(f"--host {printable(host)!r} is neither an IP address nor a host name") from None
+        if host.lower().rstrip(".") != "localhost":
+            return
+        family, host = socket.AF_INET, "127.0.0.1"
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise PixelNNError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from pixelnn.web import serve
+
+    check_serve_address(args.host, args.port)
 
     serve(args.model, host=args.host, port=args.port, library_dir=_library_dir(args.library),
           max_upload_bytes=int(args.max_upload_mb * 2**20), max_upload_pixels=int(args.max_upload_mp * 1e6),
@@ -485,8 +560,16 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, as every other error: ``pixelnn train: error: argument --steps:
+    invalid int value: 'x' (pixelnn train --help lists the options)``, exit status 2, no usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {printable(message)} ({self.prog} --help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pixelnn", description="PixelNN: example-based image synthesis")
+    parser = _Parser(prog="pixelnn", description="PixelNN: example-based image synthesis")
     parser.add_argument("--version", action="version", version=f"pixelnn {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
@@ -683,7 +766,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tolerant_output() -> None:
+    """Let stdout and stderr print any path: a file name that is not UTF-8 (held as surrogates) is written
+    with backslash escapes instead of failing with UnicodeEncodeError after the work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError, AttributeError):  # a stream that cannot change: leave it
+                pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    _tolerant_output()
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
@@ -696,14 +791,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         check_numeric_flags(args)
-        check_out_folder(getattr(args, "out", None))
+        check_path_args(args)
+        # synthesize --overwrite replaces the results inside OUT, the others OUT itself
+        check_out_folder(getattr(args, "out", None),
+                         replaces=bool(getattr(args, "overwrite", False)) and args.command != "synthesize")
+        if args.command == "library" and args.new and "://" not in args.new:  # upgrade's NEW, replaced likewise
+            check_out_folder(args.new, replaces=args.overwrite, name="NEW")
         return args.func(args)
-    except PixelNNError as e:
-        print(f"pixelnn {args.command}: error: {e}", file=sys.stderr)
+    except PixelNNError as e:  # one line, whatever it names (a file name with a newline is written \n)
+        print(f"pixelnn {args.command}: error: {printable(e)}", file=sys.stderr)
         return 2
     except (OSError, ValueError, UnicodeError) as e:  # the last line of defence: the checks should come first
         log.debug("unexpected error", exc_info=True)  # -v shows the traceback
-        print(f"pixelnn {args.command}: error: {one_line(e)}", file=sys.stderr)
+        print(f"pixelnn {args.command}: error: {printable(one_line(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"pixelnn {args.command}: interrupted", file=sys.stderr)

@@ -212,6 +212,9 @@ MAX_BATCH_SIZE = 65536
 MAX_LR = 1.0
 #: Seeds are non-negative and fit numpy's and torch's generators (64 bits).
 MAX_SEED = 2**63 - 1
+#: Most torch CPU threads (``--threads``): OpenMP cannot create 20000 threads and torch crashes (a segfault)
+#: on 100000; 1024 still runs.
+MAX_THREADS = 1024
 
 
 def check_train_budget(config: Any) -> None:
@@ -219,7 +222,7 @@ def check_train_budget(config: Any) -> None:
 
     ``batch_size``, ``val_every`` >= 1; ``max_steps`` >= 0 (0: the start is saved as is, e.g. an
     ``init_from`` model); ``sample_every`` >= 0 (0: no sample grids);
-    ``minutes`` None or > 0; ``seed`` in [0, 2**63 - 1]; ``num_threads`` None or >= 1. A one-line
+    ``minutes`` None or > 0; ``seed`` in [0, 2**63 - 1]; ``num_threads`` None or 1 to 1024. A one-line
     PixelNNError names the first bad one.
     """
     config.batch_size = check_number("batch size", config.batch_size, 1, MAX_BATCH_SIZE, integer=True)
@@ -230,7 +233,7 @@ def check_train_budget(config: Any) -> None:
         config.minutes = check_number("minutes", config.minutes, 0, above=True)
     config.seed = check_number("seed", config.seed, 0, MAX_SEED, integer=True)
     if config.num_threads is not None:
-        config.num_threads = check_number("threads", config.num_threads, 1, integer=True)
+        config.num_threads = check_number("threads", config.num_threads, 1, MAX_THREADS, integer=True)
 
 
 @dataclass

@@ -73,10 +73,16 @@ def _window(w: Any) -> int | None:
     """A window side (an int, or its digits as text) or None for ``"whole"``; a one-line PixelNNError otherwise."""
     if w is None or w == "whole":
         return None
-    if isinstance(w, str) and w.strip().isdecimal():
+    given = repr(w)[:30] + "..." if len(repr(w)) > 40 else repr(w)
+    if isinstance(w, str) and w.strip().isdecimal() and len(w.strip()) <= 18:
         w = int(w)
+        given = repr(w)
+    elif isinstance(w, str) and w.strip().isdecimal():
+        w = math.inf  # int() refuses over 4300 digits; both are too big
+    if isinstance(w, int) and not isinstance(w, bool) and w > 2**62:
+        w = math.inf  # float(w) of a huge int overflows
     if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w != int(w) or w < 1:
-        raise PixelNNError(f"invalid window {w!r}; a window is a whole side >= 1 or 'whole'")
+        raise PixelNNError(f"invalid window {given}; a window is a whole side >= 1 or 'whole'")
     return int(w)
 
 
@@ -153,7 +159,8 @@ def parse_sets(text: str) -> tuple[tuple[int, ...], ...]:
             if not lo.isdecimal() or not (hi if dash else lo).isdecimal():
                 raise PixelNNError(f"invalid exemplar set {item!r}: use 1-based ranks, ranges like 1-3 or "
                                    f"members like 1+4, e.g. 1,2,1-3,1-5")
-            lo_i, hi_i = int(lo), int(hi if dash else lo)
+            # a rank of thousands of digits is out of range too (int() refuses strings of over 4300 digits)
+            lo_i, hi_i = (int(v) if len(v) <= 18 else MAX_TOP_K + 1 for v in (lo, hi if dash else lo))
             if not 1 <= lo_i <= hi_i <= MAX_TOP_K:
                 raise PixelNNError(f"invalid exemplar set {item!r}: 1-based ranks go from 1 to {MAX_TOP_K} and "
                                    f"ranges go up (1-3)")

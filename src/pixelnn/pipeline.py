@@ -40,7 +40,7 @@ from pixelnn.config import TaskConfig
 from pixelnn.data.images import DEFAULT_MAX_PIXELS, UnusableImage, decode_image, fit_image
 from pixelnn.descriptors import PixelPCA, fit_pca, make_descriptor
 from pixelnn.devices import resolve_device
-from pixelnn.errors import PixelNNError
+from pixelnn.errors import PixelNNError, printable
 from pixelnn.io import atomic_dir, config_from, need, save_image
 from pixelnn.zarr_store import open_library
 from pixelnn.matching import OutputSpec
@@ -454,13 +454,13 @@ class PixelNNPipeline:
         needed = max(max(s.ranks) for s in specs) + 1
         if len(neighbours) >= needed:
             return specs
+        kept = [s for s in specs if max(s.ranks) < len(neighbours)]
+        if not kept:  # the error alone (no warning line above it)
+            raise PixelNNError(f"{what}only {len(neighbours)} exemplars available: no output's exemplar set fits")
         log.warning(what + "%d exemplars retrieved (top_k=%d, %s available after filters) but the outputs use up to %d; "
                     "outputs needing more are dropped", len(neighbours), options.top_k,
                     "all" if allowed is None else len(allowed), needed)
-        specs = [s for s in specs if max(s.ranks) < len(neighbours)]
-        if not specs:
-            raise PixelNNError(f"{what}only {len(neighbours)} exemplars available: no output's exemplar set fits")
-        return specs
+        return kept
 
     def describe(self, x: np.ndarray, stage1: np.ndarray, neighbours: Neighbours, options: SynthesisOptions,
                  query: torch.Tensor | None = None) -> Descriptors:
@@ -773,19 +773,20 @@ def load_image_file(path: str | Path, size: int | None = None, fit: str = "pad",
     """
     path = Path(path)
     if not path.is_file():
-        raise PixelNNError(f"no such image file: {path}")
+        raise PixelNNError(f"no such image file: {printable(path)}")
     if max_bytes is not None and path.stat().st_size > max_bytes:
-        raise PixelNNError(f"{path.name} is {path.stat().st_size / 2**20:.1f} MB; the limit is "
+        raise PixelNNError(f"{printable(path.name)} is {path.stat().st_size / 2**20:.1f} MB; the limit is "
                            f"{max_bytes / 2**20:.1f} MB")
     try:
         im = decode_image(str(path), max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
     except UnusableImage as e:
-        raise PixelNNError(f"cannot use {path.name}: {e}") from None
+        raise PixelNNError(f"cannot use {printable(path.name)}: {e}") from None
     if size is not None:
         return fit_image(im, size, fit, max_upscale=float("inf"))
     s = expect.input_size
     if im.size != (s, s):
-        log.warning("%s is %dx%d; resizing it to the model's %dx%d input", path, im.size[0], im.size[1], s, s)
+        log.warning("%s is %dx%d; resizing it to the model's %dx%d input", printable(path), im.size[0], im.size[1],
+                    s, s)
     return fit_input(im, expect)
 
 

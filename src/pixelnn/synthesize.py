@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from pixelnn.engine import (BAD, DEFAULT_RETRIES, FAILED, FATAL, OK, _default_workers, check_engine_options,
                             init_ray, one_line, ray_map, write_failures)
-from pixelnn.errors import PixelNNError
+from pixelnn.errors import PixelNNError, printable
 from pixelnn.io import need, read_json, read_text
 from pixelnn.options import SynthesisOptions
 from pixelnn.pipeline import PixelNNPipeline, load_image_file, result_complete, save_result
@@ -65,23 +65,10 @@ def expand_inputs(items: Sequence[str | Path], _nested: bool = False) -> list[Pa
     """
     paths: list[Path] = []
     for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise PixelNNError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
-            paths += found
-        elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES and not _nested:
-            paths += expand_inputs(_list_file_items(p), _nested=True)
-        elif p.is_file():
-            paths.append(p)
-        elif glob.has_magic(str(item)):
-            found = sorted(Path(q) for q in glob.glob(str(item)) if Path(q).is_file())
-            if not found:
-                raise PixelNNError(f"no files match {item}")
-            paths += found
-        else:
-            raise PixelNNError(f"no such input file or folder: {item}")
+        try:
+            paths += _expand_item(item, _nested)
+        except (OSError, ValueError) as e:  # a name too long or with a NUL (from a list file), a folder unreadable
+            raise PixelNNError(f"cannot use input {printable(item)}: {getattr(e, 'strerror', None) or e}") from None
     return list(dict.fromkeys(paths))
 
 
@@ -135,6 +122,29 @@ def result_state(folder: Path, input_file: Path) -> str:
         return "other" if want and want != input_record(input_file)["sha256"] else "done"
     except OSError:
         return "done"
+
+
+def _expand_item(item: str | Path, _nested: bool) -> list[Path]:
+    """The image files of one :func:`expand_inputs` item."""
+    paths: list[Path] = []
+    p = Path(item)
+    if p.is_dir():
+        found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise PixelNNError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
+        paths += found
+    elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES and not _nested:
+        paths += expand_inputs(_list_file_items(p), _nested=True)
+    elif p.is_file():
+        paths.append(p)
+    elif glob.has_magic(str(item)):
+        found = sorted(Path(q) for q in glob.glob(str(item)) if Path(q).is_file())
+        if not found:
+            raise PixelNNError(f"no files match {item}")
+        paths += found
+    else:
+        raise PixelNNError(f"no such input file or folder: {printable(item)}")
+    return paths
 
 
 @dataclass

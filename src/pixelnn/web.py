@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pixelnn.errors import PixelNNError
+from pixelnn.errors import PixelNNError, printable
 from pixelnn.options import MODE_FIELDS, parse_sets, parse_windows  # noqa: F401 (parse_*: part of this API)
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no phoning home
@@ -159,7 +159,7 @@ class WebApp:
         canvas = drawing.get("composite") if isinstance(drawing, dict) else drawing
         if canvas is None:
             raise PixelNNError("the sketch pad is empty: draw some strokes first")
-        canvas = np.asarray(canvas)
+        canvas = _canvas(canvas, "the sketch pad's image")
         if canvas.ndim == 3 and canvas.shape[2] == 4:
             ink = (canvas[:, :, 3] > 0) & (canvas[:, :, :3].min(axis=2) < 250)
         else:
@@ -256,8 +256,11 @@ class WebApp:
 
     def _restrictions(self, label_values: dict[str, Sequence[str] | None] | None,
                       like_paths: Sequence[str] | None) -> tuple[dict[str, list[str]], tuple[str, ...]]:
-        where = {k: [str(v) for v in vals] for k, vals in (label_values or {}).items() if vals}
-        paths = tuple(str(p) for p in (like_paths or []) if p)
+        if label_values is not None and not isinstance(label_values, dict):
+            raise PixelNNError(f"the label menus must be a mapping of key to values, got {type(label_values).__name__}")
+        where = {str(k): [str(v) for v in _values(f"label {k}", vals)] for k, vals in (label_values or {}).items()}
+        where = {k: v for k, v in where.items() if v}
+        paths = tuple(str(p) for p in _values("the 'like these' photos", like_paths) if p)
         if len(paths) > MAX_LIKE_PHOTOS:
             raise PixelNNError(f"{len(paths)} 'like these' photos; the limit is {MAX_LIKE_PHOTOS}")
         for p in paths:  # the upload limits, before the pipeline reads them
@@ -292,15 +295,20 @@ class WebApp:
 
         size = int(size or self.size)
         layers = drawing.get("layers") if isinstance(drawing, dict) else [drawing]
+        if layers is not None and not isinstance(layers, (list, tuple)):
+            raise PixelNNError(f"the region editor's layers must be a list of images, got {type(layers).__name__}")
         painted = None
         for layer in layers or []:
             if layer is None:
                 continue
-            a = np.asarray(layer)
+            a = _canvas(layer, "a region layer")
             if a.ndim == 3 and a.shape[2] == 4:
                 ink = a[:, :, 3] > 0
             else:
                 ink = (a.reshape(a.shape[0], a.shape[1], -1) > 0).any(axis=2)
+            if painted is not None and ink.shape != painted.shape:
+                raise PixelNNError(f"the region's layers differ in size: {painted.shape[1]}x{painted.shape[0]} and "
+                                   f"{ink.shape[1]}x{ink.shape[0]}")
             painted = ink if painted is None else painted | ink
         if painted is None or not painted.any():
             raise PixelNNError("the region is empty: paint it with the brush on the Regions image first")
@@ -352,7 +360,7 @@ class WebApp:
             self.pipe.allowed_positions(self.default_options().replace(where=region.where, exemplars=region.exemplars,
                                                                        like=region.like))
         except PixelNNError as e:
-            raise PixelNNError(f"region ({region_set_text(region)}): {e}") from None
+            raise PixelNNError(f"region ({printable(region_set_text(region))}): {e}") from None
         return region
 
     def _keep_photo(self, path: str) -> str:
@@ -628,6 +636,32 @@ def region_colors(n: int) -> np.ndarray:
     return palette(n + 3)[3:] if n else np.zeros((0, 3), np.uint8)
 
 
+def _canvas(value: Any, what: str) -> np.ndarray:
+    """A page image (the sketch pad's canvas, a region layer) as an (H, W) or (H, W, 1|3|4) numeric array; a
+    one-line PixelNNError for anything else (the page sends such arrays, a hand-made request may not)."""
+    try:
+        a = np.asarray(value)
+    except (ValueError, TypeError):  # ragged lists
+        a = None
+    if a is None or a.dtype.kind not in "biuf" or a.ndim not in (2, 3) or a.size == 0 or \
+            (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+        got = type(value).__name__ + ("" if a is None else f" of shape {a.shape}, {a.dtype}")
+        raise PixelNNError(f"{what} must be an (H, W) or (H, W, 1|3|4) image, got a {got}")
+    return a
+
+
+def _values(what: str, value: Any) -> list:
+    """A page list (a label menu's choices, uploaded paths): None -> [], one string -> [it], a list or tuple as is;
+    anything else is a one-line PixelNNError."""
+    if value is None:
+        return []
+    if isinstance(value, (str, Path)):
+        return [value]
+    if not isinstance(value, (list, tuple)):
+        raise PixelNNError(f"{what}: expected a list, got {type(value).__name__}")
+    return list(value)
+
+
 def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
@@ -638,6 +672,8 @@ def _number(value: Any, name: str, integer: bool = False) -> int | float | None:
         return None
     try:
         f = float(value)
+    except OverflowError:  # an integer beyond float range
+        raise PixelNNError(f"{name} must be a finite number, got {str(value)[:20]}...") from None
     except (TypeError, ValueError):
         raise PixelNNError(f"{name} must be a number, got {value!r}") from None
     if f != f or f in (float("inf"), float("-inf")):

@@ -13,6 +13,8 @@ Conversions applied by :func:`decode_image`:
   onto a WHITE background.
 * ``CMYK``, ``YCbCr``, palette and other modes are converted by Pillow to RGB.
 * Multi-frame files (GIF, TIFF, WebP) use their first frame.
+* Only the formats of :data:`DECODE_FORMATS` are decoded, from the file's contents (a PNG named
+  ``.jpg`` is read as a PNG); any other content is ``"corrupt"``.
 
 Decompression bombs are refused: more than ``max_pixels`` pixels (64 MP by default) gives reason
 ``"too large"`` before the pixels are decoded (Pillow's own DecompressionBombWarning/Error are
@@ -34,6 +36,11 @@ from pixelnn.errors import BadImageError
 
 #: File extensions (lower case, with the dot) treated as images; anything else is ignored.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+
+#: The Pillow formats decoded, whatever a file is named: those of :data:`IMAGE_EXTENSIONS` (JPEG includes
+#: the multi-picture JPEGs of cameras). Pillow would also open PostScript (with Ghostscript, an outside program),
+#: icons, PSDs and some 40 more formats from their contents; an image name on such a file is "corrupt".
+DECODE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
 
 #: Refuse images with more pixels than this (decompression-bomb guard).
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -114,9 +121,21 @@ def decode_image(fp: str | os.PathLike | bytes | IO[bytes], *, max_pixels: int =
     """
     if isinstance(fp, (bytes, bytearray, memoryview)):
         fp = io.BytesIO(fp)
+    with contextlib.ExitStack() as stack:
+        if isinstance(fp, (str, os.PathLike)):  # opened and closed here: Pillow keeps multi-frame files open
+            try:
+                fp = stack.enter_context(open(fp, "rb"))
+            except OSError as e:
+                raise UnusableImage(CORRUPT, f"cannot read: {e.strerror or e}") from None
+        with warnings.catch_warnings():  # Pillow's notes on damaged files ("Corrupt EXIF data"): the file is used
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+            return _decode(fp, max_pixels, draft_size)
+
+
+def _decode(fp: IO[bytes], max_pixels: int, draft_size: int | None) -> Image.Image:
     try:
         # Pillow's own limit (Image.MAX_IMAGE_PIXELS) is left as set by the caller: see pil_limits
-        im = Image.open(fp)
+        im = Image.open(fp, formats=DECODE_FORMATS)
         w, h = im.size
         if w <= 0 or h <= 0:
             raise UnusableImage(CORRUPT, f"empty image {w}x{h}")
@@ -142,6 +161,8 @@ def decode_image(fp: str | os.PathLike | bytes | IO[bytes], *, max_pixels: int =
         raise UnusableImage(TOO_LARGE, str(e).splitlines()[0] if str(e) else "decompression bomb") from None
     except MemoryError:
         raise UnusableImage(TOO_LARGE, "out of memory while decoding") from None
+    except Image.UnidentifiedImageError:
+        raise UnusableImage(CORRUPT, "not a PNG, JPEG, GIF, BMP, TIFF or WebP image") from None
     except Exception as e:  # Pillow raises many types on corrupt data (OSError, SyntaxError, ValueError, ...)
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UnusableImage(CORRUPT, msg) from None
@@ -187,7 +208,8 @@ def to_rgb8(im: Image.Image) -> Image.Image:
             g = _scale16(a)
         return Image.fromarray(np.repeat(g[..., None], 3, axis=-1), "RGB")
     if mode == "F":
-        a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        with np.errstate(invalid="ignore"):  # NaN pixels (numpy warns when casting them): 0, as below
+            a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         hi = float(a.max()) if a.size else 0.0
         if hi <= 1.0:
             g = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)

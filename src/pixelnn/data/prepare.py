@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -20,14 +21,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pixelnn.config import TaskConfig
+from pixelnn.config import MAX_THREADS, TaskConfig
 from pixelnn.data.dataset import REPLACES as DATASET_REPLACES
 from pixelnn.data.dataset import SPLITS, SplitData, assign_split, write_dataset
 from pixelnn.data.images import (BAD_NAME, CORRUPT, DEFAULT_MAX_PIXELS, FITS, NO_FACE, SKIP_REASONS, TOO_LARGE,
                                  UNSAFE_PATH, UnusableImage, choose_fit, decode_image, fit_image, is_grayscale,
                                  pil_limits, split_pair)
 from pixelnn.data.sources import DEFAULT_MAX_FILE_BYTES, Layout, Source, open_source, plan_layout
-from pixelnn.errors import PixelNNError
+from pixelnn.errors import PixelNNError, printable
 from pixelnn.io import check_replaceable, recover
 
 log = logging.getLogger(__name__)
@@ -110,10 +111,44 @@ class PrepareReport:
         return "\n".join(lines)
 
 
+def _warnings_held(fn):
+    """Hold back the warnings that ``fn`` logs (here and in :mod:`pixelnn.data.sources`: refused zip entries,
+    a malformed identity file...) until it returns; when it fails with a PixelNNError they are dropped, so the
+    error is the one line printed (its message already counts the skipped files)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        held: list[logging.LogRecord] = []
+
+        def hold(record: logging.LogRecord) -> bool:
+            if record.levelno >= logging.WARNING:
+                held.append(record)
+                return False
+            return True
+
+        loggers = [log, logging.getLogger("pixelnn.data.sources")]
+        for lg in loggers:
+            lg.addFilter(hold)
+        try:
+            result = fn(*args, **kwargs)
+        except PixelNNError:
+            held.clear()
+            raise
+        finally:
+            for lg in loggers:
+                lg.removeFilter(hold)
+            for record in held:
+                logging.getLogger(record.name).handle(record)
+        return result
+
+    return run
+
+
 def _skip_text(skipped: dict[str, int]) -> str:
     return ", ".join(f"{v} {k}" for k, v in skipped.items() if v) or "none"
 
 
+@_warnings_held
 def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task: TaskConfig, *,
                     fit: str = "auto", val_fraction: float = 0.05, test_fraction: float = 0.05,
                     limit: int | None = None, overwrite: bool = False, progress: bool = True,
@@ -197,21 +232,21 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
         raise PixelNNError(f"val fraction + test fraction must be below 1, got {val_fraction + test_fraction}")
     if limit is not None and limit < 1:
         raise PixelNNError(f"limit must be at least 1, got {limit}")
-    if threads is not None and threads < 1:
-        raise PixelNNError(f"threads must be at least 1, got {threads}")
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise PixelNNError(f"threads must be between 1 and {MAX_THREADS}, got {threads}")
     if max_upscale < 1.0:
         raise PixelNNError(f"max_upscale must be >= 1, got {max_upscale}")
     out_dir = Path(out_dir).expanduser()
     src_path = Path(source).expanduser()
     recover(out_dir)  # an earlier --overwrite killed between its two renames is undone first
     if out_dir.exists() and not overwrite:
-        raise PixelNNError(f"{out_dir} already exists; pass --overwrite to replace it")
+        raise PixelNNError(f"{printable(out_dir)} already exists; pass --overwrite to replace it")
     if out_dir.exists() and not out_dir.is_dir():
-        raise PixelNNError(f"{out_dir} exists and is not a folder")
+        raise PixelNNError(f"{printable(out_dir)} exists and is not a folder")
     if src_path.exists():
         rs, ro = src_path.resolve(), out_dir.resolve()
         if rs == ro or ro in rs.parents:
-            raise PixelNNError(f"the output {out_dir} must not contain the source {src_path}")
+            raise PixelNNError(f"the output {printable(out_dir)} must not contain the source {printable(src_path)}")
     check_replaceable(out_dir, DATASET_REPLACES, "dataset")  # before any work
 
     with open_source(src_path, exclude=out_dir) as src:
@@ -219,17 +254,17 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
         skipped[UNSAFE_PATH], skipped[BAD_NAME] = src.unsafe, src.bad_names
         if src.unsafe:
             log.warning("%s: refused %d zip entries with absolute paths, '..' components or symlinks",
-                        src.path, src.unsafe)
+                        printable(src.path), src.unsafe)
         if src.bad_names:
             log.warning("%s: left out %d image files whose names are not UTF-8 (rename them to use them)",
-                        src.path, src.bad_names)
+                        printable(src.path), src.bad_names)
         if not src.images:
             what = (f" ({src.unsafe} unsafe entries refused)" if src.unsafe else "") + \
                 (f" ({src.bad_names} files with names that are not UTF-8 left out)" if src.bad_names else "")
-            raise PixelNNError(f"no images found in {src.path}{what}; looked for "
+            raise PixelNNError(f"no images found in {printable(src.path)}{what}; looked for "
                                f".jpg .jpeg .png .bmp .gif .tif .tiff .webp files")
         layout = plan_layout(src, label_names)
-        log.info("%s %s: %d image files%s%s", src.kind, src.path, len(src.images),
+        log.info("%s %s: %d image files%s%s", src.kind, printable(src.path), len(src.images),
                  f", collection root {layout.root!r}" if layout.root else "",
                  f", split folders {', '.join(layout.split_folders)}" if layout.presplit else "")
 
@@ -283,7 +318,7 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
         per_split, upscaled, n_used = collected
         skipped = {k: v for k, v in skipped.items() if v}
         if n_used == 0:
-            raise PixelNNError(f"no usable images in {src.path}: {len(src.images)} image files, "
+            raise PixelNNError(f"no usable images in {printable(src.path)}: {len(src.images)} image files, "
                                f"skipped {_skip_text(skipped)}")
         if skipped:
             log.warning("skipped %d of %d files: %s",
@@ -302,7 +337,7 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
             log.warning("skipped %d of %d photos where no face was found", no_face, n_used)
             n_used -= no_face
             if n_used == 0:
-                raise PixelNNError(f"no usable images in {src.path}: no face found in any of the {no_face} photos "
+                raise PixelNNError(f"no usable images in {printable(src.path)}: no face found in any of the {no_face} photos "
                                    f"(the normals task needs aligned face crops, e.g. CelebA's)")
         if not len(splits.get("train", ())):
             log.warning("the train split is empty (only %d usable images)", n_used)

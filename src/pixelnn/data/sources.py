@@ -178,7 +178,7 @@ def _open_zip(path: Path) -> Source:
     try:
         zf = zipfile.ZipFile(path)
         infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:  # (a damaged version)
         raise PixelNNError(f"source {path} is not a readable zip file: {e}") from None
     src = Source(path=path.resolve(), kind="zip", _zip=zf)
     for info in infos:
