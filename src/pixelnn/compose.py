@@ -317,6 +317,19 @@ def border_correction(residual: torch.Tensor, region: np.ndarray, width: float) 
     return jump_correction(jump_h, jump_v, width).permute(1, 2, 0).contiguous()
 
 
+def _exemplar_step(flat: torch.Tensor, rank: torch.Tensor, y: torch.Tensor, x: torch.Tensor, dy: int, dx: int,
+                   h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exemplar ``rank``'s own residual step from (y, x) to (y + dy, x + dx), with where both lie inside it.
+
+    ``flat`` (K H W, C) holds the residuals; ``rank``, ``y``, ``x`` are (H', W') int64. Returns the
+    steps (H', W', C), zero where invalid, and the validity (H', W') bool.
+    """
+    ok = (y >= 0) & (x >= 0) & (y + dy < h) & (x + dx < w)
+    here = rank * (h * w) + y.clamp(0, h - 1) * w + x.clamp(0, w - 1)
+    there = rank * (h * w) + (y + dy).clamp(0, h - 1) * w + (x + dx).clamp(0, w - 1)
+    return (flat[there] - flat[here]) * ok[..., None], ok
+
+
 def fuse_seams(outs: torch.Tensor, f: torch.Tensor, residual: torch.Tensor, rank: torch.Tensor, pos: torch.Tensor,
                height: int, width: int, blend: float) -> torch.Tensor:
     """Gradient-domain fusion of copied pieces (Photomontage, Agarwala et al. 2004): at every seam the
@@ -357,19 +370,13 @@ def fuse_seams(outs: torch.Tensor, f: torch.Tensor, residual: torch.Tensor, rank
         sy, sx = ps // w, ps % w
         u = (outs[o].to(torch.float64) - f.to(torch.float64)).reshape(h, w, -1)  # the output's residual
 
-        def step(a_r, a_y, a_x, dy, dx):  # an exemplar's own step from (a_y, a_x) to (a_y + dy, a_x + dx)
-            ok = (a_y >= 0) & (a_x >= 0) & (a_y + dy < h) & (a_x + dx < w)  # both inside the exemplar
-            here = a_r * p + a_y.clamp(0, h - 1) * w + a_x.clamp(0, w - 1)
-            there = a_r * p + (a_y + dy).clamp(0, h - 1) * w + (a_x + dx).clamp(0, w - 1)
-            return (flat[there] - flat[here]) * ok[..., None], ok
-
         jumps = []
         for dy, dx in ((0, 1), (1, 0)):
             ri, yi, xi = (t[:h - dy, :w - dx] for t in (rk, sy, sx))  # the pair's first pixel
             rj, yj, xj = (t[dy:, dx:] for t in (rk, sy, sx))  # and its second
             seam = ~((ri == rj) & (yj == yi + dy) & (xj == xi + dx))
-            g1, ok1 = step(ri, yi, xi, dy, dx)  # the first piece's own step there
-            g2, ok2 = step(rj, yj - dy, xj - dx, dy, dx)  # the second piece's own step (from b - d to b)
+            g1, ok1 = _exemplar_step(flat, ri, yi, xi, dy, dx, h, w)  # the first piece's own step there
+            g2, ok2 = _exemplar_step(flat, rj, yj - dy, xj - dx, dy, dx, h, w)  # the second piece's own step (from b - d to b)
             n = (ok1.to(torch.float64) + ok2.to(torch.float64)).clamp_min(1)[..., None]
             target = (g1 + g2) / n  # (H', W', 3)
             actual = u[dy:, dx:] - u[:h - dy, :w - dx]
