@@ -28,6 +28,10 @@ DEFAULT_WINDOWS: tuple[int | None, ...] = (1, 7, 11, None)
 MAX_SIZE = 4096
 #: Largest enlargement HED may run at (its cost grows with the square of the scale).
 MAX_HED_SCALE = 8.0
+#: Largest side, photo side x ``hed_scale``, of the image HED runs on when ``prepare`` derives edge maps:
+#: HED needs about 700 bytes per pixel of it (measured: 0.74 GB at 1024 x 1024), so one image of this side
+#: costs about 3 GB (:func:`pixelnn.edges.hed_probability` batches up to :data:`pixelnn.edges.HED_BATCH_PIXELS`).
+MAX_HED_SIDE = 2048
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:

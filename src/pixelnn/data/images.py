@@ -291,12 +291,22 @@ def border_white_fraction(rgb: np.ndarray, width: int | None = None) -> float:
     return float((band.min(axis=1) >= WHITE_LEVEL).mean()) if len(band) else 0.0
 
 
+def has_white_border(rgb: np.ndarray) -> bool:
+    """Whether an image's border is (nearly) white: at least :data:`WHITE_BORDER_FRACTION` of its border pixels."""
+    return bool(border_white_fraction(rgb) >= WHITE_BORDER_FRACTION)
+
+
+def fit_from_borders(white_borders: list[bool]) -> str:
+    """``'pad'`` when at least :data:`PAD_IMAGE_FRACTION` of the sampled images have a white border
+    (:func:`has_white_border`), else (or with no sample) ``'crop'``."""
+    if not white_borders:
+        return "crop"
+    return "pad" if sum(white_borders) >= PAD_IMAGE_FRACTION * len(white_borders) else "crop"
+
+
 def choose_fit(samples: list[np.ndarray]) -> str:
     """``'pad'`` when most sampled images have a (nearly) white border, else ``'crop'``."""
-    if not samples:
-        return "crop"
-    white = sum(border_white_fraction(s) >= WHITE_BORDER_FRACTION for s in samples)
-    return "pad" if white >= PAD_IMAGE_FRACTION * len(samples) else "crop"
+    return fit_from_borders([has_white_border(s) for s in samples])
 
 
 def is_grayscale(rgb: np.ndarray, max_diff: int = 24, mean_diff: float = 1.0) -> bool:

@@ -21,12 +21,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pixelnn.config import MAX_THREADS, TaskConfig
+from pixelnn.config import MAX_HED_SIDE, MAX_THREADS, TaskConfig
 from pixelnn.data.dataset import REPLACES as DATASET_REPLACES
 from pixelnn.data.dataset import SPLITS, SplitData, assign_split, write_dataset
 from pixelnn.data.images import (BAD_NAME, CORRUPT, DEFAULT_MAX_PIXELS, FITS, NO_FACE, SKIP_REASONS, TOO_LARGE,
-                                 UNSAFE_PATH, UnusableImage, choose_fit, decode_image, fit_image, is_grayscale,
-                                 pil_limits, split_pair)
+                                 UNSAFE_PATH, UnusableImage, decode_image, fit_from_borders, fit_image,
+                                 has_white_border, is_grayscale, pil_limits, split_pair)
 from pixelnn.data.sources import DEFAULT_MAX_FILE_BYTES, Layout, Source, open_source, plan_layout
 from pixelnn.errors import PixelNNError, printable
 from pixelnn.io import check_replaceable, recover
@@ -39,6 +39,12 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_UPSCALE = 1.1
 AUTO_FIT_SAMPLES = 50
 DERIVE_BATCH = 512
+#: At most this many photo pixels per batch of input derivation (so fewer than DERIVE_BATCH photos of more than
+#: 128 x 128: an HED probability map is 4 bytes a pixel).
+DERIVE_PIXELS = DERIVE_BATCH * 128 * 128
+#: The fitted photos (and inputs) that prepare holds until it writes the dataset may take at most this share of
+#: the machine's memory (:func:`memory_limit`); its peak, when it stacks a split, is about twice what it holds.
+MAX_MEMORY_FRACTION = 0.4
 #: Torch threads of ``prepare --task normals`` unless told (``threads``): measured faster than 2 on 2 cores.
 DEFAULT_DERIVE_THREADS = 1
 
@@ -154,7 +160,8 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
                     limit: int | None = None, overwrite: bool = False, progress: bool = True,
                     label_names: Sequence[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                     max_upscale: float = DEFAULT_MAX_UPSCALE, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-                    workers: int | None = None, threads: int | None = None) -> PrepareReport:
+                    workers: int | None = None, threads: int | None = None,
+                    max_memory: int | None = None) -> PrepareReport:
     """Build a PixelNN dataset (see :mod:`pixelnn.data.dataset`) from a folder or a zip of images.
 
     Parameters
@@ -203,13 +210,20 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
         make 96x96 photos); enlarged images are counted (``report.upscaled``) and logged. Use 1.0
         to never enlarge.
     max_file_bytes : int
-        Image files bigger than this are skipped as ``"too large"`` without being read.
+        Image files (and zip members) bigger than this (64 MiB) are skipped as ``"too large"`` without
+        being read; so are zip members that inflate more than
+        :data:`pixelnn.data.sources.MAX_COMPRESSION_RATIO` times (zip bombs), and a read stops at this
+        many bytes whatever the zip's header says (:meth:`pixelnn.data.sources.Source.read`).
     workers : int, optional
         Decoding threads (default: up to 4, bounded by the CPU count).
     threads : int, optional
         Torch CPU threads while the inputs are derived (HED, the face mesh), restored afterwards.
         Default: :data:`DEFAULT_DERIVE_THREADS` for ``normals`` (measured faster than all cores, see
         docs/data.md), torch's own choice for the other tasks.
+    max_memory : int, optional
+        Bytes of fitted photos and inputs prepare may hold before it writes them (default
+        :data:`MAX_MEMORY_FRACTION` of :func:`memory_limit`); more is a one-line PixelNNError that
+        suggests ``--limit`` or a smaller ``--size``, instead of an out-of-memory kill.
 
     Returns
     -------
@@ -220,7 +234,9 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
     PixelNNError
         The source does not exist, is not a folder or a zip, is an unreadable zip, holds no
         images, or no usable image remains (the message gives the skip counts); ``out_dir``
-        exists and ``overwrite`` is false; invalid options.
+        exists and ``overwrite`` is false; invalid options (among them ``task.size`` x
+        ``task.hed_scale`` over :data:`pixelnn.config.MAX_HED_SIDE` for HED edges); the photos would
+        not fit in ``max_memory``.
     """
     t0 = time.perf_counter()
     if fit not in FITS:
@@ -236,6 +252,12 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
         raise PixelNNError(f"threads must be between 1 and {MAX_THREADS}, got {threads}")
     if max_upscale < 1.0:
         raise PixelNNError(f"max_upscale must be >= 1, got {max_upscale}")
+    hed_side = round(task.size * task.hed_scale)
+    if task.name == "edges" and task.edge_method == "hed" and hed_side > MAX_HED_SIDE:
+        raise PixelNNError(f"HED would run on {hed_side} x {hed_side} images (size {task.size} x hed scale "
+                           f"{task.hed_scale:g}); the limit is {MAX_HED_SIDE} (about 3 GB of memory): lower "
+                           f"--hed-scale or --size, or use --edge-method canny")
+    memory = int(max_memory) if max_memory is not None else int(MAX_MEMORY_FRACTION * memory_limit())
     out_dir = Path(out_dir).expanduser()
     src_path = Path(source).expanduser()
     recover(out_dir)  # an earlier --overwrite killed between its two renames is undone first
@@ -275,10 +297,10 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
         def load(path: str):
             """-> list of RGB PIL images ([photo] or [input, photo]) or an UnusableImage."""
             try:
-                if src.file_size(path) > max_file_bytes:
-                    raise UnusableImage(TOO_LARGE, f"file larger than {max_file_bytes} bytes")
-                try:
-                    data = src.read(path)
+                try:  # at most max_file_bytes, zip bombs refused unread (UnusableImage "too large")
+                    data = src.read(path, max_bytes=max_file_bytes)
+                except UnusableImage:
+                    raise
                 except MemoryError:
                     raise UnusableImage(TOO_LARGE, "out of memory while reading") from None
                 except Exception as e:  # OSError, BadZipFile (CRC), RuntimeError (encrypted), zlib.error...
@@ -314,7 +336,7 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
                     return e
 
             collected = _collect(src, layout, process, pool, limit, skipped, progress, task,
-                                 val_fraction, test_fraction)
+                                 val_fraction, test_fraction, memory)
         per_split, upscaled, n_used = collected
         skipped = {k: v for k, v in skipped.items() if v}
         if n_used == 0:
@@ -386,16 +408,47 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
 
 
 def _auto_fit(paths: list[str], load, pool: ThreadPoolExecutor, paired: bool) -> str:
-    """Decode the first ~50 usable images (photos) and choose pad/crop from their borders."""
-    samples: list[np.ndarray] = []
+    """Decode the first ~50 usable images (photos) and choose pad/crop from their borders
+    (:func:`pixelnn.data.images.choose_fit`). Each worker keeps only whether its image has a white border, not
+    the image: 50 decoded images of up to 64 MP each would take gigabytes."""
+
+    def border(path: str) -> bool | None:
+        res = load(path)
+        return None if isinstance(res, UnusableImage) else has_white_border(np.asarray(res[-1]))  # the photo
+
+    borders: list[bool] = []
     for i in range(0, min(len(paths), 8 * AUTO_FIT_SAMPLES), AUTO_FIT_SAMPLES):
-        for res in pool.map(load, paths[i:i + AUTO_FIT_SAMPLES]):
-            if isinstance(res, UnusableImage):
+        for white in pool.map(border, paths[i:i + AUTO_FIT_SAMPLES]):
+            if white is None:
                 continue
-            samples.append(np.asarray(res[-1]))  # the photo (for paired: the photo half)
-            if len(samples) >= AUTO_FIT_SAMPLES:
-                return choose_fit(samples)
-    return choose_fit(samples)
+            borders.append(white)
+            if len(borders) >= AUTO_FIT_SAMPLES:
+                return fit_from_borders(borders)
+    return fit_from_borders(borders)
+
+
+def memory_limit() -> int:
+    """Bytes of memory this process may use: the machine's physical memory, or less when a cgroup (a container,
+    a systemd slice) limits it."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume 8 GiB
+        total = 8 * 2**30
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < total:
+            total = int(text)
+    return int(total)
+
+
+def _too_much(held: int, memory: int, n: int, task: TaskConfig) -> str:
+    gib = 2**30
+    return (f"the photos would not fit in memory: {n} fitted {task.size}x{task.size} photos already take "
+            f"{held / gib:.2f} GiB, over the {memory / gib:.2f} GiB prepare may hold ({MAX_MEMORY_FRACTION:.0%} of "
+            f"this machine's {memory_limit() / gib:.1f} GiB); use --limit or a smaller --size")
 
 
 def _split_for(item_id: str, folder: str | None, layout: Layout, val_fraction: float, test_fraction: float) -> str:
@@ -414,12 +467,12 @@ def _split_for(item_id: str, folder: str | None, layout: Layout, val_fraction: f
 
 def _collect(src: Source, layout: Layout, process, pool: ThreadPoolExecutor, limit: int | None,
              skipped: dict[str, int], progress: bool, task: TaskConfig, val_fraction: float,
-             test_fraction: float):
+             test_fraction: float, memory: int):
     from tqdm.auto import tqdm
 
     per_split: dict[str, dict[str, list]] = {s: {"photos": [], "inputs": [], "records": []} for s in SPLITS}
     paired = task.name == "paired"
-    n_used = upscaled = 0
+    n_used = upscaled = held = 0
     total = len(src.images) if limit is None else min(limit, len(src.images))
     chunk, pos, images = 256, 0, src.images
     with tqdm(total=total, desc="reading images", unit="img", disable=not progress, leave=False) as bar:
@@ -438,6 +491,9 @@ def _collect(src: Source, layout: Layout, process, pool: ThreadPoolExecutor, lim
                         bar.update(1)
                     continue
                 arrays, up = res
+                held += sum(a.nbytes for a in arrays)
+                if held > memory:
+                    raise PixelNNError(_too_much(held, memory, n_used + 1, task))
                 item_id, folder, labels = layout.items[path]
                 split = _split_for(item_id, folder, layout, val_fraction, test_fraction)
                 d = per_split[split]
@@ -502,7 +558,8 @@ def _build_splits(per_split: dict[str, dict[str, list]], task: TaskConfig, progr
             parts = []
             with tqdm(total=len(photos), desc=f"inputs ({name})", unit="img", leave=False,
                       disable=not progress or task.name == "superres") as bar:  # superres is instant
-                step = 64 if task.name == "normals" else DERIVE_BATCH  # the face mesh is slow: a livelier bar
+                # the face mesh is slow: a livelier bar; big photos: fewer at a time (HED's maps are 4 bytes a pixel)
+                step = 64 if task.name == "normals" else max(1, min(DERIVE_BATCH, DERIVE_PIXELS // task.size**2))
                 for i in range(0, len(photos), step):
                     batch = photos[i:i + step]
                     parts.append(derive(batch, task, progress=False))
@@ -524,4 +581,4 @@ def _build_splits(per_split: dict[str, dict[str, list]], task: TaskConfig, progr
     return splits, task_out, dropped
 
 
-__all__ = ["DEFAULT_MAX_UPSCALE", "PrepareReport", "prepare_dataset"]
+__all__ = ["DEFAULT_MAX_UPSCALE", "MAX_MEMORY_FRACTION", "PrepareReport", "memory_limit", "prepare_dataset"]

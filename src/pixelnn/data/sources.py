@@ -3,7 +3,11 @@
 A source lists its image files (by extension, recursively, sorted by their POSIX path inside the
 source) and reads them as bytes. Zips are never extracted: entries with an absolute path, a ``..``
 component or a symlink mode are refused and counted (``unsafe``), and so are files whose name is not
-valid UTF-8 (``bad_names``). Hidden files and folders
+valid UTF-8 (``bad_names``). Reads are bounded (:meth:`Source.read`): a file or zip member larger than
+``max_file_bytes`` (:data:`DEFAULT_MAX_FILE_BYTES`, 64 MiB) by its size on disk or in the zip directory, or
+a member that would inflate more than :data:`MAX_COMPRESSION_RATIO` times (a zip bomb), is refused
+unread as ``"too large"``, and the bytes are read in chunks that stop at the limit, whatever a header
+says. Hidden files and folders
 (``.name``) and ``__MACOSX`` are ignored everywhere; files without an image extension are ignored
 (``README.txt``, ``identity_CelebA.txt`` ...).
 
@@ -32,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-from pixelnn.data.images import IMAGE_EXTENSIONS, is_image_name
+from pixelnn.data.images import IMAGE_EXTENSIONS, TOO_LARGE, UnusableImage, is_image_name
 from pixelnn.errors import PixelNNError
 
 log = logging.getLogger(__name__)
@@ -42,7 +46,20 @@ ZAPPOS_ROOT = "ut-zap50k-images"
 ZAPPOS_LABELS = ("Category", "Subcategory", "Brand")
 CELEBA_IDENTITY_FILE = "identity_CelebA.txt"
 MAX_TEXT_BYTES = 64 * 1024 * 1024      # label files larger than this are ignored
-DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024  # image files larger than this are "too large"
+#: Image files (folder files and zip members) larger than this are "too large", refused unread. A 64 MP
+#: photo, the decoder's pixel limit, is a 10-30 MB JPEG; only an uncompressed BMP or TIFF of that size
+#: needs more (192 MB): such files are refused by this limit before their pixels are.
+DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+#: A zip member over :data:`RATIO_CHECK_BYTES` that inflates more than this many times its compressed size
+#: is refused unread as "too large" (a zip bomb: zeros deflate 1,000 to 1; JPEG and PNG photos, already
+#: compressed, 1 to 1; edges2handbags' A|B pairs saved as uncompressed BMPs, white backgrounds and all,
+#: 8 to 14).
+MAX_COMPRESSION_RATIO = 100
+#: Members up to this size are not checked for their compression ratio (a small blank image may inflate
+#: 1,000 times, and costs nothing).
+RATIO_CHECK_BYTES = 4 * 1024 * 1024
+#: Files are read this many bytes at a time, so that a read stops at its limit.
+READ_CHUNK = 1024 * 1024
 
 
 def _ignored(parts: Sequence[str]) -> bool:
@@ -74,11 +91,32 @@ class Source:
     def file_size(self, name: str) -> int:
         return self._sizes.get(name, 0)
 
-    def read(self, name: str) -> bytes:
-        """Bytes of one listed file (``OSError``/``zipfile.BadZipFile``/``RuntimeError`` on failure)."""
+    def read(self, name: str, max_bytes: int | None = None) -> bytes | bytearray:
+        """Bytes of one listed file, at most ``max_bytes`` of them (default ``max_file_bytes``).
+
+        The limit is checked three times, so that a read never holds more than ``max_bytes`` (+ one chunk):
+        against the size listed (on disk, or in the zip directory), for zip members against their
+        compression ratio (:data:`MAX_COMPRESSION_RATIO`), and while the bytes are read, in chunks of
+        :data:`READ_CHUNK` (a file that grew since it was listed, a header that lies).
+
+        Raises
+        ------
+        UnusableImage
+            Reason ``"too large"``: over the limit, or a zip member that inflates too much (a zip bomb).
+        OSError, zipfile.BadZipFile, RuntimeError, zlib.error, EOFError
+            The file cannot be read (a damaged or encrypted member).
+        """
+        limit = self.max_file_bytes if max_bytes is None else int(max_bytes)
         if self._zip is not None:
-            return self._zip.read(self._zip_names[name])
-        return (self.path / name).read_bytes()
+            info = self._zip_names[name]
+            check_member(info, limit)
+            with self._zip.open(info) as f:
+                return read_bounded(f, limit)
+        listed = self._sizes.get(name)
+        if listed is not None and listed > limit:
+            raise UnusableImage(TOO_LARGE, f"{listed} bytes, more than the limit of {limit}")
+        with open(self.path / name, "rb") as f:
+            return read_bounded(f, limit)
 
     def close(self) -> None:
         if self._zip is not None:
@@ -90,6 +128,37 @@ class Source:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def check_member(info: zipfile.ZipInfo, limit: int) -> None:
+    """Refuse a zip member before reading it: larger than ``limit`` bytes by the zip directory, or (over
+    :data:`RATIO_CHECK_BYTES`) inflating more than :data:`MAX_COMPRESSION_RATIO` times its compressed size.
+
+    Raises
+    ------
+    UnusableImage
+        Reason ``"too large"``, naming the size or the ratio.
+    """
+    if info.file_size > limit:
+        raise UnusableImage(TOO_LARGE, f"{info.file_size} bytes inflated, more than the limit of {limit}")
+    if info.file_size > RATIO_CHECK_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(1, info.compress_size):
+        raise UnusableImage(TOO_LARGE, f"{info.compress_size} bytes that inflate to {info.file_size}, "
+                                       f"{info.file_size // max(1, info.compress_size)} to 1 (a zip bomb?); the "
+                                       f"limit is {MAX_COMPRESSION_RATIO} to 1")
+
+
+def read_bounded(f, limit: int) -> bytearray:
+    """Read a binary file object to its end in chunks of :data:`READ_CHUNK`, refusing it (``UnusableImage``,
+    ``"too large"``) as soon as more than ``limit`` bytes came: the memory held stays within ``limit`` plus
+    one chunk, whatever the file claimed."""
+    buf = bytearray()
+    while True:
+        chunk = f.read(min(READ_CHUNK, limit + 1 - len(buf)))
+        if not chunk:
+            return buf
+        buf += chunk
+        if len(buf) > limit:
+            raise UnusableImage(TOO_LARGE, f"more than the limit of {limit} bytes when read")
 
 
 def open_source(path: str | os.PathLike, *, exclude: str | os.PathLike | None = None) -> Source:
@@ -278,8 +347,8 @@ def read_identities(src: Source) -> tuple[str | None, dict[str, str]]:
         log.warning("ignoring %s: larger than %d bytes", name, MAX_TEXT_BYTES)
         return None, {}
     try:
-        text = src.read(name).decode("utf-8", errors="replace")
-    except Exception as e:  # unreadable label file: go on without identities
+        text = src.read(name, max_bytes=MAX_TEXT_BYTES).decode("utf-8", errors="replace")
+    except Exception as e:  # unreadable label file (or a zip bomb): go on without identities
         log.warning("cannot read %s: %s", name, e)
         return None, {}
     ids: dict[str, str] = {}
@@ -351,4 +420,5 @@ def plan_layout(src: Source, label_names: Sequence[str] | None = None) -> Layout
                   label_keys=label_keys, items=items, zappos=zappos, identity_file=id_file)
 
 
-__all__ = ["IMAGE_EXTENSIONS", "Layout", "Source", "open_source", "plan_layout", "read_identities"]
+__all__ = ["DEFAULT_MAX_FILE_BYTES", "IMAGE_EXTENSIONS", "MAX_COMPRESSION_RATIO", "Layout", "Source", "check_member",
+           "open_source", "plan_layout", "read_bounded", "read_identities"]
