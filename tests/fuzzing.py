@@ -456,8 +456,9 @@ def write_zip(path: Path, rng: np.random.Generator, n_bad: int, n_good: int, *, 
 
 
 def zip_bomb(path: Path, rng: np.random.Generator, mib: int = 300) -> None:
-    """A zip whose ``bomb.png`` inflates ``mib`` MiB of zeros from ~1.4 MB (deflate level 1: 0.6 s to make; over prepare's 256 MiB file limit:
-    skipped unread), a 40 MiB one under it (read, then "corrupt"), and two usable photos."""
+    """A zip whose ``bomb.png`` inflates ``mib`` MiB of zeros from ~1.4 MB (deflate level 1: 0.6 s to make; over prepare's 64 MiB file limit:
+    skipped unread), a 40 MiB one under it (inflating ~200 times: skipped unread as a zip bomb), and two usable
+    photos."""
     zeros = bytes(2**20)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
         for name, size in (("bomb.png", mib), ("small-bomb.jpg", 40)):
