@@ -528,14 +528,31 @@ def check_serve_address(host: str, port: int) -> None:
             raise PixelNNError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
 
 
+#: The environment variable ``serve`` reads its login from when ``--auth`` is not given (``USER:PASSWORD``; it
+#: keeps the password out of the shell history and of ``ps``).
+AUTH_ENV = "PIXELNN_AUTH"
+
+
+def serve_auth(flag: str | None) -> tuple[str, str] | None:
+    """``serve``'s login: ``--auth USER:PASSWORD``, else ``$PIXELNN_AUTH`` (unset or empty: none), as (user,
+    password); a malformed value is a one-line PixelNNError that does not repeat the password."""
+    from pixelnn.web_limits import parse_auth
+
+    if flag is not None:
+        return parse_auth(flag, "--auth")
+    env = os.environ.get(AUTH_ENV)
+    return parse_auth(env, AUTH_ENV) if env else None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from pixelnn.web import serve
 
+    auth = serve_auth(args.auth)  # before the model loads, like the address
     check_serve_address(args.host, args.port)
 
     serve(args.model, host=args.host, port=args.port, library_dir=_library_dir(args.library),
           max_upload_bytes=int(args.max_upload_mb * 2**20), max_upload_pixels=int(args.max_upload_mp * 1e6),
-          threads=args.threads, device=args.device)
+          threads=args.threads, device=args.device, auth=auth)
     return 0
 
 
@@ -749,11 +766,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="web app: draw or upload an input, browse the outputs, see where pixels came from")
     p.add_argument("--model", required=True, help="model folder (with its library)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; any other, e.g. 0.0.0.0, is reachable "
+                        "from the network: without --auth a warning says so)")
     p.add_argument("--port", type=int, default=7860, help="port, 1-65535 (default 7860)")
     p.add_argument("--library", default=None, metavar="LIB_DIR", help="borrow another library's exemplars")
-    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload in MB (default 10)")
-    p.add_argument("--max-upload-mp", type=float, default=25.0, help="largest upload in megapixels (default 25)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0,
+                   help="largest upload in MB (default 10); an upload request may carry 8 such files, other "
+                        "requests at most 2 MB")
+    p.add_argument("--max-upload-mp", type=float, default=25.0,
+                   help="largest upload, sketch or region canvas in megapixels (default 25)")
+    p.add_argument("--auth", default=None, metavar="USER:PASSWORD",
+                   help=f"require this login for the page and its API (default: none; ${AUTH_ENV}=USER:PASSWORD "
+                        f"does the same and keeps the password out of the shell history and ps)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     add_device_option(p)
     p.set_defaults(func=cmd_serve)

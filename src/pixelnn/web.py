@@ -18,16 +18,23 @@ panel paints regions (on the stage-1 image or an output) and gives each its own 
 passes as ``SynthesisOptions.regions``; :meth:`WebApp.regions_overlay` shows them over stage 1.
 
 Under use: synthesis runs one request at a time (a queue; other users wait their turn and see their
-position), uploads over :data:`MAX_UPLOAD_BYTES` or :data:`MAX_UPLOAD_PIXELS`, non-images and corrupt
-files get a one-line message in the page, and the app keeps serving. Nothing is fetched from the
-network (Gradio's analytics are off).
+position), uploads over :data:`MAX_UPLOAD_BYTES` or :data:`MAX_UPLOAD_PIXELS` (the sketch pad's and the
+region editor's canvases too, checked from their headers before Gradio decodes them), non-images and
+corrupt files get a one-line message in the page, and the app keeps serving. Request bodies are capped and
+nothing is fetched from the network on a request's behalf (:class:`pixelnn.web_limits.RequestLimits`;
+Gradio's analytics are off). ``serve`` keeps its files (downloads, Gradio's cache) in its own temporary
+folder, removed when it stops (:class:`pixelnn.web_limits.TempRoot`), and takes an optional login
+(``auth``); bound beyond loopback without one, it warns.
 """
 
+import contextlib
 import functools
+import importlib.util
 import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -38,6 +45,7 @@ import numpy as np
 
 from pixelnn.errors import PixelNNError, printable
 from pixelnn.options import MODE_FIELDS, parse_sets, parse_windows  # noqa: F401 (parse_*: part of this API)
+from pixelnn.web_limits import MAX_JSON_BYTES, RequestLimits, TempRoot, is_loopback, upload_cap
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no phoning home
 
@@ -75,9 +83,11 @@ class WebApp:
     pipe : PixelNNPipeline
         The loaded model and library.
     max_upload_bytes, max_upload_pixels : int
-        Upload limits (files and decoded images).
+        Upload limits (files and decoded images; the pixel limit applies to the sketch pad's canvas and the
+        region editor's layers too).
     work_dir : path, optional
-        Where download zips are written (default: a temporary folder removed at exit).
+        Where download zips are written (default: ``work/`` in a :class:`~pixelnn.web_limits.TempRoot`,
+        ``temp_root``, removed by :meth:`close` or at exit; ``serve`` puts Gradio's cache there too).
     """
 
     def __init__(self, pipe: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
@@ -85,8 +95,8 @@ class WebApp:
         self.pipe = pipe
         self.max_upload_bytes = int(max_upload_bytes)
         self.max_upload_pixels = int(max_upload_pixels)
-        self._tmp = None if work_dir else tempfile.TemporaryDirectory(prefix="pixelnn-web-")
-        self.work_dir = Path(work_dir) if work_dir else Path(self._tmp.name)
+        self.temp_root = None if work_dir else TempRoot()
+        self.work_dir = Path(work_dir) if work_dir else self.temp_root.path / "work"
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.labels = {k: v for k, v in pipe.library.labels_index().items() if len(v) <= MAX_LABEL_VALUES}
         self.size = int(pipe.task.size)
@@ -98,6 +108,12 @@ class WebApp:
         self.active = 0
         self.peak_active = 0
         self.runs = 0
+
+    def close(self) -> None:
+        """Remove the app's temporary folder (when it made one): its downloads and, under ``serve``, Gradio's
+        cache. The app must not be used afterwards."""
+        if self.temp_root is not None:
+            self.temp_root.cleanup()
 
     # ------------------------------------------------------------------ description
     @property
@@ -159,7 +175,7 @@ class WebApp:
         canvas = drawing.get("composite") if isinstance(drawing, dict) else drawing
         if canvas is None:
             raise PixelNNError("the sketch pad is empty: draw some strokes first")
-        canvas = _canvas(canvas, "the sketch pad's image")
+        canvas = _canvas(canvas, "the sketch pad's image", self.max_upload_pixels)
         if canvas.ndim == 3 and canvas.shape[2] == 4:
             ink = (canvas[:, :, 3] > 0) & (canvas[:, :, :3].min(axis=2) < 250)
         else:
@@ -276,7 +292,8 @@ class WebApp:
         drawing : dict or ndarray
             The editor's value ``{"background", "layers": [(H, W, 4) uint8, ...], "composite"}``: every
             stroke layer's pixels with alpha > 0 are painted (the background is ignored). An (H, W, 4)
-            array is one layer; an (H, W) array is painted where nonzero.
+            array is one layer; an (H, W) array is painted where nonzero. A layer over ``max_upload_pixels``
+            is refused (the page's editor never decodes one: :func:`bound_canvas`).
         size : int, optional
             S (default: the model's output size).
 
@@ -289,7 +306,7 @@ class WebApp:
         Raises
         ------
         PixelNNError
-            Nothing painted, or strokes too thin to cover half of any output pixel.
+            Nothing painted, strokes too thin to cover half of any output pixel, or a layer too large.
         """
         from PIL import Image
 
@@ -301,7 +318,7 @@ class WebApp:
         for layer in layers or []:
             if layer is None:
                 continue
-            a = _canvas(layer, "a region layer")
+            a = _canvas(layer, "a region layer", self.max_upload_pixels)
             if a.ndim == 3 and a.shape[2] == 4:
                 ink = a[:, :, 3] > 0
             else:
@@ -636,9 +653,32 @@ def region_colors(n: int) -> np.ndarray:
     return palette(n + 3)[3:] if n else np.zeros((0, 3), np.uint8)
 
 
-def _canvas(value: Any, what: str) -> np.ndarray:
+class Oversized:
+    """What :func:`bound_canvas` hands the app instead of a page image over the pixel limit: its size only,
+    the pixels never decoded. ``width``/``height`` are None when Pillow's own bomb guard refused the header."""
+
+    def __init__(self, width: int | None = None, height: int | None = None):
+        self.width, self.height = width, height
+
+    def __repr__(self) -> str:
+        return f"Oversized({self.width}, {self.height})"
+
+
+def _too_many_pixels(what: str, w: int | None, h: int | None, max_pixels: int) -> PixelNNError:
+    size = "more pixels than Pillow opens" if w is None else f"{w}x{h} pixels ({w * h / 1e6:.1f} MP)"
+    return PixelNNError(f"{what} is {size}; the limit is {max_pixels / 1e6:.1f} MP")
+
+
+def _canvas(value: Any, what: str, max_pixels: int | None = None) -> np.ndarray:
     """A page image (the sketch pad's canvas, a region layer) as an (H, W) or (H, W, 1|3|4) numeric array; a
-    one-line PixelNNError for anything else (the page sends such arrays, a hand-made request may not)."""
+    one-line PixelNNError for anything else (the page sends such arrays, a hand-made request may not) and for
+    an image over ``max_pixels`` (an :class:`Oversized` from :func:`bound_canvas`, or an array)."""
+    if isinstance(value, Oversized):
+        raise _too_many_pixels(what, value.width, value.height, max_pixels or 0)
+    shape = getattr(value, "shape", None)
+    if max_pixels and isinstance(shape, tuple) and len(shape) >= 2 and all(isinstance(n, int) for n in shape) \
+            and shape[0] * shape[1] > max_pixels:  # an array: checked before np.asarray copies anything
+        raise _too_many_pixels(what, shape[1], shape[0], max_pixels)
     try:
         a = np.asarray(value)
     except (ValueError, TypeError):  # ragged lists
@@ -647,7 +687,51 @@ def _canvas(value: Any, what: str) -> np.ndarray:
             (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
         got = type(value).__name__ + ("" if a is None else f" of shape {a.shape}, {a.dtype}")
         raise PixelNNError(f"{what} must be an (H, W) or (H, W, 1|3|4) image, got a {got}")
+    if max_pixels and a.shape[0] * a.shape[1] > max_pixels:
+        raise _too_many_pixels(what, a.shape[1], a.shape[0], max_pixels)
     return a
+
+
+def image_size(file: Any) -> tuple[int, int] | Oversized | None:
+    """(width, height) of an image file (a Gradio ``FileData``, a path or bytes) from its header alone, an
+    :class:`Oversized` without a size when Pillow's bomb guard refuses even to open it, or None when it is no
+    image Pillow opens (left to the caller's decoder, which then says so)."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    src = io.BytesIO(file) if isinstance(file, (bytes, bytearray, memoryview)) else getattr(file, "path", file)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: the size is what we want
+            with Image.open(src) as im:
+                return im.size
+    except Image.DecompressionBombError:
+        return Oversized()
+    except Exception:  # noqa: BLE001 (not an image, unreadable: the decoder reports it)
+        return None
+
+
+def bound_canvas(component: Any, max_pixels: int) -> Any:
+    """Make a Gradio image editor (``gr.Sketchpad``, ``gr.ImageEditor``) refuse images over ``max_pixels``
+    before decoding them: each image of its value (background, layers, composite) is measured from its header
+    (:func:`image_size`) and, when too large, handed to the app as an :class:`Oversized` instead of an array
+    (:func:`_canvas` turns it into a one-line error). Without this Gradio decodes whatever canvas a request
+    names (a 36 MP one: 144 MB, then copies). Returns ``component``."""
+    convert = component.convert_and_format_image
+
+    def bounded(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if file is not None:
+            size = image_size(file)
+            if isinstance(size, Oversized):
+                return size
+            if size is not None and size[0] * size[1] > max_pixels:
+                return Oversized(*size)
+        return convert(file, *args, **kwargs)
+
+    component.convert_and_format_image = bounded
+    return component
 
 
 def _values(what: str, value: Any) -> list:
@@ -785,6 +869,7 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
                                               canvas_size=(CANVAS_SIDE, CANVAS_SIDE), fixed_canvas=True,
                                               brush=gr.Brush(default_size=3, colors=["#000000"], color_mode="fixed"),
                                               layers=False, elem_id="sketch")
+                        bound_canvas(sketch, app.max_upload_pixels)
                         run_sketch = gr.Button("Synthesize from sketch", variant="primary", elem_id="run-sketch")
                 with gr.Accordion("Restrict the exemplars", open=False):
                     label_menus = [gr.Dropdown(choices=[(f"{v} ({n})", v) for v, n in values.items()], multiselect=True,
@@ -843,6 +928,7 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
                         format="png", brush=gr.Brush(default_size=max(4, side // 16), colors=[("#ff00ff", 0.6)],
                                                      color_mode="fixed"),
                         eraser=gr.Eraser(default_size=max(4, side // 16)), elem_id="region-editor")
+                    bound_canvas(region_editor, app.max_upload_pixels)
                     with gr.Row():
                         paint_stage1 = gr.Button("Paint on stage 1", size="sm", elem_id="region-on-stage1")
                         paint_output = gr.Button("Paint on the selected output", size="sm", elem_id="region-on-output")
@@ -1120,27 +1206,72 @@ def _options_panel(app: WebApp) -> dict[str, Any]:
 
 
 def launch(demo: Any, app: WebApp, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
-           quiet: bool = False) -> Any:
-    """Start the server for ``demo`` (built over ``app``): no share link, no SSR node server, analytics off."""
-    return demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False,
-                       allowed_paths=[str(app.work_dir)], max_file_size=app.max_upload_bytes, show_error=False,
-                       prevent_thread_lock=not block, quiet=quiet, css=_CSS, head=_HOVER_JS, footer_links=[],
-                       pwa=False, mcp_server=False)
+           quiet: bool = False, auth: tuple[str, str] | None = None) -> Any:
+    """Start the server for ``demo`` (built over ``app``): no share link, no SSR node server, analytics off.
+
+    Every request passes :class:`~pixelnn.web_limits.RequestLimits` first: upload bodies are capped at
+    :func:`~pixelnn.web_limits.upload_cap` (``MAX_LIKE_PHOTOS`` files of ``app.max_upload_bytes``, the most one
+    upload field takes, plus the multipart framing), other bodies at
+    :data:`~pixelnn.web_limits.MAX_JSON_BYTES`, and nothing that would make the server fetch a URL gets through.
+    ``auth`` ``(user, password)``: every page and API route asks for that login (Gradio's login form; a
+    ``gradio_client.Client`` passes ``auth=``). ``block``: serve until interrupted (Ctrl-C, or SIGTERM under
+    :func:`serve`), then close the server; else return at once (``demo.close()`` stops it).
+    """
+    from starlette.middleware import Middleware
+
+    limits = Middleware(RequestLimits, upload_bytes=upload_cap(app.max_upload_bytes, MAX_LIKE_PHOTOS),
+                        json_bytes=MAX_JSON_BYTES)
+    result = demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False,
+                         allowed_paths=[str(app.work_dir)], max_file_size=app.max_upload_bytes, show_error=False,
+                         prevent_thread_lock=True, quiet=quiet, css=_CSS, head=_HOVER_JS, footer_links=[],
+                         pwa=False, mcp_server=False, auth=[auth] if auth else None, app_kwargs={"middleware": [limits]},
+                         num_workers=0)  # no static-file worker processes: every request passes the limits
+    if block:
+        try:
+            while demo.is_running:
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            log.info("stopping the server")
+        finally:
+            demo.close()
+    return result
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """Within the block, SIGTERM (``kill``, a service manager's stop) raises KeyboardInterrupt in the main
+    thread as Ctrl-C does, so the server stops through its ``finally`` clauses (Python's default handler would
+    end the process at once, leaving its temporary folder behind). Outside the main thread: nothing to do."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, library_dir: str | Path | None = None,
           max_upload_bytes: int = MAX_UPLOAD_BYTES, max_upload_pixels: int = MAX_UPLOAD_PIXELS,
-          threads: int | None = None, device: str = "auto") -> None:
-    """Load a model and its library and serve the web app until interrupted.
+          threads: int | None = None, device: str = "auto", auth: tuple[str, str] | None = None) -> None:
+    """Load a model and its library and serve the web app until interrupted (Ctrl-C or SIGTERM).
 
     ``device`` is where the models and matching run: ``auto`` (CUDA when there), ``cpu``, ``cuda[:N]`` or
-    ``mps`` (:func:`pixelnn.devices.resolve_device`).
+    ``mps`` (:func:`pixelnn.devices.resolve_device`). ``auth`` ``(user, password)`` requires that login; a
+    ``host`` beyond loopback without it logs a one-line warning (anyone on the network could use the app).
+
+    The server keeps its files in one temporary folder, ``$TMPDIR/pixelnn-web-PID-*``
+    (:class:`~pixelnn.web_limits.TempRoot`): the app's downloads and Gradio's cache (``GRADIO_TEMP_DIR``, set
+    for this server). It is removed when the server stops, and at the next start if the server was killed.
     """
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("gradio") is None:
         raise PixelNNError("the web app needs gradio: install the web extra (pip install -e '.[web]', "
-                           "or run scripts/install.sh)") from None
+                           "or run scripts/install.sh)")
     import torch
 
     from pixelnn.pipeline import PixelNNPipeline
@@ -1150,9 +1281,31 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, libr
     t0 = time.perf_counter()
     pipe = PixelNNPipeline.from_model_dir(model_dir, library_dir=library_dir, device=device)
     app = WebApp(pipe, max_upload_bytes=max_upload_bytes, max_upload_pixels=max_upload_pixels)
-    warm_up(app)
-    log.info("model loaded on %s in %.1f s; serving on http://%s:%d", pipe.device, time.perf_counter() - t0, host, port)
-    launch(build_ui(app), app, host=host, port=port)
+    gradio_dir = app.temp_root.path / "gradio"
+    saved = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(gradio_dir)  # read by each component and the app as they are made
+    try:
+        with _sigterm_interrupts():
+            warm_up(app)
+            log.info("model loaded on %s in %.1f s; serving on http://%s:%d", pipe.device, time.perf_counter() - t0,
+                     host, port)
+            if not is_loopback(host):
+                if auth is None:
+                    log.warning("http://%s:%d is reachable from the network without authentication: anyone who "
+                                "can reach this machine can use the app; pass --auth USER:PASSWORD (or set "
+                                "PIXELNN_AUTH) to require a login", host, port)
+                else:
+                    log.info("http://%s:%d is reachable from the network; logins travel unencrypted (plain HTTP): "
+                             "serve through an HTTPS proxy on networks you do not trust", host, port)
+            launch(build_ui(app), app, host=host, port=port, auth=auth)
+    except KeyboardInterrupt:
+        log.info("server stopped")
+    finally:
+        app.close()
+        if saved is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = saved
 
 
 def warm_up(app: WebApp) -> None:
