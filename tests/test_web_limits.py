@@ -176,6 +176,9 @@ def bait():
     httpd.shutdown()
 
 
+SERVED: dict = {}  # the in-process server's gr.Blocks
+
+
 @pytest.fixture(scope="module")
 def server(app):
     from pixelnn.web import build_ui, launch
@@ -185,6 +188,7 @@ def server(app):
     launch(demo, app, port=port, block=False, quiet=True)
     url = f"http://127.0.0.1:{port}"
     _wait_http(url + "/")
+    SERVED["demo"] = demo
     yield url
     demo.close()
 
@@ -284,6 +288,38 @@ def test_sketch_over_the_limit_through_the_api_is_a_one_line_message(server, app
     out = client.predict(None, None, sketch, [], *[page[k] for k in PAGE_OPTIONS], *[[] for _ in app.labels],
                          api_name="/synthesize_sketch")
     assert out[0] == "**Error:** the sketch pad's image is 1000x1001 pixels (1.0 MP); the limit is 1.0 MP", out[0]
+
+
+def _multipart(fields: dict[str, str], file: bytes, boundary: str = "pixelnnb") -> tuple[bytes, dict]:
+    parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n".encode()
+             for k, v in fields.items()]
+    parts.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"blob\"\r\n"
+                 f"Content-Type: image/png\r\n\r\n".encode() + file + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_image_editor_blob_uploads_are_bounded(server, monkeypatch):
+    """Gradio's ``accept_blobs`` makes a list as long as the layer index a request names, and keeps every canvas
+    it is sent until a submit names it: an index over MAX_EDITOR_LAYERS is a 400, and the canvases kept are
+    capped (the oldest dropped)."""
+    import pixelnn.web as web
+
+    editor = next(b for b in SERVED["demo"].blocks.values() if getattr(b, "elem_id", None) == "region-editor")
+    editor.blob_storage.clear()
+
+    def send(index: str, blob_id: str, size: int = 1000) -> int:
+        body, headers = _multipart({"component_id": str(editor._id), "session_hash": "s2", "fn_name": "accept_blobs",
+                                    "type": "layer", "index": index, "id": blob_id}, b"\x89PNG" + bytes(size))
+        return _request(server + "/gradio_api/component_server", "POST", body, headers)[0]
+
+    assert send("1000000", "a") == 400 and send("-1", "a") == 400 and send("x", "a") == 400  # 10**6: 8 MB of list
+    assert editor.blob_storage == {}
+    assert send("0", "a") == 200 and len(editor.blob_storage["a"].layers) == 1
+    monkeypatch.setattr(web, "MAX_EDITOR_BLOB_BYTES", 25_000)
+    for blob_id in "bcd":
+        assert send("1", blob_id, 10_000) == 200
+    assert list(editor.blob_storage) == ["c", "d"]  # a and b dropped, oldest first
+    editor.blob_storage.clear()
 
 
 # ---------------------------------------------------------------------------- serve: warning, auth, temp folder

@@ -713,13 +713,55 @@ def image_size(file: Any) -> tuple[int, int] | Oversized | None:
         return None
 
 
+#: Most layers an image editor's blob upload may name (``accept_blobs``): Gradio makes a list as long as the
+#: index a request gives (an index of 10**9: 8 GB of list from a 500-byte request).
+MAX_EDITOR_LAYERS = 16
+#: Bytes of canvases an image editor keeps for values not yet submitted (``blob_storage``, which Gradio never
+#: empties for an abandoned canvas): the oldest go first. A 384 x 384 canvas is at most 0.6 MB a layer.
+MAX_EDITOR_BLOB_BYTES = 256 * 2**20
+
+
+def _blob_bytes(entry: Any) -> int:
+    parts = [getattr(entry, "background", None), getattr(entry, "composite", None), *getattr(entry, "layers", [])]
+    return sum(len(b) for b in parts if b)
+
+
 def bound_canvas(component: Any, max_pixels: int) -> Any:
     """Make a Gradio image editor (``gr.Sketchpad``, ``gr.ImageEditor``) refuse images over ``max_pixels``
     before decoding them: each image of its value (background, layers, composite) is measured from its header
     (:func:`image_size`) and, when too large, handed to the app as an :class:`Oversized` instead of an array
     (:func:`_canvas` turns it into a one-line error). Without this Gradio decodes whatever canvas a request
-    names (a 36 MP one: 144 MB, then copies). Returns ``component``."""
+    names (a 36 MP one: 412 MB of peak memory). The editor's blob uploads (``accept_blobs``, the canvases the
+    page sends ahead of a submit) are bounded too: a layer index over :data:`MAX_EDITOR_LAYERS` is a 400, and
+    the canvases kept take at most :data:`MAX_EDITOR_BLOB_BYTES` (oldest dropped). Returns ``component``."""
+    from starlette.exceptions import HTTPException
+
     convert = component.convert_and_format_image
+    accept = component.accept_blobs
+
+    def bounded_accept(data: Any) -> Any:
+        fields = getattr(data, "data", None)
+        fields = fields if isinstance(fields, dict) else {}
+        index = fields.get("index")
+        if fields.get("type") == "layer" and index not in (None, "", "null"):
+            try:
+                ok = 0 <= int(index) < MAX_EDITOR_LAYERS
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise HTTPException(400, f"layer index must be 0-{MAX_EDITOR_LAYERS - 1}")
+        result = accept(data)
+        store, newest = component.blob_storage, fields.get("id")
+        total = sum(_blob_bytes(v) for v in store.values())
+        for key in list(store):
+            if total <= MAX_EDITOR_BLOB_BYTES:
+                break
+            if key != newest:
+                total -= _blob_bytes(store.pop(key))
+        return result
+
+    bounded_accept._is_server_fn = True  # what Gradio's component_server route asks of a server function
+    component.accept_blobs = bounded_accept
 
     def bounded(file: Any, *args: Any, **kwargs: Any) -> Any:
         if file is not None:
