@@ -61,6 +61,8 @@ CANVAS_SIDE = 384
 SOURCES = ("photo", "input", "sketch")
 #: Folder of the work dir that keeps the regions' "like this" photos (not pruned with the download folders).
 _KEEP = "kept-photos"
+#: Prefix of the work dir's folders that hold one page's Gradio file cache (:func:`build_ui`; not pruned either).
+_CACHE = "gradio-cache-"
 #: The Options panel's fields, in page order: SynthesisOptions field names (``where`` and ``like`` come from
 #: the "Restrict the exemplars" panel).
 PAGE_OPTIONS = ("mode", "color", "top_k", "windows", "sets", "patch_size", "vote_size", "highpass_sigma",
@@ -561,7 +563,8 @@ class WebApp:
         """Remove download folders older than an hour (Gradio has copied them to its own cache by then)."""
         now = time.time()
         for d in self.work_dir.iterdir():
-            if d.is_dir() and d.name != _KEEP and now - d.stat().st_mtime > max_age_s:
+            if (d.is_dir() and d.name != _KEEP and not d.name.startswith(_CACHE)
+                    and now - d.stat().st_mtime > max_age_s):
                 shutil.rmtree(d, ignore_errors=True)
 
     def png_files(self, images: dict[str, np.ndarray]) -> dict[str, str]:
@@ -758,6 +761,12 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
     def _error(e: Exception) -> str:
         return f"**Error:** {e}"
 
+    # Each page gets its own Gradio file cache inside the app's work dir. Gradio names a cached file by the hash
+    # of its content and deletes every file a server handed out when that server stops; in the shared default
+    # cache (/tmp/gradio) a stopping server (another process, or a page built earlier in this one) could thus
+    # delete an identical image, say the stage-1 image of the same photo, that this page is still serving.
+    cache = Path(tempfile.mkdtemp(prefix=_CACHE, dir=app.work_dir))
+    os.environ["GRADIO_TEMP_DIR"] = str(cache)  # read by every component at construction, and by the server
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         result_state = gr.State(None)   # SynthesisResult of this browser session
         photo_state = gr.State(None)    # the photo it came from, if any
@@ -1053,6 +1062,7 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
         dl_all.click(lambda r, k, p: on_download(r, k, p, "all"), [result_state, output_state, photo_state], dl_file,
                      concurrency_limit=1, concurrency_id="files", api_name=False)
     demo.queue(default_concurrency_limit=1, max_size=64)
+    demo.pixelnn_cache = str(cache)
     return demo
 
 
@@ -1122,6 +1132,7 @@ def _options_panel(app: WebApp) -> dict[str, Any]:
 def launch(demo: Any, app: WebApp, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
            quiet: bool = False) -> Any:
     """Start the server for ``demo`` (built over ``app``): no share link, no SSR node server, analytics off."""
+    os.environ["GRADIO_TEMP_DIR"] = demo.pixelnn_cache  # the server's upload folder is the page's own cache
     return demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False,
                        allowed_paths=[str(app.work_dir)], max_file_size=app.max_upload_bytes, show_error=False,
                        prevent_thread_lock=not block, quiet=quiet, css=_CSS, head=_HOVER_JS, footer_links=[],
