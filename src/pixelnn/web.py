@@ -58,6 +58,14 @@ VIEW_SIDE = 384
 #: Sketch pad canvas side in pixels (the drawing is reduced to the model's input size).
 CANVAS_SIDE = 384
 
+#: Syntheses that ``pixelnn serve`` runs at the same time by default (``--workers``), and the most allowed.
+DEFAULT_WORKERS = 2
+MAX_WORKERS = 64
+#: Most waiting requests of the same options run as one batch (``--batch``).
+MAX_BATCH = 64
+#: Requests that may wait in the queue (``--max-queue``); the next gets "the queue is full".
+MAX_QUEUE = 64
+
 SOURCES = ("photo", "input", "sketch")
 #: Folder of the work dir that keeps the regions' "like this" photos (not pruned with the download folders).
 _KEEP = "kept-photos"
@@ -80,10 +88,20 @@ class WebApp:
         Upload limits (files and decoded images).
     work_dir : path, optional
         Where download zips are written (default: a temporary folder removed at exit).
+    workers : int
+        Syntheses that run at the same time (each on its own thread; default 1). ``pixelnn serve`` defaults to
+        :data:`DEFAULT_WORKERS`.
+    batch : int
+        At most this many waiting requests with the same options (and no "like" photos or regions) run as one
+        :meth:`~pixelnn.pipeline.PixelNNPipeline.batch` call (default 1: none); bit-identical to single runs on
+        the CPU, one batched pass on a GPU.
+    max_queue : int
+        Requests that may wait for a worker; the next one is refused with "the queue is full".
     """
 
     def __init__(self, pipe: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-                 max_upload_pixels: int = MAX_UPLOAD_PIXELS, work_dir: str | Path | None = None):
+                 max_upload_pixels: int = MAX_UPLOAD_PIXELS, work_dir: str | Path | None = None,
+                 workers: int = 1, batch: int = 1, max_queue: int = MAX_QUEUE):
         self.pipe = pipe
         self.max_upload_bytes = int(max_upload_bytes)
         self.max_upload_pixels = int(max_upload_pixels)
@@ -93,13 +111,20 @@ class WebApp:
         self.labels = {k: v for k, v in pipe.library.labels_index().items() if len(v) <= MAX_LABEL_VALUES}
         self.size = int(pipe.task.size)
         self.scale = max(1, VIEW_SIDE // self.size)
-        # Bookkeeping of concurrent pipeline runs: the queue lets one run at a time; the lock makes
-        # sure of it even if the app is wired differently, and ``peak_active`` shows it in tests.
-        self._lock = threading.Lock()
+        # Bookkeeping of concurrent pipeline runs: the queue lets ``workers`` requests (times ``batch``) in at a
+        # time; the batcher's slots make sure no more than ``workers`` pipeline calls run even if the app is
+        # wired differently, and ``peak_active`` shows it in tests.
+        for name, value, top in (("workers", workers, MAX_WORKERS), ("batch", batch, MAX_BATCH),
+                                 ("max_queue", max_queue, None)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (top and value > top):
+                raise PixelNNError(f"{name} must be an integer from 1{f' to {top}' if top else ''}, got {value!r}")
+        self.workers, self.batch, self.max_queue = workers, batch, max_queue
+        self._batcher = Batcher(self._run_group, workers=workers, batch=batch)
         self._count_lock = threading.Lock()
         self.active = 0
         self.peak_active = 0
         self.runs = 0
+        self.batches = 0
 
     # ------------------------------------------------------------------ description
     @property
@@ -469,16 +494,27 @@ class WebApp:
         at a time; ``like_photos`` are "like these" photos as arrays, ``overrides`` change option fields.
         Returns the SynthesisResult (its ``options`` are the resolved ones that ran)."""
         options = self.default_options() if options is None else options
+        if overrides:
+            options = options.replace(**overrides)
+        # requests that may share one pipeline.batch call: same options, no "like" photos, no regions
+        key = None if like_photos or options.regions else options.to_json()
+        return self._batcher.submit(key, (x, options, like_photos))
+
+    def _run_group(self, requests: list[tuple[np.ndarray, Any, Any]]) -> list[Any]:
+        """Run one group of requests (the batcher's worker call): one pipeline call, or one batch call."""
         with self._count_lock:
             self.active += 1
             self.peak_active = max(self.peak_active, self.active)
         try:
-            with self._lock:
-                return self.pipe(x, options, like_photos=like_photos, **overrides)
+            if len(requests) == 1:
+                x, options, like_photos = requests[0]
+                return [self.pipe(x, options, like_photos=like_photos)]
+            return self.pipe.batch([x for x, _, _ in requests], requests[0][1])
         finally:
             with self._count_lock:
                 self.active -= 1
-                self.runs += 1
+                self.runs += len(requests)
+                self.batches += 1
 
     def gallery(self, result: Any) -> list[tuple[np.ndarray, str]]:
         """The outputs with captions ``"k: #1-3 7x7"`` (output, exemplar ranks and window, 1-based), for a gallery."""
@@ -700,6 +736,91 @@ def _set_name(ranks: Sequence[int]) -> str:
     return "#" + "+".join(map(str, r))
 
 
+
+# ====================================================================== workers and batches
+class _Request:
+    __slots__ = ("key", "payload", "taken", "done", "result", "error")
+
+    def __init__(self, key: Any, payload: Any):
+        self.key, self.payload = key, payload
+        self.taken = False
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class Batcher:
+    """Runs requests on at most ``workers`` threads at once, grouping waiting requests of one key into batches.
+
+    Every caller of :meth:`submit` (one thread per request, as Gradio runs them) queues its request, then, until
+    its request is taken, takes a worker slot and runs the oldest waiting request together with up to
+    ``batch - 1`` later ones of the same key (``key=None``: never grouped). A caller may so run other callers'
+    requests; each gets its own result or exception back. Nothing waits to fill a batch: batches form only
+    from requests that are already waiting, so an idle server answers as fast as with no batching.
+
+    Parameters
+    ----------
+    run : callable
+        ``run(payloads) -> results``, one result per payload, in order.
+    workers, batch : int
+        Concurrent ``run`` calls, and the most payloads per call.
+    """
+
+    def __init__(self, run: Any, workers: int = 1, batch: int = 1):
+        self.run, self.batch = run, max(1, int(batch))
+        self._slots = threading.Semaphore(max(1, int(workers)))
+        self._cond = threading.Lock()
+        self._waiting: list[_Request] = []
+
+    def submit(self, key: Any, payload: Any) -> Any:
+        """Run ``payload`` (grouped with others of ``key``) and return its result, or raise its exception."""
+        req = _Request(key, payload)
+        with self._cond:
+            self._waiting.append(req)
+        while True:
+            with self._cond:
+                if req.taken:
+                    break
+            with self._slots:
+                group = self._take()
+                if group:
+                    self._run(group)
+        req.done.wait()
+        if req.error is not None:
+            raise req.error
+        return req.result
+
+    def _take(self) -> list[_Request]:
+        """The oldest waiting request and up to ``batch - 1`` later ones of its key, marked taken."""
+        with self._cond:
+            if not self._waiting:
+                return []
+            first = self._waiting[0]
+            group = [first] if first.key is None else [r for r in self._waiting if r.key == first.key][:self.batch]
+            for r in group:
+                r.taken = True
+                self._waiting.remove(r)
+            return group
+
+    def _run(self, group: list[_Request]) -> None:
+        try:
+            results = self.run([r.payload for r in group])
+            for r, res in zip(group, results):
+                r.result = res
+        except BaseException as e:  # every request of the group gets the error (each raises it in its own thread)
+            if len(group) > 1 and isinstance(e, Exception):  # one bad request must not fail the others: retry alone
+                for r in group:
+                    try:
+                        r.result = self.run([r.payload])[0]
+                    except BaseException as e1:
+                        r.error = e1
+            else:
+                for r in group:
+                    r.error = e
+        finally:
+            for r in group:
+                r.done.set()
+
 # ====================================================================== the page
 _CSS = """
 #gallery .thumbnail-item img, #gallery img {image-rendering: pixelated}
@@ -766,6 +887,9 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
     # cache (/tmp/gradio) a stopping server (another process, or a page built earlier in this one) could thus
     # delete an identical image, say the stage-1 image of the same photo, that this page is still serving.
     cache = Path(tempfile.mkdtemp(prefix=_CACHE, dir=app.work_dir))
+    # requests let into the app at once: each worker's batch (the batcher groups the waiting ones; the rest
+    # wait in Gradio's queue, which shows each user their position)
+    pipeline_limit = app.workers * app.batch
     os.environ["GRADIO_TEMP_DIR"] = str(cache)  # read by every component at construction, and by the server
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         result_state = gr.State(None)   # SynthesisResult of this browser session
@@ -920,12 +1044,12 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
                   *label_menus]
         for button, source in ((run_photo, "photo"), (run_input, "input"), (run_sketch, "sketch")):
             button.click(functools.partial(on_synthesize, source), inputs=common, outputs=synth_outputs,
-                         concurrency_limit=1, concurrency_id="pipeline", api_name=f"synthesize_{source}",
+                         concurrency_limit=pipeline_limit, concurrency_id="pipeline", api_name=f"synthesize_{source}",
                          # the full-page progress overlay animates at the display's frame rate: on a 2-core machine
                          # serving its own browser that animation costs the pipeline about a second
                          show_progress="minimal")
-        region_run.click(on_synthesize, inputs=[source_state, *common], outputs=synth_outputs, concurrency_limit=1,
-                         concurrency_id="pipeline", api_name=False, show_progress="minimal")
+        region_run.click(on_synthesize, inputs=[source_state, *common], outputs=synth_outputs,
+                         concurrency_limit=pipeline_limit, concurrency_id="pipeline", api_name=False, show_progress="minimal")
 
         # ------------------------------------------------------------ regions
         def on_add_region(drawing, regions, result, like_paths, clicked, use_clicked, *label_values):
@@ -1061,7 +1185,7 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
                      concurrency_limit=1, concurrency_id="files", api_name=False)
         dl_all.click(lambda r, k, p: on_download(r, k, p, "all"), [result_state, output_state, photo_state], dl_file,
                      concurrency_limit=1, concurrency_id="files", api_name=False)
-    demo.queue(default_concurrency_limit=1, max_size=64)
+    demo.queue(default_concurrency_limit=1, max_size=app.max_queue)
     demo.pixelnn_cache = str(cache)
     return demo
 
@@ -1141,11 +1265,14 @@ def launch(demo: Any, app: WebApp, host: str = "127.0.0.1", port: int = 7860, bl
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, library_dir: str | Path | None = None,
           max_upload_bytes: int = MAX_UPLOAD_BYTES, max_upload_pixels: int = MAX_UPLOAD_PIXELS,
-          threads: int | None = None, device: str = "auto") -> None:
+          threads: int | None = None, device: str = "auto", workers: int = DEFAULT_WORKERS, batch: int = 1,
+          max_queue: int = MAX_QUEUE) -> None:
     """Load a model and its library and serve the web app until interrupted.
 
     ``device`` is where the models and matching run: ``auto`` (CUDA when there), ``cpu``, ``cuda[:N]`` or
-    ``mps`` (:func:`pixelnn.devices.resolve_device`).
+    ``mps`` (:func:`pixelnn.devices.resolve_device`). ``workers`` syntheses run at once, each taking up to
+    ``batch`` waiting requests of the same options; ``max_queue`` more may wait (see :class:`WebApp`). With
+    ``threads`` unset, the CPU's cores are shared out between the workers (``torch.set_num_threads``).
     """
     try:
         import gradio  # noqa: F401
@@ -1158,9 +1285,12 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, libr
 
     if threads:
         torch.set_num_threads(threads)
+    elif workers > 1:  # each worker's convolutions get their share of the cores, not all of them each
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
     t0 = time.perf_counter()
     pipe = PixelNNPipeline.from_model_dir(model_dir, library_dir=library_dir, device=device)
-    app = WebApp(pipe, max_upload_bytes=max_upload_bytes, max_upload_pixels=max_upload_pixels)
+    app = WebApp(pipe, max_upload_bytes=max_upload_bytes, max_upload_pixels=max_upload_pixels, workers=workers,
+                 batch=batch, max_queue=max_queue)
     warm_up(app)
     log.info("model loaded on %s in %.1f s; serving on http://%s:%d", pipe.device, time.perf_counter() - t0, host, port)
     launch(build_ui(app), app, host=host, port=port)
