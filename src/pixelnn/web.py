@@ -17,8 +17,9 @@ panel paints regions (on the stage-1 image or an output) and gives each its own 
 :meth:`WebApp.region_from_page` build the :class:`~pixelnn.options.Region` list that the next synthesis
 passes as ``SynthesisOptions.regions``; :meth:`WebApp.regions_overlay` shows them over stage 1.
 
-Under use: synthesis runs one request at a time (a queue; other users wait their turn and see their
-position), uploads over :data:`MAX_UPLOAD_BYTES` or :data:`MAX_UPLOAD_PIXELS`, non-images and corrupt
+Under use: ``workers`` syntheses run at once (``pixelnn serve --workers``, default 2), each taking up to
+``batch`` waiting requests of the same options (:class:`Batcher`); other users wait in a bounded queue
+(``--max-queue``) and see their position; uploads over :data:`MAX_UPLOAD_BYTES` or :data:`MAX_UPLOAD_PIXELS`, non-images and corrupt
 files get a one-line message in the page, and the app keeps serving. Nothing is fetched from the
 network (Gradio's analytics are off).
 """
