@@ -431,6 +431,26 @@ def test_simultaneous_users_are_queued(app, tiny):
         demo.close()
 
 
+def test_each_page_has_its_own_file_cache(app, tiny):
+    """A stopping server deletes every file it handed out; with one shared cache (Gradio's default, files named by
+    their content's hash) that deleted the identical image another page was still serving."""
+    pytest.importorskip("gradio")
+    from gradio.route_utils import delete_files_created_by_app
+
+    from pixelnn.web import build_ui
+
+    first, second = build_ui(app), build_ui(app)
+    assert first.pixelnn_cache != second.pixelnn_cache
+    assert all(Path(b.GRADIO_CACHE) == Path(first.pixelnn_cache) for b in first.blocks.values())
+    page = app.png_files({"stage1": np.full((8, 8, 3), 7, np.uint8)})["stage1"]
+    a = first.move_resource_to_block_cache(page)
+    b = second.move_resource_to_block_cache(page)
+    assert a != b and Path(a).read_bytes() == Path(b).read_bytes()
+    first.temp_file_sets.append({a})
+    delete_files_created_by_app(first, age=None)  # what the first server does when it stops
+    assert not Path(a).exists() and Path(b).exists()
+
+
 # ---------------------------------------------------------------------------- a real browser
 @contextlib.contextmanager
 def serve_model(model_dir: Path, *extra: str):

@@ -58,6 +58,7 @@ NUMERIC_FLAGS: dict[str, tuple[float | None, float | None, dict[str, bool]]] = {
     "normals_outputs_per_input": (1, None, _INT),
     # serve
     "port": (1, 65535, _INT), "max_upload_mb": (0, None, _ABOVE), "max_upload_mp": (0, None, _ABOVE),
+    "workers": (1, 64, _INT), "batch": (1, 64, _INT), "max_queue": (1, 100_000, _INT),
 }
 
 
@@ -552,7 +553,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     serve(args.model, host=args.host, port=args.port, library_dir=_library_dir(args.library),
           max_upload_bytes=int(args.max_upload_mb * 2**20), max_upload_pixels=int(args.max_upload_mp * 1e6),
-          threads=args.threads, device=args.device, auth=auth)
+          threads=args.threads, device=args.device, workers=args.workers, batch=args.batch,
+          max_queue=args.max_queue, auth=auth)
     return 0
 
 
@@ -779,7 +781,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", default=None, metavar="USER:PASSWORD",
                    help=f"require this login for the page and its API (default: none; ${AUTH_ENV}=USER:PASSWORD "
                         f"does the same and keeps the password out of the shell history and ps)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the cores shared out between the workers)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="syntheses run at the same time, 1-64 (default 2); other users wait in the queue")
+    p.add_argument("--batch", type=int, default=1,
+                   help="run up to N waiting requests with the same options as one batch, 1-64 (default 1: off; "
+                        "pays on a GPU)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests that may wait; the next is refused with 'the queue is full' (default 64)")
     add_device_option(p)
     p.set_defaults(func=cmd_serve)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,6 +234,7 @@ class PixelNNPipeline:
         self.task = task
         self.use_pixel_cache = pixel_cache is not None if use_pixel_cache is None else use_pixel_cache
         self._descriptors: dict[tuple[str, int | None], tuple[Any, Any]] = {}
+        self._descriptors_lock = threading.RLock()
         self._default: tuple[str, int | None] = (DEFAULT_DESCRIPTOR, DEFAULT_PCA_DIMS)
         if descriptor is not None:
             pca = getattr(descriptor, "pca", None)
@@ -276,6 +278,11 @@ class PixelNNPipeline:
         """The pixel descriptor ``name`` with ``pca_dims`` PCA dims (None or 0: full) and its pixel cache (or
         None), loaded on first use (fitting the PCA once per library)."""
         key = (name, pca_dims or None)
+        with self._descriptors_lock:  # several web workers may ask for the same new descriptor at once
+            return self._pixel_descriptor(key)
+
+    def _pixel_descriptor(self, key: tuple[str, int | None]) -> tuple[Any, Any]:
+        name = key[0]
         if key not in self._descriptors:
             desc = load_pixel_descriptor(self.library, name, self.regressor, key[1]).to(self.device)
             cache_dir = getattr(self.library, "pixel_cache_dir", None)  # None: the store keeps no pixel descriptors

@@ -17,14 +17,16 @@ panel paints regions (on the stage-1 image or an output) and gives each its own 
 :meth:`WebApp.region_from_page` build the :class:`~pixelnn.options.Region` list that the next synthesis
 passes as ``SynthesisOptions.regions``; :meth:`WebApp.regions_overlay` shows them over stage 1.
 
-Under use: synthesis runs one request at a time (a queue; other users wait their turn and see their
-position), uploads over :data:`MAX_UPLOAD_BYTES` or :data:`MAX_UPLOAD_PIXELS` (the sketch pad's and the
-region editor's canvases too, checked from their headers before Gradio decodes them), non-images and
-corrupt files get a one-line message in the page, and the app keeps serving. Request bodies are capped and
-nothing is fetched from the network on a request's behalf (:class:`pixelnn.web_limits.RequestLimits`;
-Gradio's analytics are off). ``serve`` keeps its files (downloads, Gradio's cache) in its own temporary
-folder, removed when it stops (:class:`pixelnn.web_limits.TempRoot`), and takes an optional login
-(``auth``); bound beyond loopback without one, it warns.
+Under use: ``workers`` syntheses run at once (``pixelnn serve --workers``, default 2), each taking up to
+``batch`` waiting requests of the same options (:class:`Batcher`); other users wait in a bounded queue
+(``--max-queue``) and see their position; uploads over :data:`MAX_UPLOAD_BYTES` or :data:`MAX_UPLOAD_PIXELS`
+(the sketch pad's and the region editor's canvases too, checked from their headers before Gradio decodes
+them), non-images and corrupt files get a one-line message in the page, and the app keeps serving. Request
+bodies are capped and nothing is fetched from the network on a request's behalf
+(:class:`pixelnn.web_limits.RequestLimits`; Gradio's analytics are off). ``serve`` keeps its files
+(downloads, each page's Gradio cache) in its own temporary folder, removed when it stops
+(:class:`pixelnn.web_limits.TempRoot`), and takes an optional login (``auth``); bound beyond loopback
+without one, it warns.
 """
 
 import contextlib
@@ -66,9 +68,19 @@ VIEW_SIDE = 384
 #: Sketch pad canvas side in pixels (the drawing is reduced to the model's input size).
 CANVAS_SIDE = 384
 
+#: Syntheses that ``pixelnn serve`` runs at the same time by default (``--workers``), and the most allowed.
+DEFAULT_WORKERS = 2
+MAX_WORKERS = 64
+#: Most waiting requests of the same options run as one batch (``--batch``).
+MAX_BATCH = 64
+#: Requests that may wait in the queue (``--max-queue``); the next gets "the queue is full".
+MAX_QUEUE = 64
+
 SOURCES = ("photo", "input", "sketch")
 #: Folder of the work dir that keeps the regions' "like this" photos (not pruned with the download folders).
 _KEEP = "kept-photos"
+#: Prefix of the work dir's folders that hold one page's Gradio file cache (:func:`build_ui`; not pruned either).
+_CACHE = "gradio-cache-"
 #: The Options panel's fields, in page order: SynthesisOptions field names (``where`` and ``like`` come from
 #: the "Restrict the exemplars" panel).
 PAGE_OPTIONS = ("mode", "color", "top_k", "windows", "sets", "patch_size", "vote_size", "highpass_sigma",
@@ -87,11 +99,22 @@ class WebApp:
         region editor's layers too).
     work_dir : path, optional
         Where download zips are written (default: ``work/`` in a :class:`~pixelnn.web_limits.TempRoot`,
-        ``temp_root``, removed by :meth:`close` or at exit; ``serve`` puts Gradio's cache there too).
+        ``temp_root``, removed by :meth:`close` or at exit; each page's Gradio cache is a folder in it,
+        :func:`build_ui`).
+    workers : int
+        Syntheses that run at the same time (each on its own thread; default 1). ``pixelnn serve`` defaults to
+        :data:`DEFAULT_WORKERS`.
+    batch : int
+        At most this many waiting requests with the same options (and no "like" photos or regions) run as one
+        :meth:`~pixelnn.pipeline.PixelNNPipeline.batch` call (default 1: none); bit-identical to single runs on
+        the CPU, one batched pass on a GPU.
+    max_queue : int
+        Requests that may wait for a worker; the next one is refused with "the queue is full".
     """
 
     def __init__(self, pipe: Any, *, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-                 max_upload_pixels: int = MAX_UPLOAD_PIXELS, work_dir: str | Path | None = None):
+                 max_upload_pixels: int = MAX_UPLOAD_PIXELS, work_dir: str | Path | None = None,
+                 workers: int = 1, batch: int = 1, max_queue: int = MAX_QUEUE):
         self.pipe = pipe
         self.max_upload_bytes = int(max_upload_bytes)
         self.max_upload_pixels = int(max_upload_pixels)
@@ -101,13 +124,20 @@ class WebApp:
         self.labels = {k: v for k, v in pipe.library.labels_index().items() if len(v) <= MAX_LABEL_VALUES}
         self.size = int(pipe.task.size)
         self.scale = max(1, VIEW_SIDE // self.size)
-        # Bookkeeping of concurrent pipeline runs: the queue lets one run at a time; the lock makes
-        # sure of it even if the app is wired differently, and ``peak_active`` shows it in tests.
-        self._lock = threading.Lock()
+        # Bookkeeping of concurrent pipeline runs: the queue lets ``workers`` requests (times ``batch``) in at a
+        # time; the batcher's slots make sure no more than ``workers`` pipeline calls run even if the app is
+        # wired differently, and ``peak_active`` shows it in tests.
+        for name, value, top in (("workers", workers, MAX_WORKERS), ("batch", batch, MAX_BATCH),
+                                 ("max_queue", max_queue, None)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (top and value > top):
+                raise PixelNNError(f"{name} must be an integer from 1{f' to {top}' if top else ''}, got {value!r}")
+        self.workers, self.batch, self.max_queue = workers, batch, max_queue
+        self._batcher = Batcher(self._run_group, workers=workers, batch=batch)
         self._count_lock = threading.Lock()
         self.active = 0
         self.peak_active = 0
         self.runs = 0
+        self.batches = 0
 
     def close(self) -> None:
         """Remove the app's temporary folder (when it made one): its downloads and, under ``serve``, Gradio's
@@ -484,16 +514,27 @@ class WebApp:
         at a time; ``like_photos`` are "like these" photos as arrays, ``overrides`` change option fields.
         Returns the SynthesisResult (its ``options`` are the resolved ones that ran)."""
         options = self.default_options() if options is None else options
+        if overrides:
+            options = options.replace(**overrides)
+        # requests that may share one pipeline.batch call: same options, no "like" photos, no regions
+        key = None if like_photos or options.regions else options.to_json()
+        return self._batcher.submit(key, (x, options, like_photos))
+
+    def _run_group(self, requests: list[tuple[np.ndarray, Any, Any]]) -> list[Any]:
+        """Run one group of requests (the batcher's worker call): one pipeline call, or one batch call."""
         with self._count_lock:
             self.active += 1
             self.peak_active = max(self.peak_active, self.active)
         try:
-            with self._lock:
-                return self.pipe(x, options, like_photos=like_photos, **overrides)
+            if len(requests) == 1:
+                x, options, like_photos = requests[0]
+                return [self.pipe(x, options, like_photos=like_photos)]
+            return self.pipe.batch([x for x, _, _ in requests], requests[0][1])
         finally:
             with self._count_lock:
                 self.active -= 1
-                self.runs += 1
+                self.runs += len(requests)
+                self.batches += 1
 
     def gallery(self, result: Any) -> list[tuple[np.ndarray, str]]:
         """The outputs with captions ``"k: #1-3 7x7"`` (output, exemplar ranks and window, 1-based), for a gallery."""
@@ -578,7 +619,8 @@ class WebApp:
         """Remove download folders older than an hour (Gradio has copied them to its own cache by then)."""
         now = time.time()
         for d in self.work_dir.iterdir():
-            if d.is_dir() and d.name != _KEEP and now - d.stat().st_mtime > max_age_s:
+            if (d.is_dir() and d.name != _KEEP and not d.name.startswith(_CACHE)
+                    and now - d.stat().st_mtime > max_age_s):
                 shutil.rmtree(d, ignore_errors=True)
 
     def png_files(self, images: dict[str, np.ndarray]) -> dict[str, str]:
@@ -823,6 +865,91 @@ def _set_name(ranks: Sequence[int]) -> str:
     return "#" + "+".join(map(str, r))
 
 
+
+# ====================================================================== workers and batches
+class _Request:
+    __slots__ = ("key", "payload", "taken", "done", "result", "error")
+
+    def __init__(self, key: Any, payload: Any):
+        self.key, self.payload = key, payload
+        self.taken = False
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class Batcher:
+    """Runs requests on at most ``workers`` threads at once, grouping waiting requests of one key into batches.
+
+    Every caller of :meth:`submit` (one thread per request, as Gradio runs them) queues its request, then, until
+    its request is taken, takes a worker slot and runs the oldest waiting request together with up to
+    ``batch - 1`` later ones of the same key (``key=None``: never grouped). A caller may so run other callers'
+    requests; each gets its own result or exception back. Nothing waits to fill a batch: batches form only
+    from requests that are already waiting, so an idle server answers as fast as with no batching.
+
+    Parameters
+    ----------
+    run : callable
+        ``run(payloads) -> results``, one result per payload, in order.
+    workers, batch : int
+        Concurrent ``run`` calls, and the most payloads per call.
+    """
+
+    def __init__(self, run: Any, workers: int = 1, batch: int = 1):
+        self.run, self.batch = run, max(1, int(batch))
+        self._slots = threading.Semaphore(max(1, int(workers)))
+        self._cond = threading.Lock()
+        self._waiting: list[_Request] = []
+
+    def submit(self, key: Any, payload: Any) -> Any:
+        """Run ``payload`` (grouped with others of ``key``) and return its result, or raise its exception."""
+        req = _Request(key, payload)
+        with self._cond:
+            self._waiting.append(req)
+        while True:
+            with self._cond:
+                if req.taken:
+                    break
+            with self._slots:
+                group = self._take()
+                if group:
+                    self._run(group)
+        req.done.wait()
+        if req.error is not None:
+            raise req.error
+        return req.result
+
+    def _take(self) -> list[_Request]:
+        """The oldest waiting request and up to ``batch - 1`` later ones of its key, marked taken."""
+        with self._cond:
+            if not self._waiting:
+                return []
+            first = self._waiting[0]
+            group = [first] if first.key is None else [r for r in self._waiting if r.key == first.key][:self.batch]
+            for r in group:
+                r.taken = True
+                self._waiting.remove(r)
+            return group
+
+    def _run(self, group: list[_Request]) -> None:
+        try:
+            results = self.run([r.payload for r in group])
+            for r, res in zip(group, results):
+                r.result = res
+        except BaseException as e:  # every request of the group gets the error (each raises it in its own thread)
+            if len(group) > 1 and isinstance(e, Exception):  # one bad request must not fail the others: retry alone
+                for r in group:
+                    try:
+                        r.result = self.run([r.payload])[0]
+                    except BaseException as e1:
+                        r.error = e1
+            else:
+                for r in group:
+                    r.error = e
+        finally:
+            for r in group:
+                r.done.set()
+
 # ====================================================================== the page
 _CSS = """
 #gallery .thumbnail-item img, #gallery img {image-rendering: pixelated}
@@ -884,6 +1011,15 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
     def _error(e: Exception) -> str:
         return f"**Error:** {e}"
 
+    # Each page gets its own Gradio file cache inside the app's work dir. Gradio names a cached file by the hash
+    # of its content and deletes every file a server handed out when that server stops; in the shared default
+    # cache (/tmp/gradio) a stopping server (another process, or a page built earlier in this one) could thus
+    # delete an identical image, say the stage-1 image of the same photo, that this page is still serving.
+    cache = Path(tempfile.mkdtemp(prefix=_CACHE, dir=app.work_dir))
+    # requests let into the app at once: each worker's batch (the batcher groups the waiting ones; the rest
+    # wait in Gradio's queue, which shows each user their position)
+    pipeline_limit = app.workers * app.batch
+    os.environ["GRADIO_TEMP_DIR"] = str(cache)  # read by every component at construction, and by the server
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         result_state = gr.State(None)   # SynthesisResult of this browser session
         photo_state = gr.State(None)    # the photo it came from, if any
@@ -1039,12 +1175,12 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
                   *label_menus]
         for button, source in ((run_photo, "photo"), (run_input, "input"), (run_sketch, "sketch")):
             button.click(functools.partial(on_synthesize, source), inputs=common, outputs=synth_outputs,
-                         concurrency_limit=1, concurrency_id="pipeline", api_name=f"synthesize_{source}",
+                         concurrency_limit=pipeline_limit, concurrency_id="pipeline", api_name=f"synthesize_{source}",
                          # the full-page progress overlay animates at the display's frame rate: on a 2-core machine
                          # serving its own browser that animation costs the pipeline about a second
                          show_progress="minimal")
-        region_run.click(on_synthesize, inputs=[source_state, *common], outputs=synth_outputs, concurrency_limit=1,
-                         concurrency_id="pipeline", api_name=False, show_progress="minimal")
+        region_run.click(on_synthesize, inputs=[source_state, *common], outputs=synth_outputs,
+                         concurrency_limit=pipeline_limit, concurrency_id="pipeline", api_name=False, show_progress="minimal")
 
         # ------------------------------------------------------------ regions
         def on_add_region(drawing, regions, result, like_paths, clicked, use_clicked, *label_values):
@@ -1180,7 +1316,8 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
                      concurrency_limit=1, concurrency_id="files", api_name=False)
         dl_all.click(lambda r, k, p: on_download(r, k, p, "all"), [result_state, output_state, photo_state], dl_file,
                      concurrency_limit=1, concurrency_id="files", api_name=False)
-    demo.queue(default_concurrency_limit=1, max_size=64)
+    demo.queue(default_concurrency_limit=1, max_size=app.max_queue)
+    demo.pixelnn_cache = str(cache)
     return demo
 
 
@@ -1261,6 +1398,7 @@ def launch(demo: Any, app: WebApp, host: str = "127.0.0.1", port: int = 7860, bl
     """
     from starlette.middleware import Middleware
 
+    os.environ["GRADIO_TEMP_DIR"] = demo.pixelnn_cache  # the server's upload folder is the page's own cache
     limits = Middleware(RequestLimits, upload_bytes=upload_cap(app.max_upload_bytes, MAX_LIKE_PHOTOS),
                         json_bytes=MAX_JSON_BYTES)
     result = demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False,
@@ -1300,16 +1438,21 @@ def _sigterm_interrupts():
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, library_dir: str | Path | None = None,
           max_upload_bytes: int = MAX_UPLOAD_BYTES, max_upload_pixels: int = MAX_UPLOAD_PIXELS,
-          threads: int | None = None, device: str = "auto", auth: tuple[str, str] | None = None) -> None:
+          threads: int | None = None, device: str = "auto", workers: int = DEFAULT_WORKERS, batch: int = 1,
+          max_queue: int = MAX_QUEUE, auth: tuple[str, str] | None = None) -> None:
     """Load a model and its library and serve the web app until interrupted (Ctrl-C or SIGTERM).
 
     ``device`` is where the models and matching run: ``auto`` (CUDA when there), ``cpu``, ``cuda[:N]`` or
-    ``mps`` (:func:`pixelnn.devices.resolve_device`). ``auth`` ``(user, password)`` requires that login; a
-    ``host`` beyond loopback without it logs a one-line warning (anyone on the network could use the app).
+    ``mps`` (:func:`pixelnn.devices.resolve_device`). ``workers`` syntheses run at once, each taking up to
+    ``batch`` waiting requests of the same options; ``max_queue`` more may wait (see :class:`WebApp`). With
+    ``threads`` unset, the CPU's cores are shared out between the workers (``torch.set_num_threads``).
+    ``auth`` ``(user, password)`` requires that login; a ``host`` beyond loopback without it logs a one-line
+    warning (anyone on the network could use the app).
 
     The server keeps its files in one temporary folder, ``$TMPDIR/pixelnn-web-PID-*``
-    (:class:`~pixelnn.web_limits.TempRoot`): the app's downloads and Gradio's cache (``GRADIO_TEMP_DIR``, set
-    for this server). It is removed when the server stops, and at the next start if the server was killed.
+    (:class:`~pixelnn.web_limits.TempRoot`): the app's downloads and the page's Gradio cache
+    (``GRADIO_TEMP_DIR``, set for this server and restored after). It is removed when the server stops, and at
+    the next start if the server was killed.
     """
     if importlib.util.find_spec("gradio") is None:
         raise PixelNNError("the web app needs gradio: install the web extra (pip install -e '.[web]', "
@@ -1320,12 +1463,13 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, libr
 
     if threads:
         torch.set_num_threads(threads)
+    elif workers > 1:  # each worker's convolutions get their share of the cores, not all of them each
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
     t0 = time.perf_counter()
     pipe = PixelNNPipeline.from_model_dir(model_dir, library_dir=library_dir, device=device)
-    app = WebApp(pipe, max_upload_bytes=max_upload_bytes, max_upload_pixels=max_upload_pixels)
-    gradio_dir = app.temp_root.path / "gradio"
-    saved = os.environ.get("GRADIO_TEMP_DIR")
-    os.environ["GRADIO_TEMP_DIR"] = str(gradio_dir)  # read by each component and the app as they are made
+    app = WebApp(pipe, max_upload_bytes=max_upload_bytes, max_upload_pixels=max_upload_pixels, workers=workers,
+                 batch=batch, max_queue=max_queue)
+    saved = os.environ.get("GRADIO_TEMP_DIR")  # build_ui and launch point it at the page's cache in app.work_dir
     try:
         with _sigterm_interrupts():
             warm_up(app)
