@@ -1469,7 +1469,10 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, libr
     pipe = PixelNNPipeline.from_model_dir(model_dir, library_dir=library_dir, device=device)
     app = WebApp(pipe, max_upload_bytes=max_upload_bytes, max_upload_pixels=max_upload_pixels, workers=workers,
                  batch=batch, max_queue=max_queue)
-    saved = os.environ.get("GRADIO_TEMP_DIR")  # build_ui and launch point it at the page's cache in app.work_dir
+    saved = os.environ.get("GRADIO_TEMP_DIR")
+    # Gradio reads it when first imported (route_utils.DEFAULT_TEMP_DIR: its vibe-edit history, video files) and
+    # as each component is made; build_ui and launch then point it at the page's own cache in app.work_dir
+    os.environ["GRADIO_TEMP_DIR"] = str(app.temp_root.path / "gradio")
     try:
         with _sigterm_interrupts():
             warm_up(app)
