@@ -864,11 +864,12 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
                 recover_parent: bool = True) -> Path:
     """Write a result the way ``pixelnn synthesize`` does, into ``out_dir`` (created atomically).
 
-    Files: ``input.png``, ``stage1.png``, ``output_001.png``..., ``grid.png``, ``correspondences.npz``
-    (per output and pixel: library position, exemplar index into ``exemplar_ids``, source y, source x,
-    similarity), ``manifest.json`` (per output: exemplar ids and ranks, window, mean similarity; per
-    exemplar id: source file and labels; the resolved options, which ``pixelnn synthesize --options``
-    reads back to reproduce the outputs) and ``correspondence_001.png``... (paper Fig. 5). The folder is
+    Files: ``input.png``, ``stage1.png``, ``output_001.png``... (in the result's order: best first with
+    ``order="score"``), ``grid.png``, ``correspondences.npz`` (per output and pixel: library position, exemplar
+    index into ``exemplar_ids``, source y, source x, similarity; per output: ``score`` and ``grid_index``),
+    ``manifest.json`` (``ranking``; per output: ``score``, ``grid_position`` (1-based), exemplar ids and ranks,
+    window, mean similarity; per exemplar id: source file and labels; the resolved options, which
+    ``pixelnn synthesize --options`` reads back to reproduce the outputs) and ``correspondence_001.png``... (paper Fig. 5). The folder is
     renamed into place when complete, so its existence means a complete result (:func:`result_complete`).
     An existing ``out_dir`` is replaced only when it is an earlier result (its manifest's format is
     ``pixelnn-synthesis``) or empty: any other folder is a one-line PixelNNError. ``input_file``: the file the
