@@ -80,7 +80,7 @@ def test_evaluate_writes_every_number(setup):
     assert metrics["methods"]["pix2pix"]["seam_visibility"] is None
     # Top-1 (issue 16): the output ranked first by its score, PixelNN only
     pn = metrics["methods"]["pixelnn"]
-    assert pn["oracle_lpips"] <= pn["top1_lpips"] <= 1.5 and pn["top1_score"] > 10  # superres: PSNR to the input
+    assert pn["oracle_lpips"] <= pn["top1_lpips"] <= 1.5 and pn["top1_faithfulness"] > 10  # superres: PSNR to the input
     assert "top1_lpips" not in metrics["methods"]["pix2pix"] and "top1_lpips" not in metrics["methods"]["stage1"]
     assert "first by its score" in metrics["protocol"]["top1"] and "ranking_pixelnn" in metrics["seconds_per_input"]
     # the fake pix2pix is nearly collapsed: far less diverse than PixelNN's compositions

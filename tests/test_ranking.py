@@ -15,8 +15,8 @@ from pixelnn.data.dataset import Dataset
 from pixelnn.errors import PixelNNError
 from pixelnn.options import ORDERS, SynthesisOptions
 from pixelnn.pipeline import PixelNNPipeline, grid_order, save_result, subset_result
-from pixelnn.ranking import (MAX_PSNR, edge_scores, normal_scores, output_scores, score_kind, score_order, score_text,
-                             superres_scores)
+from pixelnn.ranking import (MAX_PSNR, edge_scores, normal_scores, output_scores, rank_scores, score_kind, score_order,
+                             score_text, superres_scores)
 from pixelnn.tasks import area_downsample
 
 from .conftest import make_tiny_library, synthetic_photos
@@ -150,6 +150,19 @@ def test_score_order_is_a_stable_descending_permutation_with_nan_last():
     assert score_text(float("nan"), "psnr") == "" and score_text(1.0, None) == ""
 
 
+def test_rank_scores_add_standardized_faithfulness_and_similarity():
+    sim = np.stack([np.full((4, 4), v) for v in (0.2, 0.4, 0.6, 0.8)])  # (O, S, S): mean similarity 0.2 .. 0.8
+    faith = np.array([30.0, 20.0, 10.0, np.nan])
+    got = rank_scores(faith, sim)
+    zf = (faith[:3] - faith[:3].mean()) / faith[:3].std()
+    zs = (np.array([0.2, 0.4, 0.6, 0.8]) - 0.5) / np.std([0.2, 0.4, 0.6, 0.8])
+    np.testing.assert_allclose(got[:3], zf + zs[:3])
+    assert np.isnan(got[3])  # an output that could not be scored is ranked last
+    assert list(score_order(got)) == [0, 1, 2, 3]
+    np.testing.assert_allclose(rank_scores(np.full(4, np.nan), sim), zs)  # no faithfulness: similarity alone
+    np.testing.assert_allclose(rank_scores(np.full(2, 5.0), sim[:2]), [-1.0, 1.0])  # a constant term adds nothing
+
+
 # ------------------------------------------------------------------------------ the pipeline's order
 def test_score_order_sorts_every_output_array_and_grid_order_is_the_steps_output(setup):
     root, model, data, pipe, xs = setup
@@ -164,8 +177,14 @@ def test_score_order_sorts_every_output_array_and_grid_order_is_the_steps_output
     s, g = ranked.scores, ranked.grid_index
     assert (np.diff(s) <= 0).all() and all(g[i] < g[i + 1] for i in range(n - 1) if s[i] == s[i + 1])
     assert ranked.scores[0] > ranked.scores[-1]  # the ranking is not trivial here
-    # each score is its output's PSNR, re-derived from the output
-    np.testing.assert_allclose(ranked.scores, [naive_psnr(area_downsample(o[None], 8)[0], x) for o in ranked.outputs])
+    # each faithfulness is its output's PSNR, re-derived from the output; the score adds the mean match similarity,
+    # each standardized over the outputs
+    psnrs = np.array([naive_psnr(area_downsample(o[None], 8)[0], x) for o in ranked.outputs])
+    np.testing.assert_allclose(ranked.faithfulness, psnrs)
+    sims = ranked.similarity.reshape(n, -1).astype(np.float64).mean(1)
+    np.testing.assert_allclose(ranked.scores, (psnrs - psnrs.mean()) / psnrs.std() + (sims - sims.mean()) / sims.std(),
+                               atol=1e-9)
+    assert np.isnan(grid.faithfulness).all()
     # every per-output array moved with its output
     for name in PER_OUTPUT:
         assert np.array_equal(getattr(ranked, name), getattr(grid, name)[ranked.grid_index]), name
@@ -206,9 +225,11 @@ def test_manifest_and_correspondences_record_score_and_grid_position(setup, tmp_
     out = save_result(ranked, tmp_path / "ranked", pipe.library)
     m = json.loads((out / "manifest.json").read_text())
     assert m["version"] == 3 and m["options"]["order"] == "score"
-    assert m["ranking"]["order"] == "score" and m["ranking"]["score"] == "psnr" and m["ranking"]["higher_is_better"]
+    assert m["ranking"]["order"] == "score" and m["ranking"]["faithfulness"] == "psnr" and m["ranking"]["higher_is_better"]
+    assert "similarity" in m["ranking"]["score"]
     scores = [e["score"] for e in m["outputs"]]
     assert scores == sorted(scores, reverse=True) and scores == pytest.approx(ranked.scores.tolist(), abs=1e-5)
+    assert [e["faithfulness"] for e in m["outputs"]] == pytest.approx(ranked.faithfulness.tolist(), abs=1e-5)
     positions = [e["grid_position"] for e in m["outputs"]]
     assert sorted(positions) == list(range(1, 11)) and positions == (ranked.grid_index + 1).tolist()
     for e, k in zip(m["outputs"], positions):  # the grid order is recoverable from the manifest
@@ -218,10 +239,12 @@ def test_manifest_and_correspondences_record_score_and_grid_position(setup, tmp_
         assert e["window_size"] == grid.specs[k - 1].window
     z = np.load(out / "correspondences.npz")
     assert z["score"].dtype == np.float64 and np.array_equal(z["score"], ranked.scores)
+    assert np.array_equal(z["faithfulness"], ranked.faithfulness)
     assert np.array_equal(z["grid_index"], ranked.grid_index)
     # grid order: no scores, positions 1..n in order
     m = json.loads((save_result(grid, tmp_path / "grid", pipe.library) / "manifest.json").read_text())
-    assert m["ranking"]["score"] is None and all(e["score"] is None for e in m["outputs"])
+    assert m["ranking"]["score"] is None and m["ranking"]["faithfulness"] is None
+    assert all(e["score"] is None and e["faithfulness"] is None for e in m["outputs"])
     assert [e["grid_position"] for e in m["outputs"]] == list(range(1, 11))
     # one output saved alone keeps its score and grid position
     one = subset_result(ranked, [3])

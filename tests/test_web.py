@@ -214,10 +214,10 @@ def test_synthesize_views_and_downloads(app, tiny):
     assert result.outputs.shape == (72, 32, 32, 3)
     blobs = {r["id"] for r in app.pipe.library.records if r["labels"]["kind"] == "blob"}
     assert set(result.neighbour_ids) <= blobs
-    items = app.gallery(result)  # best first, with the score (superres: PSNR to the input) in each caption
+    items = app.gallery(result)  # best first, with the faithfulness (superres: PSNR to the input) in each caption
     assert len(items) == 72 and all(np.array_equal(im, o) for (im, _), o in zip(items, result.outputs))
     assert items[0][1] == f"1: {_set_name(result.specs[0].ranks)} {_window_short(result.specs[0].window)}, " \
-                          f"{result.scores[0]:.1f} dB" and all(c.endswith(" dB") for _, c in items)
+                          f"{result.faithfulness[0]:.1f} dB" and all(c.endswith(" dB") for _, c in items)
     grid = app.gallery(app.synthesize(x, where=where, seed=0, order="grid"))  # the authors' order, no score
     assert grid[0][1] == "1: #1 1x1" and grid[-1][1].startswith("72: #7-11") and not grid[-1][1].endswith("dB")
     out_img, cmap, thumbs, table = app.output_view(result, 70)

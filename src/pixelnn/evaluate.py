@@ -8,8 +8,9 @@ each method — ``pixelnn`` (N composed outputs), ``pix2pix`` (N samples, when a
   ``rand1``: one output drawn per input with a fixed seed (the same draw for all three numbers);
   ``oracle``: the output with the lowest LPIPS and its LPIPS, PSNR and SSIM (``oracle``), and
   separately the best PSNR and best SSIM among the outputs (``oracle_own``: each metric its own best);
-  ``top1`` (PixelNN): the output ranked first by its score, faithfulness to the input re-derived from
-  the output (:mod:`pixelnn.ranking`: superres PSNR, edge AP, normal angle), what a user sees first;
+  ``top1`` (PixelNN): the output ranked first by its score (:func:`pixelnn.ranking.rank_scores`:
+  faithfulness to the input re-derived from the output, superres PSNR, edge AP or normal angle, plus the
+  mean match similarity, each standardized over the input's outputs), what a user sees first;
 - faithfulness to the input (:mod:`pixelnn.evaluation.faithfulness`): superres, PSNR of the
   downsampled output to the input (all outputs); edges, HED average precision and best F1 of the
   outputs' edges against the input (``faithfulness_outputs_per_input`` seeded outputs per input, HED
@@ -353,7 +354,7 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
     from pixelnn.devices import resolve_device
     from pixelnn.io import atomic_dir, check_replaceable, recover, write_json
     from pixelnn.pipeline import PixelNNPipeline, grid_order
-    from pixelnn.ranking import DESCRIPTIONS, score_kind, score_order
+    from pixelnn.ranking import DESCRIPTIONS, RANKING, score_kind, score_order
 
     settings = settings or EvalSettings()
     settings.check()
@@ -456,6 +457,7 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
             m.update(fidelity(o, photo, rand_index, top if name == "pixelnn" else None))
             if name == "pixelnn" and top is not None:
                 m["top1_score"], m["top1_grid_index"] = float(res.scores[top]), top
+                m["top1_faithfulness"] = float(res.faithfulness[top]) if res.faithfulness is not None else None
             t = _timer(timings, "fidelity_lpips_psnr_ssim", t)
             if real_normals is not None and real_normals.found[row]:
                 m["normals"] = tallies[name].add(o, rand_index, real_normals.normals[row], real_normals.masks[row],
@@ -561,8 +563,9 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
         "protocol": {
             "rand1": "one output per input drawn with the seed; LPIPS, PSNR and SSIM of that output",
             "oracle": "the output with the lowest LPIPS to the photo; its LPIPS, PSNR and SSIM",
-            "top1": (f"PixelNN: the output ranked first by its score ({DESCRIPTIONS[top1_kind]}; pixelnn.ranking); "
-                     f"its LPIPS, PSNR and SSIM" if top1_kind else "not computed: this task has no output score"),
+            "top1": (f"PixelNN: the output ranked first by its score ({RANKING}; faithfulness: "
+                     f"{DESCRIPTIONS[top1_kind] if top1_kind else 'none for this task'}; pixelnn.ranking); "
+                     f"its LPIPS, PSNR and SSIM"),
             "oracle_own": "best PSNR and best SSIM among the outputs, each chosen by itself",
             "faithfulness": {
                 "superres_psnr": f"PSNR of every output area-downsampled by {task.factor} to the input thumbnail",

@@ -51,7 +51,7 @@ from pixelnn.modes import Matches, get_mode
 from pixelnn.options import DEFAULT_DESCRIPTOR, DEFAULT_PCA_DIMS, SynthesisOptions
 from pixelnn.pixel_cache import MAX_CACHED_DIMS, PixelDescriptorCache, round_descriptors
 from pixelnn.provenance import exemplar_ranks
-from pixelnn.ranking import DESCRIPTIONS, output_scores, score_kind, score_order
+from pixelnn.ranking import DESCRIPTIONS, RANKING, output_scores, rank_scores, score_kind, score_order
 from pixelnn.regions import blend_groups, region_map, resolve_regions, set_ranks
 from pixelnn.retrieval import global_descriptors
 from pixelnn.store import ExemplarStore, iter_field
@@ -187,14 +187,17 @@ class SynthesisResult:
         With ``options.regions``: the exemplar set every pixel was allowed to use, 0 = the default set,
         r = ``options.regions[r - 1]`` (:func:`pixelnn.regions.region_map`); None without regions.
     scores : ndarray, (O,) float64, optional
-        Every output's faithfulness to the input, re-derived from the output (higher is better;
-        :func:`pixelnn.ranking.output_scores`); NaN when not scored (``order="grid"``, or a task without a
-        score).
+        The score every output is ranked by (higher is better; :func:`pixelnn.ranking.rank_scores`:
+        ``z(faithfulness) + z(mean match similarity)`` over this input's outputs); NaN when not scored
+        (``order="grid"``).
+    faithfulness : ndarray, (O,) float64, optional
+        Every output's faithfulness to the input, re-derived from the output (``score_kind``;
+        :func:`pixelnn.ranking.output_scores`); NaN when not scored or for a task without one.
     grid_index : ndarray, (O,) int64, optional
         Every output's position in the grid order (0-based: the order of ``specs`` with ``order="grid"``);
         ``argsort(grid_index)`` restores it.
     score_kind : str, optional
-        What ``scores`` measure (:data:`pixelnn.ranking.SCORE_KINDS`); None when not scored.
+        What ``faithfulness`` measures (:data:`pixelnn.ranking.SCORE_KINDS`); None when not scored.
     region_neighbours : list of ndarray, optional
         With regions: per set (0 = default, then each region), the library positions of its K
         neighbours in rank order. ``neighbours`` is then their union, in first-seen order (the default
@@ -220,6 +223,7 @@ class SynthesisResult:
     scores: np.ndarray | None = None
     grid_index: np.ndarray | None = None
     score_kind: str | None = None
+    faithfulness: np.ndarray | None = None
 
 
 class PixelNNPipeline:
@@ -532,17 +536,22 @@ class PixelNNPipeline:
         """Step 7: score every output of a grid-ordered result and, with ``options.order == "score"``, sort the
         outputs best first (every per-output array; stable, so ties keep the grid order).
 
-        Scores are the task's faithfulness to the input (:func:`pixelnn.ranking.output_scores`: superres
-        PSNR, edge AP, normal angle); ``order="grid"`` computes none (NaN) and keeps the order. The result
-        records each output's grid position (``grid_index``) and the time taken (``timings["ranking"]``).
+        The score is :func:`pixelnn.ranking.rank_scores`: the task's faithfulness to the input
+        (:func:`pixelnn.ranking.output_scores`: superres PSNR, edge AP, normal angle) and the outputs' mean
+        match similarity, each standardized over this input's outputs; ``order="grid"`` computes none (NaN)
+        and keeps the order. The result records each output's grid position (``grid_index``) and the time
+        taken (``timings["ranking"]``).
         """
         start = time.perf_counter()
         n = len(result.outputs)
-        kind = score_kind(self.task, result.input) if result.options.order == "score" else None
-        scores = output_scores(result.outputs, result.input, self.task, device=self.device) if kind \
+        scored = result.options.order == "score"
+        kind = score_kind(self.task, result.input) if scored else None
+        faith = output_scores(result.outputs, result.input, self.task, device=self.device) if kind \
             else np.full(n, np.nan)
-        ranked = dataclasses.replace(result, scores=scores, grid_index=np.arange(n, dtype=np.int64), score_kind=kind)
-        if kind is not None:
+        scores = rank_scores(faith, result.similarity) if scored else np.full(n, np.nan)
+        ranked = dataclasses.replace(result, scores=scores, faithfulness=faith, grid_index=np.arange(n, dtype=np.int64),
+                                     score_kind=kind)
+        if scored:
             ranked = subset_result(ranked, score_order(scores))
         seconds = time.perf_counter() - start
         ranked.timings = {**result.timings, "ranking": seconds, "total": result.timings.get("total", 0.0) + seconds}
@@ -848,7 +857,8 @@ def subset_result(result: SynthesisResult, indices: Sequence[int]) -> SynthesisR
     return dataclasses.replace(result, outputs=result.outputs[idx], specs=[result.specs[i] for i in idx],
                                exemplar=result.exemplar[idx], source_y=result.source_y[idx],
                                source_x=result.source_x[idx], similarity=result.similarity[idx],
-                               scores=pick(result.scores), grid_index=pick(result.grid_index))
+                               scores=pick(result.scores), grid_index=pick(result.grid_index),
+                               faithfulness=pick(result.faithfulness))
 
 
 def grid_order(result: SynthesisResult) -> SynthesisResult:
@@ -945,15 +955,18 @@ def _ranking_arrays(result: SynthesisResult) -> dict[str, np.ndarray]:
     (O,) int64 (the output's 0-based position in grid order)."""
     n = len(result.outputs)
     scores = np.full(n, np.nan) if result.scores is None else np.asarray(result.scores, np.float64)
+    faith = np.full(n, np.nan) if result.faithfulness is None else np.asarray(result.faithfulness, np.float64)
     grid = np.arange(n, dtype=np.int64) if result.grid_index is None else np.asarray(result.grid_index, np.int64)
-    return {"score": scores, "grid_index": grid}
+    return {"score": scores, "faithfulness": faith, "grid_index": grid}
 
 
 def _ranking_record(result: SynthesisResult) -> dict[str, Any]:
     """The manifest's ``ranking``: the order, what the scores are and how the grid order is recovered."""
     kind = result.score_kind
-    return {"order": result.options.order, "score": kind,
-            "score_description": DESCRIPTIONS.get(kind, "not scored (order 'grid', or a task without a score)"),
+    return {"order": result.options.order,
+            "score": RANKING if result.options.order == "score" else None,
+            "faithfulness": kind,
+            "faithfulness_description": DESCRIPTIONS.get(kind, "not scored (order 'grid', or a task without a score)"),
             "higher_is_better": True,
             "grid_position": "each output's 1-based position in the grid order (sets x windows, set-major): its "
                              "number with --order grid"}
@@ -961,9 +974,12 @@ def _ranking_record(result: SynthesisResult) -> dict[str, Any]:
 
 def _output_rank(result: SynthesisResult, o: int) -> dict[str, Any]:
     """One output's ``score`` (None: not scored) and ``grid_position`` (1-based) in the manifest."""
-    s = None if result.scores is None else float(result.scores[o])
+    def value(a: np.ndarray | None) -> float | None:
+        v = None if a is None else float(a[o])
+        return round(v, 5) if v is not None and np.isfinite(v) else None
+
     grid = o if result.grid_index is None else int(result.grid_index[o])
-    return {"score": round(s, 5) if s is not None and np.isfinite(s) else None, "grid_position": grid + 1}
+    return {"score": value(result.scores), "faithfulness": value(result.faithfulness), "grid_position": grid + 1}
 
 
 def _add_regions(manifest: dict, result: SynthesisResult) -> None:

@@ -521,7 +521,7 @@ class WebApp:
         (output, exemplar ranks and window, 1-based, and the score when scored, :func:`pixelnn.ranking.score_text`)."""
         from pixelnn.ranking import score_text
 
-        scores = result.scores if result.scores is not None else [float("nan")] * len(result.specs)
+        scores = result.faithfulness if result.faithfulness is not None else [float("nan")] * len(result.specs)
         texts = [score_text(v, result.score_kind) for v in scores]
         return [(result.outputs[o], f"{o + 1}: {_set_name(s.ranks)} {_window_short(s.window)}"
                  + (f", {texts[o]}" if texts[o] else "")) for o, s in enumerate(result.specs)]
