@@ -114,7 +114,7 @@ def main() -> None:
     sizes = [(int(s), m) for s in args.sizes.split(",") for m in (["exact"] if int(s) == 1 else modes)]
     label = {c: (f"{c[0]}" if c[0] == 1 else f"{c[0]} {c[1]}") for c in sizes}
     pipe = PixelNNPipeline.from_model_dir(args.model)
-    options = pipe.check_options(SynthesisOptions(mode=args.mode))
+    options = pipe.check_options(SynthesisOptions(mode=args.mode, order="grid"))  # compared output by output
     split = Dataset(args.data).split(args.split)
     pick = np.unique(np.linspace(0, len(split) - 1, min(args.n, len(split))).astype(int))
     inputs = np.stack([pipe.check_input(np.asarray(split.inputs[i])) for i in pick])

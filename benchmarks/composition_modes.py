@@ -153,7 +153,7 @@ def main() -> None:
             outs, rank, sy, sx, seconds = run_variant(pipe, stage1, neighbours, descriptors, in_specs, opts,
                                                       match_cache)
             if args.check and n_in == 0:
-                ref = pipe(x, opts)
+                ref = pipe(x, opts.replace(order="grid"))  # the steps' order (issue 16: default best first)
                 exemplar = neighbours.positions[rank]
                 same = (np.array_equal(ref.outputs, outs), np.array_equal(ref.exemplar, exemplar),
                         np.array_equal(ref.source_y, sy), np.array_equal(ref.source_x, sx))

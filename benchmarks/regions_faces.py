@@ -50,7 +50,7 @@ def main() -> None:
     eyes = np.zeros((size, size), bool)
     eyes[40 * size // 96:56 * size // 96, 26 * size // 96:70 * size // 96] = True
     allowed = pipe.library.select(where={"identity": [args.identity]})
-    opts = SynthesisOptions(regions=[(eyes, {"where": {"identity": [args.identity]}})])
+    opts = SynthesisOptions(regions=[(eyes, {"where": {"identity": [args.identity]}})], order="grid")  # output k: one spec
     split = Dataset(args.data).split("val")
     xs = np.asarray(split.inputs[:args.inputs])
     print(f"{len(pipe.library)} exemplars; identity {args.identity}: {len(allowed)}; eye band {eyes.sum()} px")
@@ -58,7 +58,7 @@ def main() -> None:
     rows = []
     for i, x in enumerate(xs):
         t0 = time.perf_counter()
-        plain = pipe(x)
+        plain = pipe(x, order="grid")
         t1 = time.perf_counter()
         r = pipe(x, opts)
         t2 = time.perf_counter()

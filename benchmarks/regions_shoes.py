@@ -68,8 +68,9 @@ def main() -> None:
     def where(v):
         return {"where": {args.key: [v]}}
 
-    runs = {"A": SynthesisOptions(regions=[(rest, where(args.rest)), (sole, where(args.sole))]),
-            "B": SynthesisOptions(regions=[(rest, where(args.sole)), (sole, where(args.rest))])}
+    # grid order (issue 16): output k is the same exemplar set and window in every run
+    runs = {"A": SynthesisOptions(regions=[(rest, where(args.rest)), (sole, where(args.sole))], order="grid"),
+            "B": SynthesisOptions(regions=[(rest, where(args.sole)), (sole, where(args.rest))], order="grid")}
     runs["A_bare"] = runs["A"].replace(region_blend=0)
     allowed = {v: pipe.library.select(where={args.key: [v]}) for v in (args.sole, args.rest)}
     wanted = {"A": {1: args.rest, 2: args.sole}, "B": {1: args.sole, 2: args.rest}}
@@ -87,7 +88,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for i in range(n):
         t0, c0 = time.perf_counter(), time.process_time()
-        plain = pipe(xs[i])
+        plain = pipe(xs[i], order="grid")
         t1, c1 = time.perf_counter(), time.process_time()
         res = {"A": pipe(xs[i], runs["A"])}
         t2, c2 = time.perf_counter(), time.process_time()

@@ -43,13 +43,17 @@ def worker(model: str, data: str, n: int, threads: int) -> None:
 
     torch.set_num_threads(threads)
     pipe = PixelNNPipeline.from_model_dir(model, pixel_cache=False)
+    from pixelnn import options as options_module
+
+    # the grid order (issue 16) where the code has one: the order of the code before ranking
+    grid = {"order": "grid"} if hasattr(options_module, "ORDERS") else {}
     split = Dataset(data).split("val")
     pick = np.unique(np.linspace(0, len(split) - 1, n).astype(int))
     for i in pick:
         x = np.asarray(split.inputs[i])
         for mode in MODES:
             for color in COLORS:
-                r = pipe(x, mode=mode, color=color)
+                r = pipe(x, mode=mode, color=color, **grid)
                 print(json.dumps({"input": int(i), "mode": mode, "color": color,
                                   **{k: _digest(getattr(r, k)) for k in ARRAYS}}), flush=True)
 

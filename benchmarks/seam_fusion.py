@@ -50,7 +50,7 @@ def main() -> None:
         row = [photo]
         zooms = [np.asarray(Image.fromarray(photo[s // 3:2 * s // 3, s // 3:2 * s // 3]).resize((s, s), Image.NEAREST))]
         for mode, blend in CONFIGS:
-            r = pipe(x, mode=mode, seam_blend=blend)
+            r = pipe(x, mode=mode, seam_blend=blend, order="grid")  # output --output is the same spec in each
             vis[(mode, blend)].append(float(np.nanmean(seam_visibility(r.outputs, r.exemplar, r.source_y, r.source_x))))
             out = r.outputs[min(args.output, len(r.outputs) - 1)]
             row.append(out)

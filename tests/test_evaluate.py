@@ -78,6 +78,11 @@ def test_evaluate_writes_every_number(setup):
     assert metrics["methods"]["pix2pix"]["seam_rate"] is None and metrics["methods"]["stage1"]["seam_rate"] is None
     assert metrics["methods"]["pixelnn"]["seam_visibility"] > -1 and "seam_visibility" in metrics["protocol"]
     assert metrics["methods"]["pix2pix"]["seam_visibility"] is None
+    # Top-1 (issue 16): the output ranked first by its score, PixelNN only
+    pn = metrics["methods"]["pixelnn"]
+    assert pn["oracle_lpips"] <= pn["top1_lpips"] <= 1.5 and pn["top1_faithfulness"] > 10  # superres: PSNR to the input
+    assert "top1_lpips" not in metrics["methods"]["pix2pix"] and "top1_lpips" not in metrics["methods"]["stage1"]
+    assert "first by its score" in metrics["protocol"]["top1"] and "ranking_pixelnn" in metrics["seconds_per_input"]
     # the fake pix2pix is nearly collapsed: far less diverse than PixelNN's compositions
     assert metrics["methods"]["pix2pix"]["diversity_lpips"] < metrics["methods"]["pixelnn"]["diversity_lpips"]
     for key in ("synthesis_pixelnn", "synthesis_pix2pix", "fidelity_lpips_psnr_ssim", "fid_features", "total"):
@@ -143,6 +148,9 @@ def test_pixelnn_numbers_are_the_pipelines_for_those_options(setup):
     fid = fidelity(res.outputs, np.array(split.photos[pos]), 0)
     assert row["methods"]["pixelnn"]["oracle_lpips"] == pytest.approx(fid["oracle_lpips"], abs=1e-6)
     assert row["methods"]["pixelnn"]["oracle_own_psnr"] == pytest.approx(fid["oracle_own_psnr"], abs=1e-5)
+    # the pipeline returns the outputs best first: its first output is the evaluation's Top-1
+    assert row["methods"]["pixelnn"]["top1_lpips"] == pytest.approx(fid["rand1_lpips"], abs=1e-6)
+    assert row["methods"]["pixelnn"]["top1_grid_index"] == int(res.grid_index[0])
 
 
 def test_invalid_mode_or_color_lists_the_valid_ones(setup, tmp_path, capsys):
@@ -190,6 +198,7 @@ def test_report_pages_reference_existing_images(setup, tmp_path, capsys):
     assert "Rand-1" in page and "Oracle" in page and "pix2pix" in page and "FID" in page
     assert "<th>seam rate</th>" in page and "composition matched, rgb" in page
     assert "<th>PixelNN seam rate</th>" in index and "<td>matched, rgb</td>" in index
+    assert "PixelNN (Top-1)" in page and "<th>PixelNN LPIPS (Top-1)</th>" in index
     srcs = re.findall(r"src='([^']+)'", page)
     assert "report/spectrum.png" in srcs and "report/example_01.png" in srcs and "report/example_02.png" in srcs
     for src in srcs:

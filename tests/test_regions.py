@@ -257,8 +257,8 @@ def test_region_blend_smooths_only_beside_the_borders_and_zero_gives_the_bare_co
     root, model, pipe, x = setup
     top, left = masks()
     regions = [(top, {"where": {"kind": ["blob"]}}), (left, {"where": {"shade": ["red"]}})]
-    bare = pipe(x, num_outputs=8, regions=regions, region_blend=0)
-    blended = pipe(x, num_outputs=8, regions=regions)  # the default, 4 px
+    bare = pipe(x, num_outputs=8, regions=regions, region_blend=0, order="grid")  # output by output, as blended's
+    blended = pipe(x, num_outputs=8, regions=regions, order="grid")  # the default, 4 px
     assert blended.options.region_blend == 4.0 and bare.options.region_blend == 0.0
     for name in ("exemplar", "source_y", "source_x", "region"):  # the provenance is the same
         assert np.array_equal(getattr(bare, name), getattr(blended, name))

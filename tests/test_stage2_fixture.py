@@ -6,6 +6,9 @@ rgb and luma, on a tiny library, made with the code before the restructuring
 matching, so its recorded ``similarity`` is now the descriptor similarity of the recorded
 correspondence (the top set member at the same pixel) instead of a windowed best match of another
 member; its outputs and correspondences are unchanged.
+
+Ranked outputs (issue 16): ``order="grid"`` returns exactly the stored arrays; the default ``order="score"``
+returns the same outputs sorted best first, so they are compared after :func:`pixelnn.pipeline.grid_order`.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ FIXTURE = json.loads((Path(__file__).parent / "data" / "stage2_fixture.json").re
 pytest.importorskip("faiss")
 
 
-def options_of(kw: dict) -> SynthesisOptions:
-    kw = dict(kw)
+def options_of(kw: dict, order: str = "grid") -> SynthesisOptions:
+    kw = dict(kw, order=order)
     if "sets" in kw:  # the fixture's sets are 0-based ranks (the old OutputSpec); options take 1-based ranks
         kw["sets"] = [[r + 1 for r in s] for s in kw["sets"]]
     return SynthesisOptions(**kw)
@@ -42,11 +45,20 @@ def tiny(tmp_path_factory):
     return PixelNNPipeline.from_model_dir(model, pca_dims=16, device="cpu"), x
 
 
+@pytest.mark.parametrize("order", ["grid", "score"])
 @pytest.mark.parametrize("case", list(FIXTURE["cases"]))
-def test_outputs_and_correspondences_bit_identical_to_before(tiny, case):
+def test_outputs_and_correspondences_bit_identical_to_before(tiny, case, order):
+    from pixelnn.pipeline import grid_order
+
     pipe, x = tiny
     want = FIXTURE["cases"][case]
-    result = pipe(x, options_of(FIXTURE["cases_kwargs"][case]))
+    result = pipe(x, options_of(FIXTURE["cases_kwargs"][case], order))
+    n = len(result.outputs)
+    if order == "grid":  # the stored order itself, unscored
+        assert np.array_equal(result.grid_index, np.arange(n)) and np.isnan(result.scores).all()
+    else:  # best first: a permutation of the grid, in descending score
+        assert sorted(result.grid_index.tolist()) == list(range(n)) and (np.diff(result.scores) <= 0).all()
+        result = grid_order(result)
     assert [int(i) for i in result.neighbours] == want["neighbours"]
     differ = [o + 1 for o, (a, b) in enumerate(zip(result.outputs, want["per_output"])) if digest(a) != b]
     assert not differ, f"outputs {differ} differ from the stored fixture"

@@ -30,7 +30,7 @@ from pixelnn.errors import PixelNNError
 from pixelnn.library import ExemplarLibrary
 from pixelnn.pipeline import PixelNNPipeline
 from pixelnn.options import SynthesisOptions
-from pixelnn.web import MAX_LIKE_PHOTOS, PAGE_OPTIONS, WebApp, parse_sets, parse_windows
+from pixelnn.web import MAX_LIKE_PHOTOS, PAGE_OPTIONS, WebApp, _set_name, _window_short, parse_sets, parse_windows
 
 from .conftest import make_dataset, make_tiny_model_dir, synthetic_photos
 
@@ -77,7 +77,8 @@ def test_options_from_page_defaults_and_every_field(app, tiny):
     # the page's untouched values (empty mode fields, sets and outputs) are the defaults too
     untouched = {"mode": "matched", "color": "rgb", "top_k": 11, "windows": "1,7,11,whole", "sets": "",
                  "patch_size": None, "vote_size": None, "highpass_sigma": None, "chroma_weight": None,
-                 "descriptor": "hypercolumn", "pca_dims": 16, "num_outputs": None, "seed": 0, "region_blend": 4}
+                 "descriptor": "hypercolumn", "pca_dims": 16, "num_outputs": None, "seed": 0, "order": "score",
+                 "region_blend": 4}
     assert set(untouched) == set(PAGE_OPTIONS) and app.options_from_page(untouched) == base
     # what the page sends for empty fields: 0 from a number box, "" from a text box
     assert app.options_from_page({**untouched, "num_outputs": 0, "vote_size": "", "patch_size": 0,
@@ -93,12 +94,12 @@ def test_options_from_page_defaults_and_every_field(app, tiny):
     assert app.resolved(base).vote_size == 1 and app.resolved(base).chroma_weight == 1.0
     page = {"mode": "coherent", "color": "luma", "top_k": 5.0, "windows": " 1, 7x7 ,whole", "sets": "1,2,1-3,#1+4",
             "patch_size": 5, "vote_size": 1, "highpass_sigma": 0.5, "chroma_weight": 0,
-            "descriptor": "regressor", "pca_dims": 0, "num_outputs": 3, "seed": 4}
+            "descriptor": "regressor", "pca_dims": 0, "num_outputs": 3, "seed": 4, "order": "grid"}
     got = app.options_from_page(page, {"kind": ["blob"], "shade": []}, [str(tiny["photo"])])
     assert got == SynthesisOptions(mode="coherent", color="luma", top_k=5, windows=(1, 7, None),
                                    sets=((1,), (2,), (1, 2, 3), (1, 4)), patch_size=5, vote_size=1, highpass_sigma=0.5,
                                    chroma_weight=0.0, descriptor="regressor", pca_dims=0, num_outputs=3, seed=4,
-                                   where={"kind": ["blob"]}, like=[str(tiny["photo"])])
+                                   order="grid", where={"kind": ["blob"]}, like=[str(tiny["photo"])])
     assert isinstance(got.top_k, int) and isinstance(got.vote_size, int)
     assert parse_windows("1 whole") == ("1", "whole") and parse_sets("3-4") == ((3, 4),)
 
@@ -122,6 +123,7 @@ def test_options_from_page_defaults_and_every_field(app, tiny):
     ({"mode": "fancy"}, "invalid composition mode 'fancy'; valid: matched, coherent"),
     ({"color": "cmyk"}, "invalid color 'cmyk'"),
     ({"descriptor": "sift"}, "invalid descriptor 'sift'"),
+    ({"order": "best"}, "invalid order 'best'; valid: score, grid"),
     ({"vote": 3}, "unknown page option"),
 ])
 def test_bad_option_values_give_one_line_errors(app, values, message):
@@ -132,15 +134,16 @@ def test_bad_option_values_give_one_line_errors(app, values, message):
 
 def test_every_option_reaches_the_pipeline(app, tiny):
     x, _ = app.make_input("photo", photo_path=str(tiny["photo"]))
-    page = {"mode": "coherent", "vote_size": 3, "windows": "1,whole", "sets": "1,1-3"}
+    page = {"mode": "coherent", "vote_size": 3, "windows": "1,whole", "sets": "1,1-3", "order": "grid"}
     result = app.synthesize(x, app.options_from_page(page))
     o = result.options
-    assert (o.mode, o.vote_size, o.chroma_weight, o.patch_size) == ("coherent", 3, 0.6, 11)
-    assert len(result.outputs) == 4  # 2 sets x 2 windows, set-major
+    assert (o.mode, o.vote_size, o.chroma_weight, o.patch_size, o.order) == ("coherent", 3, 0.6, 11, "grid")
+    assert len(result.outputs) == 4  # 2 sets x 2 windows, set-major (order grid)
     assert [(s.ranks, s.window) for s in result.specs] == [((0,), 1), ((0,), None), ((0, 1, 2), 1), ((0, 1, 2), None)]
     assert "mode **coherent**" in app.summary(result, "photo", 1.0) and "vote_size 3" in app.summary(result, "photo", 1.0)
     changed = {"mode": "global", "color": "luma", "top_k": 4, "windows": "whole", "sets": "1-4,2", "highpass_sigma": 0.5,
-               "chroma_weight": 0.25, "descriptor": "regressor", "pca_dims": 8, "num_outputs": 1, "seed": 1}
+               "chroma_weight": 0.25, "descriptor": "regressor", "pca_dims": 8, "num_outputs": 1, "seed": 1,
+               "order": "score"}
     result = app.synthesize(x, app.options_from_page(changed, {"kind": ["blob"]}))
     o = result.options
     assert {k: getattr(o, k) for k in changed} == {**changed, "windows": (None,), "sets": ((1, 2, 3, 4), (2,))}
@@ -211,8 +214,12 @@ def test_synthesize_views_and_downloads(app, tiny):
     assert result.outputs.shape == (72, 32, 32, 3)
     blobs = {r["id"] for r in app.pipe.library.records if r["labels"]["kind"] == "blob"}
     assert set(result.neighbour_ids) <= blobs
-    items = app.gallery(result)
-    assert len(items) == 72 and items[0][1] == "1: #1 1x1" and items[-1][1].startswith("72: #7-11")
+    items = app.gallery(result)  # best first, with the faithfulness (superres: PSNR to the input) in each caption
+    assert len(items) == 72 and all(np.array_equal(im, o) for (im, _), o in zip(items, result.outputs))
+    assert items[0][1] == f"1: {_set_name(result.specs[0].ranks)} {_window_short(result.specs[0].window)}, " \
+                          f"{result.faithfulness[0]:.1f} dB" and all(c.endswith(" dB") for _, c in items)
+    grid = app.gallery(app.synthesize(x, where=where, seed=0, order="grid"))  # the authors' order, no score
+    assert grid[0][1] == "1: #1 1x1" and grid[-1][1].startswith("72: #7-11") and not grid[-1][1].endswith("dB")
     out_img, cmap, thumbs, table = app.output_view(result, 70)
     assert out_img.shape == cmap.shape == (32 * app.scale, 32 * app.scale, 3)
     assert np.array_equal(out_img[::app.scale, ::app.scale], result.outputs[70])

@@ -167,7 +167,7 @@ class _ModeChoices(Sequence[str]):
 #: ``--name`` of every synthesis option flag -> the SynthesisOptions field it sets.
 SYNTHESIS_FLAGS = ("top_k", "windows", "sets", "mode", "color", "patch_size", "vote_size", "highpass_sigma",
                    "chroma_weight", "descriptor", "pca_dims", "num_outputs", "seed", "where", "exemplars", "like",
-                   "regions", "region_blend", "seam_blend")
+                   "regions", "region_blend", "seam_blend", "order")
 
 
 class _FlagGroup:
@@ -188,7 +188,7 @@ def add_synthesis_options(p: argparse.ArgumentParser, exclude: Sequence[str] = (
     ``exclude`` names fields (e.g. ``("seed", "num_outputs")``) whose flags the command defines itself, with its
     own meaning: :func:`synthesis_options` then leaves them to the caller (``synthesis_options(args, exclude)``).
     """
-    from pixelnn.options import COLORS, DESCRIPTORS
+    from pixelnn.options import COLORS, DESCRIPTORS, ORDERS
 
     g = _FlagGroup(p.add_argument_group("synthesis options (pixelnn.options.SynthesisOptions; --options FILE "
                                         "first, then these flags)"), exclude)
@@ -214,6 +214,9 @@ def add_synthesis_options(p: argparse.ArgumentParser, exclude: Sequence[str] = (
     g.add_argument("--chroma-weight", type=float, default=None,
                    help="fraction of the exemplar's colour cast copied, 0-1 (default: the mode's, 1 for matched, "
                         "0.6 for coherent)")
+    g.add_argument("--order", choices=ORDERS, default=None,
+                   help="output order: score: best first, by faithfulness to the input re-derived from each output "
+                        "(superres PSNR, edge AP, normal angle; default); grid: the authors' sets x windows, no scores")
     g.add_argument("--descriptor", choices=DESCRIPTORS, default=None,
                    help="pixel descriptor: VGG-16 hypercolumns (default) or the stage-1 network's features")
     g.add_argument("--pca-dims", type=int, default=None, help="reduce descriptors by PCA (default 64; 0: full)")
@@ -458,6 +461,9 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 
 #: Synthesis options whose flags ``pixelnn evaluate`` defines itself: outputs per input of every method, the seed.
 EVALUATE_OWN_FLAGS = ("seed", "num_outputs")
+#: ... and those it takes no flag for: ``order`` (evaluate always scores the outputs for its Top-1 row and
+#: measures everything else in grid order, as before).
+EVALUATE_EXCLUDED = (*EVALUATE_OWN_FLAGS, "order")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -473,7 +479,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                             faithfulness_outputs_per_input=args.faithfulness_outputs_per_input,
                             num_examples=args.num_examples, normals_metrics=args.normals_metrics,
                             normals_outputs_per_input=args.normals_outputs_per_input,
-                            options=synthesis_options(args, exclude=EVALUATE_OWN_FLAGS))
+                            options=synthesis_options(args, exclude=EVALUATE_EXCLUDED))
     check_against_model(settings.options, args.model)
     m = evaluate(args.model, args.out, settings, data_dir=args.data, pix2pix=args.pix2pix, library_dir=library_dir,
                  overwrite=args.overwrite, progress=not args.quiet, device=args.device)
@@ -481,7 +487,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         fid = "-" if s.get("fid") is None else f"{s['fid']:.1f}"
         div = "-" if s.get("diversity_lpips") is None else f"{s['diversity_lpips']:.3f}"
         seams = "" if s.get("seam_rate") is None else f"; seam rate {s['seam_rate']:.3f}"
-        print(f"{name}: LPIPS Rand-1 {s['rand1_lpips']:.3f} Oracle {s['oracle_lpips']:.3f}; "
+        top1 = "" if s.get("top1_lpips") is None else f" Top-1 {s['top1_lpips']:.3f}"
+        print(f"{name}: LPIPS Rand-1 {s['rand1_lpips']:.3f}{top1} Oracle {s['oracle_lpips']:.3f}; "
               f"diversity {div}{seams}; FID {fid}; spectral distance {s['spectral_distance_db']:.2f} dB")
         if "normals_inputs" in s:
             ang = "; ".join(f"{kind} " + ("-" if s.get(f'{kind}_normals_mean') is None else
@@ -758,7 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing REPORT_DIR")
     add_device_option(p)
     # PixelNN's synthesis options, as in `pixelnn synthesize`; --seed and --num-outputs are evaluate's own (above)
-    add_synthesis_options(p, exclude=EVALUATE_OWN_FLAGS)
+    add_synthesis_options(p, exclude=EVALUATE_EXCLUDED)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="HTML pages (tables, examples, spectra) from evaluation folders")

@@ -82,7 +82,7 @@ def run_demo(out_dir: str | Path, data: str | None = None, minutes: float = 2.0,
 
     log.info("3/4 building the exemplar library and synthesizing")
     from pixelnn.models.regressor import Regressor, predict
-    from pixelnn.pipeline import PixelNNPipeline, load_pixel_descriptor, save_result
+    from pixelnn.pipeline import PixelNNPipeline, grid_order, load_pixel_descriptor, save_result
     from pixelnn.visualize import correspondence_figure
     from pixelnn.zarr_store import build_store
 
@@ -101,10 +101,11 @@ def run_demo(out_dir: str | Path, data: str | None = None, minutes: float = 2.0,
     log.info("4/4 writing the results page")
     save_image(out_dir / "results.png", image_grid([inputs, bicubic, stage1, photos]))
     save_image(out_dir / "training_samples.png", np.asarray(Image.open(out_dir / "model" / "samples" / "latest.png")))
+    grids = [grid_order(r) for r in results]  # the figures pick outputs by their place in the grid (sets x windows)
     save_image(out_dir / "stage2.png", image_grid([np.stack([r.stage1 for r in results])] +
-                                                  [r.outputs[[0, 14, 44, 60, 71]] for r in results] +
+                                                  [r.outputs[[0, 14, 44, 60, 71]] for r in grids] +
                                                   [photos[:len(results)]]))
-    r0 = results[0]
+    r0 = grids[0]
     ranks = np.vectorize({int(p): k for k, p in enumerate(r0.neighbours)}.__getitem__)(r0.exemplar)  # (O, S, S)
     o = 71  # 5 exemplars, whole-image window: the most compositional output
     save_image(out_dir / "correspondence.png", correspondence_figure(r0.outputs[o], ranks[o], r0.source_y[o],

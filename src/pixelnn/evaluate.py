@@ -8,6 +8,9 @@ each method — ``pixelnn`` (N composed outputs), ``pix2pix`` (N samples, when a
   ``rand1``: one output drawn per input with a fixed seed (the same draw for all three numbers);
   ``oracle``: the output with the lowest LPIPS and its LPIPS, PSNR and SSIM (``oracle``), and
   separately the best PSNR and best SSIM among the outputs (``oracle_own``: each metric its own best);
+  ``top1`` (PixelNN): the output ranked first by its score (:func:`pixelnn.ranking.rank_scores`:
+  faithfulness to the input re-derived from the output, superres PSNR, edge AP or normal angle, plus the
+  mean match similarity, each standardized over the input's outputs), what a user sees first;
 - faithfulness to the input (:mod:`pixelnn.evaluation.faithfulness`): superres, PSNR of the
   downsampled output to the input (all outputs); edges, HED average precision and best F1 of the
   outputs' edges against the input (``faithfulness_outputs_per_input`` seeded outputs per input, HED
@@ -40,7 +43,9 @@ each method — ``pixelnn`` (N composed outputs), ``pix2pix`` (N samples, when a
 
 The PixelNN outputs are synthesized with the settings' :class:`~pixelnn.options.SynthesisOptions`
 (composition mode, colour, vote size, ...), their ``num_outputs`` and ``seed`` set per input by the
-evaluation (``num_outputs`` outputs per input, seed ``seed + split position``).
+evaluation (``num_outputs`` outputs per input, seed ``seed + split position``) and ``order="score"``
+(every output scored, for Top-1); every metric but Top-1 is then taken in grid order (sets x windows),
+so the Rand-1 draw, diversity, FID and the examples are those of before ranking existed.
 
 This module sits above the metrics package :mod:`pixelnn.evaluation` (which imports nothing of the
 pipeline, the baselines or training) and above the pipeline and the pix2pix baseline it runs.
@@ -144,12 +149,12 @@ def select_inputs(n_split: int, num_inputs: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n_split, num_inputs, replace=False))
 
 
-def fidelity(outputs: np.ndarray, photo: np.ndarray, rand_index: int) -> dict[str, float]:
-    """Rand-1 and Oracle LPIPS/PSNR/SSIM of outputs (O, S, S, 3) against one photo (S, S, 3), all uint8.
+def fidelity(outputs: np.ndarray, photo: np.ndarray, rand_index: int, top_index: int | None = None) -> dict[str, float]:
+    """Rand-1, Top-1 and Oracle LPIPS/PSNR/SSIM of outputs (O, S, S, 3) against one photo (S, S, 3), all uint8.
 
     Returns keys ``rand1_{lpips,psnr,ssim}`` (output ``rand_index``), ``oracle_{lpips,psnr,ssim}``
-    (the output with the lowest LPIPS), ``oracle_own_{psnr,ssim}`` (each metric's own best) and
-    ``mean_lpips`` (over all outputs).
+    (the output with the lowest LPIPS), ``oracle_own_{psnr,ssim}`` (each metric's own best),
+    ``mean_lpips`` (over all outputs) and, given ``top_index`` (the output ranked first), ``top1_{lpips,psnr,ssim}``.
     """
     from pixelnn.evaluation.image_metrics import psnr, ssim
     from pixelnn.evaluation.lpips import lpips_distance
@@ -159,10 +164,13 @@ def fidelity(outputs: np.ndarray, photo: np.ndarray, rand_index: int) -> dict[st
     ps = np.minimum(psnr(outputs, photos), 100.0)  # identical images: cap +inf at 100 dB
     ss = ssim(outputs, photos)
     best = int(np.argmin(lp))
-    return {"rand1_lpips": float(lp[rand_index]), "rand1_psnr": float(ps[rand_index]),
-            "rand1_ssim": float(ss[rand_index]),
-            "oracle_lpips": float(lp[best]), "oracle_psnr": float(ps[best]), "oracle_ssim": float(ss[best]),
-            "oracle_own_psnr": float(ps.max()), "oracle_own_ssim": float(ss.max()), "mean_lpips": float(lp.mean())}
+    out = {"rand1_lpips": float(lp[rand_index]), "rand1_psnr": float(ps[rand_index]),
+           "rand1_ssim": float(ss[rand_index]),
+           "oracle_lpips": float(lp[best]), "oracle_psnr": float(ps[best]), "oracle_ssim": float(ss[best]),
+           "oracle_own_psnr": float(ps.max()), "oracle_own_ssim": float(ss.max()), "mean_lpips": float(lp.mean())}
+    if top_index is not None:
+        out.update(top1_lpips=float(lp[top_index]), top1_psnr=float(ps[top_index]), top1_ssim=float(ss[top_index]))
+    return out
 
 
 def consecutive_lpips(outputs: np.ndarray) -> float:
@@ -345,7 +353,8 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
     from pixelnn.evaluation.coherence import seam_rate, seam_visibility
     from pixelnn.devices import resolve_device
     from pixelnn.io import atomic_dir, check_replaceable, recover, write_json
-    from pixelnn.pipeline import PixelNNPipeline
+    from pixelnn.pipeline import PixelNNPipeline, grid_order
+    from pixelnn.ranking import DESCRIPTIONS, RANKING, score_kind, score_order
 
     settings = settings or EvalSettings()
     settings.check()
@@ -365,8 +374,9 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
     pipe = pipeline or PixelNNPipeline.from_model_dir(model_dir, library_dir=library_dir, device=device)
     if pipe.task.name != task.name:
         raise PixelNNError(f"the model was trained for task {pipe.task.name!r} but {data_dir} is {task.name!r}")
-    # what the PixelNN outputs are made with (input i: num_outputs, seed + i), resolved by the pipeline
-    options = pipe.check_options(settings.options.replace(num_outputs=settings.num_outputs, seed=settings.seed))
+    # what the PixelNN outputs are made with (input i: num_outputs, seed + i; scored), resolved by the pipeline
+    options = pipe.check_options(settings.options.replace(num_outputs=settings.num_outputs, seed=settings.seed,
+                                                          order="score"))
     sampler = load_pix2pix(pix2pix, device) if isinstance(pix2pix, (str, Path)) else pix2pix
     positions = select_inputs(len(split), settings.num_inputs, settings.seed)
 
@@ -375,6 +385,7 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
     # scored against the edges of the real photo, detected the same way.
     photo_edges = task.name == "normals"
     faith_kind = "superres_psnr" if task.name == "superres" else "edges" if edge_mode or photo_edges else None
+    top1_kind = score_kind(task, split.inputs[int(positions[0])])  # the score the outputs are ranked by
     methods = ["pixelnn"] + (["pix2pix"] if sampler is not None else []) + ["stage1"]
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -418,8 +429,12 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
         photo = np.array(split.photos[pos])
         rng = np.random.default_rng([settings.seed, pos])  # per-input draws, independent of the other inputs
         t = time.perf_counter()
-        res = pipe(x, settings.options.replace(num_outputs=settings.num_outputs, seed=settings.seed + pos))
+        res = pipe(x, settings.options.replace(num_outputs=settings.num_outputs, seed=settings.seed + pos,
+                                               order="score"))
         t = _timer(timings, "synthesis_pixelnn", t)
+        timings["ranking_pixelnn"] = timings.get("ranking_pixelnn", 0.0) + res.timings.get("ranking", 0.0)
+        res = grid_order(res)  # every other metric as before ranking: in grid order
+        top = int(score_order(res.scores)[0]) if np.isfinite(res.scores).any() else None
         seams = float(np.mean(seam_rate(res.exemplar, res.source_y, res.source_x)))  # mean over the outputs
         visibility = _nanmean(seam_visibility(res.outputs, res.exemplar, res.source_y, res.source_x))
         t = _timer(timings, "seam_rate", t)
@@ -439,7 +454,10 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
                                  "seam_visibility": visibility if name == "pixelnn" else None}
             t = time.perf_counter()
             rand_index = int(rng.integers(n))
-            m.update(fidelity(o, photo, rand_index))
+            m.update(fidelity(o, photo, rand_index, top if name == "pixelnn" else None))
+            if name == "pixelnn" and top is not None:
+                m["top1_score"], m["top1_grid_index"] = float(res.scores[top]), top
+                m["top1_faithfulness"] = float(res.faithfulness[top]) if res.faithfulness is not None else None
             t = _timer(timings, "fidelity_lpips_psnr_ssim", t)
             if real_normals is not None and real_normals.found[row]:
                 m["normals"] = tallies[name].add(o, rand_index, real_normals.normals[row], real_normals.masks[row],
@@ -545,6 +563,9 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
         "protocol": {
             "rand1": "one output per input drawn with the seed; LPIPS, PSNR and SSIM of that output",
             "oracle": "the output with the lowest LPIPS to the photo; its LPIPS, PSNR and SSIM",
+            "top1": (f"PixelNN: the output ranked first by its score ({RANKING}; faithfulness: "
+                     f"{DESCRIPTIONS[top1_kind] if top1_kind else 'none for this task'}; pixelnn.ranking); "
+                     f"its LPIPS, PSNR and SSIM"),
             "oracle_own": "best PSNR and best SSIM among the outputs, each chosen by itself",
             "faithfulness": {
                 "superres_psnr": f"PSNR of every output area-downsampled by {task.factor} to the input thumbnail",
@@ -578,7 +599,8 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
         },
         "methods": summary,
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
-        "seconds_per_input": {k: round(v / n_eval, 4) for k, v in timings.items() if k.startswith("synthesis")},
+        "seconds_per_input": {k: round(v / n_eval, 4) for k, v in timings.items()
+                              if k.startswith(("synthesis", "ranking"))},
         "wall_seconds": round(timings["total"], 2),
     }
     metrics = _jsonable(metrics)

@@ -42,6 +42,8 @@ DEFAULT_DESCRIPTOR = "hypercolumn"
 DEFAULT_PCA_DIMS = 64
 #: Pixel descriptors, by name (:func:`pixelnn.descriptors.make_descriptor`).
 DESCRIPTORS = ("hypercolumn", "regressor")
+#: Output orders (``order``): best score first (:mod:`pixelnn.ranking`), or the grid (sets x windows, set-major).
+ORDERS = ("score", "grid")
 #: "Like these photos" keeps this many nearest exemplars per photo.
 DEFAULT_LIKE_K = 50
 #: With regions: the colour step at a border is spread over about this many pixels on either side.
@@ -352,6 +354,11 @@ class SynthesisOptions:
         With regions: the colour step where two sets meet is spread over about this many pixels on
         either side (:func:`pixelnn.compose.blend_borders`, Poisson blending of the low frequencies;
         every pixel keeps its source); 0 = none, the bare copies.
+    order : {'score', 'grid'}
+        ``score`` (default): the outputs best first, by their faithfulness to the input re-derived from each
+        output (:func:`pixelnn.ranking.output_scores`; a stable sort, ties and unscored outputs keep the grid
+        order). ``grid``: the authors' order, sets x windows, set-major, with no scores computed. Either way
+        the result records every output's grid position (``SynthesisResult.grid_index``).
     """
 
     top_k: int = DEFAULT_TOP_K
@@ -374,6 +381,7 @@ class SynthesisOptions:
     regions: tuple[Region, ...] = ()
     region_blend: float = DEFAULT_REGION_BLEND
     seam_blend: float = 0.0
+    order: str = "score"
 
     def __post_init__(self) -> None:
         from pixelnn.modes import mode_names
@@ -381,6 +389,7 @@ class SynthesisOptions:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
         check_choice("composition mode", self.mode, mode_names())
         check_choice("color", self.color, COLORS)
+        check_choice("order", self.order, ORDERS)
         if self.descriptor is not None:
             check_choice("descriptor", self.descriptor, DESCRIPTORS)
         for name in ("top_k", "like_k"):
@@ -466,12 +475,20 @@ class SynthesisOptions:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SynthesisOptions":
-        """Options from :meth:`to_dict`'s output (or a ``manifest.json`` holding them under ``"options"``)."""
+        """Options from :meth:`to_dict`'s output (or a ``manifest.json`` holding them under ``"options"``).
+
+        A manifest written before ``order`` existed (version < 3) holds its outputs in grid order: its options
+        get ``order="grid"``, so that they still reproduce its files."""
         if not isinstance(d, Mapping):
             raise PixelNNError(f"synthesis options must be a JSON object, got {type(d).__name__}")
+        grid_era = False
         if "options" in d and isinstance(d["options"], Mapping):
+            version = d.get("version")
+            grid_era = d.get("format") == "pixelnn-synthesis" and isinstance(version, int) and version < 3
             d = d["options"]
         d = {k: v for k, v in d.items() if k != "format"}
+        if grid_era and "order" not in d:
+            d["order"] = "grid"
         _check_names(d)
         return cls(**d)
 

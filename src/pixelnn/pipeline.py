@@ -51,6 +51,7 @@ from pixelnn.modes import Matches, get_mode
 from pixelnn.options import DEFAULT_DESCRIPTOR, DEFAULT_PCA_DIMS, SynthesisOptions
 from pixelnn.pixel_cache import MAX_CACHED_DIMS, PixelDescriptorCache, round_descriptors
 from pixelnn.provenance import exemplar_ranks
+from pixelnn.ranking import DESCRIPTIONS, RANKING, output_scores, rank_scores, score_kind, score_order
 from pixelnn.regions import blend_groups, region_map, resolve_regions, set_ranks
 from pixelnn.retrieval import global_descriptors
 from pixelnn.store import ExemplarStore, iter_field
@@ -61,8 +62,9 @@ log = logging.getLogger(__name__)
 
 PCA_FIT_IMAGES = 200
 MANIFEST_FORMAT = "pixelnn-synthesis"
+#: 3: every output's ``score`` and ``grid_position`` and the ``ranking`` (the outputs best first by default);
 #: 2: the resolved SynthesisOptions under "options" (1 listed mode, color and composition sizes loose).
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3
 #: What a new result may replace: an earlier result (never a folder PixelNN did not write).
 RESULT_REPLACES = (("manifest.json", MANIFEST_FORMAT),)
 
@@ -151,6 +153,10 @@ class Descriptors:
 class SynthesisResult:
     """Everything one synthesis produced, with per-pixel provenance.
 
+    The per-output arrays (``outputs``, ``specs``, ``exemplar``, ``source_y``, ``source_x``, ``similarity``,
+    ``scores``, ``grid_index``) are in the result's order: best score first with ``options.order == "score"``
+    (the default), else the grid order (sets x windows).
+
     Attributes
     ----------
     input : ndarray, (s, s, C) uint8
@@ -180,6 +186,18 @@ class SynthesisResult:
     region : ndarray, (S, S) int16, optional
         With ``options.regions``: the exemplar set every pixel was allowed to use, 0 = the default set,
         r = ``options.regions[r - 1]`` (:func:`pixelnn.regions.region_map`); None without regions.
+    scores : ndarray, (O,) float64, optional
+        The score every output is ranked by (higher is better; :func:`pixelnn.ranking.rank_scores`:
+        ``z(faithfulness) + z(mean match similarity)`` over this input's outputs); NaN when not scored
+        (``order="grid"``).
+    faithfulness : ndarray, (O,) float64, optional
+        Every output's faithfulness to the input, re-derived from the output (``score_kind``;
+        :func:`pixelnn.ranking.output_scores`); NaN when not scored or for a task without one.
+    grid_index : ndarray, (O,) int64, optional
+        Every output's position in the grid order (0-based: the order of ``specs`` with ``order="grid"``);
+        ``argsort(grid_index)`` restores it.
+    score_kind : str, optional
+        What ``faithfulness`` measures (:data:`pixelnn.ranking.SCORE_KINDS`); None when not scored.
     region_neighbours : list of ndarray, optional
         With regions: per set (0 = default, then each region), the library positions of its K
         neighbours in rank order. ``neighbours`` is then their union, in first-seen order (the default
@@ -202,6 +220,10 @@ class SynthesisResult:
     timings: dict[str, float] = field(default_factory=dict)
     region: np.ndarray | None = None
     region_neighbours: list[np.ndarray] | None = None
+    scores: np.ndarray | None = None
+    grid_index: np.ndarray | None = None
+    score_kind: str | None = None
+    faithfulness: np.ndarray | None = None
 
 
 class PixelNNPipeline:
@@ -499,16 +521,41 @@ class PixelNNPipeline:
                timings: dict[str, float], region: np.ndarray | None = None,
                region_neighbours: list[np.ndarray] | None = None) -> SynthesisResult:
         """Step 6: the result, with the mode's recorded correspondences in library coordinates (and, with
-        regions, the region map and every set's neighbours)."""
+        regions, the region map and every set's neighbours), ranked by :meth:`rank`."""
         o, (h, w) = len(specs), stage1.shape[:2]
         rank, pos = get_mode(options.mode).recorded(matches, specs)
         exemplar = neighbours.positions[rank.cpu().numpy()].reshape(o, h, w)
         sy, sx = np.divmod(pos.cpu().numpy().reshape(o, h, w), w)
-        return SynthesisResult(
+        return self.rank(SynthesisResult(
             input=x, stage1=stage1, outputs=outputs, specs=specs, neighbours=neighbours.positions,
             neighbour_ids=neighbours.ids, neighbour_similarity=neighbours.similarity, exemplar=exemplar,
             source_y=sy, source_x=sx, similarity=matches.similarity.cpu().numpy().reshape(o, h, w), options=options,
-            timings=timings, region=region, region_neighbours=region_neighbours)
+            timings=timings, region=region, region_neighbours=region_neighbours))
+
+    def rank(self, result: SynthesisResult) -> SynthesisResult:
+        """Step 7: score every output of a grid-ordered result and, with ``options.order == "score"``, sort the
+        outputs best first (every per-output array; stable, so ties keep the grid order).
+
+        The score is :func:`pixelnn.ranking.rank_scores`: the task's faithfulness to the input
+        (:func:`pixelnn.ranking.output_scores`: superres PSNR, edge AP, normal angle) and the outputs' mean
+        match similarity, each standardized over this input's outputs; ``order="grid"`` computes none (NaN)
+        and keeps the order. The result records each output's grid position (``grid_index``) and the time
+        taken (``timings["ranking"]``).
+        """
+        start = time.perf_counter()
+        n = len(result.outputs)
+        scored = result.options.order == "score"
+        kind = score_kind(self.task, result.input) if scored else None
+        faith = output_scores(result.outputs, result.input, self.task, device=self.device) if kind \
+            else np.full(n, np.nan)
+        scores = rank_scores(faith, result.similarity) if scored else np.full(n, np.nan)
+        ranked = dataclasses.replace(result, scores=scores, faithfulness=faith, grid_index=np.arange(n, dtype=np.int64),
+                                     score_kind=kind)
+        if scored:
+            ranked = subset_result(ranked, score_order(scores))
+        seconds = time.perf_counter() - start
+        ranked.timings = {**result.timings, "ranking": seconds, "total": result.timings.get("total", 0.0) + seconds}
+        return ranked
 
     # ------------------------------------------------------------------ regions
     def union_neighbours(self, sets: Sequence[Neighbours]) -> tuple[Neighbours, list[torch.Tensor]]:
@@ -798,15 +845,28 @@ def load_image_file(path: str | Path, size: int | None = None, fit: str = "pad",
 
 
 def subset_result(result: SynthesisResult, indices: Sequence[int]) -> SynthesisResult:
-    """The same result with only the outputs ``indices`` (0-based), e.g. to save one output with its correspondences."""
+    """The same result with only the outputs ``indices`` (0-based), in that order: e.g. one output to save with
+    its correspondences, or a permutation (:func:`grid_order`). Every per-output array is indexed alike;
+    ``grid_index`` keeps each output's grid position."""
     idx = [int(i) for i in indices]
     n = len(result.outputs)
     bad = [i for i in idx if not 0 <= i < n]
     if bad or not idx:
         raise PixelNNError(f"output(s) {bad or idx} do not exist; this result has outputs 0..{n - 1}")
+    pick = (lambda a: None if a is None else np.asarray(a)[idx])  # noqa: E731
     return dataclasses.replace(result, outputs=result.outputs[idx], specs=[result.specs[i] for i in idx],
                                exemplar=result.exemplar[idx], source_y=result.source_y[idx],
-                               source_x=result.source_x[idx], similarity=result.similarity[idx])
+                               source_x=result.source_x[idx], similarity=result.similarity[idx],
+                               scores=pick(result.scores), grid_index=pick(result.grid_index),
+                               faithfulness=pick(result.faithfulness))
+
+
+def grid_order(result: SynthesisResult) -> SynthesisResult:
+    """A result's outputs back in grid order (sets x windows, as ``order="grid"`` returns them), every per-output
+    array with them; the result itself when it has no ``grid_index``."""
+    if result.grid_index is None:
+        return result
+    return subset_result(result, np.argsort(result.grid_index, kind="stable"))
 
 
 def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save_correspondence_maps: bool = True,
@@ -814,11 +874,12 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
                 recover_parent: bool = True) -> Path:
     """Write a result the way ``pixelnn synthesize`` does, into ``out_dir`` (created atomically).
 
-    Files: ``input.png``, ``stage1.png``, ``output_001.png``..., ``grid.png``, ``correspondences.npz``
-    (per output and pixel: library position, exemplar index into ``exemplar_ids``, source y, source x,
-    similarity), ``manifest.json`` (per output: exemplar ids and ranks, window, mean similarity; per
-    exemplar id: source file and labels; the resolved options, which ``pixelnn synthesize --options``
-    reads back to reproduce the outputs) and ``correspondence_001.png``... (paper Fig. 5). The folder is
+    Files: ``input.png``, ``stage1.png``, ``output_001.png``... (in the result's order: best first with
+    ``order="score"``), ``grid.png``, ``correspondences.npz`` (per output and pixel: library position, exemplar
+    index into ``exemplar_ids``, source y, source x, similarity; per output: ``score`` and ``grid_index``),
+    ``manifest.json`` (``ranking``; per output: ``score``, ``grid_position`` (1-based), exemplar ids and ranks,
+    window, mean similarity; per exemplar id: source file and labels; the resolved options, which
+    ``pixelnn synthesize --options`` reads back to reproduce the outputs) and ``correspondence_001.png``... (paper Fig. 5). The folder is
     renamed into place when complete, so its existence means a complete result (:func:`result_complete`).
     An existing ``out_dir`` is replaced only when it is an earlier result (its manifest's format is
     ``pixelnn-synthesis``) or empty: any other folder is a one-line PixelNNError. ``input_file``: the file the
@@ -865,13 +926,15 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
         np.savez_compressed(tmp / "correspondences.npz", library_position=result.exemplar.astype(np.int64),
                             exemplar_index=ranks.astype(np.int16), source_y=result.source_y.astype(np.int16),
                             source_x=result.source_x.astype(np.int16), similarity=result.similarity.astype(np.float32),
-                            exemplar_ids=np.array(result.neighbour_ids), **extra)
+                            exemplar_ids=np.array(result.neighbour_ids), **_ranking_arrays(result), **extra)
         manifest = {
             "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "options": result.options.to_dict(),
             "library": str(getattr(library, "url", None) or getattr(library, "root", "")) or None,
             **({"input": input_record(input_file)} if input_file is not None else {}),
             "timings": {k_: round(v, 4) for k_, v in result.timings.items()},
-            "outputs": [{"file": f"output_{o + 1:03d}.png", "exemplar_ranks": [r + 1 for r in s.ranks],
+            "ranking": _ranking_record(result),
+            "outputs": [{"file": f"output_{o + 1:03d}.png", **_output_rank(result, o),
+                         "exemplar_ranks": [r + 1 for r in s.ranks],
                          "exemplar_ids": [result.neighbour_ids[r] for r in s.ranks], "window": s.window_name,
                          "window_size": s.window, "mean_similarity": round(float(result.similarity[o].mean()), 5)}
                         for o, s in enumerate(result.specs)],
@@ -885,6 +948,38 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
             _add_regions(manifest, result)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return out_dir
+
+
+def _ranking_arrays(result: SynthesisResult) -> dict[str, np.ndarray]:
+    """``correspondences.npz``'s per-output ranking: ``score`` (O,) float64 (NaN: not scored) and ``grid_index``
+    (O,) int64 (the output's 0-based position in grid order)."""
+    n = len(result.outputs)
+    scores = np.full(n, np.nan) if result.scores is None else np.asarray(result.scores, np.float64)
+    faith = np.full(n, np.nan) if result.faithfulness is None else np.asarray(result.faithfulness, np.float64)
+    grid = np.arange(n, dtype=np.int64) if result.grid_index is None else np.asarray(result.grid_index, np.int64)
+    return {"score": scores, "faithfulness": faith, "grid_index": grid}
+
+
+def _ranking_record(result: SynthesisResult) -> dict[str, Any]:
+    """The manifest's ``ranking``: the order, what the scores are and how the grid order is recovered."""
+    kind = result.score_kind
+    return {"order": result.options.order,
+            "score": RANKING if result.options.order == "score" else None,
+            "faithfulness": kind,
+            "faithfulness_description": DESCRIPTIONS.get(kind, "not scored (order 'grid', or a task without a score)"),
+            "higher_is_better": True,
+            "grid_position": "each output's 1-based position in the grid order (sets x windows, set-major): its "
+                             "number with --order grid"}
+
+
+def _output_rank(result: SynthesisResult, o: int) -> dict[str, Any]:
+    """One output's ``score`` (None: not scored) and ``grid_position`` (1-based) in the manifest."""
+    def value(a: np.ndarray | None) -> float | None:
+        v = None if a is None else float(a[o])
+        return round(v, 5) if v is not None and np.isfinite(v) else None
+
+    grid = o if result.grid_index is None else int(result.grid_index[o])
+    return {"score": value(result.scores), "faithfulness": value(result.faithfulness), "grid_position": grid + 1}
 
 
 def _add_regions(manifest: dict, result: SynthesisResult) -> None:

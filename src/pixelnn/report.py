@@ -89,6 +89,9 @@ def evaluation_sections(metrics: dict, image_dir: str) -> list[Section]:
             continue
         quality.append([f"{_METHOD_LABELS[m]} (Rand-1)", _fmt(s["rand1_lpips"]), _fmt(s["rand1_psnr"], 2),
                         _fmt(s["rand1_ssim"]), "", ""])
+        if s.get("top1_lpips") is not None:  # evaluations since issue 16: the output ranked first
+            quality.append([f"{_METHOD_LABELS[m]} (Top-1)", _fmt(s["top1_lpips"]), _fmt(s.get("top1_psnr"), 2),
+                            _fmt(s.get("top1_ssim")), "", ""])
         quality.append([f"{_METHOD_LABELS[m]} (Oracle)", _fmt(s["oracle_lpips"]), _fmt(s["oracle_psnr"], 2),
                         _fmt(s["oracle_ssim"]), _fmt(s["oracle_own_psnr"], 2), _fmt(s["oracle_own_ssim"])])
     faith = metrics.get("faithfulness_kind")
@@ -118,7 +121,9 @@ def evaluation_sections(metrics: dict, image_dir: str) -> list[Section]:
         Section("Fidelity to the photo (paper Tables 1–2)", [
             f"{metrics['num_inputs']} inputs of the {metrics['split']} split ({metrics['split_size']} pairs), "
             f"{n_out} outputs per input; PixelNN composition mode and colour: {_composition(metrics)}. Rand-1: one "
-            f"output drawn with seed {st['seed']}. Oracle: the output with the lowest LPIPS (its PSNR and SSIM "
+            f"output drawn with seed {st['seed']}. "
+            + (f"Top-1: {metrics['protocol']['top1']}. " if "top1" in metrics.get("protocol", {}) else "")
+            + "Oracle: the output with the lowest LPIPS (its PSNR and SSIM "
             "alongside); best PSNR / best SSIM: each metric's own best output."],
             table=quality),
         Section("Faithfulness, diversity, coherence, realism, frequency content", [
@@ -269,14 +274,15 @@ def report_command(report_dirs: list[str | Path], page_dir: str | Path) -> Path:
         pn = m.get("pixelnn", {})
         rows.append(f"<tr><td><a href='{_html.escape(page.name)}'>{_html.escape(name)}</a></td>"
                     f"<td>{_html.escape(_composition(metrics))}</td>"
-                    f"<td>{_fmt(pn.get('rand1_lpips'))}</td><td>{_fmt(pn.get('oracle_lpips'))}</td>"
+                    f"<td>{_fmt(pn.get('rand1_lpips'))}</td><td>{_fmt(pn.get('top1_lpips'))}</td>"
+                    f"<td>{_fmt(pn.get('oracle_lpips'))}</td>"
                     f"<td>{_fmt(pn.get('diversity_lpips'))}</td><td>{_fmt(pn.get('seam_rate'))}</td>"
                     f"<td>{_fmt(pn.get('fid'), 1)}</td><td>{_fmt(m.get('pix2pix', {}).get('fid'), 1)}</td>"
                     f"<td>{_fmt(pn.get('rand1_normals_mean'), 1)} / {_fmt(pn.get('oracle_normals_mean'), 1)}</td></tr>")
     body = [f"<!doctype html><html><head><meta charset='utf-8'><title>PixelNN evaluations</title>"
             f"<style>{_STYLE}</style></head><body><h1>PixelNN evaluations</h1>",
             "<table><tr><th>experiment</th><th>composition</th><th>PixelNN LPIPS (Rand-1)</th>"
-            "<th>PixelNN LPIPS (Oracle)</th><th>PixelNN diversity</th><th>PixelNN seam rate</th><th>PixelNN FID</th>"
+            "<th>PixelNN LPIPS (Top-1)</th><th>PixelNN LPIPS (Oracle)</th><th>PixelNN diversity</th><th>PixelNN seam rate</th><th>PixelNN FID</th>"
             "<th>pix2pix FID</th><th>PixelNN normals mean angle ° (Rand-1 / Oracle)</th></tr>", *rows, "</table></body></html>\n"]
     index = page_dir / "index.html"
     write_text(index, "\n".join(body))

@@ -84,7 +84,7 @@ _CACHE = "gradio-cache-"
 #: The Options panel's fields, in page order: SynthesisOptions field names (``where`` and ``like`` come from
 #: the "Restrict the exemplars" panel).
 PAGE_OPTIONS = ("mode", "color", "top_k", "windows", "sets", "patch_size", "vote_size", "highpass_sigma",
-                "chroma_weight", "descriptor", "pca_dims", "num_outputs", "seed", "region_blend")
+                "chroma_weight", "descriptor", "pca_dims", "num_outputs", "seed", "order", "region_blend")
 
 
 class WebApp:
@@ -278,7 +278,7 @@ class WebApp:
             raise PixelNNError(f"unknown page option(s) {', '.join(unknown)}; valid: {', '.join(PAGE_OPTIONS)}")
         base = self.default_options()
         given: dict[str, Any] = {}
-        for name in ("mode", "color", "descriptor"):
+        for name in ("mode", "color", "descriptor", "order"):
             text = _text(v.get(name))
             if text:
                 given[name] = text
@@ -537,9 +537,14 @@ class WebApp:
                 self.batches += 1
 
     def gallery(self, result: Any) -> list[tuple[np.ndarray, str]]:
-        """The outputs with captions ``"k: #1-3 7x7"`` (output, exemplar ranks and window, 1-based), for a gallery."""
-        return [(result.outputs[o], f"{o + 1}: {_set_name(s.ranks)} {_window_short(s.window)}")
-                for o, s in enumerate(result.specs)]
+        """The outputs in the result's order (best first by default) with captions ``"k: #1-3 7x7, 31.2 dB"``
+        (output, exemplar ranks and window, 1-based, and the score when scored, :func:`pixelnn.ranking.score_text`)."""
+        from pixelnn.ranking import score_text
+
+        scores = result.faithfulness if result.faithfulness is not None else [float("nan")] * len(result.specs)
+        texts = [score_text(v, result.score_kind) for v in scores]
+        return [(result.outputs[o], f"{o + 1}: {_set_name(s.ranks)} {_window_short(s.window)}"
+                 + (f", {texts[o]}" if texts[o] else "")) for o, s in enumerate(result.specs)]
 
     def summary(self, result: Any, source: str, seconds: float) -> str:
         """A Markdown paragraph: how many outputs, the timings and the resolved options that ran."""
@@ -672,6 +677,7 @@ def options_line(options: Any) -> str:
     parts += [f"descriptor {o.descriptor}" + ("" if o.pca_dims is None else
                                                f" ({'full' if o.pca_dims == 0 else o.pca_dims} dims)")]
     parts += [f"num_outputs {o.num_outputs} (seed {o.seed})"] if o.num_outputs is not None else []
+    parts += [f"order {o.order}"]
     parts += ["where " + "; ".join(f"{k}={' or '.join(v)}" for k, v in o.where)] if o.where else []
     parts += [f"like {len(o.like)} photo(s)"] if o.like else []
     parts += [f"{len(o.regions)} region(s)"] if o.regions else []
@@ -1344,7 +1350,7 @@ def _options_panel(app: WebApp) -> dict[str, Any]:
     import gradio as gr
 
     from pixelnn.modes import mode_names
-    from pixelnn.options import COLORS, DESCRIPTORS
+    from pixelnn.options import COLORS, DESCRIPTORS, ORDERS
 
     d = app.default_options()
     f: dict[str, Any] = {}
@@ -1358,6 +1364,9 @@ def _options_panel(app: WebApp) -> dict[str, Any]:
         f["seed"] = gr.Number(value=d.seed, precision=0, label="Seed of that subset (seed)", elem_id="opt-seed")
         f["color"] = gr.Radio(list(COLORS), value=d.color, label="Residuals copied in (color)",
                               info="rgb, or luminance only", elem_id="opt-color")
+        f["order"] = gr.Radio(list(ORDERS), value=d.order, label="Output order (order)",
+                              info="score: best first (faithfulness to the input); grid: sets x windows",
+                              elem_id="opt-order")
     with gr.Row():
         f["windows"] = gr.Textbox(value=",".join("whole" if w is None else str(w) for w in d.windows),
                                   label="Windows (windows)", info="sides in pixels or whole, e.g. 1,7,11,whole",

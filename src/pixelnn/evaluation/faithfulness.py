@@ -55,17 +55,19 @@ def looks_like_edge_map(inputs: np.ndarray) -> bool:
     return bool(near_binary > 0.95 and (gray > 192).mean() > 0.6)
 
 
-def edge_strength(outputs: np.ndarray, task: TaskConfig, batch_size: int = 16, progress: bool = False) -> np.ndarray:
+def edge_strength(outputs: np.ndarray, task: TaskConfig, batch_size: int = 16, progress: bool = False,
+                  device: str = "cpu") -> np.ndarray:
     """Edge strength of outputs (N, S, S, 3) uint8 -> (N, S, S) float in [0, 1], the way the task made its inputs.
 
-    HED (``task.edge_method == "hed"``): fused probabilities at ``task.hed_scale``, then pix2pix's
-    non-maximum suppression (thin ridges keep their strength). Canny: the binary map as 0/1.
+    HED (``task.edge_method == "hed"``, run on ``device``): fused probabilities at ``task.hed_scale``, then
+    pix2pix's non-maximum suppression (thin ridges keep their strength). Canny: the binary map as 0/1.
     """
     from pixelnn import edges
 
     if task.edge_method == "canny":
         return (edges.canny_edge_maps(outputs)[..., 0] == 0).astype(np.float32)
-    prob = edges.hed_probability(outputs, batch_size=batch_size, progress=progress, scale=task.hed_scale)
+    prob = edges.hed_probability(outputs, batch_size=batch_size, progress=progress, device=device,
+                                 scale=task.hed_scale)
     if prob.shape[1] < 3 or prob.shape[2] < 3:
         return prob
     return edges.edge_nms(prob, edges.edge_orientation(prob, 4), radius=1, border=5).astype(np.float32)
