@@ -33,7 +33,12 @@ def _fake_normal_maps(photos, progress=False, **kw):
     masks = np.zeros((n, h, w), bool)
     masks[:, h // 4:3 * h // 4, w // 4:3 * w // 4] = found[:, None, None]
     maps = np.where(masks[..., None], photos[:, :, :, ::-1], N.BACKGROUND).astype(np.uint8)  # something photo-dependent
-    return N.FaceNormals(maps, masks, found, found.astype(np.float32), np.zeros((n, 468, 3), np.float32))
+    normals = None
+    if kw.get("float_normals"):  # the unit normals the maps encode (0 outside the mask), as the real mesh gives
+        v = maps.astype(np.float32) / 255 * 2 - 1
+        normals = np.where(masks[..., None], v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-6), 0)
+        normals = normals.astype(np.float32)
+    return N.FaceNormals(maps, masks, found, found.astype(np.float32), np.zeros((n, 468, 3), np.float32), normals)
 
 
 @pytest.fixture

@@ -434,7 +434,7 @@ def test_serve_with_auth_stops_on_sigterm_and_leaves_no_temp_folder(tiny, app, t
         photo = gradio_client.handle_file(str(tiny["photo"]))
         page = {"mode": "matched", "color": "rgb", "top_k": 11, "windows": "1,7,11,whole", "sets": "",
                 "patch_size": "", "vote_size": "", "highpass_sigma": "", "chroma_weight": "", "descriptor": "hypercolumn",
-                "pca_dims": None, "num_outputs": 2, "seed": 0, "region_blend": 4}
+                "pca_dims": None, "num_outputs": 2, "seed": 0, "region_blend": 4, "order": "score"}
         out = client.predict(photo, None, None, [], *[page[k] for k in PAGE_OPTIONS], *[[] for _ in app.labels],
                              api_name="/synthesize_photo")
         assert out[0].startswith("2 outputs from the photo"), out[0]
