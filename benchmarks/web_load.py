@@ -22,6 +22,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -139,6 +140,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="the server's --threads (default: its own choice)")
     ap.add_argument("--same-options", action="store_true", help="every user the same seed (batches can form)")
     args = ap.parse_args()
+    # gradio_client stages every download in a new folder of the temp dir and leaves it there: use our own
+    downloads = tempfile.TemporaryDirectory(prefix="pixelnn-web-load-")
+    tempfile.tempdir = downloads.name
     rows = []
     for c in args.config or ["1x1", "2x1"]:
         w, b = (int(v) for v in c.lower().split("x"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,16 @@ def shared_data() -> Path:
     if path is None:
         pytest.skip("../shared/data is absent")
     return path
+
+
+@pytest.fixture
+def client_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The temp dir for a test's gradio_client: it stages every download in a new folder of the temp dir
+    (``tempfile.gettempdir()/<40 hex>``) and leaves the folder behind; these land in ``tmp_path`` instead."""
+    d = tmp_path / "client-downloads"
+    d.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(d))
+    return d
 
 
 def synthetic_photos(n: int, size: int = 32, seed: int = 0) -> np.ndarray:

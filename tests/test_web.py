@@ -408,7 +408,7 @@ def _wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 
     raise AssertionError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def test_simultaneous_users_are_queued(app, tiny):
+def test_simultaneous_users_are_queued(app, tiny, client_tmp):
     """Three clients submit at once: all get 72 outputs, and the pipeline never runs two at a time."""
     pytest.importorskip("gradio")
     gradio_client = pytest.importorskip("gradio_client")

@@ -249,7 +249,7 @@ def test_request_bodies_are_capped(server, app):
     assert _request(server + "/gradio_api/info")[0] == 200
 
 
-def test_no_url_is_fetched_on_a_requests_behalf(server, bait, monkeypatch, tiny):  # noqa: F811
+def test_no_url_is_fetched_on_a_requests_behalf(server, bait, monkeypatch, tiny, client_tmp):  # noqa: F811
     """Gradio would fetch these (its SSRF check refuses loopback addresses, so the test tells it that the bait
     server's is public: then only PixelNN's refusal stands between the request and the fetch)."""
     import safehttpx
@@ -276,7 +276,7 @@ def test_no_url_is_fetched_on_a_requests_behalf(server, bait, monkeypatch, tiny)
     assert hits == [], hits
 
 
-def test_sketch_over_the_limit_through_the_api_is_a_one_line_message(server, app, tmp_path):
+def test_sketch_over_the_limit_through_the_api_is_a_one_line_message(server, app, tmp_path, client_tmp):
     from pixelnn.web import PAGE_OPTIONS
 
     big = white_png(tmp_path / "big-sketch.png", 1000, 1001)
@@ -402,7 +402,7 @@ def test_stale_temp_folders_of_dead_servers_are_removed(tmp_path):
     assert not root.path.exists() and root.removed
 
 
-def test_serve_with_auth_stops_on_sigterm_and_leaves_no_temp_folder(tiny, app, tmp_path):  # noqa: F811
+def test_serve_with_auth_stops_on_sigterm_and_leaves_no_temp_folder(tiny, app, tmp_path, client_tmp):  # noqa: F811
     """``pixelnn serve`` (PIXELNN_AUTH set) in a child process whose temp folder is ``tmp``: it removes a dead
     server's folder at start, refuses unauthenticated API calls, serves a logged-in client one synthesis, and
     on SIGTERM exits 0 leaving nothing in ``tmp``."""

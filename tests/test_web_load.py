@@ -169,7 +169,7 @@ def test_queue_is_bounded(pipe, tmp_path):
     assert limits == {"pipeline": 6}  # each worker's batch is let in; the rest wait in Gradio's queue
 
 
-def test_browser_waiting_user_sees_their_queue_position(pipe, tmp_path):
+def test_browser_waiting_user_sees_their_queue_position(pipe, tmp_path, client_tmp):
     """One worker, held busy by another client: the page of the next user shows "queue: 1/1", then the outputs."""
     gradio_client = pytest.importorskip("gradio_client")
     from PIL import Image
