@@ -427,6 +427,51 @@ def blend_borders(outputs: np.ndarray, stage1: np.ndarray, region: np.ndarray, w
     return blended
 
 
+def back_project(outputs: np.ndarray, x: np.ndarray, factor: int, max_iterations: int = 16) -> np.ndarray:
+    """Make every output's area downsampling equal the superres input exactly (issue 16, part 2).
+
+    Each ``factor`` x ``factor`` block of an output, per channel, is shifted by the same integer so that its sum
+    becomes ``x * factor**2`` (its mean, and so :func:`pixelnn.tasks.area_downsample`, is then exactly ``x``):
+    the block's high frequencies stay, only its mean moves. What a shift cannot give because of clipping at 0
+    or 255 is spread over the block's other pixels, and the last units go one each to the block's first free
+    pixels in raster order, so the result is deterministic and exact.
+
+    Parameters
+    ----------
+    outputs : ndarray, (O, S, S, 3) uint8
+    x : ndarray, (S / factor, S / factor, 3) uint8
+        The input thumbnail.
+    factor : int
+    max_iterations : int
+        Rounds of shifting (each settles every block that clipping does not hold back; 2-3 are typical).
+
+    Returns
+    -------
+    ndarray, (O, S, S, 3) uint8
+        ``area_downsample(result, factor)[o] == x`` for every output.
+    """
+    o = np.asarray(outputs)
+    n, size, _, c = o.shape
+    s, f2 = size // factor, factor * factor
+    if size % factor or np.asarray(x).shape != (s, s, c):
+        raise PixelNNError(f"outputs {o.shape} do not downsample by {factor} to the input {np.asarray(x).shape}")
+    blocks = o.astype(np.int64).reshape(n, s, factor, s, factor, c).transpose(0, 1, 3, 5, 2, 4).reshape(n, s, s, c, f2)
+    target = np.asarray(x, np.int64)[None] * f2  # (1, s, s, C)
+    for _ in range(max_iterations):
+        delta = target - blocks.sum(-1)  # (O, s, s, C)
+        if not delta.any():
+            break
+        up = delta > 0
+        free = np.where(up[..., None], blocks < 255, blocks > 0)  # pixels that can still move that way
+        nfree = np.maximum(free.sum(-1), 1)
+        step = np.sign(delta) * (np.abs(delta) // nfree)  # the same shift for every free pixel of the block
+        rest = np.abs(delta) - np.abs(step) * free.sum(-1)  # what the shift leaves: one unit each to the first ones
+        first = free & (np.cumsum(free, axis=-1) <= rest[..., None])
+        blocks = np.clip(blocks + free * step[..., None] + first * np.sign(delta)[..., None], 0, 255)
+    out = blocks.reshape(n, s, s, c, factor, factor).transpose(0, 1, 4, 2, 5, 3).reshape(n, size, size, c)
+    return out.astype(np.uint8)
+
+
 def recompose(stage1: np.ndarray, store: Any, exemplar: np.ndarray, source_y: np.ndarray, source_x: np.ndarray,
               color: str = "rgb", vote: int = 1, highpass_sigma: float = 0.0, chroma_weight: float = 1.0,
               region: np.ndarray | None = None, region_neighbours: Any = None,
