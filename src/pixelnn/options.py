@@ -356,8 +356,8 @@ class SynthesisOptions:
         every pixel keeps its source); 0 = none, the bare copies.
     order : {'score', 'grid'}
         ``score`` (default): the outputs best first, by their faithfulness to the input re-derived from each
-        output (:func:`pixelnn.ranking.output_scores`; a stable sort, ties and unscored outputs keep the grid
-        order). ``grid``: the authors' order, sets x windows, set-major, with no scores computed. Either way
+        output plus their mean match similarity (:func:`pixelnn.ranking.rank_scores`; a stable sort, ties
+        keep the grid order, unscored outputs go last). ``grid``: the authors' order, sets x windows, set-major, with no scores computed. Either way
         the result records every output's grid position (``SynthesisResult.grid_index``).
     """
 

@@ -154,7 +154,7 @@ class SynthesisResult:
     """Everything one synthesis produced, with per-pixel provenance.
 
     The per-output arrays (``outputs``, ``specs``, ``exemplar``, ``source_y``, ``source_x``, ``similarity``,
-    ``scores``, ``grid_index``) are in the result's order: best score first with ``options.order == "score"``
+    ``scores``, ``faithfulness``, ``grid_index``) are in the result's order: best score first with ``options.order == "score"``
     (the default), else the grid order (sets x windows).
 
     Attributes
@@ -301,17 +301,13 @@ class PixelNNPipeline:
         None), loaded on first use (fitting the PCA once per library)."""
         key = (name, pca_dims or None)
         with self._descriptors_lock:  # several web workers may ask for the same new descriptor at once
-            return self._pixel_descriptor(key)
-
-    def _pixel_descriptor(self, key: tuple[str, int | None]) -> tuple[Any, Any]:
-        name = key[0]
-        if key not in self._descriptors:
-            desc = load_pixel_descriptor(self.library, name, self.regressor, key[1]).to(self.device)
-            cache_dir = getattr(self.library, "pixel_cache_dir", None)  # None: the store keeps no pixel descriptors
-            cache = PixelDescriptorCache(Path(cache_dir), desc) \
-                if self.use_pixel_cache and cache_dir is not None and desc.dims <= MAX_CACHED_DIMS else None
-            self._descriptors[key] = (desc, cache)
-        return self._descriptors[key]
+            if key not in self._descriptors:
+                desc = load_pixel_descriptor(self.library, name, self.regressor, key[1]).to(self.device)
+                cache_dir = getattr(self.library, "pixel_cache_dir", None)  # None: the store keeps no pixel descriptors
+                cache = PixelDescriptorCache(Path(cache_dir), desc) \
+                    if self.use_pixel_cache and cache_dir is not None and desc.dims <= MAX_CACHED_DIMS else None
+                self._descriptors[key] = (desc, cache)
+            return self._descriptors[key]
 
     def fill_pixel_cache(self, progress: bool = True) -> int:
         """Describe every library exemplar not yet in the pixel cache (``pixelnn index --pixel-cache``).
@@ -951,8 +947,8 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
 
 
 def _ranking_arrays(result: SynthesisResult) -> dict[str, np.ndarray]:
-    """``correspondences.npz``'s per-output ranking: ``score`` (O,) float64 (NaN: not scored) and ``grid_index``
-    (O,) int64 (the output's 0-based position in grid order)."""
+    """``correspondences.npz``'s per-output ranking: ``score`` and ``faithfulness`` (O,) float64 (NaN: not
+    scored) and ``grid_index`` (O,) int64 (the output's 0-based position in grid order)."""
     n = len(result.outputs)
     scores = np.full(n, np.nan) if result.scores is None else np.asarray(result.scores, np.float64)
     faith = np.full(n, np.nan) if result.faithfulness is None else np.asarray(result.faithfulness, np.float64)
@@ -973,7 +969,8 @@ def _ranking_record(result: SynthesisResult) -> dict[str, Any]:
 
 
 def _output_rank(result: SynthesisResult, o: int) -> dict[str, Any]:
-    """One output's ``score`` (None: not scored) and ``grid_position`` (1-based) in the manifest."""
+    """One output's ``score`` and ``faithfulness`` (None: not scored) and ``grid_position`` (1-based) in the
+    manifest."""
     def value(a: np.ndarray | None) -> float | None:
         v = None if a is None else float(a[o])
         return round(v, 5) if v is not None and np.isfinite(v) else None

@@ -2,9 +2,9 @@
 
 The paper admits that "we do not have any direct way of ranking the outputs". A PixelNN output can
 be checked against its input, though: re-derive the input from the output with the task's own rule
-and compare it with the input given. The score of an output is that agreement (higher is better),
-from the faithfulness metrics of :mod:`pixelnn.evaluation.faithfulness` and
-:mod:`pixelnn.evaluation.angular`:
+and compare it with the input given. That agreement is the output's **faithfulness**
+(:func:`output_scores`, higher is better), from the faithfulness metrics of
+:mod:`pixelnn.evaluation.faithfulness` and :mod:`pixelnn.evaluation.angular`:
 
 - ``superres`` (:data:`SCORE_KINDS` ``"psnr"``): PSNR (dB) of the output area-downsampled by the
   task's factor against the input thumbnail (:func:`~pixelnn.evaluation.faithfulness.superres_faithfulness`),
@@ -19,9 +19,11 @@ from the faithfulness metrics of :mod:`pixelnn.evaluation.faithfulness` and
   are defined (:func:`~pixelnn.evaluation.angular.score_outputs`); an output in which no face is
   found gets NaN.
 
-Other inputs (``paired`` inputs that are not edge maps) have no score: every score is NaN. Sorting
-(:func:`score_order`) is stable and puts NaN last, so such a result keeps the grid order (sets x
-windows), and so do ties.
+Other inputs (``paired`` inputs that are not edge maps) have no faithfulness: every value is NaN.
+The score the outputs are ranked by (:func:`rank_scores`) adds the outputs' mean match similarity to
+the faithfulness, each standardized over the input's outputs (similarity alone where there is no
+faithfulness). Sorting (:func:`score_order`) is stable and puts NaN last, so ties keep the grid order
+(sets x windows).
 
 Cost per input of 72 outputs of 96x96 (2 cores, docs/results.md, beside 1.9 s of synthesis): superres
 0.02 s; edges one HED pass per output, 2.6 s at ``hed_scale`` 1 and 11.4 s at 2; normals one face-mesh

@@ -45,6 +45,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pixelnn.config import check_number
 from pixelnn.errors import PixelNNError, printable
 from pixelnn.options import MODE_FIELDS, parse_sets, parse_windows  # noqa: F401 (parse_*: part of this API)
 from pixelnn.web_limits import MAX_JSON_BYTES, RequestLimits, TempRoot, is_loopback, upload_cap
@@ -127,11 +128,9 @@ class WebApp:
         # Bookkeeping of concurrent pipeline runs: the queue lets ``workers`` requests (times ``batch``) in at a
         # time; the batcher's slots make sure no more than ``workers`` pipeline calls run even if the app is
         # wired differently, and ``peak_active`` shows it in tests.
-        for name, value, top in (("workers", workers, MAX_WORKERS), ("batch", batch, MAX_BATCH),
-                                 ("max_queue", max_queue, None)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (top and value > top):
-                raise PixelNNError(f"{name} must be an integer from 1{f' to {top}' if top else ''}, got {value!r}")
-        self.workers, self.batch, self.max_queue = workers, batch, max_queue
+        self.workers, self.batch, self.max_queue = (check_number(name, value, 1, top, integer=True) for name, value, top in
+                                                    (("workers", workers, MAX_WORKERS), ("batch", batch, MAX_BATCH),
+                                                     ("max_queue", max_queue, None)))
         self._batcher = Batcher(self._run_group, workers=workers, batch=batch)
         self._count_lock = threading.Lock()
         self.active = 0
@@ -510,8 +509,9 @@ class WebApp:
 
     def synthesize(self, x: np.ndarray, options: Any = None, like_photos: Sequence[np.ndarray] | None = None,
                    **overrides: Any) -> Any:
-        """Run the pipeline on x with ``options`` (a SynthesisOptions; default :meth:`default_options`), one run
-        at a time; ``like_photos`` are "like these" photos as arrays, ``overrides`` change option fields.
+        """Run the pipeline on x with ``options`` (a SynthesisOptions; default :meth:`default_options`), on one of
+        the ``workers`` (:class:`Batcher`, with other waiting requests of the same options when ``batch`` > 1);
+        ``like_photos`` are "like these" photos as arrays, ``overrides`` change option fields.
         Returns the SynthesisResult (its ``options`` are the resolved ones that ran)."""
         options = self.default_options() if options is None else options
         if overrides:
@@ -723,10 +723,6 @@ def _canvas(value: Any, what: str, max_pixels: int | None = None) -> np.ndarray:
     an image over ``max_pixels`` (an :class:`Oversized` from :func:`bound_canvas`, or an array)."""
     if isinstance(value, Oversized):
         raise _too_many_pixels(what, value.width, value.height, max_pixels or 0)
-    shape = getattr(value, "shape", None)
-    if max_pixels and isinstance(shape, tuple) and len(shape) >= 2 and all(isinstance(n, int) for n in shape) \
-            and shape[0] * shape[1] > max_pixels:  # an array: checked before np.asarray copies anything
-        raise _too_many_pixels(what, shape[1], shape[0], max_pixels)
     try:
         a = np.asarray(value)
     except (ValueError, TypeError):  # ragged lists
@@ -1365,7 +1361,7 @@ def _options_panel(app: WebApp) -> dict[str, Any]:
         f["color"] = gr.Radio(list(COLORS), value=d.color, label="Residuals copied in (color)",
                               info="rgb, or luminance only", elem_id="opt-color")
         f["order"] = gr.Radio(list(ORDERS), value=d.order, label="Output order (order)",
-                              info="score: best first (faithfulness to the input); grid: sets x windows",
+                              info="score: best first (faithfulness to the input + match similarity); grid: sets x windows",
                               elem_id="opt-order")
     with gr.Row():
         f["windows"] = gr.Textbox(value=",".join("whole" if w is None else str(w) for w in d.windows),
