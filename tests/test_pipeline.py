@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pixelnn.cli import main
-from pixelnn.compose import recompose
+from pixelnn.compose import back_project, recompose, recompose_keywords
 from pixelnn.data.dataset import Dataset
 from pixelnn.errors import PixelNNError
 from pixelnn.library import ExemplarLibrary
@@ -41,7 +41,8 @@ def test_72_outputs_with_consistent_provenance(setup):
         assert set(np.unique(result.exemplar[o]).tolist()) <= members
     # the saved correspondences re-compose every output exactly from the library
     lib = pipe.library
-    again = recompose(result.stage1, lib, result.exemplar, result.source_y, result.source_x)
+    again = recompose(result.stage1, lib, result.exemplar, result.source_y, result.source_x,
+                      **recompose_keywords(result.options, result.input))
     assert np.array_equal(again, result.outputs)
     # same-pixel windows copy from the same position
     same = [o for o, s in enumerate(result.specs) if s.window == 1]
@@ -70,7 +71,7 @@ def test_coherent_mode_has_fewer_seams_and_stays_explainable(setup, tmp_path):
     # every output is rebuilt from the correspondences, the library and the recorded options
     lib = pipe.library
     again = recompose(result.stage1, lib, result.exemplar, result.source_y, result.source_x,
-                      vote=opts.vote_size, highpass_sigma=opts.highpass_sigma, chroma_weight=opts.chroma_weight)
+                      **recompose_keywords(opts, x))
     assert np.array_equal(again, result.outputs)
     manifest = json.loads((save_result(result, tmp_path / "out", lib) / "manifest.json").read_text())
     assert manifest["options"]["mode"] == "coherent" and manifest["options"]["chroma_weight"] == opts.chroma_weight
@@ -82,9 +83,13 @@ def test_query_equal_to_exemplar_reproduces_it(setup):
     root, model, data, pipe = setup
     train = Dataset(data).split("train")
     x = np.asarray(train.inputs[5])
-    result = pipe(x, sets=[[1]], windows=[1], top_k=1)
+    result = pipe(x, sets=[[1]], windows=[1], top_k=1, back_projection=False)
     assert result.neighbour_ids == [train.records[5]["id"]]
     assert np.array_equal(result.outputs[0], np.asarray(train.photos[5]))
+    # back-projected onto its own thumbnail: the photo, its blocks shifted by what the thumbnail's rounding lost
+    projected = pipe(x, sets=[[1]], windows=[1], top_k=1).outputs[0]
+    assert np.array_equal(projected, back_project(np.asarray(train.photos[5])[None], x, 8)[0])
+    assert np.abs(projected.astype(int) - np.asarray(train.photos[5])).max() <= 2
 
 
 def test_filters_never_let_excluded_exemplars_in(setup):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from pixelnn.cli import main
-from pixelnn.compose import recompose
+from pixelnn.compose import back_project, recompose, recompose_keywords
 from pixelnn.config import TaskConfig
 from pixelnn.data.dataset import Dataset
 from pixelnn.errors import PixelNNError
@@ -177,9 +177,12 @@ def test_score_order_sorts_every_output_array_and_grid_order_is_the_steps_output
     s, g = ranked.scores, ranked.grid_index
     assert (np.diff(s) <= 0).all() and all(g[i] < g[i + 1] for i in range(n - 1) if s[i] == s[i + 1])
     assert ranked.scores[0] > ranked.scores[-1]  # the ranking is not trivial here
-    # each faithfulness is its output's PSNR, re-derived from the output; the score adds the mean match similarity,
-    # each standardized over the outputs
-    psnrs = np.array([naive_psnr(area_downsample(o[None], 8)[0], x) for o in ranked.outputs])
+    # each faithfulness is its output's PSNR, re-derived from the output as composed (back-projection, the superres
+    # default, then makes every output's re-derivation exact); the score adds the mean match similarity, each
+    # standardized over the outputs
+    composed = pipe(x, order="grid", back_projection=False).outputs[ranked.grid_index]
+    assert all(np.array_equal(area_downsample(o[None], 8)[0], x) for o in ranked.outputs)
+    psnrs = np.array([naive_psnr(area_downsample(o[None], 8)[0], x) for o in composed])
     np.testing.assert_allclose(ranked.faithfulness, psnrs)
     sims = ranked.similarity.reshape(n, -1).astype(np.float64).mean(1)
     np.testing.assert_allclose(ranked.scores, (psnrs - psnrs.mean()) / psnrs.std() + (sims - sims.mean()) / sims.std(),
@@ -197,7 +200,7 @@ def test_score_order_sorts_every_output_array_and_grid_order_is_the_steps_output
     nb = pipe.retrieve(stage1, o)
     specs = pipe.output_specs(o)
     matches = pipe.match(pipe.describe(x, stage1, nb, o), specs, o)
-    assert np.array_equal(grid.outputs, pipe.compose(stage1, nb, matches, specs, o))
+    assert np.array_equal(grid.outputs, back_project(pipe.compose(stage1, nb, matches, specs, o), x, 8))
     assert "ranking" in ranked.timings and ranked.timings["total"] >= ranked.timings["ranking"]
 
 
@@ -207,8 +210,7 @@ def test_recompose_rebuilds_every_output_in_either_order(setup, tmp_path, order)
     for mode in ("matched", "coherent"):
         result = pipe(xs[1], mode=mode, order=order, num_outputs=12)
         o = result.options
-        kw = dict(color=o.color, vote=o.vote_size, highpass_sigma=o.highpass_sigma, chroma_weight=o.chroma_weight,
-                  seam_blend=o.seam_blend)
+        kw = recompose_keywords(o, result.input)
         again = recompose(result.stage1, pipe.library, result.exemplar, result.source_y, result.source_x, **kw)
         assert np.array_equal(again, result.outputs)
     out = save_result(result, tmp_path / "res", pipe.library)  # from the saved files alone
@@ -224,7 +226,7 @@ def test_manifest_and_correspondences_record_score_and_grid_position(setup, tmp_
     ranked, grid = pipe(xs[0], num_outputs=10, seed=2), pipe(xs[0], num_outputs=10, seed=2, order="grid")
     out = save_result(ranked, tmp_path / "ranked", pipe.library)
     m = json.loads((out / "manifest.json").read_text())
-    assert m["version"] == 3 and m["options"]["order"] == "score"
+    assert m["version"] == 4 and m["options"]["order"] == "score" and m["options"]["back_projection"] is True
     assert m["ranking"]["order"] == "score" and m["ranking"]["faithfulness"] == "psnr" and m["ranking"]["higher_is_better"]
     assert "similarity" in m["ranking"]["score"]
     scores = [e["score"] for e in m["outputs"]]
@@ -289,10 +291,9 @@ def test_batches_and_regions_sort_the_same_way(setup):
     back = grid_order(ranked)
     assert all(np.array_equal(getattr(back, k), getattr(grid, k)) for k in PER_OUTPUT)
     o = ranked.options
-    again = recompose(ranked.stage1, pipe.library, ranked.exemplar, ranked.source_y, ranked.source_x, color=o.color,
-                      vote=o.vote_size, highpass_sigma=o.highpass_sigma, chroma_weight=o.chroma_weight,
+    again = recompose(ranked.stage1, pipe.library, ranked.exemplar, ranked.source_y, ranked.source_x,
                       region=ranked.region, region_neighbours=_table(ranked.region_neighbours),
-                      region_blend=o.region_blend)
+                      **recompose_keywords(o, ranked.input))
     assert np.array_equal(again, ranked.outputs)
     (batched,) = pipe.batch(xs[:1], SynthesisOptions(num_outputs=8, regions=regions))
     assert np.array_equal(batched.outputs, ranked.outputs) and np.array_equal(batched.grid_index, ranked.grid_index)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from pixelnn.cli import main
-from pixelnn.compose import blend_borders, border_correction, recompose
+from pixelnn.compose import blend_borders, border_correction, recompose, recompose_keywords
 from pixelnn.data.dataset import Dataset
 from pixelnn.errors import PixelNNError
 from pixelnn.io import save_image
@@ -210,9 +210,9 @@ def test_recompose_of_a_region_result_is_exact_and_the_manifest_reproduces_it(se
     result = pipe(x, mode=mode, num_outputs=8, regions=[(top, {"where": {"kind": ["blob"]}}),
                                                         (left, {"where": {"shade": ["red"]}})])
     o = result.options
-    again = recompose(result.stage1, pipe.library, result.exemplar, result.source_y, result.source_x, color=o.color,
-                      vote=o.vote_size, highpass_sigma=o.highpass_sigma, chroma_weight=o.chroma_weight,
-                      region=result.region, region_neighbours=result.region_neighbours, region_blend=o.region_blend)
+    again = recompose(result.stage1, pipe.library, result.exemplar, result.source_y, result.source_x,
+                      region=result.region, region_neighbours=result.region_neighbours,
+                      **recompose_keywords(o, result.input))
     assert o.region_blend > 0 and np.array_equal(again, result.outputs)
     out = save_result(result, tmp_path / "out", pipe.library)
     z = np.load(out / "correspondences.npz")
@@ -220,9 +220,9 @@ def test_recompose_of_a_region_result_is_exact_and_the_manifest_reproduces_it(se
     for s, n in enumerate(result.region_neighbours):
         assert z["region_neighbours"][s, :len(n)].tolist() == n.tolist()
     from_files = recompose(np.asarray(Image.open(out / "stage1.png")), pipe.library, z["library_position"],
-                           z["source_y"], z["source_x"], color=o.color, vote=o.vote_size,
-                           highpass_sigma=o.highpass_sigma, chroma_weight=o.chroma_weight, region=z["region"],
-                           region_neighbours=z["region_neighbours"], region_blend=json.loads((out / "manifest.json").read_text())["options"]["region_blend"])
+                           z["source_y"], z["source_x"], region=z["region"], region_neighbours=z["region_neighbours"],
+                           **recompose_keywords(SynthesisOptions.load(out / "manifest.json"),
+                                                np.asarray(Image.open(out / "input.png"))))
     assert np.array_equal(from_files, result.outputs)
     manifest = json.loads((out / "manifest.json").read_text())
     assert [r["region"] for r in manifest["regions"]] == [0, 1, 2]
@@ -257,8 +257,9 @@ def test_region_blend_smooths_only_beside_the_borders_and_zero_gives_the_bare_co
     root, model, pipe, x = setup
     top, left = masks()
     regions = [(top, {"where": {"kind": ["blob"]}}), (left, {"where": {"shade": ["red"]}})]
-    bare = pipe(x, num_outputs=8, regions=regions, region_blend=0, order="grid")  # output by output, as blended's
-    blended = pipe(x, num_outputs=8, regions=regions, order="grid")  # the default, 4 px
+    bare = pipe(x, num_outputs=8, regions=regions, region_blend=0, order="grid",  # output by output, as blended's
+                back_projection=False)
+    blended = pipe(x, num_outputs=8, regions=regions, order="grid", back_projection=False)  # the default, 4 px
     assert blended.options.region_blend == 4.0 and bare.options.region_blend == 0.0
     for name in ("exemplar", "source_y", "source_x", "region"):  # the provenance is the same
         assert np.array_equal(getattr(bare, name), getattr(blended, name))

@@ -9,6 +9,9 @@ member; its outputs and correspondences are unchanged.
 
 Ranked outputs (issue 16): ``order="grid"`` returns exactly the stored arrays; the default ``order="score"``
 returns the same outputs sorted best first, so they are compared after :func:`pixelnn.pipeline.grid_order`.
+Back-projection (issue 16, on by default for superres) is the one change asked for: with
+``back_projection=False`` the stored arrays come back exactly, and with it on the outputs are exactly the stored
+ones back-projected (:func:`pixelnn.compose.back_project`), every correspondence unchanged.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ FIXTURE = json.loads((Path(__file__).parent / "data" / "stage2_fixture.json").re
 pytest.importorskip("faiss")
 
 
-def options_of(kw: dict, order: str = "grid") -> SynthesisOptions:
-    kw = dict(kw, order=order)
+def options_of(kw: dict, order: str = "grid", back_projection: bool = False) -> SynthesisOptions:
+    kw = dict(kw, order=order, back_projection=back_projection)
     if "sets" in kw:  # the fixture's sets are 0-based ranks (the old OutputSpec); options take 1-based ranks
         kw["sets"] = [[r + 1 for r in s] for s in kw["sets"]]
     return SynthesisOptions(**kw)
@@ -66,6 +69,29 @@ def test_outputs_and_correspondences_bit_identical_to_before(tiny, case, order):
         if name == "similarity" and case.startswith("global"):
             continue  # redefined on purpose: see the module docstring and the test below
         assert digest(getattr(result, name)) == want[name], f"{name} differs from the stored fixture"
+
+
+@pytest.mark.parametrize("case", ["matched-rgb", "coherent-luma", "global-rgb", "custom"])
+def test_back_projection_changes_only_the_outputs_and_exactly_so(tiny, case):
+    from pixelnn.compose import back_project
+    from pixelnn.tasks import area_downsample
+
+    pipe, x = tiny
+    want = FIXTURE["cases"][case]
+    plain = pipe(x, options_of(FIXTURE["cases_kwargs"][case]))
+    projected = pipe(x, options_of(FIXTURE["cases_kwargs"][case], back_projection=True))
+    assert projected.options.back_projection and not plain.options.back_projection
+    assert [digest(a) for a in plain.outputs] == want["per_output"]  # the stored outputs, then projected
+    assert np.array_equal(projected.outputs, back_project(plain.outputs, x, 32 // x.shape[0]))
+    assert (area_downsample(projected.outputs, 32 // x.shape[0]) == x[None]).all()
+    for name in ("exemplar", "source_y", "source_x", "similarity"):
+        assert np.array_equal(getattr(projected, name), getattr(plain, name))
+
+
+def test_back_projection_is_the_superres_default(tiny):
+    pipe, x = tiny
+    assert pipe.check_options().back_projection is True
+    assert pipe.check_options(back_projection=False).back_projection is False
 
 
 def test_global_similarity_is_that_of_the_recorded_correspondence(tiny):

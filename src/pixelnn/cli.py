@@ -167,7 +167,7 @@ class _ModeChoices(Sequence[str]):
 #: ``--name`` of every synthesis option flag -> the SynthesisOptions field it sets.
 SYNTHESIS_FLAGS = ("top_k", "windows", "sets", "mode", "color", "patch_size", "vote_size", "highpass_sigma",
                    "chroma_weight", "descriptor", "pca_dims", "num_outputs", "seed", "where", "exemplars", "like",
-                   "regions", "region_blend", "seam_blend", "order")
+                   "regions", "region_blend", "seam_blend", "back_projection", "input_weight", "rerank_k", "order")
 
 
 class _FlagGroup:
@@ -211,6 +211,15 @@ def add_synthesis_options(p: argparse.ArgumentParser, exclude: Sequence[str] = (
     g.add_argument("--seam-blend", type=float, default=None, metavar="PX",
                    help="matched/coherent: gradient-domain fusion of the copied pieces at every seam over about PX "
                         "pixels (every pixel keeps its source); 0 = none (default)")
+    g.add_argument("--back-projection", action=argparse.BooleanOptionalAction, default=None,
+                   help="superres: make every output's area downsampling equal the input thumbnail exactly "
+                        "(default on for superres; other tasks have no thumbnail)")
+    g.add_argument("--input-weight", type=float, default=None, metavar="W",
+                   help="input-aware retrieval: rank the global neighbours by (1 - W) x the f(x) similarity + W x "
+                        "the similarity of the input to the exemplars' inputs, 0-1 (default: the task's; 0 = f(x) "
+                        "alone, the paper)")
+    g.add_argument("--rerank-k", type=int, default=None, metavar="M",
+                   help="with --input-weight: re-rank the M nearest by f(x) (default max(4 x top-k, 64))")
     g.add_argument("--chroma-weight", type=float, default=None,
                    help="fraction of the exemplar's colour cast copied, 0-1 (default: the mode's, 1 for matched, "
                         "0.6 for coherent)")

@@ -472,10 +472,23 @@ def back_project(outputs: np.ndarray, x: np.ndarray, factor: int, max_iterations
     return out.astype(np.uint8)
 
 
+def recompose_keywords(options: Any, x: np.ndarray | None = None) -> dict[str, Any]:
+    """The keywords of :func:`recompose` that rebuild the outputs of resolved ``options``
+    (:class:`pixelnn.options.SynthesisOptions`, e.g. a result's or a ``manifest.json``'s) for input ``x``
+    (needed when the options have ``back_projection``)."""
+    if options.back_projection and x is None:
+        raise PixelNNError("these outputs were back-projected onto their input: recompose needs the input x")
+    return dict(color=options.color, vote=options.vote_size or 1, highpass_sigma=options.highpass_sigma or 0.0,
+                chroma_weight=1.0 if options.chroma_weight is None else options.chroma_weight,
+                region_blend=options.region_blend, seam_blend=options.seam_blend,
+                back_projection_input=x if options.back_projection else None)
+
+
 def recompose(stage1: np.ndarray, store: Any, exemplar: np.ndarray, source_y: np.ndarray, source_x: np.ndarray,
               color: str = "rgb", vote: int = 1, highpass_sigma: float = 0.0, chroma_weight: float = 1.0,
               region: np.ndarray | None = None, region_neighbours: Any = None,
-              region_blend: float = 0.0, seam_blend: float = 0.0) -> np.ndarray:
+              region_blend: float = 0.0, seam_blend: float = 0.0,
+              back_projection_input: np.ndarray | None = None) -> np.ndarray:
     """Rebuild ``matched`` or ``coherent`` outputs from saved correspondences and the exemplar store alone.
 
     Parameters
@@ -492,6 +505,9 @@ def recompose(stage1: np.ndarray, store: Any, exemplar: np.ndarray, source_y: np
         A region result's region map (H, W) and its sets' neighbours (R + 1, K), -1 padded
         (``correspondences.npz``), with its options' ``region_blend``: the borders are blended as at
         synthesis (:func:`blend_borders` on :func:`pixelnn.regions.blend_groups`).
+    back_projection_input : ndarray, (s, s, 3) uint8, optional
+        A superres result whose options have ``back_projection``: its input thumbnail (``input.png``); the
+        outputs are then back-projected onto it last, as at synthesis (:func:`back_project`).
 
     Returns
     -------
@@ -510,8 +526,10 @@ def recompose(stage1: np.ndarray, store: Any, exemplar: np.ndarray, source_y: np
     if seam_blend > 0:
         outs = fuse_seams(outs, f, residual, rank, pos, h, w, seam_blend)
     outs = _to_rgb_uint8(outs, space).reshape(len(exemplar), h, w, 3)
-    if region is None or region_blend <= 0:
-        return outs
-    from pixelnn.regions import blend_groups
+    if region is not None and region_blend > 0:
+        from pixelnn.regions import blend_groups
 
-    return blend_borders(outs, stage1, blend_groups(region, region_neighbours), region_blend)
+        outs = blend_borders(outs, stage1, blend_groups(region, region_neighbours), region_blend)
+    if back_projection_input is not None:
+        outs = back_project(outs, back_projection_input, h // np.asarray(back_projection_input).shape[0])
+    return outs

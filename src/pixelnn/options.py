@@ -63,6 +63,8 @@ NUMBER_BOUNDS: dict[str, tuple[float | None, float | None, dict[str, bool]]] = {
     "num_outputs": (1, None, {"integer": True}),
     "region_blend": (0, 10000, {}),  # pixels; 0: the bare copies
     "seam_blend": (0, 10000, {}),  # pixels; 0: no fusion
+    "input_weight": (0, 1, {}),  # share of the input's own similarity in global retrieval
+    "rerank_k": (1, MAX_TOP_K, {"integer": True}),
 }
 OPTIONS_FORMAT = "pixelnn-synthesis-options"
 #: Prefix of a mask given inline (not as a file): ``packbits:<H>x<W>:<base64 of numpy.packbits(mask)>``.
@@ -354,6 +356,18 @@ class SynthesisOptions:
         With regions: the colour step where two sets meet is spread over about this many pixels on
         either side (:func:`pixelnn.compose.blend_borders`, Poisson blending of the low frequencies;
         every pixel keeps its source); 0 = none, the bare copies.
+    back_projection : bool, optional
+        Superres: shift every output's ``factor`` x ``factor`` blocks so that its area downsampling equals
+        the input thumbnail exactly (:func:`pixelnn.compose.back_project`; the copied high frequencies stay).
+        None: the task's default (on for superres, measured to bring every output closer to the photo;
+        docs/results.md). Other tasks have no thumbnail to project on: the pipeline records False.
+    input_weight : float, optional
+        Input-aware retrieval: the global neighbours are ranked by ``(1 - w) * sim(f(x), f(x_n)) +
+        w * sim(x, x_n)``, the second term comparing the input itself with the exemplars' inputs
+        (:func:`pixelnn.retrieval.input_descriptors`), among the ``rerank_k`` nearest by f(x). 0: f(x) alone
+        (the paper). None: the task's default (:data:`pixelnn.retrieval.DEFAULT_INPUT_WEIGHT`).
+    rerank_k : int, optional
+        Candidates re-ranked by the input similarity (``input_weight`` > 0); None: ``max(4 * top_k, 64)``.
     order : {'score', 'grid'}
         ``score`` (default): the outputs best first, by their faithfulness to the input re-derived from each
         output plus their mean match similarity (:func:`pixelnn.ranking.rank_scores`; a stable sort, ties
@@ -381,6 +395,9 @@ class SynthesisOptions:
     regions: tuple[Region, ...] = ()
     region_blend: float = DEFAULT_REGION_BLEND
     seam_blend: float = 0.0
+    back_projection: bool | None = None
+    input_weight: float | None = None
+    rerank_k: int | None = None
     order: str = "score"
 
     def __post_init__(self) -> None:
@@ -410,6 +427,10 @@ class SynthesisOptions:
                 set_(name, check_number(name, getattr(self, name), *bounds[:2], **bounds[2]))
         set_("region_blend", float(self.region_blend))
         set_("seam_blend", float(self.seam_blend))
+        if self.back_projection is not None:
+            if not isinstance(self.back_projection, (bool, np.bool_)):
+                raise PixelNNError(f"back_projection must be true or false, got {self.back_projection!r}")
+            set_("back_projection", bool(self.back_projection))
         set_("where", _where(self.where))
         set_("exemplars", tuple(str(e) for e in _items("exemplars", self.exemplars)))
         set_("like", tuple(str(p) for p in _items("like", self.like)))
@@ -478,17 +499,21 @@ class SynthesisOptions:
         """Options from :meth:`to_dict`'s output (or a ``manifest.json`` holding them under ``"options"``).
 
         A manifest written before ``order`` existed (version < 3) holds its outputs in grid order: its options
-        get ``order="grid"``, so that they still reproduce its files."""
+        get ``order="grid"``, so that they still reproduce its files. One written before back-projection and
+        input-aware retrieval (version < 4) gets ``back_projection=False`` and ``input_weight=0``."""
         if not isinstance(d, Mapping):
             raise PixelNNError(f"synthesis options must be a JSON object, got {type(d).__name__}")
-        grid_era = False
+        version = None
         if "options" in d and isinstance(d["options"], Mapping):
-            version = d.get("version")
-            grid_era = d.get("format") == "pixelnn-synthesis" and isinstance(version, int) and version < 3
+            if d.get("format") == "pixelnn-synthesis" and isinstance(d.get("version"), int):
+                version = d["version"]
             d = d["options"]
         d = {k: v for k, v in d.items() if k != "format"}
-        if grid_era and "order" not in d:
-            d["order"] = "grid"
+        if version is not None and version < 3:
+            d.setdefault("order", "grid")
+        if version is not None and version < 4:
+            d.setdefault("back_projection", False)
+            d.setdefault("input_weight", 0.0)
         _check_names(d)
         return cls(**d)
 

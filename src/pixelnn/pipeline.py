@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from pixelnn.compose import blend_borders
+from pixelnn.compose import back_project, blend_borders
 from pixelnn.config import TaskConfig
 from pixelnn.data.images import DEFAULT_MAX_PIXELS, UnusableImage, decode_image, fit_image
 from pixelnn.descriptors import PixelPCA, fit_pca, make_descriptor
@@ -53,7 +53,7 @@ from pixelnn.pixel_cache import MAX_CACHED_DIMS, PixelDescriptorCache, round_des
 from pixelnn.provenance import exemplar_ranks
 from pixelnn.ranking import DESCRIPTIONS, RANKING, output_scores, rank_scores, score_kind, score_order
 from pixelnn.regions import blend_groups, region_map, resolve_regions, set_ranks
-from pixelnn.retrieval import global_descriptors
+from pixelnn.retrieval import DEFAULT_INPUT_WEIGHT, global_descriptors, input_descriptors, rerank
 from pixelnn.store import ExemplarStore, iter_field
 from pixelnn.tasks import derive_inputs
 from pixelnn.visualize import correspondence_figure, output_grid
@@ -62,9 +62,10 @@ log = logging.getLogger(__name__)
 
 PCA_FIT_IMAGES = 200
 MANIFEST_FORMAT = "pixelnn-synthesis"
+#: 4: the options' ``back_projection`` and ``input_weight`` (older manifests read back as off);
 #: 3: every output's ``score`` and ``grid_position`` and the ``ranking`` (the outputs best first by default);
 #: 2: the resolved SynthesisOptions under "options" (1 listed mode, color and composition sizes loose).
-MANIFEST_VERSION = 3
+MANIFEST_VERSION = 4
 #: What a new result may replace: an earlier result (never a folder PixelNN did not write).
 RESULT_REPLACES = (("manifest.json", MANIFEST_FORMAT),)
 
@@ -339,8 +340,13 @@ class PixelNNPipeline:
         options = options.replace(**overrides) if overrides else options
         name, dims = self._default
         regions = resolve_regions(options.regions, self.regressor.config.size) if options.regions else ()
-        options = options.replace(descriptor=options.descriptor or name, regions=regions,
-                                  pca_dims=(dims or 0) if options.pca_dims is None else options.pca_dims).resolved()
+        superres = self.task.name == "superres"
+        options = options.replace(
+            descriptor=options.descriptor or name, regions=regions,
+            pca_dims=(dims or 0) if options.pca_dims is None else options.pca_dims,
+            back_projection=superres and options.back_projection is not False,  # only a thumbnail projects
+            input_weight=DEFAULT_INPUT_WEIGHT.get(self.task.name, 0.0) if options.input_weight is None
+            else options.input_weight).resolved()
         options.check_size(self.regressor.config.size)  # e.g. a vote or a window wider than the output
         return options
 
@@ -459,10 +465,35 @@ class PixelNNPipeline:
         x = np.asarray(x)
         return predict(self.regressor, x[None])[0] if x.ndim == 3 else predict(self.regressor, x)
 
-    def retrieve(self, stage1: np.ndarray, options: SynthesisOptions, allowed: np.ndarray | None = None) -> Neighbours:
-        """Step 2: the ``top_k`` exemplars whose f(x_n) is nearest to f(x) (S, S, 3), within ``allowed``."""
-        sim, idx = self.library.search(global_descriptors(stage1[None], device=self.device), options.top_k, allowed)
-        return self._neighbours(sim[0], idx[0])
+    def retrieve(self, stage1: np.ndarray, options: SynthesisOptions, allowed: np.ndarray | None = None,
+                 x: np.ndarray | None = None) -> Neighbours:
+        """Step 2: the ``top_k`` exemplars whose f(x_n) is nearest to f(x) (S, S, 3), within ``allowed``.
+
+        With ``options.input_weight`` > 0 (input-aware retrieval) the ``rerank_k`` nearest are re-ranked by
+        ``(1 - w) * sim(f(x), f(x_n)) + w * sim(x, x_n)`` (:func:`pixelnn.retrieval.rerank`), which needs the
+        checked input ``x`` (s, s, C).
+        """
+        sim, idx = self.library.search(global_descriptors(stage1[None], device=self.device),
+                                       self._search_k(options), allowed)
+        return self._neighbours(*self._rerank(sim[0], idx[0], x, options))
+
+    @staticmethod
+    def _search_k(options: SynthesisOptions) -> int:
+        """How many neighbours the global search returns: ``top_k``, or the candidates of input-aware retrieval."""
+        if not options.input_weight:
+            return options.top_k
+        return max(options.top_k, options.rerank_k or max(4 * options.top_k, 64))
+
+    def _rerank(self, sim: np.ndarray, idx: np.ndarray, x: np.ndarray | None, options: SynthesisOptions
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """One query's search row (M,) -> its ``top_k`` neighbours, re-ranked by the input similarity when asked."""
+        if not options.input_weight:
+            return sim, idx
+        if x is None:
+            raise PixelNNError("input-aware retrieval (input_weight > 0) needs the input x")
+        found = idx[idx >= 0]
+        cand = input_descriptors(self.library.take("inputs", found)) if len(found) else np.zeros((0, 0), np.float32)
+        return rerank(sim, idx, input_descriptors(np.asarray(x)[None])[0], cand, options.input_weight, options.top_k)
 
     def _neighbours(self, sim: np.ndarray, idx: np.ndarray) -> Neighbours:
         found = idx >= 0
@@ -517,18 +548,33 @@ class PixelNNPipeline:
                timings: dict[str, float], region: np.ndarray | None = None,
                region_neighbours: list[np.ndarray] | None = None) -> SynthesisResult:
         """Step 6: the result, with the mode's recorded correspondences in library coordinates (and, with
-        regions, the region map and every set's neighbours), ranked by :meth:`rank`."""
+        regions, the region map and every set's neighbours), back-projected onto a superres input
+        (:meth:`back_project`) and ranked by :meth:`rank` (the faithfulness of the outputs as composed,
+        before back-projection makes it exact)."""
+        start = time.perf_counter()
+        projected = self.back_project(outputs, x, options)
+        if projected is not outputs:
+            spent = time.perf_counter() - start
+            timings = {**timings, "composition": timings.get("composition", 0.0) + spent,
+                       "total": timings.get("total", 0.0) + spent}
         o, (h, w) = len(specs), stage1.shape[:2]
         rank, pos = get_mode(options.mode).recorded(matches, specs)
         exemplar = neighbours.positions[rank.cpu().numpy()].reshape(o, h, w)
         sy, sx = np.divmod(pos.cpu().numpy().reshape(o, h, w), w)
         return self.rank(SynthesisResult(
-            input=x, stage1=stage1, outputs=outputs, specs=specs, neighbours=neighbours.positions,
+            input=x, stage1=stage1, outputs=projected, specs=specs, neighbours=neighbours.positions,
             neighbour_ids=neighbours.ids, neighbour_similarity=neighbours.similarity, exemplar=exemplar,
             source_y=sy, source_x=sx, similarity=matches.similarity.cpu().numpy().reshape(o, h, w), options=options,
-            timings=timings, region=region, region_neighbours=region_neighbours))
+            timings=timings, region=region, region_neighbours=region_neighbours), composed=outputs)
 
-    def rank(self, result: SynthesisResult) -> SynthesisResult:
+    def back_project(self, outputs: np.ndarray, x: np.ndarray, options: SynthesisOptions) -> np.ndarray:
+        """Step 6a, superres with ``options.back_projection``: every output's area downsampling made equal to the
+        thumbnail x (:func:`pixelnn.compose.back_project`); otherwise ``outputs`` itself."""
+        if not options.back_projection or self.task.name != "superres":
+            return outputs
+        return back_project(outputs, x, outputs.shape[1] // np.asarray(x).shape[0])
+
+    def rank(self, result: SynthesisResult, composed: np.ndarray | None = None) -> SynthesisResult:
         """Step 7: score every output of a grid-ordered result and, with ``options.order == "score"``, sort the
         outputs best first (every per-output array; stable, so ties keep the grid order).
 
@@ -536,13 +582,16 @@ class PixelNNPipeline:
         (:func:`pixelnn.ranking.output_scores`: superres PSNR, edge AP, normal angle) and the outputs' mean
         match similarity, each standardized over this input's outputs; ``order="grid"`` computes none (NaN)
         and keeps the order. The result records each output's grid position (``grid_index``) and the time
-        taken (``timings["ranking"]``).
+        taken (``timings["ranking"]``). ``composed`` (O, S, S, 3): the outputs the faithfulness is measured on
+        when they differ from ``result.outputs`` (before back-projection, which makes a superres output's
+        re-derivation exact and so every output's faithfulness equal); default ``result.outputs``.
         """
         start = time.perf_counter()
         n = len(result.outputs)
         scored = result.options.order == "score"
         kind = score_kind(self.task, result.input) if scored else None
-        faith = output_scores(result.outputs, result.input, self.task, device=self.device) if kind \
+        faith = output_scores(result.outputs if composed is None else composed, result.input, self.task,
+                              device=self.device) if kind \
             else np.full(n, np.nan)
         scores = rank_scores(faith, result.similarity) if scored else np.full(n, np.nan)
         ranked = dataclasses.replace(result, scores=scores, faithfulness=faith, grid_index=np.arange(n, dtype=np.int64),
@@ -596,7 +645,7 @@ class PixelNNPipeline:
                 log.warning("region %d (%s) covers no pixel: later regions cover all of it", r,
                             options.regions[r - 1].describe())
         # a set without pixels (the default one, when the regions cover the image) retrieves nothing
-        sets = [self.retrieve(stage1, options, allowed) if (region == r).any() else _no_neighbours(size)
+        sets = [self.retrieve(stage1, options, allowed, x) if (region == r).any() else _no_neighbours(size)
                 for r, allowed in enumerate(allowed_sets)]
         if (region == 0).any():  # the default set drops the outputs it cannot fill, as without regions
             specs = self.fit_specs(specs, sets[0], options, allowed_sets[0], "the default set: ")
@@ -661,7 +710,7 @@ class PixelNNPipeline:
             return self.synthesize_regions(x, stage1, options, specs, self.region_sets(options, like_photos), clock)
         # 2. Global retrieval: the K exemplars whose f(x_n) is nearest to f(x), within the filters.
         allowed = self.allowed_positions(options, like_photos)
-        neighbours = self.retrieve(stage1, options, allowed)
+        neighbours = self.retrieve(stage1, options, allowed, x)
         specs = clock("retrieval", self.fit_specs(specs, neighbours, options, allowed))
         # 3. Pixel descriptors (multiscale hypercolumns) of f(x) and of the neighbours' f(x_k).
         descriptors = clock("descriptors", self.describe(x, stage1, neighbours, options))
@@ -713,11 +762,13 @@ class PixelNNPipeline:
         stage1 = clock("stage1", np.stack([self.stage1(x) for x in xs]) if exact else self.stage1(xs))  # (B, S, S, 3)
         allowed = self.allowed_positions(options, like_photos)
         if exact:  # the single-input steps, one input at a time
-            neighbours = clock("retrieval", [self.retrieve(f, options, allowed) for f in stage1])
+            neighbours = clock("retrieval", [self.retrieve(f, options, allowed, x) for f, x in zip(stage1, xs)])
             queries: Sequence[torch.Tensor | None] = [None] * b  # describe() computes each query's own
         else:
-            sim, idx = self.library.search(global_descriptors(stage1, device=self.device), options.top_k, allowed)
-            neighbours = clock("retrieval", [self._neighbours(sim[i], idx[i]) for i in range(b)])
+            sim, idx = self.library.search(global_descriptors(stage1, device=self.device), self._search_k(options),
+                                           allowed)
+            neighbours = clock("retrieval", [self._neighbours(*self._rerank(sim[i], idx[i], xs[i], options))
+                                             for i in range(b)])
             desc, _ = self.pixel_descriptor(options.descriptor, options.pca_dims)
             images = xs if getattr(desc, "takes", "stage1") == "inputs" else stage1
             queries = clock("descriptors", self._queries(desc, images))  # (B, P, d)

@@ -137,6 +137,90 @@ def global_descriptors(images: np.ndarray, batch_size: int = 64, progress: bool 
     return out
 
 
+# ------------------------------------------------------------------------------ input descriptors
+#: Input-aware retrieval (issue 16, part 4): the share of the input's own similarity, by task, when
+#: ``SynthesisOptions.input_weight`` is None (measured on the val splits, docs/results.md).
+DEFAULT_INPUT_WEIGHT = {"superres": 0.0, "edges": 0.0, "normals": 0.0, "paired": 0.0}
+#: Side of the grid an input descriptor samples (the input is blurred, then area-averaged to it).
+INPUT_GRID = 24
+
+
+def input_descriptors(inputs: np.ndarray, grid: int = INPUT_GRID) -> np.ndarray:
+    """Descriptors of task inputs x for input-aware retrieval: blurred, pooled, centred, unit-norm.
+
+    An edge map (one channel, or near-binary dark strokes on white) becomes its ink density
+    ``1 - x / 255``; any other input (a thumbnail, a normal map) its values centred per image and channel.
+    Each channel is box-pooled to ``grid`` x ``grid`` (``grid`` divides the side, else the side itself
+    is used) and blurred by a 3x3 binomial kernel, so that strokes a few pixels apart still overlap;
+    the rows are L2-normalised, so an inner product is a cosine in [-1, 1] (a blank input gets a zero row).
+
+    Parameters
+    ----------
+    inputs : ndarray, (N, s, s, C) uint8
+    grid : int
+
+    Returns
+    -------
+    ndarray, (N, g * g * C) float32
+        ``g`` = ``grid`` when it divides ``s``, else ``s``.
+    """
+    from pixelnn.evaluation.faithfulness import looks_like_edge_map
+
+    x = np.asarray(inputs)
+    if x.ndim != 4 or x.dtype != np.uint8 or x.shape[1] != x.shape[2]:
+        raise PixelNNError(f"input_descriptors expects (N, s, s, C) uint8 inputs, got {x.shape} {x.dtype}")
+    n, s, _, c = x.shape
+    if n == 0:
+        return np.zeros((0, 0), np.float32)
+    v = x.astype(np.float32) / 255.0
+    if c == 1 or looks_like_edge_map(x):
+        v = 1.0 - v.mean(axis=-1, keepdims=True)  # ink density (N, s, s, 1)
+    else:
+        v = v - v.mean(axis=(1, 2), keepdims=True)  # (N, s, s, C), centred per image and channel
+    g = grid if s % grid == 0 else s
+    f = s // g
+    v = v.reshape(n, g, f, g, f, v.shape[-1]).mean(axis=(2, 4))  # (N, g, g, C')
+    pad = np.pad(v, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    k = np.array([0.25, 0.5, 0.25], np.float32)
+    v = sum(k[i] * pad[:, i:i + g] for i in range(3))  # vertical binomial
+    v = sum(k[j] * v[:, :, j:j + g] for j in range(3))  # horizontal
+    d = v.reshape(n, -1).astype(np.float32)
+    norm = np.linalg.norm(d, axis=1, keepdims=True)
+    return np.where(norm > 1e-12, d / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
+
+
+def rerank(sim: np.ndarray, idx: np.ndarray, x_desc: np.ndarray, cand_desc: np.ndarray, weight: float,
+           k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Re-rank one query's candidates by ``(1 - weight) * sim + weight * (cand_desc @ x_desc)``.
+
+    Parameters
+    ----------
+    sim, idx : ndarray, (M,)
+        The candidates' f(x) similarities and positions, from a search (padding ``idx == -1`` is dropped).
+    x_desc : ndarray, (D,)
+        The query input's :func:`input_descriptors` row.
+    cand_desc : ndarray, (M', D)
+        The non-padded candidates' input descriptors, in order.
+    weight : float
+        In [0, 1].
+    k : int
+
+    Returns
+    -------
+    (D, I) : ndarray (k,) float32, ndarray (k,) int64
+        The combined similarities (largest first; a stable sort keeps the search's order on ties) and the
+        positions, padded with -inf / -1 as :meth:`GlobalIndex.search` pads.
+    """
+    found = np.asarray(idx) >= 0
+    s, i = np.asarray(sim, np.float64)[found], np.asarray(idx, np.int64)[found]
+    combined = (1.0 - weight) * s + weight * (np.asarray(cand_desc, np.float64) @ np.asarray(x_desc, np.float64))
+    order = np.argsort(-combined, kind="stable")[:k]
+    out_d = np.full(k, -np.inf, np.float32)
+    out_i = np.full(k, -1, np.int64)
+    out_d[:len(order)], out_i[:len(order)] = combined[order], i[order]
+    return out_d, out_i
+
+
 # --------------------------------------------------------------------------------------------- index
 def _as_queries(x: np.ndarray, dim: int) -> np.ndarray:
     x = np.asarray(x)
