@@ -69,11 +69,11 @@ def test_evaluate_writes_every_number(setup):
     assert "diversity_lpips" not in metrics["methods"]["stage1"]
     # coherence: PixelNN only, with the composition recorded (the pipeline's defaults)
     opts = metrics["settings"]["options"]
-    assert opts["mode"] == "matched" and opts["color"] == "rgb"
+    assert opts["mode"] == "coherent" and opts["color"] == "rgb"
     # the pipeline's resolved options (mode defaults, descriptor) with the evaluation's outputs per input and seed
     assert opts == pipe.check_options(num_outputs=12, seed=0).to_dict()
     assert "mode" not in metrics["settings"] and "top_k" not in metrics["settings"]
-    assert "seam_rate" in metrics["protocol"] and "'matched'" in metrics["protocol"]["seam_rate"]
+    assert "seam_rate" in metrics["protocol"] and "'coherent'" in metrics["protocol"]["seam_rate"]
     assert 0 <= metrics["methods"]["pixelnn"]["seam_rate"] <= 1
     assert metrics["methods"]["pix2pix"]["seam_rate"] is None and metrics["methods"]["stage1"]["seam_rate"] is None
     assert metrics["methods"]["pixelnn"]["seam_visibility"] > -1 and "seam_visibility" in metrics["protocol"]
@@ -144,7 +144,7 @@ def test_pixelnn_numbers_are_the_pipelines_for_those_options(setup):
     split = Dataset(data).split("val")
     row = json.loads((root / "report" / "per_input.jsonl").read_text().splitlines()[0])
     pos = row["index"]
-    res = pipe(np.array(split.inputs[pos]), top_k=11, mode="matched", color="rgb", num_outputs=12, seed=0 + pos)
+    res = pipe(np.array(split.inputs[pos]), top_k=11, mode="coherent", color="rgb", num_outputs=12, seed=0 + pos)
     fid = fidelity(res.outputs, np.array(split.photos[pos]), 0)
     assert row["methods"]["pixelnn"]["oracle_lpips"] == pytest.approx(fid["oracle_lpips"], abs=1e-6)
     assert row["methods"]["pixelnn"]["oracle_own_psnr"] == pytest.approx(fid["oracle_own_psnr"], abs=1e-5)
@@ -196,8 +196,8 @@ def test_report_pages_reference_existing_images(setup, tmp_path, capsys):
     assert "report.html" in index
     page = (tmp_path / "pages" / "report.html").read_text()
     assert "Rand-1" in page and "Oracle" in page and "pix2pix" in page and "FID" in page
-    assert "<th>seam rate</th>" in page and "composition matched, rgb" in page
-    assert "<th>PixelNN seam rate</th>" in index and "<td>matched, rgb</td>" in index
+    assert "<th>seam rate</th>" in page and "composition coherent, rgb" in page
+    assert "<th>PixelNN seam rate</th>" in index and "<td>coherent, rgb</td>" in index
     assert "PixelNN (Top-1)" in page and "<th>PixelNN LPIPS (Top-1)</th>" in index
     srcs = re.findall(r"src='([^']+)'", page)
     assert "report/spectrum.png" in srcs and "report/example_01.png" in srcs and "report/example_02.png" in srcs

@@ -55,7 +55,7 @@ def test_coherent_mode_has_fewer_seams_and_stays_explainable(setup, tmp_path):
 
     root, model, data, pipe = setup
     x = np.asarray(Dataset(data).split("val").inputs[1])
-    plain = pipe(x, top_k=11)
+    plain = pipe(x, top_k=11, mode="matched")
     result = pipe(x, top_k=11, mode="coherent", patch_size=5)
     defaults, opts = get_mode("coherent").defaults, result.options
     assert (opts.vote_size, opts.highpass_sigma, opts.chroma_weight, opts.patch_size) == \
@@ -83,11 +83,11 @@ def test_query_equal_to_exemplar_reproduces_it(setup):
     root, model, data, pipe = setup
     train = Dataset(data).split("train")
     x = np.asarray(train.inputs[5])
-    result = pipe(x, sets=[[1]], windows=[1], top_k=1, back_projection=False)
+    result = pipe(x, sets=[[1]], windows=[1], top_k=1, mode="matched", back_projection=False)
     assert result.neighbour_ids == [train.records[5]["id"]]
     assert np.array_equal(result.outputs[0], np.asarray(train.photos[5]))
     # back-projected onto its own thumbnail: the photo, its blocks shifted by what the thumbnail's rounding lost
-    projected = pipe(x, sets=[[1]], windows=[1], top_k=1).outputs[0]
+    projected = pipe(x, sets=[[1]], windows=[1], top_k=1, mode="matched").outputs[0]
     assert np.array_equal(projected, back_project(np.asarray(train.photos[5])[None], x, 8)[0])
     assert np.abs(projected.astype(int) - np.asarray(train.photos[5])).max() <= 2
 

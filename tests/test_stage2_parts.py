@@ -39,7 +39,8 @@ def test_options_round_trip_and_mode_defaults_in_one_place():
     r = o.resolved()
     assert (r.vote_size, r.chroma_weight, r.patch_size) == (3, 0.6, 11)  # the coherent mode's defaults
     assert SynthesisOptions(mode="coherent", vote_size=1).resolved().vote_size == 1  # given values win
-    assert SynthesisOptions().resolved().patch_size is None  # matched has no patch
+    assert SynthesisOptions(mode="matched").resolved().patch_size is None  # matched has no patch
+    assert SynthesisOptions().mode == "coherent"  # the default (issue 16)
     assert [(s.ranks, s.window) for s in o.output_specs()] == [((0,), 1), ((0,), None), ((0, 1, 2), 1),
                                                                ((0, 1, 2), None)]
 
@@ -102,7 +103,7 @@ def test_adding_a_mode_is_one_class_and_one_registration(setup, monkeypatch):
 
     assert "stage1-only" in modes.mode_names()
     x = np.asarray(Dataset(data).split("val").inputs[0])
-    result = pipe(x, mode="stage1-only", num_outputs=3)
+    result = pipe(x, mode="stage1-only", num_outputs=3, back_projection=False)
     assert all(np.array_equal(o, result.stage1) for o in result.outputs)
     with pytest.raises(SystemExit):  # the CLI reads its choices from the registry...
         main(["synthesize", "x.png", "--model", str(model), "--out", str(root / "o"), "--mode", "nope"])

@@ -75,7 +75,7 @@ def test_options_from_page_defaults_and_every_field(app, tiny):
     base = app.options_from_page({})
     assert base == app.default_options() == SynthesisOptions(descriptor="hypercolumn", pca_dims=16)
     # the page's untouched values (empty mode fields, sets and outputs) are the defaults too
-    untouched = {"mode": "matched", "color": "rgb", "top_k": 11, "windows": "1,7,11,whole", "sets": "",
+    untouched = {"mode": "coherent", "color": "rgb", "top_k": 11, "windows": "1,7,11,whole", "sets": "",
                  "patch_size": None, "vote_size": None, "highpass_sigma": None, "chroma_weight": None,
                  "descriptor": "hypercolumn", "pca_dims": 16, "num_outputs": None, "seed": 0, "order": "score",
                  "region_blend": 4}
@@ -91,7 +91,9 @@ def test_options_from_page_defaults_and_every_field(app, tiny):
     assert (coherent.mode, coherent.vote_size, coherent.chroma_weight, coherent.patch_size) == ("coherent", None, None, None)
     r = app.resolved(coherent)
     assert (r.vote_size, r.chroma_weight, r.patch_size, r.highpass_sigma) == (3, 0.6, 11, 0.0)
-    assert app.resolved(base).vote_size == 1 and app.resolved(base).chroma_weight == 1.0
+    assert app.resolved(base) == r  # coherent is the default mode (issue 16)
+    matched = app.resolved(app.options_from_page({"mode": "matched"}))
+    assert matched.vote_size == 1 and matched.chroma_weight == 1.0
     page = {"mode": "coherent", "color": "luma", "top_k": 5.0, "windows": " 1, 7x7 ,whole", "sets": "1,2,1-3,#1+4",
             "patch_size": 5, "vote_size": 1, "highpass_sigma": 0.5, "chroma_weight": 0,
             "descriptor": "regressor", "pca_dims": 0, "num_outputs": 3, "seed": 4, "order": "grid"}

@@ -196,8 +196,9 @@ def add_synthesis_options(p: argparse.ArgumentParser, exclude: Sequence[str] = (
                    help="synthesis options as JSON: a synthesize manifest.json (reproduces its outputs) or a file "
                         "written by SynthesisOptions.to_json()")
     g.add_argument("--mode", choices=_ModeChoices(), default=None, metavar="MODE",
-                   help="composition mode, one of %(choices)s: matched: eq. 3 (default); coherent: eq. 3 with "
-                        "coherent matches (regions copy whole pieces of one exemplar, few seams); global: eq. 2; "
+                   help="composition mode, one of %(choices)s: coherent (default): eq. 3 with coherent matches "
+                        "(regions copy whole pieces of one exemplar, few seams); matched: eq. 3, every pixel its own "
+                        "best match; global: eq. 2; "
                         "authors: co-located, similarity-weighted")
     g.add_argument("--color", choices=COLORS, default=None,
                    help="copy residuals in RGB or luminance only (default rgb)")

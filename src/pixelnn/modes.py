@@ -4,8 +4,8 @@ its defaults, in one registry.
 ======== ==========================================================================================
 mode     what it does
 ======== ==========================================================================================
-matched  paper eq. 3: every pixel copies the residual of its best match inside the window (default)
-coherent eq. 3 with coherent matches: regions copy whole pieces of one exemplar (few seams)
+matched  paper eq. 3: every pixel copies the residual of its best match inside the window
+coherent eq. 3 with coherent matches: regions copy whole pieces of one exemplar (few seams; default)
 global   paper eq. 2: the residual of whole exemplars at the same position, averaged over the set
 authors  the authors' released code: co-located residuals weighted by the window similarity
 ======== ==========================================================================================
@@ -207,7 +207,7 @@ class MatchedMode(CompositionMode):
     """Paper eq. 3: ``out_i = f_i(x) + (y_k[j] - f_j(x_k))`` with j the best match of pixel i in the window."""
 
     name = "matched"
-    summary = "eq. 3 (default)"
+    summary = "eq. 3, every pixel its own best match"
 
     def match(self, query, exemplars, height, width, specs, options):
         return _pixel_matches(query, exemplars, height, width, specs)
@@ -229,7 +229,7 @@ class CoherentMode(CompositionMode):
     """
 
     name = "coherent"
-    summary = "eq. 3 with coherent matches (regions copy whole pieces of one exemplar, few seams)"
+    summary = "eq. 3 with coherent matches (regions copy whole pieces of one exemplar, few seams; default)"
     defaults = {"patch_size": DEFAULT_PATCH_SIZE, "vote_size": 3, "highpass_sigma": 0.0, "chroma_weight": 0.6}
 
     def match(self, query, exemplars, height, width, specs, options):

@@ -38,6 +38,8 @@ from pixelnn.errors import PixelNNError
 
 #: The authors' K: their 18 exemplar sets use the 11 nearest exemplars.
 DEFAULT_TOP_K = 11
+#: The default composition mode (issue 16, part 3: measured in docs/results.md against eq. 3, ``matched``).
+DEFAULT_MODE = "coherent"
 DEFAULT_DESCRIPTOR = "hypercolumn"
 DEFAULT_PCA_DIMS = 64
 #: Pixel descriptors, by name (:func:`pixelnn.descriptors.make_descriptor`).
@@ -312,7 +314,9 @@ class SynthesisOptions:
     windows : tuple of int or None
         Window sides; None = the whole image. Outputs are ``sets x windows``, set-major.
     mode : str
-        Composition mode, one of :func:`pixelnn.modes.mode_names` (``matched`` = paper eq. 3).
+        Composition mode, one of :func:`pixelnn.modes.mode_names`: ``coherent`` (default: eq. 3's copy with
+        coherent matches, so that pieces of one exemplar are copied whole, few and faint seams) or ``matched``
+        (paper eq. 3, every pixel its own best match), ``global`` (eq. 2), ``authors``.
     color : {'rgb', 'luma'}
         Copy residuals in RGB, or in luminance only.
     patch_size : int, optional
@@ -378,7 +382,7 @@ class SynthesisOptions:
     top_k: int = DEFAULT_TOP_K
     sets: tuple[tuple[int, ...], ...] | None = None
     windows: tuple[int | None, ...] = DEFAULT_WINDOWS
-    mode: str = "matched"
+    mode: str = DEFAULT_MODE
     color: str = "rgb"
     patch_size: int | None = None
     vote_size: int | None = None
