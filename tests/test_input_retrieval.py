@@ -73,6 +73,14 @@ def test_input_similarity_prefers_nearby_strokes_to_unrelated_ones():
     assert d[0] @ d[1] > 0.8 > 0.3 > d[0] @ d[2]
 
 
+def test_a_query_and_its_candidates_are_described_alike():
+    rng = np.random.default_rng(2)
+    white = np.full((1, 12, 12, 3), 250, np.uint8)  # a near-blank thumbnail, like a white shoe on white
+    white[0, 4:8, 4:8] = 10
+    others = rng.integers(0, 256, (4, 12, 12, 3), dtype=np.uint8)
+    assert input_descriptors(white).shape[1] == input_descriptors(others).shape[1] == 12 * 12 * 3
+
+
 def test_non_edge_inputs_are_centred_per_image():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (3, 12, 12, 3), dtype=np.uint8)

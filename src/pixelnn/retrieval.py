@@ -148,8 +148,9 @@ INPUT_GRID = 24
 def input_descriptors(inputs: np.ndarray, grid: int = INPUT_GRID) -> np.ndarray:
     """Descriptors of task inputs x for input-aware retrieval: blurred, pooled, centred, unit-norm.
 
-    An edge map (one channel, or near-binary dark strokes on white) becomes its ink density
-    ``1 - x / 255``; any other input (a thumbnail, a normal map) its values centred per image and channel.
+    A one-channel input (an edge map: dark strokes on white) becomes its ink density ``1 - x / 255``; any
+    other input (a thumbnail, a normal map, an RGB edge map) its values centred per image and channel. The
+    choice depends on the channel count alone, so a query and its candidates are always described alike.
     Each channel is box-pooled to ``grid`` x ``grid`` (``grid`` divides the side, else the side itself
     is used) and blurred by a 3x3 binomial kernel, so that strokes a few pixels apart still overlap;
     the rows are L2-normalised, so an inner product is a cosine in [-1, 1] (a blank input gets a zero row).
@@ -164,8 +165,6 @@ def input_descriptors(inputs: np.ndarray, grid: int = INPUT_GRID) -> np.ndarray:
     ndarray, (N, g * g * C) float32
         ``g`` = ``grid`` when it divides ``s``, else ``s``.
     """
-    from pixelnn.evaluation.faithfulness import looks_like_edge_map
-
     x = np.asarray(inputs)
     if x.ndim != 4 or x.dtype != np.uint8 or x.shape[1] != x.shape[2]:
         raise PixelNNError(f"input_descriptors expects (N, s, s, C) uint8 inputs, got {x.shape} {x.dtype}")
@@ -173,8 +172,8 @@ def input_descriptors(inputs: np.ndarray, grid: int = INPUT_GRID) -> np.ndarray:
     if n == 0:
         return np.zeros((0, 0), np.float32)
     v = x.astype(np.float32) / 255.0
-    if c == 1 or looks_like_edge_map(x):
-        v = 1.0 - v.mean(axis=-1, keepdims=True)  # ink density (N, s, s, 1)
+    if c == 1:
+        v = 1.0 - v  # ink density (N, s, s, 1)
     else:
         v = v - v.mean(axis=(1, 2), keepdims=True)  # (N, s, s, C), centred per image and channel
     g = grid if s % grid == 0 else s
