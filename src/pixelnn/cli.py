@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Sequence
 
 from pixelnn import __version__
-from pixelnn.config import (DIRECTIONS, EDGE_METHODS, MAX_BASE_CHANNELS, MAX_BATCH_SIZE, MAX_DEPTH, MAX_HED_SCALE,
-                            MAX_LR, MAX_SEED, MAX_SIZE, MAX_THREADS, PERCEPTUAL_LAYERS, TASKS, TaskConfig, TrainConfig,
-                            check_number)
+from pixelnn.config import (AUTOCASTS, DIRECTIONS, EDGE_METHODS, LR_SCHEDULES, MAX_BASE_CHANNELS, MAX_BATCH_SIZE,
+                            MAX_DEPTH, MAX_HED_SCALE, MAX_LR, MAX_SEED, MAX_SIZE, MAX_THREADS, PERCEPTUAL_LAYERS, TASKS,
+                            TaskConfig, TrainConfig, check_number)
 from pixelnn.engine import add_engine_options, one_line
 from pixelnn.errors import PixelNNError, printable
 from pixelnn.options import MAX_TOP_K, NUMBER_BOUNDS, SynthesisOptions
@@ -334,7 +334,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(batch_size=args.batch_size, lr=args.lr, max_steps=args.steps, minutes=args.minutes,
                          clock=args.clock, val_every=args.val_every, sample_every=args.sample_every, seed=args.seed,
                          num_threads=args.threads, perceptual_weight=args.perceptual_weight,
-                         perceptual_layers=args.perceptual_layers, init_from=args.init_from, device=args.device)
+                         perceptual_layers=args.perceptual_layers, init_from=args.init_from, device=args.device,
+                         **{k: v for k, v in {"channels_last": args.channels_last, "autocast": args.autocast,
+                                              "compile": args.compile, "lr_schedule": args.lr_schedule}.items()
+                            if v is not None})  # None: TrainConfig's default
     overrides = {k: v for k, v in {"base_channels": args.base_channels, "depth": args.depth,
                                    "norm": args.norm}.items() if v is not None}
     result = train(args.data_dir, args.out, config, model_overrides=overrides, resume=not args.restart,
@@ -649,6 +652,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this model's weights and architecture (a model folder or regressor.safetensors) "
                         "with a fresh optimizer and schedule: fine-tuning; ignored when --out holds a checkpoint "
                         "to resume")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="the regressor and its batches in torch.channels_last (speed; default off)")
+    p.add_argument("--autocast", choices=AUTOCASTS, default=None,
+                   help="bf16: forward pass and loss under torch.autocast in bfloat16, weights and optimizer fp32 "
+                        "(default off)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the regressor for the training steps; where compiling fails, a warning and "
+                        "eager training (default off)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                   help="learning rate over the budget used: cosine (warm-up 2%%, cosine to 5%%; the default), "
+                        "constant, onecycle (warm-up 30%% from 1/25, cosine to ~0)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
     p.set_defaults(func=cmd_train)
 

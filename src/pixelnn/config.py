@@ -211,6 +211,25 @@ def check_clock(clock: str) -> None:
         raise PixelNNError(f"invalid clock {clock!r}; valid: {', '.join(CLOCKS)}")
 
 
+#: Learning-rate schedules of stage-1 training, over the fraction of the budget used (steps or minutes,
+#: whichever is further along; with ``--clock cpu`` the fraction of CPU time): ``cosine`` (the original
+#: one: linear warm-up over 2%, then cosine decay to 5% of the rate), ``constant`` (the rate throughout),
+#: ``onecycle`` (warm-up from 4% of the rate over 30%, then cosine decay to ~0, as torch's OneCycleLR).
+LR_SCHEDULES = ("cosine", "constant", "onecycle")
+#: Mixed precision of the stage-1 forward pass and loss (the weights and the optimizer stay fp32).
+AUTOCASTS = ("off", "bf16")
+#: What a training config that predates a field meant by it: old configs keep their behaviour whatever
+#: the defaults of new trainings become.
+TRAIN_LEGACY = {"channels_last": False, "autocast": "off", "compile": False, "lr_schedule": "cosine"}
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` if it is a bool (JSON true/false), else a one-line PixelNNError naming ``name``."""
+    if not isinstance(value, bool):
+        raise PixelNNError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 #: Bounds of a training's settings: a batch of 65536 photos or a learning rate above 1 is a typo.
 MAX_BATCH_SIZE = 65536
 MAX_LR = 1.0
@@ -265,10 +284,22 @@ class TrainConfig:
     # Where the models and batches live: "auto", "cpu", "cuda", "cuda:N" or "mps" (pixelnn.devices);
     # checked when training starts (a config written on a GPU machine still loads elsewhere).
     device: str = "auto"
+    # Speed levers (issue 16 part 5; docs/results.md). channels_last: the regressor and its batches in
+    # torch.channels_last; autocast: "bf16" runs the forward pass and loss under torch.autocast in bfloat16
+    # (optimizer and weights fp32); compile: torch.compile the regressor for the training steps (a warning
+    # and eager training where compiling fails); lr_schedule: one of LR_SCHEDULES.
+    channels_last: bool = False
+    autocast: str = "off"
+    compile: bool = False
+    lr_schedule: str = "cosine"
 
     def __post_init__(self) -> None:
         check_clock(self.clock)
         check_train_budget(self)
+        self.channels_last = check_bool("channels_last", self.channels_last)
+        self.compile = check_bool("compile", self.compile)
+        check_choice("autocast", self.autocast, AUTOCASTS)
+        check_choice("lr schedule", self.lr_schedule, LR_SCHEDULES)
         self.lr = check_number("learning rate", self.lr, 0, MAX_LR, above=True)
         self.weight_decay = check_number("weight decay", self.weight_decay, 0)
         self.perceptual_weight = check_number("perceptual weight", self.perceptual_weight, 0)
@@ -285,8 +316,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """The config a ``config.json``'s ``train`` record describes; a field it lacks (written before the
+        field existed) takes its old meaning (:data:`TRAIN_LEGACY`), not today's default."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{**TRAIN_LEGACY, **{k: v for k, v in d.items() if k in known}})
 
 
 @dataclass

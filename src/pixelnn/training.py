@@ -18,6 +18,7 @@ start from another model's weights (``TrainConfig.init_from``: fine-tuning).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -30,7 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import safe_open
 
-from pixelnn.config import MODEL_FILES, PERCEPTUAL_LAYERS, RegressorConfig, TaskConfig, TrainConfig, check_number
+from pixelnn.config import (LR_SCHEDULES, MODEL_FILES, PERCEPTUAL_LAYERS, RegressorConfig, TaskConfig, TrainConfig,
+                            check_choice, check_number)
 from pixelnn.data.dataset import SplitData, image_grid
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.image_metrics import bicubic_upsample, psnr, ssim
@@ -44,7 +46,7 @@ from pixelnn.train_loop import (LoopResult, TrainResult, budget_bar, budget_cloc
                                 take_weights, weights_step, with_weights)
 
 __all__ = ["MODEL_FORMAT", "MODEL_VERSION", "PerceptualLoss", "TrainResult", "budget_bar", "budget_clock",
-           "evaluate_stage1", "init_regressor", "load_model_dir", "load_optimizer_tensors", "load_training_splits",
+           "compile_regressor", "evaluate_stage1", "init_regressor", "lr_factor", "load_model_dir", "load_optimizer_tensors", "load_training_splits",
            "optimizer_tensors", "regressor_config_for", "train"]
 
 log = logging.getLogger(__name__)
@@ -173,6 +175,48 @@ def _lr_factor(progress: float, warmup: float = 0.02) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p))
 
 
+#: The one-cycle schedule's shape (torch's OneCycleLR defaults): warm-up share, start and end divisors.
+ONECYCLE_WARMUP, ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 0.3, 25.0, 1e4
+
+
+def lr_factor(schedule: str, progress: float) -> float:
+    """The learning rate over the base rate at ``progress`` (the fraction of the budget used, in [0, 1]).
+
+    ``cosine``: :func:`_lr_factor` (warm-up over 2%, cosine to 5%); ``constant``: 1; ``onecycle``: cosine
+    warm-up from 1/25 to 1 over the first 30%, then cosine annealing to 1/25/1e4 (torch's OneCycleLR).
+    """
+    check_choice("lr schedule", schedule, LR_SCHEDULES)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return _lr_factor(progress)
+    p = min(max(progress, 0.0), 1.0)
+    start = 1.0 / ONECYCLE_DIV
+    if p < ONECYCLE_WARMUP:
+        return 1.0 + (start - 1.0) / 2 * (math.cos(math.pi * p / ONECYCLE_WARMUP) + 1)
+    end = start / ONECYCLE_FINAL_DIV
+    return end + (1.0 - end) / 2 * (math.cos(math.pi * (p - ONECYCLE_WARMUP) / (1 - ONECYCLE_WARMUP)) + 1)
+
+
+def compile_regressor(model: nn.Module) -> nn.Module:
+    """``torch.compile(model)`` (inductor, compiling in this process so a CPU-time budget counts it), or the
+    model itself, with one warning, where torch.compile is unavailable. Compilation happens at the first call:
+    :func:`train` falls back to the eager model if that fails."""
+    try:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.compile_threads = 1  # no worker processes: their CPU time would escape --clock cpu
+        return torch.compile(model)
+    except Exception as e:  # noqa: BLE001 - any failure means: train uncompiled
+        log.warning("torch.compile is unavailable here (%s); training uncompiled", _one_line(e))
+        return model
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
 def _sample_grid(model: Regressor, split: SplitData, n: int = 8) -> np.ndarray:
     idx = np.linspace(0, len(split) - 1, min(n, len(split))).astype(int)
     inputs, photos = np.asarray(split.inputs[idx]), np.asarray(split.photos[idx])
@@ -294,6 +338,8 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
         else:
             model = Regressor(regressor_config_for(task, train_split.inputs.shape[-1], **(model_overrides or {})))
     model.to(device).train()
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     perceptual = PerceptualLoss(config.perceptual_layers).to(device) if config.perceptual_weight > 0 else None
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, elapsed_before, images_seen = 0, 0.0, 0
@@ -317,20 +363,46 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
         for k, v in terms.items():
             ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
 
-    def train_step(step: int, frac: float) -> None:
-        nonlocal images_seen
-        for group in opt.param_groups:
-            group["lr"] = config.lr * _lr_factor(frac)
-        x, y = draw_batch(train_split, config.batch_size, rng, config.augment_flip, device,
-                          normals=task.name == "normals")  # (B,C,s,s), (B,3,S,S)
-        pred = model(x)  # (B, 3, S, S)
-        mse = F.mse_loss(pred, y)  # eq. 1; ||w||^2 is the optimizer's weight decay
-        loss = mse
-        if perceptual is not None:
-            perc = perceptual(pred, y)
-            loss = mse + config.perceptual_weight * perc
+    # The speed levers: the module the steps run (compiled or not), and the autocast around forward and loss.
+    forward = compile_regressor(model) if config.compile else model
+    compile_pending = forward is not model  # whether the first compiled step is still to prove that compiling works
+    use_autocast = config.autocast == "bf16"
+
+    def forward_backward(net: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        with torch.autocast(device.type, dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext():
+            pred = net(x)  # (B, 3, S, S)
+            if use_autocast:
+                pred = pred.float()  # the loss in fp32 (bf16 only inside the network)
+            mse = F.mse_loss(pred, y)  # eq. 1; ||w||^2 is the optimizer's weight decay
+            loss, perc = mse, None
+            if perceptual is not None:
+                perc = perceptual(pred, y)
+                loss = mse + config.perceptual_weight * perc
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        return mse, perc, loss
+
+    def train_step(step: int, frac: float) -> None:
+        nonlocal images_seen, forward, compile_pending
+        schedule = config.lr_schedule
+        for group in opt.param_groups:
+            group["lr"] = config.lr * (_lr_factor(frac) if schedule == "cosine" else lr_factor(schedule, frac))
+        x, y = draw_batch(train_split, config.batch_size, rng, config.augment_flip, device,
+                          normals=task.name == "normals")  # (B,C,s,s), (B,3,S,S)
+        if config.channels_last:
+            x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
+        if compile_pending:
+            before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            try:
+                mse, perc, loss = forward_backward(forward, x, y)
+            except Exception as e:  # noqa: BLE001 - compiling failed on this machine: train uncompiled
+                log.warning("torch.compile failed (%s); training uncompiled", _one_line(e))
+                model.load_state_dict(before)  # undo any BatchNorm statistics the failed call updated
+                forward = model
+                mse, perc, loss = forward_backward(forward, x, y)
+            compile_pending = False
+        else:
+            mse, perc, loss = forward_backward(forward, x, y)
         opt.step()
         images_seen += config.batch_size
         if perceptual is None:
@@ -362,6 +434,7 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
         metrics.update({"split": "val", "val_mse": val_loss, "steps": run.steps, "images_seen": images_seen,
                         "train_seconds": run.elapsed, "images_per_second": run.images_per_second,
                         "num_threads": torch.get_num_threads(), "device": str(device),
+                        "compiled": forward is not model,
                         "parameters": sum(p.numel() for p in model.parameters())})
         write_json(model_dir / "metrics.json", metrics)
         log.info("val PSNR %.2f dB, SSIM %.4f after %d steps (%.1f img/s)", metrics["psnr"], metrics["ssim"],
