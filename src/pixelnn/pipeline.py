@@ -492,7 +492,7 @@ class PixelNNPipeline:
         if x is None:
             raise PixelNNError("input-aware retrieval (input_weight > 0) needs the input x")
         found = idx[idx >= 0]
-        cand = input_descriptors(self.library.take("inputs", found)) if len(found) else np.zeros((0, 0), np.float32)
+        cand = input_descriptors(self.library.take("inputs", found))
         return rerank(sim, idx, input_descriptors(np.asarray(x)[None])[0], cand, options.input_weight, options.top_k)
 
     def _neighbours(self, sim: np.ndarray, idx: np.ndarray) -> Neighbours:

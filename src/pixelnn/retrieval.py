@@ -169,14 +169,14 @@ def input_descriptors(inputs: np.ndarray, grid: int = INPUT_GRID) -> np.ndarray:
     if x.ndim != 4 or x.dtype != np.uint8 or x.shape[1] != x.shape[2]:
         raise PixelNNError(f"input_descriptors expects (N, s, s, C) uint8 inputs, got {x.shape} {x.dtype}")
     n, s, _, c = x.shape
+    g = grid if s % grid == 0 else s
     if n == 0:
-        return np.zeros((0, 0), np.float32)
+        return np.zeros((0, g * g * c), np.float32)
     v = x.astype(np.float32) / 255.0
     if c == 1:
         v = 1.0 - v  # ink density (N, s, s, 1)
     else:
         v = v - v.mean(axis=(1, 2), keepdims=True)  # (N, s, s, C), centred per image and channel
-    g = grid if s % grid == 0 else s
     f = s // g
     v = v.reshape(n, g, f, g, f, v.shape[-1]).mean(axis=(2, 4))  # (N, g, g, C')
     pad = np.pad(v, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
