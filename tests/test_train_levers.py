@@ -52,11 +52,30 @@ def test_levers_off_and_old_configs_train_bit_identically_to_before(data, tmp_pa
     off = _six_steps(data, tmp_path / "off", **LEVERS_OFF)
     for (name, a), b in zip(from_old.state_dict().items(), off.state_dict().values()):
         assert torch.equal(a, b), name
-    if all(getattr(TrainConfig(), k) == v for k, v in LEVERS_OFF.items()):  # today's defaults are the levers off
-        assert _digest(_six_steps(data, tmp_path / "default")) == _digest(off)
     if torch.__version__ != "2.13.0+cpu" or torch.backends.cpu.get_cpu_capability() != "AVX512":
         pytest.skip("the stored digest was measured with torch 2.13.0+cpu on an AVX512 CPU")
     assert _digest(off) == DIGEST_BEFORE_LEVERS
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_default_autocast_is_bf16_exactly_where_the_device_has_native_bf16(data, tmp_path, monkeypatch, native):
+    import pixelnn.training as training
+
+    assert TrainConfig().autocast == "auto"
+    monkeypatch.setattr(training, "native_bf16", lambda device: native)
+    default = _six_steps(data, tmp_path / "default")
+    same = _six_steps(data, tmp_path / "explicit", autocast="bf16" if native else "off")
+    other = _six_steps(data, tmp_path / "other", autocast="off" if native else "bf16")
+    assert _digest(default) == _digest(same) != _digest(other)
+    written = json.loads((tmp_path / "default" / "config.json").read_text())
+    assert written["train"]["autocast"] == "auto" and written["autocast"] == ("bf16" if native else "off")
+
+
+def test_native_bf16_answers_for_each_device_kind():
+    from pixelnn.devices import native_bf16
+
+    assert isinstance(native_bf16(torch.device("cpu")), bool)
+    assert native_bf16(torch.device("meta")) is False
 
 
 @pytest.mark.parametrize("levers", [{"channels_last": True}, {"autocast": "bf16"},
@@ -114,8 +133,8 @@ def test_torch_compile_unavailable_warns_and_trains(data, tmp_path, monkeypatch,
     ("channels_last", "yes", "channels_last must be true or false, got 'yes'"),
     ("channels_last", 1, "channels_last must be true or false, got 1"),
     ("compile", "false", "compile must be true or false, got 'false'"),
-    ("autocast", "fp16", "invalid autocast 'fp16'; valid: off, bf16"),
-    ("autocast", None, "invalid autocast None; valid: off, bf16"),
+    ("autocast", "fp16", "invalid autocast 'fp16'; valid: auto, off, bf16"),
+    ("autocast", None, "invalid autocast None; valid: auto, off, bf16"),
     ("lr_schedule", "linear", "invalid lr schedule 'linear'; valid: cosine, constant, onecycle"),
 ])
 def test_bad_lever_values_are_one_line_errors(field, value, message):

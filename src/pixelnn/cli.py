@@ -655,8 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="the regressor and its batches in torch.channels_last (speed; default off)")
     p.add_argument("--autocast", choices=AUTOCASTS, default=None,
-                   help="bf16: forward pass and loss under torch.autocast in bfloat16, weights and optimizer fp32 "
-                        "(default off)")
+                   help="bf16: forward pass and loss under torch.autocast in bfloat16, weights and optimizer fp32; "
+                        "auto (the default): bf16 where the device computes it natively (AVX512-BF16/AMX CPUs, "
+                        "Ampere+ GPUs), off elsewhere")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the regressor for the training steps; where compiling fails, a warning and "
                         "eager training (default off)")

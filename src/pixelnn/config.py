@@ -217,7 +217,7 @@ def check_clock(clock: str) -> None:
 #: ``onecycle`` (warm-up from 4% of the rate over 30%, then cosine decay to ~0, as torch's OneCycleLR).
 LR_SCHEDULES = ("cosine", "constant", "onecycle")
 #: Mixed precision of the stage-1 forward pass and loss (the weights and the optimizer stay fp32).
-AUTOCASTS = ("off", "bf16")
+AUTOCASTS = ("auto", "off", "bf16")
 #: What a training config that predates a field meant by it: old configs keep their behaviour whatever
 #: the defaults of new trainings become.
 TRAIN_LEGACY = {"channels_last": False, "autocast": "off", "compile": False, "lr_schedule": "cosine"}
@@ -286,10 +286,11 @@ class TrainConfig:
     device: str = "auto"
     # Speed levers (issue 16 part 5; docs/results.md). channels_last: the regressor and its batches in
     # torch.channels_last; autocast: "bf16" runs the forward pass and loss under torch.autocast in bfloat16
-    # (optimizer and weights fp32); compile: torch.compile the regressor for the training steps (a warning
+    # (optimizer and weights fp32), "auto" (the default) does so where the device has native bf16
+    # (pixelnn.devices.native_bf16) and is "off" elsewhere; compile: torch.compile the regressor for the training steps (a warning
     # and eager training where compiling fails); lr_schedule: one of LR_SCHEDULES.
     channels_last: bool = False
-    autocast: str = "off"
+    autocast: str = "auto"
     compile: bool = False
     lr_schedule: str = "cosine"
 

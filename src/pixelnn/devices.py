@@ -84,3 +84,22 @@ def available_devices() -> list[str]:
     names += [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     names += ["mps"] if _mps_available() else []
     return names
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 arithmetic natively, so that bf16 autocast speeds training up.
+
+    On the CPU this asks oneDNN (AVX512-BF16 or AMX); without them torch emulates bf16 and autocast is
+    slower than fp32. On CUDA it asks :func:`torch.cuda.is_bf16_supported` (Ampere and later). MPS: no.
+    """
+    import torch
+
+    if device.type == "cpu":
+        check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+        try:
+            return bool(check()) if check is not None else False
+        except (RuntimeError, AttributeError):
+            return False
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return False

@@ -34,6 +34,7 @@ from safetensors.torch import safe_open
 from pixelnn.config import (LR_SCHEDULES, MODEL_FILES, PERCEPTUAL_LAYERS, RegressorConfig, TaskConfig, TrainConfig,
                             check_choice, check_number)
 from pixelnn.data.dataset import SplitData, image_grid
+from pixelnn.devices import native_bf16
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.image_metrics import bicubic_upsample, psnr, ssim
 from pixelnn.io import append_jsonl, crash_point, load_state_checked, recover_all, parse_json, read_json, save_image, write_json
@@ -198,6 +199,14 @@ def lr_factor(schedule: str, progress: float) -> float:
     return end + (1.0 - end) / 2 * (math.cos(math.pi * (p - ONECYCLE_WARMUP) / (1 - ONECYCLE_WARMUP)) + 1)
 
 
+def resolve_autocast(autocast: str, device: torch.device) -> str:
+    """``"bf16"`` or ``"off"``: what ``TrainConfig.autocast`` means on ``device`` (``"auto"`` is bf16 where
+    :func:`pixelnn.devices.native_bf16`, since emulated bf16 is slower than fp32)."""
+    if autocast == "auto":
+        return "bf16" if native_bf16(device) else "off"
+    return autocast
+
+
 def compile_regressor(model: nn.Module) -> nn.Module:
     """``torch.compile(model)`` (inductor, compiling in this process so a CPU-time budget counts it), or the
     model itself, with one warning, where torch.compile is unavailable. Compilation happens at the first call:
@@ -354,7 +363,7 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
     write_json(model_dir / MODEL_FILES.config, {
         "format": MODEL_FORMAT, "version": MODEL_VERSION, "task": task.to_dict(),
         "regressor": model.config.to_dict(), "train": config.to_dict(), "init": init_record,
-        "device": str(device),
+        "device": str(device), "autocast": resolve_autocast(config.autocast, device),
         "dataset": dataset_record(data_dir, ds),
     })
     ema: dict[str, float] = {}  # running means of the training loss terms, for the log
@@ -366,7 +375,7 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
     # The speed levers: the module the steps run (compiled or not), and the autocast around forward and loss.
     forward = compile_regressor(model) if config.compile else model
     compile_pending = forward is not model  # whether the first compiled step is still to prove that compiling works
-    use_autocast = config.autocast == "bf16"
+    use_autocast = resolve_autocast(config.autocast, device) == "bf16"
 
     def forward_backward(net: nn.Module, x: torch.Tensor, y: torch.Tensor):
         with torch.autocast(device.type, dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext():
