@@ -323,7 +323,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                       hed_scale=args.hed_scale, direction=args.direction)
     report = prepare_dataset(args.source, args.out, task, fit=args.fit, val_fraction=args.val_fraction,
                              test_fraction=args.test_fraction, limit=args.limit, overwrite=args.overwrite,
-                             progress=not args.quiet, threads=args.threads)
+                             progress=not args.quiet, threads=args.threads, sample=args.sample, seed=args.seed)
     print(report.summary())
     return 0
 
@@ -622,7 +622,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pad: whole image on white (products); crop: centre square (faces); auto: decide from borders")
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--test-fraction", type=float, default=0.05)
-    p.add_argument("--limit", type=int, default=None, help="use only the first N usable images (sorted by path)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="use only N usable images, drawn as --sample says (default: all)")
+    p.add_argument("--sample", choices=("random", "first"), default="random",
+                   help="how --limit draws: random: a seeded sample, stratified by the first label (Category for "
+                        "shoes, identity for CelebA; default); first: the first N in sorted path order")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample random (default 0)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads while the inputs are derived (HED, the face mesh); default 1 for --task "
                         "normals (faster than all cores, measured), torch's choice otherwise")
