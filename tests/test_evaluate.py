@@ -11,7 +11,7 @@ import pytest
 
 from pixelnn.cli import main
 from pixelnn.errors import PixelNNError
-from pixelnn.evaluate import EvalSettings, evaluate, select_inputs
+from pixelnn.evaluate import EvalSettings, evaluate, select_inputs, select_real_photos
 from pixelnn.modes import mode_names
 from pixelnn.options import COLORS, SynthesisOptions
 from pixelnn.pipeline import PixelNNPipeline
@@ -47,6 +47,16 @@ def setup(tmp_path_factory):
     fake = FakePix2Pix()
     metrics = evaluate(model, root / "report", settings, data_dir=data, pix2pix=fake, pipeline=pipe, progress=False)
     return root, model, data, pipe, metrics, fake
+
+
+def test_fid_real_photos_are_a_recorded_seeded_subset(setup, tmp_path):
+    root, model, data, pipe, metrics, fake = setup
+    assert metrics["fid_real_photos"] == {"method": "all", "seed": None, "count": 4, "split_size": 4}
+    settings = EvalSettings(split="val", num_inputs=1, num_outputs=4, fid_outputs_per_input=2, fid_real_photos=3,
+                            num_examples=0, diversity_outputs=2, kid_subsets=2, seed=1)
+    m = evaluate(model, tmp_path / "r", settings, data_dir=data, pipeline=pipe, progress=False)
+    assert m["fid_real_photos"] == {"method": "random", "seed": 1, "count": 3, "split_size": 4}
+    assert m["methods"]["pixelnn"]["num_real"] == 3 and "a random subset, seed 1" in m["protocol"]["fid_kid"]
 
 
 def test_evaluate_writes_every_number(setup):
@@ -187,6 +197,15 @@ def test_select_inputs():
     assert pick.tolist() == select_inputs(100, 10, 3).tolist() != select_inputs(100, 10, 4).tolist()
     with pytest.raises(PixelNNError, match="empty"):
         select_inputs(0, 10, 0)
+
+
+def test_select_real_photos_is_a_seeded_random_subset():
+    """Issue 18: --fid-real-photos N took the first N photos of the split (path order: one category of shoes)."""
+    assert select_real_photos(5, None, 0).tolist() == select_real_photos(5, 9, 0).tolist() == [0, 1, 2, 3, 4]
+    pick = select_real_photos(100, 10, 3)
+    assert len(set(pick.tolist())) == 10 and (np.diff(pick) > 0).all() and pick.tolist() != list(range(10))
+    assert pick.tolist() == select_real_photos(100, 10, 3).tolist() != select_real_photos(100, 10, 4).tolist()
+    assert pick.tolist() != select_inputs(100, 10, 3).tolist()  # a stream of its own
 
 
 def test_report_pages_reference_existing_images(setup, tmp_path, capsys):

