@@ -854,11 +854,11 @@ def main(argv: list[str] | None = None) -> int:
     _tolerant_output()
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    # other libraries (faiss, gradio, httpx) speak at WARNING and above only; pixelnn at the chosen level
-    logging.basicConfig(level=logging.WARNING if level > logging.DEBUG else level,
-                        format="%(levelname)s %(name)s: %(message)s")
-    log.setLevel(level)
+    # other libraries (faiss, ray, gradio, httpx...) speak at WARNING and above only unless -v; pixelnn at the
+    # chosen level (pixelnn.logs)
+    from pixelnn.logs import configure
+
+    configure(verbose=args.verbose, quiet=args.quiet)
     if not args.command:
         parser.print_help()
         return 2

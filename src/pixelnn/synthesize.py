@@ -318,6 +318,9 @@ class SynthesisWorker:
             os.chdir(cwd)
         torch.set_num_threads(max(1, int(threads)))
         logging.getLogger("pixelnn").setLevel(logging.WARNING)
+        from pixelnn.logs import quiet_third_party
+
+        quiet_third_party()  # a worker does not run the CLI's logging setup: faiss's loader would speak at INFO
         self.out_dir, self.from_photo, self.fit = Path(out_dir), from_photo, fit
         self.overwrite, self.started = overwrite, started
         self.names = dict(names or {})  # input key -> result folder name (output_names); default: the stem
