@@ -78,7 +78,7 @@ def check_numeric_flags(args: argparse.Namespace) -> None:
 
 #: The arguments that name files or folders (argparse ``dest``), checked by :func:`check_path_args`.
 PATH_DESTS = ("source", "out", "data_dir", "model", "init_from", "add", "library", "new", "inputs", "options", "like",
-              "labels", "results", "data", "pix2pix", "report_dirs")
+              "labels", "results", "data", "pix2pix", "report_dirs", "cache_target")
 #: Longest file name (one path component) and path, in bytes, that the file systems PixelNN runs on take.
 NAME_MAX, PATH_MAX = 255, 4096
 
@@ -386,7 +386,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         pipe = PixelNNPipeline.from_model_dir(args.model, library_dir=args.out, descriptor=args.descriptor,
                                               pca_dims=args.pca_dims or None, device=args.device)
         added = pipe.fill_pixel_cache(progress=not args.quiet)
-        print(f"pixel cache: described {added} exemplars ({pipe.descriptor.name}) -> {pipe.pixel_cache.dir}")
+        from pixelnn.caches import format_size, tree_size
+
+        print(f"pixel cache: described {added} exemplars ({pipe.descriptor.name}) -> {pipe.pixel_cache.dir}, "
+              f"now {format_size(tree_size(pipe.pixel_cache.dir)[0])}")
     return 0
 
 
@@ -453,6 +456,19 @@ def cmd_library(args: argparse.Namespace) -> int:
         print(f"pixelnn library verify: {p}", file=sys.stderr)
     print(f"{lib.url}: version {lib.version}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
     return 2 if problems else 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from pixelnn import caches
+
+    if args.action == "info":
+        if args.shared:
+            raise PixelNNError("--shared goes with clear (info always lists the shared caches)")
+        for line in caches.info(args.cache_target):
+            print(line)
+        return 0
+    print(caches.clear(args.cache_target, shared=args.shared))
+    return 0
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
@@ -712,6 +728,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "outputs stay identical)")
     p.add_argument("--overwrite", action="store_true", help="upgrade: replace NEW if it exists")
     p.set_defaults(func=cmd_library)
+
+    p = sub.add_parser("cache", help="list or clear the disk caches PixelNN writes (a library's pixel cache, "
+                                     "evaluate's Inception features)")
+    p.add_argument("action", choices=("info", "clear"),
+                   help="info: every cache with its path and size; clear: remove the library's pixel cache "
+                        "(recomputed when needed), with --shared also the shared Inception features")
+    p.add_argument("cache_target", nargs="?", default=None, metavar="MODEL_DIR_OR_LIBRARY",
+                   help="a model folder (its library/) or a library folder; info without it lists the shared "
+                        "caches only")
+    p.add_argument("--shared", action="store_true",
+                   help="clear: also the Inception features in $PIXELNN_CACHE (default ~/.cache/pixelnn)")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("synthesize", help="many outputs with per-pixel correspondences for each input")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
