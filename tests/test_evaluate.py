@@ -59,6 +59,27 @@ def test_fid_real_photos_are_a_recorded_seeded_subset(setup, tmp_path):
     assert m["methods"]["pixelnn"]["num_real"] == 3 and "a random subset, seed 1" in m["protocol"]["fid_kid"]
 
 
+def test_examples_and_diversity_inputs_are_seeded_random_ones_of_those_evaluated(setup, tmp_path):
+    """Issue 18: the examples were the first evaluated inputs (in split order: the first folders of the source)."""
+    from pixelnn.evaluate import DIVERSITY_STREAM, EXAMPLES_STREAM, seeded_subset
+
+    root, model, data, pipe, metrics, fake = setup
+    assert metrics["example_positions"] == sorted(metrics["example_positions"])
+    assert len(metrics["example_positions"]) == 2  # num_examples=2 of the 3 evaluated
+    pick = seeded_subset(50, 6, 0, EXAMPLES_STREAM)
+    assert len(pick) == 6 and pick.tolist() != list(range(6)) and (np.diff(pick) > 0).all()
+    assert pick.tolist() != seeded_subset(50, 6, 0, DIVERSITY_STREAM).tolist()
+    assert seeded_subset(4, 6, 0, EXAMPLES_STREAM).tolist() == [0, 1, 2, 3]
+    settings = EvalSettings(split="val", num_inputs=4, num_outputs=4, fid_outputs_per_input=1, num_examples=1,
+                            diversity_outputs=2, diversity_inputs=2, kid_subsets=2, seed=3)
+    m = evaluate(model, tmp_path / "r", settings, data_dir=data, pipeline=pipe, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "r" / "per_input.jsonl").read_text().splitlines()]
+    measured = [i for i, r in enumerate(rows) if r["methods"]["pixelnn"].get("diversity_lpips") is not None]
+    assert measured == seeded_subset(4, 2, 3, DIVERSITY_STREAM).tolist()
+    assert m["example_positions"] == seeded_subset(4, 1, 3, EXAMPLES_STREAM).tolist()
+    assert "2 of the evaluated inputs (a random subset, seed 3" in m["protocol"]["diversity"]
+
+
 def test_evaluate_writes_every_number(setup):
     root, model, data, pipe, metrics, fake = setup
     out = root / "report"

@@ -812,7 +812,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default all)")
     p.add_argument("--faithfulness-outputs-per-input", type=int, default=8,
                    help="outputs per input whose HED edges are scored against edge inputs (default 8)")
-    p.add_argument("--num-examples", type=int, default=6, help="inputs kept as examples for the report (default 6)")
+    p.add_argument("--num-examples", type=int, default=6, help="inputs kept as examples for the report, a seeded random subset of those evaluated "
+                        "(default 6)")
     p.add_argument("--normals-metrics", choices=("auto", "on", "off"), default="auto",
                    help="the paper's angular errors of face-mesh normals of the outputs vs the photo's (Tables 1-2); "
                         "auto (default): for face datasets (task normals, or edges whose photos show faces)")

@@ -575,8 +575,8 @@ def largest_remainder(sizes: Sequence[int], n: int, rng: np.random.Generator) ->
     """Shares of ``n`` proportional to ``sizes`` (Hamilton's largest remainders), each at most its size, summing to
     ``min(n, sum(sizes))``; equal remainders are ordered by ``rng``.
 
-    >>> largest_remainder([6, 3, 1], 5, np.random.default_rng(0))
-    [3, 2, 0]
+    >>> largest_remainder([6, 3, 1], 4, np.random.default_rng(0))
+    [2, 1, 1]
     """
     sizes = np.asarray(sizes, dtype=np.int64)
     total = int(sizes.sum())
