@@ -134,6 +134,8 @@ def test_index_and_synthesize_report_the_cache(tmp_path, capsys):
     m2 = make_tiny_model_dir(tmp_path / "m2")
     assert main(["-q", "index", str(data), "--model", str(m2), "--device", "cpu"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("caches: no pixel cache (a chunked store")
+    assert main(["cache", "info", str(m2)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("none: a chunked store describes exemplars per query")
 
 
 def test_pixel_cache_warns_once_per_step_of_growth(tmp_path, caplog):

@@ -152,8 +152,13 @@ def library_caches(library_dir: str | os.PathLike) -> list[Cache]:
         size, files = tree_size(pc / d)
         out.append(Cache("pixel cache", pc / d, size, files, True, f"descriptor {d.rsplit('-', 1)[0]}"))
     if not subs:
+        from pixelnn.zarr_store import STORE_JSON
+
         size, files = tree_size(pc)
-        out.append(Cache("pixel cache", pc, size, files, True, "empty" if not files else ""))
+        chunked = (root / STORE_JSON).is_file() and not pc.exists()
+        out.append(Cache("pixel cache", pc, size, files, True,
+                         "none: a chunked store describes exemplars per query" if chunked else "empty" if not files
+                         else ""))
     for f in sorted(n for n in _listdir(root) if _PCA.fullmatch(n)):
         size, files = tree_size(root / f)
         out.append(Cache("PCA fit", root / f, size, files, False))
