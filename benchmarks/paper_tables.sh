@@ -27,7 +27,7 @@ prepare_args() {  # experiment -> source zip and prepare options
     shoes-sr)       echo "$DATA/ut-zap50k-images-subset.zip --task superres" ;;
     shoes-edges)    echo "$DATA/ut-zap50k-images-subset.zip --task edges --hed-scale 1" ;;
     faces-sr)       echo "$DATA/celeba-10k.zip --task superres --fit crop" ;;
-    faces-edges)    echo "$DATA/celeba-10k.zip --task edges --hed-scale 1 --fit crop --limit 5000" ;;
+    faces-edges)    echo "$DATA/celeba-10k.zip --task edges --hed-scale 1 --fit crop --limit 5000 --sample first" ;;  # the subset of docs/results.md
     faces-normals)  echo "$DATA/celeba-10k.zip --task normals --fit crop" ;;
     cats-edges)     echo "$DATA/afhq-cat.zip --task edges --hed-scale 1" ;;
     handbags-edges) echo "$DATA/edges2handbags-subset.zip --task paired --direction BtoA" ;;

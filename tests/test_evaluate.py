@@ -11,7 +11,7 @@ import pytest
 
 from pixelnn.cli import main
 from pixelnn.errors import PixelNNError
-from pixelnn.evaluate import EvalSettings, evaluate, select_inputs
+from pixelnn.evaluate import EvalSettings, evaluate, select_inputs, select_real_photos
 from pixelnn.modes import mode_names
 from pixelnn.options import COLORS, SynthesisOptions
 from pixelnn.pipeline import PixelNNPipeline
@@ -47,6 +47,37 @@ def setup(tmp_path_factory):
     fake = FakePix2Pix()
     metrics = evaluate(model, root / "report", settings, data_dir=data, pix2pix=fake, pipeline=pipe, progress=False)
     return root, model, data, pipe, metrics, fake
+
+
+def test_fid_real_photos_are_a_recorded_seeded_subset(setup, tmp_path):
+    root, model, data, pipe, metrics, fake = setup
+    assert metrics["fid_real_photos"] == {"method": "all", "seed": None, "count": 4, "split_size": 4}
+    settings = EvalSettings(split="val", num_inputs=1, num_outputs=4, fid_outputs_per_input=2, fid_real_photos=3,
+                            num_examples=0, diversity_outputs=2, kid_subsets=2, seed=1)
+    m = evaluate(model, tmp_path / "r", settings, data_dir=data, pipeline=pipe, progress=False)
+    assert m["fid_real_photos"] == {"method": "random", "seed": 1, "count": 3, "split_size": 4}
+    assert m["methods"]["pixelnn"]["num_real"] == 3 and "a random subset, seed 1" in m["protocol"]["fid_kid"]
+
+
+def test_examples_and_diversity_inputs_are_seeded_random_ones_of_those_evaluated(setup, tmp_path):
+    """Issue 18: the examples were the first evaluated inputs (in split order: the first folders of the source)."""
+    from pixelnn.evaluate import DIVERSITY_STREAM, EXAMPLES_STREAM, seeded_subset
+
+    root, model, data, pipe, metrics, fake = setup
+    assert metrics["example_positions"] == sorted(metrics["example_positions"])
+    assert len(metrics["example_positions"]) == 2  # num_examples=2 of the 3 evaluated
+    pick = seeded_subset(50, 6, 0, EXAMPLES_STREAM)
+    assert len(pick) == 6 and pick.tolist() != list(range(6)) and (np.diff(pick) > 0).all()
+    assert pick.tolist() != seeded_subset(50, 6, 0, DIVERSITY_STREAM).tolist()
+    assert seeded_subset(4, 6, 0, EXAMPLES_STREAM).tolist() == [0, 1, 2, 3]
+    settings = EvalSettings(split="val", num_inputs=4, num_outputs=4, fid_outputs_per_input=1, num_examples=1,
+                            diversity_outputs=2, diversity_inputs=2, kid_subsets=2, seed=3)
+    m = evaluate(model, tmp_path / "r", settings, data_dir=data, pipeline=pipe, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "r" / "per_input.jsonl").read_text().splitlines()]
+    measured = [i for i, r in enumerate(rows) if r["methods"]["pixelnn"].get("diversity_lpips") is not None]
+    assert measured == seeded_subset(4, 2, 3, DIVERSITY_STREAM).tolist()
+    assert m["example_positions"] == seeded_subset(4, 1, 3, EXAMPLES_STREAM).tolist()
+    assert "2 of the evaluated inputs (a random subset, seed 3" in m["protocol"]["diversity"]
 
 
 def test_evaluate_writes_every_number(setup):
@@ -187,6 +218,15 @@ def test_select_inputs():
     assert pick.tolist() == select_inputs(100, 10, 3).tolist() != select_inputs(100, 10, 4).tolist()
     with pytest.raises(PixelNNError, match="empty"):
         select_inputs(0, 10, 0)
+
+
+def test_select_real_photos_is_a_seeded_random_subset():
+    """Issue 18: --fid-real-photos N took the first N photos of the split (path order: one category of shoes)."""
+    assert select_real_photos(5, None, 0).tolist() == select_real_photos(5, 9, 0).tolist() == [0, 1, 2, 3, 4]
+    pick = select_real_photos(100, 10, 3)
+    assert len(set(pick.tolist())) == 10 and (np.diff(pick) > 0).all() and pick.tolist() != list(range(10))
+    assert pick.tolist() == select_real_photos(100, 10, 3).tolist() != select_real_photos(100, 10, 4).tolist()
+    assert pick.tolist() != select_inputs(100, 10, 3).tolist()  # a stream of its own
 
 
 def test_report_pages_reference_existing_images(setup, tmp_path, capsys):

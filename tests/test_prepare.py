@@ -426,7 +426,7 @@ def test_limit_takes_first_usable_in_sorted_order(tmp_path):
     for i in range(8):
         save(src / f"{i:02d}.png", textured(40, 40, i))
     (src / "01.png").write_bytes(b"garbage")
-    rep = prepare_dataset(src, tmp_path / "out", TASK, fit="crop", progress=False, limit=3)
+    rep = prepare_dataset(src, tmp_path / "out", TASK, fit="crop", progress=False, limit=3, sample="first")
     assert rep.total == 3 and rep.skipped == {CORRUPT: 1}
     _, splits = load(tmp_path / "out")
     assert set(all_records(splits)) == {"00", "02", "03"}

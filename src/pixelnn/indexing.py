@@ -46,7 +46,8 @@ def index_command(data_dir: str | Path, model_dir: str | Path, out: str | Path |
     Returns
     -------
     str
-        A few summary lines for the CLI to print.
+        A few summary lines for the CLI to print, the last one the size of the library's caches
+        (:func:`pixelnn.caches.cache_line`).
     """
     from pixelnn import zarr_store
 
@@ -99,6 +100,10 @@ def _index(data_dir: str | Path, model_dir: Path, lib_url: str, loc: Any, add: l
     if remove:
         lines.append(f"removed {lib.remove(remove)} exemplars")
     lines.append(lib.summary())
+    if loc.local:  # the caches beside the library (pixelnn.caches); a remote store keeps none
+        from pixelnn.caches import cache_line
+
+        lines.append(cache_line(loc.root))
     return "\n".join(lines)
 
 

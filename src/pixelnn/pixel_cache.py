@@ -19,6 +19,10 @@ the descriptor gives for that image (``(H * W, dims)`` float16), or one holding 
 is logged as a warning and recomputed (and rewritten), never used: the cache is only a copy of what
 the descriptor computes, so a bad entry costs time, not a wrong output.
 
+The cache grows with every new exemplar retrieved: each time its folder passes another
+:data:`GROWTH_WARNING_BYTES` (1 GiB) during synthesis, one warning says so (``pixelnn cache info|clear``,
+:mod:`pixelnn.caches`).
+
 Descriptors are stored as float16. :func:`round_descriptors` applies the same rounding to freshly
 computed descriptors, so matches never depend on whether an exemplar came from the cache.
 """
@@ -29,6 +33,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: Descriptors wider than this are not cached (a full 1472-d hypercolumn is 27 MB per exemplar).
 MAX_CACHED_DIMS = 256
+#: A warning (one line, once per step) each time the cache folder grows past another multiple of this many bytes.
+GROWTH_WARNING_BYTES = 2**30
 
 
 def round_descriptors(d: torch.Tensor) -> torch.Tensor:
@@ -96,6 +103,13 @@ class PixelDescriptorCache:
         self.writable = True
         self.hits = 0
         self.misses = 0
+        self.root = Path(root)
+        #: Bytes in the whole cache folder (every descriptor's), measured at the first write, then counted.
+        self.size: int | None = None
+        self.warn_every = GROWTH_WARNING_BYTES
+        self._warned_at = 0  # the last multiple of warn_every warned about
+        self._quiet = False  # fill(): the user asked for the whole cache
+        self._size_lock = threading.Lock()
 
     def key(self, image: np.ndarray) -> str:
         """Hex key of one image (its shape, dtype and bytes)."""
@@ -136,6 +150,7 @@ class PixelDescriptorCache:
             try:
                 with os.fdopen(fd, "wb") as f:
                     np.save(f, a, allow_pickle=False)
+                    written = f.tell()
                 os.replace(tmp, path)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
@@ -143,6 +158,29 @@ class PixelDescriptorCache:
         except OSError as e:
             self.writable = False
             log.warning("pixel-descriptor cache %s is not writable (%s); descriptors will be recomputed", self.dir, e)
+            return
+        self._grew(written)
+
+    def _grew(self, nbytes: int) -> None:
+        """Count ``nbytes`` written; warn once each time the folder passes another :attr:`warn_every` bytes."""
+        with self._size_lock:
+            if self.size is None:  # the first write: what is there already (this entry included)
+                from pixelnn.caches import tree_size
+
+                self.size = tree_size(self.root)[0]
+                self._warned_at = self.size // self.warn_every
+                return
+            self.size += nbytes
+            step = self.size // self.warn_every
+            if step <= self._warned_at:
+                return
+            self._warned_at = step
+        if not self._quiet:
+            from pixelnn.caches import format_size
+
+            log.warning("the pixel cache %s has grown to %s (each exemplar described is stored; "
+                        "`pixelnn cache clear` frees it, --no-pixel-cache stops it)", self.root,
+                        format_size(self.size))
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
         """Descriptors of ``images`` (N, H, W, C) uint8, from the cache where possible.
@@ -171,14 +209,18 @@ class PixelDescriptorCache:
 
         n = len(images)
         added = 0
-        with tqdm(total=n, desc="pixel descriptors", unit="img", disable=not progress) as bar:
-            for start in range(0, n, batch_size):
-                batch = np.asarray(images[start:start + batch_size])
-                todo = [i for i, im in enumerate(batch) if not self.path(im).is_file()]
-                if todo:
-                    self(batch[todo])
-                    added += len(todo)
-                bar.update(len(batch))
+        self._quiet = True  # the whole cache was asked for: no growth warnings
+        try:
+            with tqdm(total=n, desc="pixel descriptors", unit="img", disable=not progress) as bar:
+                for start in range(0, n, batch_size):
+                    batch = np.asarray(images[start:start + batch_size])
+                    todo = [i for i, im in enumerate(batch) if not self.path(im).is_file()]
+                    if todo:
+                        self(batch[todo])
+                        added += len(todo)
+                    bar.update(len(batch))
+        finally:
+            self._quiet = False
         return added
 
     def __repr__(self) -> str:

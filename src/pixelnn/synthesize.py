@@ -157,13 +157,35 @@ class SynthesizeReport:
     failed: list[tuple[Path, str]] = field(default_factory=list)
     outputs_per_input: int = 0
     seconds: float = 0.0
+    #: The library's pixel cache (:mod:`pixelnn.pixel_cache`) and its size after the run; None when not used.
+    pixel_cache_dir: Path | None = None
+    pixel_cache_bytes: int = 0
 
     def summary(self) -> str:
+        from pixelnn.caches import format_size
+
         rate = len(self.done) / self.seconds if self.seconds > 0 else 0.0
         return (f"{self.outputs_per_input} outputs for each of {len(self.done)} inputs in {self.seconds:.1f} s "
                 f"({rate:.2f} inputs/s); {len(self.skipped)} already complete"
                 + (f"; {len(self.failed)} failed (listed in {self.out_dir / 'failures.jsonl'})" if self.failed else "")
-                + f" -> {self.out_dir}")
+                + f" -> {self.out_dir}"
+                + (f"; pixel cache {format_size(self.pixel_cache_bytes)} in {self.pixel_cache_dir}"
+                   if self.pixel_cache_dir is not None else ""))
+
+
+def _measure_pixel_cache(report: SynthesizeReport, model_dir: str | Path, library_dir: str | Path | None,
+                         pixel_cache: bool) -> SynthesizeReport:
+    """Record in ``report`` the size of the pixel cache the run used (a local version-1 library's
+    ``pixel_cache/``), for its summary line; nothing when the cache is off or the library keeps none."""
+    from pixelnn.caches import PIXEL_CACHE, tree_size
+    from pixelnn.library import DEFAULT_DIRNAME, MANIFEST
+
+    lib = Path(model_dir) / DEFAULT_DIRNAME if library_dir is None else library_dir
+    if not pixel_cache or "://" in str(lib) or not (Path(lib) / MANIFEST).is_file():
+        return report
+    report.pixel_cache_dir = Path(lib) / PIXEL_CACHE
+    report.pixel_cache_bytes = tree_size(report.pixel_cache_dir)[0]
+    return report
 
 
 def _inputs_to_do(inputs: Sequence[str | Path], out_dir: Path, overwrite: bool, batch_size: int
@@ -249,7 +271,7 @@ def synthesize_files(inputs: Sequence[str | Path], model_dir: str | Path, out_di
     report, todo, names = _inputs_to_do(inputs, out_dir, overwrite, batch_size)
     if not todo:
         _write_failures(out_dir, report)
-        return report
+        return _measure_pixel_cache(report, model_dir, library_dir, pixel_cache and pipeline is None)
     pipe = pipeline or PixelNNPipeline.from_model_dir(model_dir, library_dir=library_dir, pixel_cache=pixel_cache,
                                                       device=device)
     options = pipe.check_options(options)  # fail on bad options before any work
@@ -286,6 +308,12 @@ def synthesize_files(inputs: Sequence[str | Path], model_dir: str | Path, out_di
             bar.update(len(batch))
     report.seconds = time.perf_counter() - t0
     _write_failures(out_dir, report)
+    cache = getattr(pipe, "pixel_cache", None)
+    if cache is not None and getattr(cache, "dir", None) is not None:  # the cache this run filled
+        from pixelnn.caches import tree_size
+
+        report.pixel_cache_dir = Path(cache.dir).parent
+        report.pixel_cache_bytes = tree_size(report.pixel_cache_dir)[0]
     return report
 
 
@@ -318,6 +346,9 @@ class SynthesisWorker:
             os.chdir(cwd)
         torch.set_num_threads(max(1, int(threads)))
         logging.getLogger("pixelnn").setLevel(logging.WARNING)
+        from pixelnn.logs import quiet_third_party
+
+        quiet_third_party()  # a worker does not run the CLI's logging setup: faiss's loader would speak at INFO
         self.out_dir, self.from_photo, self.fit = Path(out_dir), from_photo, fit
         self.overwrite, self.started = overwrite, started
         self.names = dict(names or {})  # input key -> result folder name (output_names); default: the stem
@@ -425,7 +456,7 @@ def synthesize_ray(inputs: Sequence[str | Path], model_dir: str | Path, out_dir:
     report, todo, names = _inputs_to_do(inputs, out_dir, overwrite, batch_size)
     if not todo:
         write_failures(out_dir, [{"input": str(p), "error": why, "attempts": 1} for p, why in report.failed])
-        return report
+        return _measure_pixel_cache(report, model_dir, library_dir, pixel_cache)
     refused = list(report.failed)
     ray, started_ray = init_ray(address, num_cpus=(num_workers or os.cpu_count() or 1) * cpus_per_worker,
                                 num_gpus=(num_workers or 1) * gpus_per_worker or None)
@@ -470,4 +501,4 @@ def synthesize_ray(inputs: Sequence[str | Path], model_dir: str | Path, out_dir:
     write_failures(out_dir, [{"input": str(p), "error": why, "attempts": 1} for p, why in refused]
                    + [{"input": str(by_key[k]), "error": f["error"], "attempts": f["attempts"]}
                       for k, f in failures.items()])
-    return report
+    return _measure_pixel_cache(report, model_dir, library_dir, pixel_cache)

@@ -47,6 +47,15 @@ DERIVE_PIXELS = DERIVE_BATCH * 128 * 128
 MAX_MEMORY_FRACTION = 0.4
 #: Torch threads of ``prepare --task normals`` unless told (``threads``): measured faster than 2 on 2 cores.
 DEFAULT_DERIVE_THREADS = 1
+#: How ``limit`` draws its subset: ``random`` (a seeded sample, stratified by the first label) or ``first`` (the
+#: first usable images in sorted path order, as before).
+SAMPLES = ("random", "first")
+#: Seed of the ``random`` sample unless told.
+DEFAULT_SAMPLE_SEED = 0
+#: The summary lists at most this many label values of what was kept (the most frequent).
+SHOWN_LABEL_VALUES = 8
+#: The manifest records the kept count of every value of the stratifying label when there are at most this many.
+RECORDED_LABEL_VALUES = 64
 
 
 @dataclass
@@ -78,6 +87,16 @@ class PrepareReport:
         Images enlarged (by at most ``max_upscale``) to reach the output size.
     seconds : float
         Wall time.
+    subset : dict
+        How the images were chosen, as recorded in the manifest (``subset``): ``method`` (``all``, ``random`` or
+        ``first``), ``seed``, ``limit``, ``source_images``, ``stratified_by`` (the label key of a random sample, or
+        None), ``kept``, ``label_key`` (the first label key, or None) and, with one, ``label_values_kept``,
+        ``label_values_source`` and (up to 64 values) ``label_counts``.
+    kept_labels : dict
+        Value of the first label key (``subset["label_key"]``) -> images kept with it (``"(none)"`` for
+        images without that label); empty when the source has no labels.
+    source_label_values : int
+        How many values that label takes over the whole source (0 without labels).
     """
 
     out_dir: Path
@@ -94,6 +113,9 @@ class PrepareReport:
     upscaled: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    subset: dict[str, Any] = field(default_factory=dict)
+    kept_labels: dict[str, int] = field(default_factory=dict)
+    source_label_values: int = 0
 
     @property
     def total(self) -> int:
@@ -114,7 +136,28 @@ class PrepareReport:
         lines.append(f"skipped: {skipped}" if skipped else "skipped: none")
         if self.upscaled:
             lines[-1] += f"; {self.upscaled} slightly enlarged"
+        sub = self.subset
+        if sub.get("method") in SAMPLES:
+            how = (f"a random sample (seed {sub['seed']}" + (f", stratified by {sub['stratified_by']}"
+                                                            if sub.get("stratified_by") else "") + ")"
+                   if sub["method"] == "random" else "the first usable images in path order")
+            lines.append(f"subset: {self.total} of {sub['source_images']} images (--limit {sub['limit']}), {how}")
+        if self.kept_labels:
+            lines.append(f"kept by {sub.get('label_key')}: {label_distribution(self.kept_labels)}"
+                         + (f" ({len(self.kept_labels)} of {self.source_label_values} values)"
+                            if len(self.kept_labels) < self.source_label_values else ""))
         return "\n".join(lines)
+
+
+def label_distribution(counts: dict[str, int], shown: int = SHOWN_LABEL_VALUES) -> str:
+    """``Boots 50, Shoes 40, Sandals 10``: label values by count (most first, then by name), at most ``shown`` of
+    them and ``... N more`` for the rest."""
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    text = ", ".join(f"{printable(k)} {v}" for k, v in items[:shown])
+    rest = items[shown:]
+    if rest:
+        text += f", ... {len(rest)} more values ({sum(v for _, v in rest)} images)"
+    return text
 
 
 def _warnings_held(fn):
@@ -161,7 +204,8 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
                     label_names: Sequence[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                     max_upscale: float = DEFAULT_MAX_UPSCALE, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
                     workers: int | None = None, threads: int | None = None,
-                    max_memory: int | None = None) -> PrepareReport:
+                    max_memory: int | None = None, sample: str = "random",
+                    seed: int = DEFAULT_SAMPLE_SEED) -> PrepareReport:
     """Build a PixelNN dataset (see :mod:`pixelnn.data.dataset`) from a folder or a zip of images.
 
     Parameters
@@ -195,7 +239,20 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
         ``val/``, ``test/`` folders use them instead; with ``train/`` and ``val/`` but no
         ``test/``, the given val images are split half/half into val and test by the same hash.
     limit : int, optional
-        Keep only the first ``limit`` usable images in sorted path order.
+        Keep only ``limit`` usable images, drawn as ``sample`` says (the kept images stay in sorted path order in
+        the dataset, and keep the split their id gives). Images skipped as unusable are replaced, so ``limit``
+        images are kept whenever the source has that many usable ones.
+    sample : {'random', 'first'}
+        How ``limit`` chooses. ``random`` (default): a sample seeded by ``seed``, stratified by the first label key
+        (``Category`` for UT-Zappos50K, ``identity`` for CelebA; none without labels): every value gets its
+        proportional share of ``limit`` (largest remainders, ties broken by the seed), an unusable image is
+        replaced by another of its value, and a value that runs out of usable images passes its share on to the
+        others in proportion. The kept set depends only on the source, ``limit`` and ``seed`` (not on the
+        decoding threads). ``first``: the first ``limit`` usable images in sorted path order (on the shoes zip:
+        boots only). Without ``limit`` every image is used either way. The manifest records the draw
+        (``subset``); a subset that leaves out values of the first label is warned about (one line).
+    seed : int
+        Seed of the ``random`` sample (default 0).
     overwrite : bool
         Replace an existing ``out_dir`` (only once the new dataset is complete).
     progress : bool
@@ -248,6 +305,10 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
         raise PixelNNError(f"val fraction + test fraction must be below 1, got {val_fraction + test_fraction}")
     if limit is not None and limit < 1:
         raise PixelNNError(f"limit must be at least 1, got {limit}")
+    if sample not in SAMPLES:
+        raise PixelNNError(f"invalid sample {sample!r}; valid: {', '.join(SAMPLES)}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise PixelNNError(f"seed must be an integer >= 0, got {seed!r}")
     if threads is not None and not 1 <= threads <= MAX_THREADS:
         raise PixelNNError(f"threads must be between 1 and {MAX_THREADS}, got {threads}")
     if max_upscale < 1.0:
@@ -290,6 +351,10 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
                  f", collection root {layout.root!r}" if layout.root else "",
                  f", split folders {', '.join(layout.split_folders)}" if layout.presplit else "")
 
+        strat_key = layout.label_keys[0] if layout.label_keys else None
+        subsetting = limit is not None and limit < len(src.images)
+        method = sample if subsetting else "all"
+        draw = _SampleDraw(src.images, layout, strat_key, limit, seed) if method == "random" else None
         paired = task.name == "paired"
         draft = None if paired else 2 * task.size
         n_workers = workers or max(1, min(4, os.cpu_count() or 1))
@@ -316,7 +381,7 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
         with pil_limits(max_pixels), ThreadPoolExecutor(n_workers) as pool:
             fit_used = fit
             if fit == "auto":
-                fit_used = _auto_fit(src.images, load, pool, paired)
+                fit_used = _auto_fit(draw.read_order() if draw else src.images, load, pool, paired)
                 log.info("fit auto -> %s", fit_used)
             side_of = max if fit_used == "pad" else min
 
@@ -336,7 +401,7 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
                     return e
 
             collected = _collect(src, layout, process, pool, limit, skipped, progress, task,
-                                 val_fraction, test_fraction, memory)
+                                 val_fraction, test_fraction, memory, draw)
         per_split, upscaled, n_used = collected
         skipped = {k: v for k, v in skipped.items() if v}
         if n_used == 0:
@@ -363,6 +428,20 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
                                    f"(the normals task needs aligned face crops, e.g. CelebA's)")
         if not len(splits.get("train", ())):
             log.warning("the train split is empty (only %d usable images)", n_used)
+        kept_labels, source_values = _label_counts(splits, layout, strat_key)
+        subset = {"method": method, "seed": int(seed) if method == "random" else None, "limit": limit,
+                  "source_images": len(src.images), "stratified_by": strat_key if method == "random" else None,
+                  "kept": n_used, "label_key": strat_key}
+        if strat_key is not None:
+            subset["label_values_kept"], subset["label_values_source"] = len(kept_labels), len(source_values)
+            if len(kept_labels) <= RECORDED_LABEL_VALUES:
+                subset["label_counts"] = dict(sorted(kept_labels.items(), key=lambda kv: (-kv[1], kv[0])))
+        if method != "all" and strat_key is not None and len(kept_labels) < len(source_values):
+            missing = sorted(set(source_values) - set(kept_labels), key=lambda v: (-source_values[v], v))
+            log.warning("the %d images kept cover %d of the %d %s values of the source (%s missing, e.g. %s)%s",
+                        n_used, len(kept_labels), len(source_values), strat_key, len(missing),
+                        ", ".join(printable(v) for v in missing[:3]),
+                        "" if method == "random" else "; --sample random draws a stratified sample")
         split_source = "folders" if layout.presplit else "hash"
         extra: dict[str, Any] = {
             "source_kind": src.kind,
@@ -374,6 +453,7 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
             "val_fraction": val_fraction,
             "test_fraction": test_fraction,
             "limit": limit,
+            "subset": subset,
             "found": len(src.images),
             "upscaled": upscaled,
             "max_upscale": max_upscale,
@@ -402,7 +482,8 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
                            counts={s: len(splits[s]) if s in splits else 0 for s in SPLITS},
                            skipped=skipped, label_keys=list(layout.label_keys), fit=fit_used, fit_requested=fit,
                            task=task_out, split_source=split_source, found=found, upscaled=upscaled,
-                           seconds=time.perf_counter() - t0, notes=notes)
+                           seconds=time.perf_counter() - t0, notes=notes, subset=subset, kept_labels=kept_labels,
+                           source_label_values=len(source_values))
     log.info("%s", report.summary())
     return report
 
@@ -465,15 +546,135 @@ def _split_for(item_id: str, folder: str | None, layout: Layout, val_fraction: f
     return assign_split(item_id, val_fraction, 0.0 if "test" in have else test_fraction)
 
 
+#: The stratum of images that lack the stratifying label (an image higher up in the folders).
+NO_LABEL = "(none)"
+
+
+def _stratum(layout: Layout, path: str, key: str | None) -> str:
+    return layout.items[path][2].get(key, NO_LABEL) if key is not None else ""
+
+
+def _label_counts(splits: dict[str, SplitData], layout: Layout, key: str | None
+                  ) -> tuple[dict[str, int], dict[str, int]]:
+    """Images kept and images in the whole source, by value of the label ``key`` (empty dicts without one)."""
+    if key is None:
+        return {}, {}
+    kept: dict[str, int] = {}
+    for d in splits.values():
+        for r in d.records:
+            v = r["labels"].get(key, NO_LABEL)
+            kept[v] = kept.get(v, 0) + 1
+    source: dict[str, int] = {}
+    for path in layout.items:
+        v = _stratum(layout, path, key)
+        source[v] = source.get(v, 0) + 1
+    return kept, source
+
+
+def largest_remainder(sizes: Sequence[int], n: int, rng: np.random.Generator) -> list[int]:
+    """Shares of ``n`` proportional to ``sizes`` (Hamilton's largest remainders), each at most its size, summing to
+    ``min(n, sum(sizes))``; equal remainders are ordered by ``rng``.
+
+    >>> largest_remainder([6, 3, 1], 4, np.random.default_rng(0))
+    [2, 1, 1]
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    total = int(sizes.sum())
+    n = min(int(n), total)
+    if n <= 0 or total == 0:
+        return [0] * len(sizes)
+    exact = sizes * n / total
+    share = np.minimum(np.floor(exact).astype(np.int64), sizes)
+    rest = n - int(share.sum())
+    if rest > 0:
+        order = np.lexsort((rng.random(len(sizes)), -(exact - share)))  # largest remainder first, ties by rng
+        for i in order:
+            if rest == 0:
+                break
+            if share[i] < sizes[i]:
+                share[i] += 1
+                rest -= 1
+    return [int(v) for v in share]
+
+
+def _interleave(lists: Sequence[Sequence[str]]) -> list[str]:
+    """The items of several lists merged so that every prefix takes from each list in proportion to its length
+    (item j of a list of n sits at (j + 1/2) / n; ties by list order)."""
+    keyed = [((j + 0.5) / len(lst), i, j, item) for i, lst in enumerate(lists) for j, item in enumerate(lst)]
+    return [k[-1] for k in sorted(keyed)]
+
+
+class _SampleDraw:
+    """The seeded, stratified sample of ``limit`` images that ``prepare --limit N`` keeps (``sample='random'``).
+
+    The images are grouped by their value of the label ``key`` (one group without labels), each group is shuffled
+    by the seed, and every group gets its share of ``limit`` (:func:`largest_remainder`). :meth:`next_paths`
+    hands out the images to decode, as many as are still wanted; :meth:`settle` is told which were usable: an
+    unusable image is replaced by the next of its group, and a group out of images passes what it still owes to
+    the other groups, in proportion to their sizes. Every decision depends on the seed and on which images are
+    usable, never on the order the decoding threads finish in.
+    """
+
+    def __init__(self, images: Sequence[str], layout: Layout, key: str | None, limit: int, seed: int):
+        rng = np.random.default_rng(int(seed))
+        groups: dict[str, list[str]] = {}
+        for path in images:  # sorted paths: each group in path order before its shuffle
+            groups.setdefault(_stratum(layout, path, key), []).append(path)
+        self.values = sorted(groups)
+        self.rng = rng
+        self.groups = [[groups[v][i] for i in rng.permutation(len(groups[v]))] for v in self.values]
+        self.want = largest_remainder([len(g) for g in self.groups], limit, rng)
+        self.taken = [0] * len(self.groups)
+        self.usable = [0] * len(self.groups)
+        self.group_of = {path: gi for gi, g in enumerate(self.groups) for path in g}
+
+    def read_order(self) -> list[str]:
+        """The images of the first draw, interleaved across the groups (what ``fit='auto'`` looks at first), then
+        the rest."""
+        first = _interleave([g[:w] for g, w in zip(self.groups, self.want)])
+        return first + _interleave([g[w:] for g, w in zip(self.groups, self.want)])
+
+    def next_paths(self) -> list[str]:
+        """The images to decode next (empty: done, either ``limit`` usable or no image left)."""
+        while True:
+            todo = []
+            for gi, g in enumerate(self.groups):
+                k = min(self.want[gi] - self.usable[gi], len(g) - self.taken[gi])  # all handed out are settled
+                todo.append(g[self.taken[gi]:self.taken[gi] + max(0, k)])
+            todo_all = _interleave([t for t in todo if t])
+            if todo_all:
+                for gi, t in enumerate(todo):
+                    self.taken[gi] += len(t)
+                return todo_all
+            owed = sum(w - u for w, u in zip(self.want, self.usable))
+            open_ = [gi for gi, g in enumerate(self.groups) if self.taken[gi] < len(g)]
+            if owed <= 0 or not open_:
+                return []
+            for gi in range(len(self.groups)):  # the exhausted groups keep what they got
+                if gi not in open_:
+                    self.want[gi] = self.usable[gi]
+            extra = largest_remainder([len(self.groups[gi]) - self.taken[gi] for gi in open_], owed, self.rng)
+            for gi, e in zip(open_, extra):
+                self.want[gi] += e
+
+    def settle(self, path: str, usable: bool) -> None:
+        """Record whether an image handed out was usable."""
+        if usable:
+            self.usable[self.group_of[path]] += 1
+
+
 def _collect(src: Source, layout: Layout, process, pool: ThreadPoolExecutor, limit: int | None,
              skipped: dict[str, int], progress: bool, task: TaskConfig, val_fraction: float,
-             test_fraction: float, memory: int):
+             test_fraction: float, memory: int, draw: _SampleDraw | None = None):
     from tqdm.auto import tqdm
 
     per_split: dict[str, dict[str, list]] = {s: {"photos": [], "inputs": [], "records": []} for s in SPLITS}
     paired = task.name == "paired"
     n_used = upscaled = held = 0
     total = len(src.images) if limit is None else min(limit, len(src.images))
+    if draw is not None:
+        return _collect_draw(src, layout, process, pool, draw, skipped, progress, task, val_fraction,
+                             test_fraction, memory, total)
     chunk, pos, images = 256, 0, src.images
     with tqdm(total=total, desc="reading images", unit="img", disable=not progress, leave=False) as bar:
         while pos < len(images) and (limit is None or n_used < limit):
@@ -505,6 +706,45 @@ def _collect(src: Source, layout: Layout, process, pool: ThreadPoolExecutor, lim
                 upscaled += bool(up)
                 bar.update(1)
     return per_split, upscaled, n_used
+
+
+def _collect_draw(src: Source, layout: Layout, process, pool: ThreadPoolExecutor, draw: _SampleDraw,
+                  skipped: dict[str, int], progress: bool, task: TaskConfig, val_fraction: float,
+                  test_fraction: float, memory: int, total: int):
+    """:func:`_collect` for a :class:`_SampleDraw`: decode what the draw hands out until it is done, then file the
+    usable images in sorted path order (so the dataset's order does not depend on the draw's)."""
+    from tqdm.auto import tqdm
+
+    kept: dict[str, tuple[list, bool]] = {}
+    held = 0
+    with tqdm(total=total, desc="reading images (sample)", unit="img", disable=not progress, leave=False) as bar:
+        while paths := draw.next_paths():
+            for start in range(0, len(paths), 256):
+                part = paths[start:start + 256]
+                for path, res in zip(part, pool.map(process, part)):  # map keeps the order: no scheduling effect
+                    if isinstance(res, UnusableImage):
+                        skipped[res.reason] = skipped.get(res.reason, 0) + 1
+                        log.debug("skipping %s: %s", path, res)
+                        draw.settle(path, False)
+                        continue
+                    held += sum(a.nbytes for a in res[0])
+                    if held > memory:
+                        raise PixelNNError(_too_much(held, memory, len(kept) + 1, task))
+                    kept[path] = res
+                    draw.settle(path, True)
+                    bar.update(1)
+    per_split: dict[str, dict[str, list]] = {s: {"photos": [], "inputs": [], "records": []} for s in SPLITS}
+    upscaled = 0
+    for path in sorted(kept):
+        arrays, up = kept.pop(path)
+        item_id, folder, labels = layout.items[path]
+        d = per_split[_split_for(item_id, folder, layout, val_fraction, test_fraction)]
+        if task.name == "paired":
+            d["inputs"].append(arrays[0])
+        d["photos"].append(arrays[-1])
+        d["records"].append({"id": item_id, "source": path, "labels": labels})
+        upscaled += bool(up)
+    return per_split, upscaled, sum(len(d["records"]) for d in per_split.values())
 
 
 @contextlib.contextmanager
@@ -581,4 +821,5 @@ def _build_splits(per_split: dict[str, dict[str, list]], task: TaskConfig, progr
     return splits, task_out, dropped
 
 
-__all__ = ["DEFAULT_MAX_UPSCALE", "MAX_MEMORY_FRACTION", "PrepareReport", "memory_limit", "prepare_dataset"]
+__all__ = ["DEFAULT_MAX_UPSCALE", "DEFAULT_SAMPLE_SEED", "MAX_MEMORY_FRACTION", "SAMPLES", "PrepareReport",
+           "label_distribution", "largest_remainder", "memory_limit", "prepare_dataset"]
