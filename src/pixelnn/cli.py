@@ -217,8 +217,8 @@ def add_synthesis_options(p: argparse.ArgumentParser, exclude: Sequence[str] = (
                         "(default on for superres; other tasks have no thumbnail)")
     g.add_argument("--input-weight", type=float, default=None, metavar="W",
                    help="input-aware retrieval: rank the global neighbours by (1 - W) x the f(x) similarity + W x "
-                        "the similarity of the input to the exemplars' inputs, 0-1 (default: the task's; 0 = f(x) "
-                        "alone, the paper)")
+                        "the similarity of the input to the exemplars' inputs, 0-1 (default: the task's, 0.6 for edges, 0 "
+                        "otherwise; 0 = f(x) alone, the paper)")
     g.add_argument("--rerank-k", type=int, default=None, metavar="M",
                    help="with --input-weight: re-rank the M nearest by f(x) (default max(4 x top-k, 64))")
     g.add_argument("--chroma-weight", type=float, default=None,
