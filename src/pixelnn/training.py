@@ -360,10 +360,11 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
     (model_dir / MODEL_FILES.samples).mkdir(exist_ok=True)
     for d in (model_dir, model_dir / MODEL_FILES.samples):
         recover_all(d)  # temporary files of a killed run
+    autocast = resolve_autocast(config.autocast, device)  # "bf16" or "off": what "auto" means on this device
     write_json(model_dir / MODEL_FILES.config, {
         "format": MODEL_FORMAT, "version": MODEL_VERSION, "task": task.to_dict(),
         "regressor": model.config.to_dict(), "train": config.to_dict(), "init": init_record,
-        "device": str(device), "autocast": resolve_autocast(config.autocast, device),
+        "device": str(device), "autocast": autocast,
         "dataset": dataset_record(data_dir, ds),
     })
     ema: dict[str, float] = {}  # running means of the training loss terms, for the log
@@ -375,7 +376,7 @@ def train(data_dir: str | Path, model_dir: str | Path, config: TrainConfig | Non
     # The speed levers: the module the steps run (compiled or not), and the autocast around forward and loss.
     forward = compile_regressor(model) if config.compile else model
     compile_pending = forward is not model  # whether the first compiled step is still to prove that compiling works
-    use_autocast = resolve_autocast(config.autocast, device) == "bf16"
+    use_autocast = autocast == "bf16"
 
     def forward_backward(net: nn.Module, x: torch.Tensor, y: torch.Tensor):
         with torch.autocast(device.type, dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext():

@@ -663,6 +663,17 @@ class _SampleDraw:
             self.usable[self.group_of[path]] += 1
 
 
+def _file_image(per_split: dict[str, dict[str, list]], path: str, arrays: Sequence[np.ndarray], layout: Layout,
+                paired: bool, val_fraction: float, test_fraction: float) -> None:
+    """Append one usable image (its arrays, input first for ``paired``) to the split its id gives."""
+    item_id, folder, labels = layout.items[path]
+    d = per_split[_split_for(item_id, folder, layout, val_fraction, test_fraction)]
+    if paired:
+        d["inputs"].append(arrays[0])
+    d["photos"].append(arrays[-1])
+    d["records"].append({"id": item_id, "source": path, "labels": labels})
+
+
 def _collect(src: Source, layout: Layout, process, pool: ThreadPoolExecutor, limit: int | None,
              skipped: dict[str, int], progress: bool, task: TaskConfig, val_fraction: float,
              test_fraction: float, memory: int, draw: _SampleDraw | None = None):
@@ -695,13 +706,7 @@ def _collect(src: Source, layout: Layout, process, pool: ThreadPoolExecutor, lim
                 held += sum(a.nbytes for a in arrays)
                 if held > memory:
                     raise PixelNNError(_too_much(held, memory, n_used + 1, task))
-                item_id, folder, labels = layout.items[path]
-                split = _split_for(item_id, folder, layout, val_fraction, test_fraction)
-                d = per_split[split]
-                if paired:
-                    d["inputs"].append(arrays[0])
-                d["photos"].append(arrays[-1])
-                d["records"].append({"id": item_id, "source": path, "labels": labels})
+                _file_image(per_split, path, arrays, layout, paired, val_fraction, test_fraction)
                 n_used += 1
                 upscaled += bool(up)
                 bar.update(1)
@@ -737,12 +742,7 @@ def _collect_draw(src: Source, layout: Layout, process, pool: ThreadPoolExecutor
     upscaled = 0
     for path in sorted(kept):
         arrays, up = kept.pop(path)
-        item_id, folder, labels = layout.items[path]
-        d = per_split[_split_for(item_id, folder, layout, val_fraction, test_fraction)]
-        if task.name == "paired":
-            d["inputs"].append(arrays[0])
-        d["photos"].append(arrays[-1])
-        d["records"].append({"id": item_id, "source": path, "labels": labels})
+        _file_image(per_split, path, arrays, layout, task.name == "paired", val_fraction, test_fraction)
         upscaled += bool(up)
     return per_split, upscaled, sum(len(d["records"]) for d in per_split.values())
 
