@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from pixelnn.cli import main
+from pixelnn.data.dataset import Dataset
 from tests.conftest import synthetic_photos
 
 
@@ -71,7 +73,21 @@ def test_prepare_then_train_end_to_end(tmp_path, capsys):
 def test_demo_writes_a_page(tmp_path):
     from pixelnn.demo import run_demo
 
-    page = run_demo(tmp_path / "demo", minutes=0.05, progress=False, limit=120)
-    html = page.read_text()
+    r = run_demo(tmp_path / "demo", minutes=0.05, progress=False, limit=120)
+    html = r.page.read_text()
     assert "results.png" in html and (tmp_path / "demo" / "results.png").is_file()
     assert np.asarray(Image.open(tmp_path / "demo" / "results.png")).shape[2] == 3
+    # every figure on the page exists and is explained in (at least) one sentence
+    figures = re.findall(r"<img class='grid' src='([^']+)'", html)
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", html)
+    assert {"results.png", "stage2.png", "correspondence.png", "control.png", "loss.png"} <= set(figures)
+    assert all((tmp_path / "demo" / f).is_file() for f in figures)
+    assert len(captions) == len(figures) and all(c.strip().endswith(".") and len(c.split()) >= 8 for c in captions)
+    # the page ends with what to run next, and the result carries the measured steps
+    assert "Next: your own photos" in html and "pixelnn prepare" in html
+    assert set(r.steps) == {"prepare", "train", "library", "synthesize", "page"}
+    assert r.seconds >= sum(r.steps.values()) - 1e-6 > 0 and r.train_steps > 0
+    assert np.isfinite(r.stage1_psnr) and np.isfinite(r.bicubic_psnr)
+    # the data: views of bundled faces and objects, labelled by kind and photo
+    records = Dataset(tmp_path / "demo" / "data").split("train").records
+    assert {"people", "objects"} <= {rec["labels"]["level1"] for rec in records}

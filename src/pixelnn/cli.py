@@ -369,9 +369,24 @@ def cmd_baseline_train(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pixelnn.demo import run_demo
 
-    page = run_demo(args.out, data=args.data, minutes=args.minutes, progress=not args.quiet)
-    print(f"demo page: {page}")
+    from pixelnn.demo import next_commands
+
+    r = run_demo(args.out, data=args.data, minutes=args.minutes, progress=not args.quiet)
+    steps = ", ".join(f"{name} {_duration(s)}" for name, s in r.steps.items())
+    print(f"demo finished in {_duration(r.seconds)} ({steps})")
+    print(f"stage 1 on the 3 test inputs shown: {r.stage1_psnr:.2f} dB PSNR, bicubic {r.bicubic_psnr:.2f} dB "
+          f"({r.train_steps} training steps)")
+    print(f"demo page: {r.page}")
+    print("\nNext, on your own photos:")
+    for what, cmd in next_commands(args.out):
+        print(f"  # {what}\n  {cmd}")
     return 0
+
+
+def _duration(seconds: float) -> str:
+    """``41 s`` or ``3 min 12 s``."""
+    s = int(round(seconds))
+    return f"{s} s" if s < 60 else f"{s // 60} min {s % 60:02d} s"
 
 
 def cmd_index(args: argparse.Namespace) -> int:
