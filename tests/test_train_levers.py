@@ -245,3 +245,15 @@ def test_schedule_follows_the_fraction_of_a_cpu_clock_budget(data, tmp_path, mon
     # The step count alone (10**6 steps) would leave the schedule at ~0; the CPU budget's fraction moves it.
     assert len(seen) >= 3 and seen == sorted(seen) and seen[-1] > 0.5
     assert all(0 <= p <= 1 for p in seen)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_explicit_bf16_warns_only_where_it_is_emulated(monkeypatch, caplog, native):
+    from pixelnn import training
+
+    monkeypatch.setattr(training, "native_bf16", lambda device: native)
+    with caplog.at_level(logging.WARNING, logger="pixelnn.training"):
+        assert training.resolve_autocast("bf16", torch.device("cpu")) == "bf16"
+        assert training.resolve_autocast("off", torch.device("cpu")) == "off"
+    warned = [r for r in caplog.records if "emulated" in r.getMessage()]
+    assert len(warned) == (0 if native else 1)
