@@ -14,6 +14,27 @@ from pixelnn.data.dataset import SplitData, write_dataset
 from pixelnn.tasks import area_downsample
 
 
+def _resolve_anyio_lazy_imports() -> None:
+    """Import every module anyio loads lazily, now, in the main thread.
+
+    anyio imports its submodules on first attribute access, and pytest rewrites anyio's modules (anyio
+    is a pytest plugin). A first access from a server or client thread in the web tests then parses
+    a module while another thread parses too, which CPython 3.11.7's parser does not survive
+    (``SystemError: AST constructor recursion depth mismatch``, python/cpython#106905).
+    """
+    try:
+        import anyio
+    except ImportError:
+        return
+    for name in dir(anyio):
+        try:
+            getattr(anyio, name)
+        except Exception:  # noqa: BLE001 - a name that does not resolve is not ours to fix
+            pass
+
+
+_resolve_anyio_lazy_imports()
+
 def shared_data_dir() -> Path | None:
     """``../shared/data`` next to the repository (or $PIXELNN_SHARED_DATA), or None when absent."""
     env = os.environ.get("PIXELNN_SHARED_DATA")

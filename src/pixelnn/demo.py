@@ -320,8 +320,9 @@ def _write_page(out_dir: Path, data: str | None, report, result, library, inputs
                  f"frequencies of the best-matching pixel of one of the nearest exemplars; "
                  f"{len(results[0].outputs)} outputs per input ({total:.1f} s each on this CPU), with their "
                  f"correspondences, are in synthesis/test_*/."],
-                None, [("stage2.png", "Columns are the three test inputs; the top row is f(x), the next five rows "
-                                      "its five best-ranked outputs of 72, and the bottom row the real photo."),
+                None, [("stage2.png", "The top row is f(x) of the three test inputs; each of the next three rows "
+                                      "holds one input's five best-ranked outputs of 72, and the bottom row the "
+                                      "real photos."),
                        ("correspondence.png", "Where each pixel of one output came from: the output, its "
                                               "exemplar map (colour = which exemplar) and source positions (shade "
                                               "= where in it), above the exemplars framed in their colours."),
