@@ -367,9 +367,7 @@ def cmd_baseline_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pixelnn.demo import run_demo
-
-    from pixelnn.demo import next_commands
+    from pixelnn.demo import next_commands, run_demo
 
     r = run_demo(args.out, data=args.data, minutes=args.minutes, progress=not args.quiet)
     steps = ", ".join(f"{name} {_duration(s)}" for name, s in r.steps.items())

@@ -27,7 +27,8 @@ from PIL import Image
 
 from pixelnn.config import TaskConfig, TrainConfig
 from pixelnn.data.dataset import Dataset, image_grid
-from pixelnn.evaluation.image_metrics import bicubic_upsample, psnr, ssim
+from pixelnn.evaluation.image_metrics import bicubic_upsample, psnr
+from pixelnn.errors import PixelNNError
 from pixelnn.io import save_image
 from pixelnn.report import Section, write_page
 
@@ -102,12 +103,11 @@ def photo_view(image: np.ndarray, box: tuple[int, int, int], size: int, rng: np.
     side = side * rng.uniform(0.85, 1.15)
     angle = rng.uniform(-8.0, 8.0)
     cx, cy = cx + rng.uniform(-0.08, 0.08) * side, cy + rng.uniform(-0.08, 0.08) * side
-    turn = abs(np.cos(np.radians(angle))) + abs(np.sin(np.radians(angle)))
-    # the turned square's half extent, plus the resampling filters' reach (Lanczos: 3 output pixels)
-    reach = side / 2 * turn + 4 * side / size + 2
-    if 2 * reach > min(h, w):  # too big for the photo: shrink it
-        side = (min(h, w) / 2 - 2) / (turn / 2 + 4 / size)
-        reach = side / 2 * turn + 4 * side / size + 2
+    # the reach of the view's centre, per unit of side: the turned square's half extent plus the resampling
+    # filters' (Lanczos: 3 output pixels), and 2 pixels more
+    per_side = (abs(np.cos(np.radians(angle))) + abs(np.sin(np.radians(angle)))) / 2 + 4 / size
+    side = min(side, (min(h, w) / 2 - 2) / per_side)  # too big for the photo: shrink it
+    reach = side * per_side + 2
     cx, cy = float(np.clip(cx, reach, w - reach)), float(np.clip(cy, reach, h - reach))
     x0, y0 = max(0, int(np.floor(cx - reach))), max(0, int(np.floor(cy - reach)))
     x1, y1 = min(w, int(np.ceil(cx + reach))), min(h, int(np.ceil(cy + reach)))
@@ -128,7 +128,8 @@ def bundled_view_folder(out_dir: Path, views_per_photo: int = 110, size: int = 9
     ``out_dir/<kind>/<name>/view_NNN.jpg`` (folders become the labels ``level1`` and ``level2``)."""
     photos = bundled_photos()
     if len(photos) < 2:
-        raise RuntimeError("the installed packages bundle fewer than 2 of the demo's photos")
+        raise PixelNNError("the installed packages bundle fewer than 2 of the demo's photos; "
+                           "give your own with pixelnn demo --data PHOTOS")
     rng = np.random.default_rng(seed)
     for photo, image in photos:
         folder = out_dir / photo.kind / photo.name
@@ -229,7 +230,7 @@ def _steer(pipe, train, split, i: int) -> list[tuple[str, np.ndarray]] | None:
 def run_demo(out_dir: str | Path, data: str | None = None, minutes: float = 2.0, progress: bool = True,
              limit: int = 3000) -> DemoResult:
     """Prepare a superres dataset, train stage 1 for ``minutes``, build the exemplar library,
-    synthesize 72 outputs for three test inputs (and one of them from chosen kinds of exemplars),
+    synthesize 72 outputs for three test inputs (and the first again, copying only from chosen photos),
     and write ``out_dir/index.html``; see :class:`DemoResult`."""
     from pixelnn.models.regressor import predict
     from pixelnn.pipeline import save_result
@@ -266,14 +267,13 @@ def run_demo(out_dir: str | Path, data: str | None = None, minutes: float = 2.0,
     log.info("5/5 writing the results page")
     p_stage1, p_bicubic = float(psnr(stage1, photos).mean()), float(psnr(bicubic, photos).mean())
     page = _write_page(out_dir, data, report, result, library, inputs, bicubic, stage1, photos, results, steered,
-                       (p_bicubic, p_stage1, float(ssim(bicubic, photos).mean()), float(ssim(stage1, photos).mean())),
-                       time.perf_counter() - t0)
+                       (p_bicubic, p_stage1), time.perf_counter() - t0)
     lap("page")
     return DemoResult(page, time.perf_counter() - t0, steps, p_stage1, p_bicubic, result.steps)
 
 
 def _write_page(out_dir: Path, data: str | None, report, result, library, inputs, bicubic, stage1, photos, results,
-                steered, shown_metrics: tuple[float, float, float, float], seconds: float) -> Path:
+                steered, shown_psnr: tuple[float, float], seconds: float) -> Path:
     from pixelnn.pipeline import grid_order
     from pixelnn.visualize import correspondence_figure
 
@@ -296,7 +296,7 @@ def _write_page(out_dir: Path, data: str | None, report, result, library, inputs
                                          f"copying only from {names} (one row each, --where level2=...): the same "
                                          f"f(x) takes its detail from whichever exemplars it is allowed to copy.")]
     m = result.metrics
-    b_psnr, s_psnr, b_ssim, s_ssim = shown_metrics
+    b_psnr, s_psnr = shown_psnr  # bicubic's and f(x)'s on the inputs shown
     table = [["method", "PSNR (dB), val", "SSIM, val", "PSNR (dB), the 3 shown"],
              ["bicubic upsampling", f"{m['bicubic_psnr']:.2f}", f"{m['bicubic_ssim']:.4f}", f"{b_psnr:.2f}"],
              ["PixelNN stage 1 f(x)", f"{m['psnr']:.2f}", f"{m['ssim']:.4f}", f"{s_psnr:.2f}"]]
