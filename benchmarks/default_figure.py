@@ -6,7 +6,8 @@ configuration its **first output** (best first, what a user sees first) and its 
 enlarged 3x around their centre. Prints every configuration's mean seam visibility over all outputs.
 
 - ``eq. 3``: ``SynthesisOptions(mode="matched", back_projection=False, input_weight=0)``, the paper;
-- ``coherent``: ``mode="coherent"`` with the same retrieval and no back-projection;
+- ``coherent``: ``mode="coherent"`` with the same retrieval, no back-projection and the mode's own chroma weight
+  (0.6; edges now default to 1);
 - ``default``: ``SynthesisOptions()``, everything at its default.
 
 Usage::
@@ -41,11 +42,13 @@ def main() -> None:
 
     from pixelnn.data.dataset import Dataset, image_grid, resize_nearest
     from pixelnn.evaluation.coherence import seam_visibility
+    from pixelnn.modes import get_mode
     from pixelnn.options import SynthesisOptions
     from pixelnn.pipeline import PixelNNPipeline, grid_order
 
     configs = {"eq. 3": SynthesisOptions(mode="matched", back_projection=False, input_weight=0.0),
-               "coherent": SynthesisOptions(mode="coherent", back_projection=False, input_weight=0.0),
+               "coherent": SynthesisOptions(mode="coherent", back_projection=False, input_weight=0.0,
+                                            chroma_weight=get_mode("coherent").defaults["chroma_weight"]),
                "default": SynthesisOptions()}
     pipe = PixelNNPipeline.from_model_dir(args.model, pixel_cache=False, device="cpu")
     split = Dataset(args.data).split("val")

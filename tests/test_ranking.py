@@ -14,7 +14,7 @@ from pixelnn.config import TaskConfig
 from pixelnn.data.dataset import Dataset
 from pixelnn.errors import PixelNNError
 from pixelnn.options import ORDERS, SynthesisOptions
-from pixelnn.pipeline import PixelNNPipeline, grid_order, save_result, subset_result
+from pixelnn.pipeline import MANIFEST_VERSION, PixelNNPipeline, grid_order, save_result, subset_result
 from pixelnn.ranking import (MAX_PSNR, edge_scores, normal_scores, output_scores, rank_scores, score_kind, score_order,
                              score_text, superres_scores)
 from pixelnn.tasks import area_downsample
@@ -226,7 +226,7 @@ def test_manifest_and_correspondences_record_score_and_grid_position(setup, tmp_
     ranked, grid = pipe(xs[0], num_outputs=10, seed=2), pipe(xs[0], num_outputs=10, seed=2, order="grid")
     out = save_result(ranked, tmp_path / "ranked", pipe.library)
     m = json.loads((out / "manifest.json").read_text())
-    assert m["version"] == 4 and m["options"]["order"] == "score" and m["options"]["back_projection"] is True
+    assert m["version"] == MANIFEST_VERSION and m["options"]["order"] == "score" and m["options"]["back_projection"] is True
     assert m["ranking"]["order"] == "score" and m["ranking"]["faithfulness"] == "psnr" and m["ranking"]["higher_is_better"]
     assert "similarity" in m["ranking"]["score"]
     scores = [e["score"] for e in m["outputs"]]

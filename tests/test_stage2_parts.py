@@ -134,12 +134,14 @@ def test_coherent_mode_computes_only_the_window_similarities(setup, monkeypatch)
     assert pipe(x, mode="coherent", num_outputs=4).outputs.shape == (4, 32, 32, 3)
 
 
-def test_window_similarities_equal_the_brute_force_truth():
+@pytest.mark.parametrize("h, w, window, tile", [(6, 6, 3, 7), (6, 6, 3, 1), (9, 7, 3, 4), (11, 13, 5, 3),
+                                                (8, 8, 8, 3), (12, 10, 1, 5)])
+def test_window_similarities_equal_the_brute_force_truth(h, w, window, tile):
     g = torch.Generator().manual_seed(1)
-    q = torch.nn.functional.normalize(torch.randn(36, 5, generator=g), dim=1)
-    e = torch.nn.functional.normalize(torch.randn(2, 36, 5, generator=g), dim=2)
-    sims = matching.window_similarities(q, e, 6, 6, 3, chunk=7)
-    idx = matching.window_indices(6, 6, 3)
+    q = torch.nn.functional.normalize(torch.randn(h * w, 5, generator=g), dim=1)
+    e = torch.nn.functional.normalize(torch.randn(2, h * w, 5, generator=g), dim=2)
+    sims = matching.window_similarities(q, e, h, w, window, tile=tile)
+    idx = matching.window_indices(h, w, window)
     for k in range(2):
         full = q @ e[k].T  # (P, P)
         assert torch.allclose(sims[k], full.gather(1, idx), atol=1e-6)

@@ -167,7 +167,8 @@ class _ModeChoices(Sequence[str]):
 #: ``--name`` of every synthesis option flag -> the SynthesisOptions field it sets.
 SYNTHESIS_FLAGS = ("top_k", "windows", "sets", "mode", "color", "patch_size", "vote_size", "highpass_sigma",
                    "chroma_weight", "descriptor", "pca_dims", "num_outputs", "seed", "where", "exemplars", "like",
-                   "regions", "region_blend", "seam_blend", "back_projection", "input_weight", "rerank_k", "order")
+                   "regions", "region_blend", "seam_blend", "back_projection", "input_weight", "rerank_k",
+                   "diversity_weight", "order")
 
 
 class _FlagGroup:
@@ -220,10 +221,14 @@ def add_synthesis_options(p: argparse.ArgumentParser, exclude: Sequence[str] = (
                         "the similarity of the input to the exemplars' inputs, 0-1 (default: the task's, 0.6 for edges, 0 "
                         "otherwise; 0 = f(x) alone, the paper)")
     g.add_argument("--rerank-k", type=int, default=None, metavar="M",
-                   help="with --input-weight: re-rank the M nearest by f(x) (default max(4 x top-k, 64))")
+                   help="with --input-weight or --diversity-weight: the M nearest by f(x) to re-rank or pick from "
+                        "(default max(4 x top-k, 64))")
+    g.add_argument("--diversity-weight", type=float, default=None, metavar="D",
+                   help="diverse neighbours: pick the top-k among the candidates by relevance x (1 - D) minus D x their "
+                        "global-descriptor similarity to those already picked, 0-1 (default: the task's; 0 = the nearest, the paper)")
     g.add_argument("--chroma-weight", type=float, default=None,
-                   help="fraction of the exemplar's colour cast copied, 0-1 (default: the mode's, 1 for matched, "
-                        "0.6 for coherent)")
+                   help="fraction of the exemplar's colour cast copied, 0-1 (default: 1 for edges, whose sketch has no "
+                        "colour; otherwise the mode's, 1 for matched, 0.6 for coherent)")
     g.add_argument("--order", choices=ORDERS, default=None,
                    help="output order: score: best first, by faithfulness to the input re-derived from each output "
                         "(superres PSNR, edge AP, normal angle; default); grid: the authors' sets x windows, no scores")

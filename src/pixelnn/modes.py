@@ -68,6 +68,12 @@ def spec_windows(specs: Sequence[OutputSpec]) -> tuple[int | None, ...]:
     return tuple(dict.fromkeys(s.window for s in specs))
 
 
+#: Tasks whose input carries no colour (an edge map): the share of an exemplar's colour cast copied when
+#: ``chroma_weight`` is None, whatever the mode. On edges->shoes the coherent mode's 0.6 held the outputs'
+#: diversity at 0.130, below issue 16's 0.15; 1.0 gave 0.152 (docs/results.md). Other tasks: the mode's default.
+TASK_CHROMA_WEIGHT = {"edges": 1.0}
+
+
 class CompositionMode:
     """Base class of a composition mode; subclasses set ``name``, ``summary`` and override the steps.
 

@@ -67,6 +67,7 @@ NUMBER_BOUNDS: dict[str, tuple[float | None, float | None, dict[str, bool]]] = {
     "seam_blend": (0, 10000, {}),  # pixels; 0: no fusion
     "input_weight": (0, 1, {}),  # share of the input's own similarity in global retrieval
     "rerank_k": (1, MAX_TOP_K, {"integer": True}),
+    "diversity_weight": (0, 1, {}),  # share of the redundancy penalty in choosing the top_k among the candidates
 }
 OPTIONS_FORMAT = "pixelnn-synthesis-options"
 #: Prefix of a mask given inline (not as a file): ``packbits:<H>x<W>:<base64 of numpy.packbits(mask)>``.
@@ -326,7 +327,8 @@ class SynthesisOptions:
     highpass_sigma : float, optional
         Copy only the residual minus its Gaussian blur of this std (pixels). None: the mode's default.
     chroma_weight : float, optional
-        Share of an exemplar's colour cast copied, in [0, 1]. None: the mode's default.
+        Share of an exemplar's colour cast copied, in [0, 1]. None: the task's
+        (:data:`pixelnn.modes.TASK_CHROMA_WEIGHT`: 1 for edges, whose input has no colour), else the mode's.
     descriptor : {'hypercolumn', 'regressor'}, optional
         Pixel descriptor; None: the pipeline's (``PixelNNPipeline.from_model_dir(descriptor=...)``,
         by default ``hypercolumn``).
@@ -371,7 +373,15 @@ class SynthesisOptions:
         (:func:`pixelnn.retrieval.input_descriptors`), among the ``rerank_k`` nearest by f(x). 0: f(x) alone
         (the paper). None: the task's default (:data:`pixelnn.retrieval.DEFAULT_INPUT_WEIGHT`).
     rerank_k : int, optional
-        Candidates re-ranked by the input similarity (``input_weight`` > 0); None: ``max(4 * top_k, 64)``.
+        Candidates re-ranked by the input similarity (``input_weight`` > 0) or picked from for diversity
+        (``diversity_weight`` > 0); None: ``max(4 * top_k, 64)``.
+    diversity_weight : float, optional
+        Diverse neighbours: the ``top_k`` are picked from the ``rerank_k`` candidates by greedy maximal
+        marginal relevance, each next one maximising ``(1 - d) * relevance - d * (its largest similarity to
+        those already picked)``, the similarity of two exemplars being the cosine of their global descriptors
+        (conv5 of f(x_n); :func:`pixelnn.retrieval.diverse_subset`). The
+        nearest exemplar is always the first. 0: the nearest ``top_k`` (the paper). None: the task's default
+        (:data:`pixelnn.retrieval.DEFAULT_DIVERSITY_WEIGHT`).
     order : {'score', 'grid'}
         ``score`` (default): the outputs best first, by their faithfulness to the input re-derived from each
         output plus their mean match similarity (:func:`pixelnn.ranking.rank_scores`; a stable sort, ties
@@ -402,6 +412,7 @@ class SynthesisOptions:
     back_projection: bool | None = None
     input_weight: float | None = None
     rerank_k: int | None = None
+    diversity_weight: float | None = None
     order: str = "score"
 
     def __post_init__(self) -> None:
@@ -504,7 +515,8 @@ class SynthesisOptions:
 
         A manifest written before ``order`` existed (version < 3) holds its outputs in grid order: its options
         get ``order="grid"``, so that they still reproduce its files. One written before back-projection and
-        input-aware retrieval (version < 4) gets ``back_projection=False`` and ``input_weight=0``."""
+        input-aware retrieval (version < 4) gets ``back_projection=False`` and ``input_weight=0``; one written
+        before diverse neighbours (version < 5) gets ``diversity_weight=0``."""
         if not isinstance(d, Mapping):
             raise PixelNNError(f"synthesis options must be a JSON object, got {type(d).__name__}")
         version = None
@@ -518,6 +530,8 @@ class SynthesisOptions:
         if version is not None and version < 4:
             d.setdefault("back_projection", False)
             d.setdefault("input_weight", 0.0)
+        if version is not None and version < 5:
+            d.setdefault("diversity_weight", 0.0)
         _check_names(d)
         return cls(**d)
 

@@ -47,13 +47,14 @@ from pixelnn.zarr_store import open_library
 from pixelnn.matching import OutputSpec
 from pixelnn.models.loading import load_model_dir
 from pixelnn.models.regressor import Regressor, predict
-from pixelnn.modes import Matches, get_mode
+from pixelnn.modes import TASK_CHROMA_WEIGHT, Matches, get_mode
 from pixelnn.options import DEFAULT_DESCRIPTOR, DEFAULT_PCA_DIMS, SynthesisOptions
 from pixelnn.pixel_cache import MAX_CACHED_DIMS, PixelDescriptorCache, round_descriptors
 from pixelnn.provenance import exemplar_ranks
 from pixelnn.ranking import DESCRIPTIONS, RANKING, output_scores, rank_scores, score_kind, score_order
 from pixelnn.regions import blend_groups, region_map, resolve_regions, set_ranks
-from pixelnn.retrieval import DEFAULT_INPUT_WEIGHT, global_descriptors, input_descriptors, rerank
+from pixelnn.retrieval import (DEFAULT_DIVERSITY_WEIGHT, DEFAULT_INPUT_WEIGHT, diverse_subset, global_descriptors,
+                               input_descriptors, rerank)
 from pixelnn.store import ExemplarStore, iter_field
 from pixelnn.tasks import derive_inputs
 from pixelnn.visualize import correspondence_figure, output_grid
@@ -62,10 +63,11 @@ log = logging.getLogger(__name__)
 
 PCA_FIT_IMAGES = 200
 MANIFEST_FORMAT = "pixelnn-synthesis"
+#: 5: the options' ``diversity_weight`` (older manifests read back as 0);
 #: 4: the options' ``back_projection`` and ``input_weight`` (older manifests read back as off);
 #: 3: every output's ``score`` and ``grid_position`` and the ``ranking`` (the outputs best first by default);
 #: 2: the resolved SynthesisOptions under "options" (1 listed mode, color and composition sizes loose).
-MANIFEST_VERSION = 4
+MANIFEST_VERSION = 5
 #: What a new result may replace: an earlier result (never a folder PixelNN did not write).
 RESULT_REPLACES = (("manifest.json", MANIFEST_FORMAT),)
 
@@ -346,7 +348,11 @@ class PixelNNPipeline:
             pca_dims=(dims or 0) if options.pca_dims is None else options.pca_dims,
             back_projection=superres and options.back_projection is not False,  # only a thumbnail projects
             input_weight=DEFAULT_INPUT_WEIGHT.get(self.task.name, 0.0) if options.input_weight is None
-            else options.input_weight).resolved()
+            else options.input_weight,
+            diversity_weight=DEFAULT_DIVERSITY_WEIGHT.get(self.task.name, 0.0) if options.diversity_weight is None
+            else options.diversity_weight,
+            chroma_weight=TASK_CHROMA_WEIGHT.get(self.task.name) if options.chroma_weight is None
+            else options.chroma_weight).resolved()
         options.check_size(self.regressor.config.size)  # e.g. a vote or a window wider than the output
         return options
 
@@ -471,7 +477,9 @@ class PixelNNPipeline:
 
         With ``options.input_weight`` > 0 (input-aware retrieval) the ``rerank_k`` nearest are re-ranked by
         ``(1 - w) * sim(f(x), f(x_n)) + w * sim(x, x_n)`` (:func:`pixelnn.retrieval.rerank`), which needs the
-        checked input ``x`` (s, s, C).
+        checked input ``x`` (s, s, C). With ``options.diversity_weight`` > 0 (diverse neighbours) the ``top_k``
+        are then picked from those candidates by greedy maximal marginal relevance, the redundancy of two
+        candidates being the cosine of their global descriptors (:func:`pixelnn.retrieval.diverse_subset`).
         """
         sim, idx = self.library.search(global_descriptors(stage1[None], device=self.device),
                                        self._search_k(options), allowed)
@@ -479,21 +487,30 @@ class PixelNNPipeline:
 
     @staticmethod
     def _search_k(options: SynthesisOptions) -> int:
-        """How many neighbours the global search returns: ``top_k``, or the candidates of input-aware retrieval."""
-        if not options.input_weight:
+        """How many neighbours the global search returns: ``top_k``, or the candidates of input-aware retrieval
+        and diverse neighbours."""
+        if not options.input_weight and not options.diversity_weight:
             return options.top_k
         return max(options.top_k, options.rerank_k or max(4 * options.top_k, 64))
 
     def _rerank(self, sim: np.ndarray, idx: np.ndarray, x: np.ndarray | None, options: SynthesisOptions
                 ) -> tuple[np.ndarray, np.ndarray]:
-        """One query's search row (M,) -> its ``top_k`` neighbours, re-ranked by the input similarity when asked."""
-        if not options.input_weight:
+        """One query's search row (M,) -> its ``top_k`` neighbours: re-ranked by the input similarity, then picked
+        for diversity, when asked."""
+        keep = options.top_k if not options.diversity_weight else len(idx)
+        if options.input_weight:
+            if x is None:
+                raise PixelNNError("input-aware retrieval (input_weight > 0) needs the input x")
+            found = idx[idx >= 0]
+            cand = input_descriptors(self.library.take("inputs", found))
+            sim, idx = rerank(sim, idx, input_descriptors(np.asarray(x)[None])[0], cand, options.input_weight, keep)
+        if not options.diversity_weight:
             return sim, idx
-        if x is None:
-            raise PixelNNError("input-aware retrieval (input_weight > 0) needs the input x")
-        found = idx[idx >= 0]
-        cand = input_descriptors(self.library.take("inputs", found))
-        return rerank(sim, idx, input_descriptors(np.asarray(x)[None])[0], cand, options.input_weight, options.top_k)
+        found = idx >= 0
+        sim, idx = sim[found], idx[found]  # (M,) by relevance, best first
+        desc = self.library.take("global", idx).astype(np.float64)  # (M, D) unit rows: conv5 of f(x_n)
+        picked = diverse_subset(sim, desc @ desc.T, options.diversity_weight, options.top_k)
+        return sim[picked], idx[picked]
 
     def _neighbours(self, sim: np.ndarray, idx: np.ndarray) -> Neighbours:
         found = idx >= 0

@@ -141,6 +141,9 @@ def global_descriptors(images: np.ndarray, batch_size: int = 64, progress: bool 
 #: Input-aware retrieval (issue 16, part 4): the share of the input's own similarity, by task, when
 #: ``SynthesisOptions.input_weight`` is None (measured on the val splits, docs/results.md).
 DEFAULT_INPUT_WEIGHT = {"superres": 0.0, "edges": 0.6, "normals": 0.0, "paired": 0.0}
+#: Diverse neighbours: the share of the redundancy penalty of :func:`diverse_subset`, by task, when
+#: ``SynthesisOptions.diversity_weight`` is None (measured on the val splits, docs/results.md).
+DEFAULT_DIVERSITY_WEIGHT = {"superres": 0.0, "edges": 0.0, "normals": 0.0, "paired": 0.0}
 #: Side of the grid an input descriptor samples (the input is blurred, then area-averaged to it).
 INPUT_GRID = 24
 
@@ -218,6 +221,48 @@ def rerank(sim: np.ndarray, idx: np.ndarray, x_desc: np.ndarray, cand_desc: np.n
     out_i = np.full(k, -1, np.int64)
     out_d[:len(order)], out_i[:len(order)] = combined[order], i[order]
     return out_d, out_i
+
+
+def diverse_subset(relevance: np.ndarray, redundancy: np.ndarray, weight: float, k: int) -> np.ndarray:
+    """Greedy maximal marginal relevance (Carbonell & Goldstein, 1998): ``k`` rows, relevant but unlike each other.
+
+    The first pick is the most relevant row; each next one maximises
+    ``(1 - weight) * relevance[i] - weight * max over picked j of redundancy[i, j]``. Ties go to the earlier
+    row, so ``weight = 0`` keeps the order of a stable sort by relevance.
+
+    Parameters
+    ----------
+    relevance : ndarray, (M,)
+        Larger is better (a similarity to the query).
+    redundancy : ndarray, (M, M)
+        Similarity between the rows (symmetric; the diagonal is not used).
+    weight : float
+        In [0, 1]: 0 ranks by relevance alone.
+    k : int
+
+    Returns
+    -------
+    ndarray, (min(k, M),) int64
+        Row positions in the order picked.
+    """
+    rel = np.asarray(relevance, np.float64)
+    red = np.asarray(redundancy, np.float64)
+    m = len(rel)
+    if red.shape != (m, m):
+        raise PixelNNError(f"redundancy must be ({m}, {m}) for {m} rows, got {red.shape}")
+    if not 0.0 <= weight <= 1.0:
+        raise PixelNNError(f"diversity weight must be in [0, 1], got {weight}")
+    picked: list[int] = []
+    closest = np.full(m, -np.inf)  # (M,) max redundancy to the rows picked so far
+    free = np.ones(m, bool)
+    for _ in range(min(k, m)):
+        gain = (1.0 - weight) * rel - weight * (closest if picked else 0.0)
+        gain = np.where(free, gain, -np.inf)
+        i = int(np.argmax(gain))  # the first of equal gains
+        picked.append(i)
+        free[i] = False
+        closest = np.maximum(closest, red[:, i])
+    return np.asarray(picked, np.int64)
 
 
 # --------------------------------------------------------------------------------------------- index
