@@ -7,7 +7,7 @@ enlarged 3x around their centre. Prints every configuration's mean seam visibili
 
 - ``eq. 3``: ``SynthesisOptions(mode="matched", back_projection=False, input_weight=0)``, the paper;
 - ``coherent``: ``mode="coherent"`` with the same retrieval, no back-projection and the mode's own chroma weight
-  (0.6; edges now default to 1);
+  (0.6; coherent edges now default to 0.8);
 - ``default``: ``SynthesisOptions()``, everything at its default.
 
 Usage::

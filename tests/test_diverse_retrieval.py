@@ -135,8 +135,9 @@ def test_diversity_weight_is_checked_recorded_and_reproduced(setup, tmp_path, ca
     assert "diversity_weight" in capsys.readouterr().err.replace("-", "_")
 
 
-def test_edges_copy_the_whole_colour_cast_by_default(setup, monkeypatch):
-    """An edge map has no colour: edges default to chroma_weight 1 in every mode, superres keeps the mode's."""
+def test_coherent_edges_copy_more_of_the_colour_cast_by_default(setup, monkeypatch):
+    """An edge map has no colour: coherent edges default to the mode's task chroma_weight, other modes and
+    superres keep the mode's own, and an explicit value wins."""
     from types import SimpleNamespace
 
     from pixelnn.modes import get_mode
@@ -146,6 +147,7 @@ def test_edges_copy_the_whole_colour_cast_by_default(setup, monkeypatch):
         "chroma_weight"] == 0.6
     assert pipe.check_options(SynthesisOptions(mode="matched")).chroma_weight == 1.0
     monkeypatch.setattr(pipe, "task", SimpleNamespace(name="edges"))
-    for mode in ("coherent", "matched", "global", "authors"):
-        assert pipe.check_options(SynthesisOptions(mode=mode)).chroma_weight == 1.0
+    assert pipe.check_options(SynthesisOptions(mode="coherent")).chroma_weight == 0.8
+    for mode in ("matched", "global", "authors"):
+        assert pipe.check_options(SynthesisOptions(mode=mode)).chroma_weight == 1.0  # the paper's full copy
     assert pipe.check_options(SynthesisOptions(chroma_weight=0.3)).chroma_weight == 0.3  # asked for: kept

@@ -227,8 +227,8 @@ def add_synthesis_options(p: argparse.ArgumentParser, exclude: Sequence[str] = (
                    help="diverse neighbours: pick the top-k among the candidates by relevance x (1 - D) minus D x their "
                         "global-descriptor similarity to those already picked, 0-1 (default: the task's; 0 = the nearest, the paper)")
     g.add_argument("--chroma-weight", type=float, default=None,
-                   help="fraction of the exemplar's colour cast copied, 0-1 (default: 1 for edges, whose sketch has no "
-                        "colour; otherwise the mode's, 1 for matched, 0.6 for coherent)")
+                   help="fraction of the exemplar's colour cast copied, 0-1 (default: the mode's, 1 for matched, 0.6 for "
+                        "coherent, 0.8 for coherent on edges, whose sketch has no colour)")
     g.add_argument("--order", choices=ORDERS, default=None,
                    help="output order: score: best first, by faithfulness to the input re-derived from each output "
                         "(superres PSNR, edge AP, normal angle; default); grid: the authors' sets x windows, no scores")

@@ -68,10 +68,6 @@ def spec_windows(specs: Sequence[OutputSpec]) -> tuple[int | None, ...]:
     return tuple(dict.fromkeys(s.window for s in specs))
 
 
-#: Tasks whose input carries no colour (an edge map): the share of an exemplar's colour cast copied when
-#: ``chroma_weight`` is None, whatever the mode. On edges->shoes the coherent mode's 0.6 held the outputs'
-#: diversity at 0.130, below issue 16's 0.15; 1.0 gave 0.152 (docs/results.md). Other tasks: the mode's default.
-TASK_CHROMA_WEIGHT = {"edges": 1.0}
 
 
 class CompositionMode:
@@ -86,6 +82,8 @@ class CompositionMode:
     summary: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {"patch_size": None, "vote_size": 1, "highpass_sigma": 0.0,
                                           "chroma_weight": 1.0}
+    #: Per task, values that replace ``defaults`` for that task (the pipeline applies them, knowing its task).
+    task_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     #: Whether :meth:`compose` copies the recorded matches (``matched``, ``coherent``): with regions, the
     #: matches of all regions are merged and composed once (and :func:`pixelnn.compose.recompose` rebuilds
     #: them). Other modes compose each region's set on its own and the pixels are merged.
@@ -237,6 +235,10 @@ class CoherentMode(CompositionMode):
     name = "coherent"
     summary = "eq. 3 with coherent matches (regions copy whole pieces of one exemplar, few seams; default)"
     defaults = {"patch_size": DEFAULT_PATCH_SIZE, "vote_size": 3, "highpass_sigma": 0.0, "chroma_weight": 0.6}
+    #: An edge map carries no colour, so 0.6 pulled every output towards f(x)'s one guessed colour: on
+    #: edges->shoes (100 val inputs) diversity 0.145, below issue 16's 0.15; 0.8 gave 0.158 with Top-1 / Rand-1
+    #: LPIPS inside the issue's targets, 1.0 gave 0.170 but missed them (docs/results.md).
+    task_defaults = {"edges": {"chroma_weight": 0.8}}
 
     def match(self, query, exemplars, height, width, specs, options):
         windows = spec_windows(specs)

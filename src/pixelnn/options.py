@@ -327,8 +327,8 @@ class SynthesisOptions:
     highpass_sigma : float, optional
         Copy only the residual minus its Gaussian blur of this std (pixels). None: the mode's default.
     chroma_weight : float, optional
-        Share of an exemplar's colour cast copied, in [0, 1]. None: the task's
-        (:data:`pixelnn.modes.TASK_CHROMA_WEIGHT`: 1 for edges, whose input has no colour), else the mode's.
+        Share of an exemplar's colour cast copied, in [0, 1]. None: the mode's default for the task
+        (``CompositionMode.task_defaults``: coherent edges 0.8, since an edge map has no colour).
     descriptor : {'hypercolumn', 'regressor'}, optional
         Pixel descriptor; None: the pipeline's (``PixelNNPipeline.from_model_dir(descriptor=...)``,
         by default ``hypercolumn``).

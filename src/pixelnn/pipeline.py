@@ -47,7 +47,7 @@ from pixelnn.zarr_store import open_library
 from pixelnn.matching import OutputSpec
 from pixelnn.models.loading import load_model_dir
 from pixelnn.models.regressor import Regressor, predict
-from pixelnn.modes import TASK_CHROMA_WEIGHT, Matches, get_mode
+from pixelnn.modes import Matches, get_mode
 from pixelnn.options import DEFAULT_DESCRIPTOR, DEFAULT_PCA_DIMS, SynthesisOptions
 from pixelnn.pixel_cache import MAX_CACHED_DIMS, PixelDescriptorCache, round_descriptors
 from pixelnn.provenance import exemplar_ranks
@@ -351,8 +351,8 @@ class PixelNNPipeline:
             else options.input_weight,
             diversity_weight=DEFAULT_DIVERSITY_WEIGHT.get(self.task.name, 0.0) if options.diversity_weight is None
             else options.diversity_weight,
-            chroma_weight=TASK_CHROMA_WEIGHT.get(self.task.name) if options.chroma_weight is None
-            else options.chroma_weight).resolved()
+            **{k: v for k, v in get_mode(options.mode).task_defaults.get(self.task.name, {}).items()
+               if getattr(options, k) is None}).resolved()  # the mode's defaults for this task, then its own
         options.check_size(self.regressor.config.size)  # e.g. a vote or a window wider than the output
         return options
 

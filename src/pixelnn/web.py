@@ -250,8 +250,8 @@ class WebApp:
             (numbers; empty: the default, ``pca_dims`` 0 = the full descriptor), ``windows`` (text such as
             ``"1,7,11,whole"``), ``sets`` (text of 1-based rank ranges such as ``"1,2,1-3,1-5"`` or
             ``"1+3"``; empty: the authors' 18), ``patch_size``, ``vote_size``, ``highpass_sigma``,
-            ``chroma_weight`` (numbers or their text; empty = None = the mode's default, or the task's for
-            ``chroma_weight`` of edges; ``patch_size`` and
+            ``chroma_weight`` (numbers or their text; empty = None = the mode's default (for this task:
+            coherent edges' ``chroma_weight`` is 0.8); ``patch_size`` and
             ``vote_size`` 0 too, while ``highpass_sigma`` and ``chroma_weight`` 0 are values). ``num_outputs``
             empty or 0: all outputs. ``region_blend`` (the Regions panel; a number, empty: the default).
             Missing keys take the defaults.
@@ -1325,13 +1325,12 @@ def build_ui(app: WebApp, title: str = "PixelNN") -> Any:
 
 
 def _mode_placeholder(app: WebApp, mode: str, name: str) -> str:
-    """What an empty field runs with: the mode's default, or the task's where it has one (edges' chroma_weight)."""
-    from pixelnn.modes import TASK_CHROMA_WEIGHT, get_mode
+    """What an empty field runs with: the mode's default, for this task where it has one (coherent edges' chroma)."""
+    from pixelnn.modes import get_mode
 
     task = getattr(getattr(app.pipe, "task", None), "name", None)
-    if name == "chroma_weight" and task in TASK_CHROMA_WEIGHT:
-        return f"the task's ({TASK_CHROMA_WEIGHT[task]})"
-    v = get_mode(mode).defaults.get(name)
+    m = get_mode(mode)
+    v = m.task_defaults.get(task, {}).get(name, m.defaults.get(name))
     return f"the mode's ({'none' if v is None else v})"
 
 
