@@ -375,13 +375,13 @@ class SynthesisOptions:
     rerank_k : int, optional
         Candidates re-ranked by the input similarity (``input_weight`` > 0) or picked from for diversity
         (``diversity_weight`` > 0); None: ``max(4 * top_k, 64)``.
-    diversity_weight : float, optional
+    diversity_weight : float
         Diverse neighbours: the ``top_k`` are picked from the ``rerank_k`` candidates by greedy maximal
         marginal relevance, each next one maximising ``(1 - d) * relevance - d * (its largest similarity to
         those already picked)``, the similarity of two exemplars being the cosine of their global descriptors
         (conv5 of f(x_n); :func:`pixelnn.retrieval.diverse_subset`). The
-        nearest exemplar is always the first. 0: the nearest ``top_k`` (the paper). None: the task's default
-        (:data:`pixelnn.retrieval.DEFAULT_DIVERSITY_WEIGHT`).
+        nearest exemplar is always the first. 0 (default, measured not to raise the outputs' diversity):
+        the nearest ``top_k`` (the paper).
     order : {'score', 'grid'}
         ``score`` (default): the outputs best first, by their faithfulness to the input re-derived from each
         output plus their mean match similarity (:func:`pixelnn.ranking.rank_scores`; a stable sort, ties
@@ -412,7 +412,7 @@ class SynthesisOptions:
     back_projection: bool | None = None
     input_weight: float | None = None
     rerank_k: int | None = None
-    diversity_weight: float | None = None
+    diversity_weight: float = 0.0
     order: str = "score"
 
     def __post_init__(self) -> None:
@@ -515,8 +515,7 @@ class SynthesisOptions:
 
         A manifest written before ``order`` existed (version < 3) holds its outputs in grid order: its options
         get ``order="grid"``, so that they still reproduce its files. One written before back-projection and
-        input-aware retrieval (version < 4) gets ``back_projection=False`` and ``input_weight=0``; one written
-        before diverse neighbours (version < 5) gets ``diversity_weight=0``."""
+        input-aware retrieval (version < 4) gets ``back_projection=False`` and ``input_weight=0``."""
         if not isinstance(d, Mapping):
             raise PixelNNError(f"synthesis options must be a JSON object, got {type(d).__name__}")
         version = None
@@ -530,8 +529,6 @@ class SynthesisOptions:
         if version is not None and version < 4:
             d.setdefault("back_projection", False)
             d.setdefault("input_weight", 0.0)
-        if version is not None and version < 5:
-            d.setdefault("diversity_weight", 0.0)
         _check_names(d)
         return cls(**d)
 

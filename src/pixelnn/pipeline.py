@@ -53,8 +53,7 @@ from pixelnn.pixel_cache import MAX_CACHED_DIMS, PixelDescriptorCache, round_des
 from pixelnn.provenance import exemplar_ranks
 from pixelnn.ranking import DESCRIPTIONS, RANKING, output_scores, rank_scores, score_kind, score_order
 from pixelnn.regions import blend_groups, region_map, resolve_regions, set_ranks
-from pixelnn.retrieval import (DEFAULT_DIVERSITY_WEIGHT, DEFAULT_INPUT_WEIGHT, diverse_subset, global_descriptors,
-                               input_descriptors, rerank)
+from pixelnn.retrieval import DEFAULT_INPUT_WEIGHT, diverse_subset, global_descriptors, input_descriptors, rerank
 from pixelnn.store import ExemplarStore, iter_field
 from pixelnn.tasks import derive_inputs
 from pixelnn.visualize import correspondence_figure, output_grid
@@ -349,8 +348,6 @@ class PixelNNPipeline:
             back_projection=superres and options.back_projection is not False,  # only a thumbnail projects
             input_weight=DEFAULT_INPUT_WEIGHT.get(self.task.name, 0.0) if options.input_weight is None
             else options.input_weight,
-            diversity_weight=DEFAULT_DIVERSITY_WEIGHT.get(self.task.name, 0.0) if options.diversity_weight is None
-            else options.diversity_weight,
             **{k: v for k, v in get_mode(options.mode).task_defaults.get(self.task.name, {}).items()
                if getattr(options, k) is None}).resolved()  # the mode's defaults for this task, then its own
         options.check_size(self.regressor.config.size)  # e.g. a vote or a window wider than the output

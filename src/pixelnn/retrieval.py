@@ -141,9 +141,6 @@ def global_descriptors(images: np.ndarray, batch_size: int = 64, progress: bool 
 #: Input-aware retrieval (issue 16, part 4): the share of the input's own similarity, by task, when
 #: ``SynthesisOptions.input_weight`` is None (measured on the val splits, docs/results.md).
 DEFAULT_INPUT_WEIGHT = {"superres": 0.0, "edges": 0.6, "normals": 0.0, "paired": 0.0}
-#: Diverse neighbours: the share of the redundancy penalty of :func:`diverse_subset`, by task, when
-#: ``SynthesisOptions.diversity_weight`` is None (measured on the val splits, docs/results.md).
-DEFAULT_DIVERSITY_WEIGHT = {"superres": 0.0, "edges": 0.0, "normals": 0.0, "paired": 0.0}
 #: Side of the grid an input descriptor samples (the input is blurred, then area-averaged to it).
 INPUT_GRID = 24
 
