@@ -106,8 +106,13 @@ def vote_residuals(residual: torch.Tensor, rank: torch.Tensor, pos: torch.Tensor
         raise PixelNNError(f"vote must be an odd patch side >= 1, got {vote}")
     half = vote // 2
     o = rank.shape[0]
+    table = torch.cat([flat, flat.new_zeros(1, c)])  # row K * P: the zero vote of a source outside the exemplar
     r2, p2 = rank.view(o, height, width), pos.view(o, height, width)
     sy, sx = p2 // width, p2 % width
+    own = r2 * p + p2  # (O, H, W): each pixel's own match, a row of the table
+    row_ok = {dy: (sy + dy >= 0) & (sy + dy < height) for dy in range(-half, half + 1)}
+    col_ok = {dx: (sx + dx >= 0) & (sx + dx < width) for dx in range(-half, half + 1)}
+    outside = torch.tensor(k * p)
     total = torch.zeros(o, height, width, c)
     count = torch.zeros(o, height, width, 1)
     for dy in range(-half, half + 1):
@@ -115,12 +120,10 @@ def vote_residuals(residual: torch.Tensor, rank: torch.Tensor, pos: torch.Tensor
             # pixel (y, x) receives the vote of neighbour (y - dy, x - dx): source (sy + dy, sx + dx) of its exemplar
             ty0, ty1 = max(dy, 0), height + min(dy, 0)
             tx0, tx1 = max(dx, 0), width + min(dx, 0)
-            nr = r2[:, ty0 - dy:ty1 - dy, tx0 - dx:tx1 - dx]
-            ny = sy[:, ty0 - dy:ty1 - dy, tx0 - dx:tx1 - dx] + dy
-            nx = sx[:, ty0 - dy:ty1 - dy, tx0 - dx:tx1 - dx] + dx
-            ok = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
-            src = nr * p + ny.clamp(0, height - 1) * width + nx.clamp(0, width - 1)
-            total[:, ty0:ty1, tx0:tx1] += flat[src] * ok[..., None]
+            nb = (slice(None), slice(ty0 - dy, ty1 - dy), slice(tx0 - dx, tx1 - dx))  # the voting neighbours
+            ok = row_ok[dy][nb] & col_ok[dx][nb]
+            src = torch.where(ok, own[nb] + (dy * width + dx), outside)  # (O, h', w') table rows
+            total[:, ty0:ty1, tx0:tx1] += table.index_select(0, src.reshape(-1)).view(*src.shape, c)
             count[:, ty0:ty1, tx0:tx1] += ok[..., None]
     return (total / count.clamp_min(1)).reshape(o, p, c)
 
@@ -455,19 +458,24 @@ def back_project(outputs: np.ndarray, x: np.ndarray, factor: int, max_iterations
     s, f2 = size // factor, factor * factor
     if size % factor or np.asarray(x).shape != (s, s, c):
         raise PixelNNError(f"outputs {o.shape} do not downsample by {factor} to the input {np.asarray(x).shape}")
-    blocks = o.astype(np.int64).reshape(n, s, factor, s, factor, c).transpose(0, 1, 3, 5, 2, 4).reshape(n, s, s, c, f2)
-    target = np.asarray(x, np.int64)[None] * f2  # (1, s, s, C)
+    # int16 holds every intermediate (|shift| <= 64 * 255); sums are taken in int32
+    blocks = o.reshape(n, s, factor, s, factor, c).transpose(0, 1, 3, 5, 2, 4).astype(np.int16).reshape(n, s, s, c, f2)
+    target = np.asarray(x, np.int32)[None] * f2  # (1, s, s, C)
     for _ in range(max_iterations):
-        delta = target - blocks.sum(-1)  # (O, s, s, C)
+        delta = target - blocks.sum(-1, dtype=np.int32)  # (O, s, s, C)
         if not delta.any():
             break
         up = delta > 0
         free = np.where(up[..., None], blocks < 255, blocks > 0)  # pixels that can still move that way
-        nfree = np.maximum(free.sum(-1), 1)
-        step = np.sign(delta) * (np.abs(delta) // nfree)  # the same shift for every free pixel of the block
-        rest = np.abs(delta) - np.abs(step) * free.sum(-1)  # what the shift leaves: one unit each to the first ones
-        first = free & (np.cumsum(free, axis=-1) <= rest[..., None])
-        blocks = np.clip(blocks + free * step[..., None] + first * np.sign(delta)[..., None], 0, 255)
+        count = free.sum(-1, dtype=np.int32)
+        shift = np.abs(delta) // np.maximum(count, 1)  # the same shift for every free pixel of the block
+        rest = np.abs(delta) - shift * count  # what the shift leaves: one unit each to the first ones
+        sign = np.sign(delta).astype(np.int16)
+        move = free * (shift * sign).astype(np.int16)[..., None]
+        if rest.any():
+            move += (free & (np.cumsum(free, axis=-1, dtype=np.int16) <= rest[..., None])) * sign[..., None]
+        blocks += move
+        np.clip(blocks, 0, 255, out=blocks)
     out = blocks.reshape(n, s, s, c, factor, factor).transpose(0, 1, 4, 2, 5, 3).reshape(n, size, size, c)
     return out.astype(np.uint8)
 

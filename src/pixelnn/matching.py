@@ -338,15 +338,22 @@ def select_sets(best_sim: torch.Tensor, best_pos: torch.Tensor, specs: Sequence[
                 torch.empty(0, p, device=dev))
     n = max(len(s.ranks) for s in specs)
     # Pad every set to n members by repeating its last one: a repeat never wins, since ties go to
-    # the first member holding the maximum.
+    # the first member holding the maximum (a strict > over the members in order, as argmax does).
     dev = best_sim.device
     members = torch.tensor([list(s.ranks) + [s.ranks[-1]] * (n - len(s.ranks)) for s in specs], device=dev)  # (O, n)
-    win = torch.tensor([win_of[s.window] for s in specs], device=dev)[:, None].expand(-1, n)  # (O, n)
-    sims = best_sim[members, win]  # (O, n, P)
-    arg = sims.argmax(dim=1, keepdim=True)  # (O, 1, P): first member with the best match
-    rank = members[:, :, None].expand_as(sims).gather(1, arg).squeeze(1)  # (O, P)
-    pos = best_pos[members, win].gather(1, arg).squeeze(1)
-    sim = sims.gather(1, arg).squeeze(1)
+    win = torch.tensor([win_of[s.window] for s in specs], device=dev)  # (O,)
+    k, nw, p = best_sim.shape
+    flat_sim, flat_pos = best_sim.reshape(k * nw, p), best_pos.reshape(k * nw, p)
+    rows = members * nw + win[:, None]  # (O, n): row of (member, window) in the flat tables
+    sim = flat_sim[rows[:, 0]]  # (O, P)
+    pos = flat_pos[rows[:, 0]]
+    rank = members[:, :1].expand(-1, p).clone()
+    for j in range(1, n):
+        cand = flat_sim[rows[:, j]]  # (O, P)
+        better = cand > sim
+        sim = torch.where(better, cand, sim)
+        pos = torch.where(better, flat_pos[rows[:, j]], pos)
+        rank = torch.where(better, members[:, j:j + 1], rank)
     return rank, pos, sim
 
 
@@ -488,7 +495,7 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
         sub = ((ys % seed_stride == seed_stride // 2) & (xs % seed_stride == seed_stride // 2)).nonzero()[:, 0]
         sub = sub if len(sub) else torch.arange(p, device=dev)
         qs = query[sub].float()  # (Ps, d)
-        best = torch.stack([torch.mm(qs, exemplars[e].float().T).argmax(dim=1) for e in range(k)])  # (K, Ps)
+        best = torch.stack([_argmax_rows(torch.mm(qs, exemplars[e].float().T), width)[1] for e in range(k)])  # (K, Ps)
         code = (best // width - ys[sub] + height) * (2 * width) + (best % width - xs[sub] + width)  # (K, Ps)
         counts = torch.zeros(k, 4 * height * width, dtype=torch.int64, device=dev).scatter_add_(1, code, torch.ones_like(code))
         top = counts.topk(m, dim=1).indices  # (K, M); rare offsets may repeat the window's: harmless
@@ -513,19 +520,28 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
     score[:, :v].masked_fill_(~inside_win, -4.0)
     if m:
         score[:, v:].masked_fill_(~inside_of(cand[:, v:]), -4.0)
-    # 4. Each pixel's best label: best offset per exemplar and window, then the best set member.
+    # 4. Each pixel's best label: best offset per exemplar and window, then the best set member. One pass over
+    # the candidates in order, a strict > keeping the first of equal scores (as max(dim) does, 4x faster here).
     best_val = torch.empty(k, len(windows), p, device=dev)
-    best_off = torch.empty(k, len(windows), p, dtype=torch.int64, device=dev)
+    best_off = torch.zeros(k, len(windows), p, dtype=torch.int64, device=dev)
+    member = torch.zeros(len(windows), v + m, dtype=torch.bool)  # (W, V + M): candidate c is in window w
     for w, side in enumerate(windows):
-        if side is None:  # whole image: every candidate
-            val, arg = score.max(dim=1)  # (K, P)
-        elif side == outer:  # the largest window: the first V candidates
-            val, arg = score[:, :v].max(dim=1)
-        else:  # a smaller window: its offsets among the first V
-            idx = (offsets.abs() <= side // 2).all(1).nonzero()[:, 0]
-            val, arg = score.index_select(1, idx).max(dim=1)
-            arg = idx[arg]
-        best_val[:, w], best_off[:, w] = val, arg
+        if side is None:
+            member[w] = True
+        else:
+            member[w, :v] = (offsets.abs() <= side // 2).all(1).cpu() if side != outer else True
+    started = [False] * len(windows)
+    for c in range(v + m):
+        col = score[:, c]  # (K, P)
+        for w in member[:, c].nonzero()[:, 0].tolist():
+            if not started[w]:
+                best_val[:, w] = col
+                best_off[:, w] = c
+                started[w] = True
+            else:
+                better = col > best_val[:, w]
+                best_val[:, w] = torch.where(better, col, best_val[:, w])
+                best_off[:, w].masked_fill_(better, c)
     rank, off, _ = select_sets(best_val, best_off, specs, windows)  # (O, P) each
     # 5. Potts smoothing by red-black ICM over labels code = rank * (V + M) + offset index.
     flat_score = score.view(-1)  # index: code * P + pixel
