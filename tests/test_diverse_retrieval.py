@@ -12,7 +12,7 @@ from pixelnn.cli import main
 from pixelnn.data.dataset import Dataset
 from pixelnn.errors import PixelNNError
 from pixelnn.options import SynthesisOptions
-from pixelnn.pipeline import PixelNNPipeline, save_result
+from pixelnn.pipeline import MANIFEST_VERSION, PixelNNPipeline, save_result
 from pixelnn.retrieval import diverse_subset, global_descriptors
 
 from .conftest import make_tiny_library
@@ -117,7 +117,7 @@ def test_diversity_weight_is_checked_recorded_and_reproduced(setup, tmp_path, ca
             SynthesisOptions(diversity_weight=bad)
     result = pipe(xs[0], diversity_weight=0.4, rerank_k=12, num_outputs=4)
     m = json.loads((save_result(result, tmp_path / "r", pipe.library) / "manifest.json").read_text())
-    assert m["version"] == 5 and m["options"]["diversity_weight"] == 0.4
+    assert m["version"] == MANIFEST_VERSION and m["options"]["diversity_weight"] == 0.4
     again = pipe(xs[0], SynthesisOptions.load(tmp_path / "r" / "manifest.json"))
     assert np.array_equal(again.outputs, result.outputs)
     old = {"format": "pixelnn-synthesis", "version": 4, "options": {"mode": "matched"}}

@@ -78,7 +78,7 @@ def test_options_from_page_defaults_and_every_field(app, tiny):
     untouched = {"mode": "coherent", "color": "rgb", "top_k": 11, "windows": "1,7,11,whole", "sets": "",
                  "patch_size": None, "vote_size": None, "highpass_sigma": None, "chroma_weight": None,
                  "descriptor": "hypercolumn", "pca_dims": 16, "num_outputs": None, "seed": 0, "order": "score",
-                 "region_blend": 4}
+                 "search": "default", "region_blend": 4}
     assert set(untouched) == set(PAGE_OPTIONS) and app.options_from_page(untouched) == base
     # what the page sends for empty fields: 0 from a number box, "" from a text box
     assert app.options_from_page({**untouched, "num_outputs": 0, "vote_size": "", "patch_size": 0,
@@ -96,12 +96,12 @@ def test_options_from_page_defaults_and_every_field(app, tiny):
     assert matched.vote_size == 1 and matched.chroma_weight == 1.0
     page = {"mode": "coherent", "color": "luma", "top_k": 5.0, "windows": " 1, 7x7 ,whole", "sets": "1,2,1-3,#1+4",
             "patch_size": 5, "vote_size": 1, "highpass_sigma": 0.5, "chroma_weight": 0,
-            "descriptor": "regressor", "pca_dims": 0, "num_outputs": 3, "seed": 4, "order": "grid"}
+            "descriptor": "regressor", "pca_dims": 0, "num_outputs": 3, "seed": 4, "order": "grid", "search": "coarse"}
     got = app.options_from_page(page, {"kind": ["blob"], "shade": []}, [str(tiny["photo"])])
     assert got == SynthesisOptions(mode="coherent", color="luma", top_k=5, windows=(1, 7, None),
                                    sets=((1,), (2,), (1, 2, 3), (1, 4)), patch_size=5, vote_size=1, highpass_sigma=0.5,
                                    chroma_weight=0.0, descriptor="regressor", pca_dims=0, num_outputs=3, seed=4,
-                                   order="grid", where={"kind": ["blob"]}, like=[str(tiny["photo"])])
+                                   order="grid", search="coarse", where={"kind": ["blob"]}, like=[str(tiny["photo"])])
     assert isinstance(got.top_k, int) and isinstance(got.vote_size, int)
     assert parse_windows("1 whole") == ("1", "whole") and parse_sets("3-4") == ((3, 4),)
 

@@ -578,7 +578,9 @@ class HypercolumnDescriptor(LayerDescriptor):
     base_name = "vgg16-hypercolumn"
     takes = "stage1"
 
-    def __init__(self, pca: PixelPCA | None = None, batch_size: int = 8) -> None:
+    # 16: the K = 11 neighbours in one VGG pass, 12% faster than 8 + 3 on 2 cores at 96x96, and the same values
+    # (oneDNN's convolutions give identical activations for every batch of 2 or more; only a batch of 1 differs).
+    def __init__(self, pca: PixelPCA | None = None, batch_size: int = 16) -> None:
         super().__init__(pca, batch_size)
 
     def layer_maps(self, batch: np.ndarray | torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:

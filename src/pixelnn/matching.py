@@ -222,9 +222,26 @@ def match_windows(query: torch.Tensor, exemplars: torch.Tensor, height: int, wid
     return best_sim, best_pos
 
 
+def grid_pixels(height: int, width: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and columns of the query pixels coherent matching labels at ``stride`` (:func:`coherent_matches`).
+
+    Stride s keeps pixel ``s // 2`` of every s x s block, so full-resolution pixel (y, x) is represented by grid
+    pixel (y // s, x // s), at most s // 2 pixels away; stride 1 keeps every pixel.
+
+    Returns
+    -------
+    rows : Tensor, (H_s,) int64, H_s = ceil(H / s)
+    cols : Tensor, (W_s,) int64
+    """
+    if stride < 1:
+        raise PixelNNError(f"stride must be >= 1, got {stride}")
+    return (torch.arange(height // stride + (height % stride > 0)) * stride + stride // 2).clamp(max=height - 1), \
+        (torch.arange(width // stride + (width % stride > 0)) * stride + stride // 2).clamp(max=width - 1)
+
+
 @torch.inference_mode()
 def window_similarities(query: torch.Tensor, exemplars: torch.Tensor, height: int, width: int, window: int,
-                        tile: int = 8) -> torch.Tensor:
+                        tile: int = 8, stride: int = 1) -> torch.Tensor:
     """Every similarity inside each pixel's ``window x window`` window, for :func:`coherent_matches`.
 
     Only the similarities the windows hold are computed: the query is cut into ``tile`` x ``tile`` blocks of
@@ -242,11 +259,14 @@ def window_similarities(query: torch.Tensor, exemplars: torch.Tensor, height: in
     window : int
         Side T of the window (:func:`window_indices`).
     tile : int
-        Side of the query blocks.
+        Side of the query blocks, in query pixels.
+    stride : int
+        Only the query pixels of :func:`grid_pixels` at this stride (Q = H_s * W_s of them, row-major); their
+        windows stay full-resolution windows of exemplar pixels. 1: every pixel, Q = P.
 
     Returns
     -------
-    Tensor, (K, P, T * T) float32
+    Tensor, (K, Q, T * T) float32
         ``out[k, i, t] = cos(q_i, e_k[window_indices(height, width, T)[i, t]])``.
     """
     _check(query, exemplars, height, width)
@@ -254,26 +274,32 @@ def window_similarities(query: torch.Tensor, exemplars: torch.Tensor, height: in
         raise PixelNNError(f"tile must be >= 1, got {tile}")
     k, p, d = exemplars.shape
     dev = query.device
+    rows, cols = grid_pixels(height, width, stride)
+    gh, gw = len(rows), len(cols)
     idx = window_indices(height, width, window).to(dev).view(height, width, window * window)  # (H, W, T*T)
     half = window // 2
     q = query.float().view(height, width, d)
+    if stride > 1:
+        q, idx = q[rows][:, cols], idx[rows][:, cols]  # (H_s, W_s, d), (H_s, W_s, T*T)
     ex = exemplars.float().view(k, height, width, d)
-    out = torch.empty(k, height, width, window * window, dtype=torch.float32, device=dev)
-    for y0 in range(0, height, tile):
-        y1 = min(y0 + tile, height)
+    out = torch.empty(k, gh, gw, window * window, dtype=torch.float32, device=dev)
+    for a0 in range(0, gh, tile):
+        a1 = min(a0 + tile, gh)
+        y0, y1 = int(rows[a0]), int(rows[a1 - 1]) + 1  # full-resolution rows of the block
         ry0, ry1 = min(max(y0 - half, 0), height - window), min(max(y1 - 1 - half, 0), height - window) + window
-        for x0 in range(0, width, tile):
-            x1 = min(x0 + tile, width)
+        for b0 in range(0, gw, tile):
+            b1 = min(b0 + tile, gw)
+            x0, x1 = int(cols[b0]), int(cols[b1 - 1]) + 1
             rx0, rx1 = min(max(x0 - half, 0), width - window), min(max(x1 - 1 - half, 0), width - window) + window
             rh, rw = ry1 - ry0, rx1 - rx0
-            block = q[y0:y1, x0:x1].reshape(-1, d)  # (n, d), n = tile * tile
+            block = q[a0:a1, b0:b1].reshape(-1, d)  # (n, d), n = tile * tile
             rect = ex[:, ry0:ry1, rx0:rx1].reshape(k * rh * rw, d)  # (K * m, d), m = rh * rw
             sims = torch.mm(block, rect.T).view(-1, k, rh * rw)  # (n, K, m)
-            win = idx[y0:y1, x0:x1].reshape(-1, window * window)  # (n, T*T) flat exemplar indices
+            win = idx[a0:a1, b0:b1].reshape(-1, window * window)  # (n, T*T) flat exemplar indices
             local = (win // width - ry0) * rw + (win % width - rx0)  # (n, T*T) inside the rectangle
             vals = sims.gather(2, local[:, None, :].expand(-1, k, -1))  # (n, K, T*T)
-            out[:, y0:y1, x0:x1] = vals.permute(1, 0, 2).reshape(k, y1 - y0, x1 - x0, -1)
-    return out.view(k, p, window * window)
+            out[:, a0:a1, b0:b1] = vals.permute(1, 0, 2).reshape(k, a1 - a0, b1 - b0, -1)
+    return out.view(k, gh * gw, window * window)
 
 
 def match_windows_naive(query: np.ndarray, exemplars: np.ndarray, height: int, width: int,
@@ -393,21 +419,25 @@ def box_mean(maps: torch.Tensor, patch: int) -> torch.Tensor:
 
 
 def offset_similarities(query: torch.Tensor, exemplar: torch.Tensor, offsets: torch.Tensor, height: int,
-                        width: int) -> torch.Tensor:
-    """cos(q_i, e[i + v]) for every pixel i and offset v, (V, P); 0 where i + v leaves the image.
+                        width: int, pixels: torch.Tensor | None = None) -> torch.Tensor:
+    """cos(q_i, e[i + v]) for every pixel i and offset v, (V, Q); 0 where i + v leaves the image.
 
     Parameters
     ----------
     query, exemplar : Tensor, (P, d)
     offsets : Tensor, (V, 2) int64
         (dy, dx) per offset.
+    pixels : Tensor, (Q,) int64, optional
+        Only these query pixels (flat indices); None: all, Q = P.
     """
     p = height * width
-    ys, xs = torch.arange(p, device=query.device) // width, torch.arange(p, device=query.device) % width
-    ty, tx = ys[None] + offsets[:, :1], xs[None] + offsets[:, 1:]  # (V, P)
+    at = torch.arange(p, device=query.device) if pixels is None else pixels
+    ys, xs = at // width, at % width
+    ty, tx = ys[None] + offsets[:, :1], xs[None] + offsets[:, 1:]  # (V, Q)
     ok = (ty >= 0) & (ty < height) & (tx >= 0) & (tx < width)
     target = ty.clamp(0, height - 1) * width + tx.clamp(0, width - 1)
-    sims = torch.einsum("pd,vpd->vp", query.float(), exemplar.float()[target])
+    q = query.float() if pixels is None else query.float()[pixels]
+    sims = torch.einsum("pd,vpd->vp", q, exemplar.float()[target])
     return sims * ok
 
 
@@ -415,7 +445,8 @@ def offset_similarities(query: torch.Tensor, exemplar: torch.Tensor, offsets: to
 def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, width: int,
                      specs: Sequence[OutputSpec], windows: Sequence[int | None], window_sims: torch.Tensor,
                      *, patch: int = DEFAULT_PATCH_SIZE, smoothness: float = 0.03, sweeps: int = 2,
-                     whole_offsets: int = 8, seed_stride: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     whole_offsets: int = 8, seed_stride: int = 4, stride: int = 1
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Coherent matches: every output pixel copies through an (exemplar, offset) label shared by its region.
 
     Pixel matching (:func:`match_windows` + :func:`select_sets`) picks, for every pixel alone, the
@@ -449,8 +480,8 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
         The O outputs; their windows must be among ``windows``.
     windows : sequence of int or None
         The windows given to :func:`match_windows`; must include a finite window T > 1.
-    window_sims : Tensor, (K, P, T * T)
-        From :func:`window_similarities` for the largest finite window T.
+    window_sims : Tensor, (K, Q, T * T)
+        From :func:`window_similarities` for the largest finite window T, at the same ``stride``.
     patch : int
         Odd side of the patch similarity; 1 scores single pixels.
     smoothness : float
@@ -461,6 +492,12 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
         Extra whole-image candidate offsets per exemplar.
     seed_stride : int
         Subsampling of the query pixels whose whole-image matches seed those offsets.
+    stride : int
+        Label only the query pixels of :func:`grid_pixels` at this stride (approximate search,
+        ``search="coarse"``): their patch similarities use every ``stride``-th pixel of the patch (a patch of
+        ``patch // stride`` grid pixels, made odd), the smoothing runs on the grid, and each full-resolution
+        pixel takes the label of its grid pixel, copying from i + v (clamped to the exemplar). Offsets stay
+        full-resolution. 1 (exact): every pixel; ``window_sims`` must then come from the same stride.
 
     Returns
     -------
@@ -474,16 +511,27 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
     _check(query, exemplars, height, width)
     if patch < 1 or patch % 2 == 0:
         raise PixelNNError(f"patch must be an odd side >= 1, got {patch}")
-    if smoothness < 0 or sweeps < 0 or whole_offsets < 0 or seed_stride < 1:
-        raise PixelNNError("smoothness, sweeps and whole_offsets must be >= 0 and seed_stride >= 1")
+    if smoothness < 0 or sweeps < 0 or whole_offsets < 0 or seed_stride < 1 or stride < 1:
+        raise PixelNNError("smoothness, sweeps and whole_offsets must be >= 0, seed_stride and stride >= 1")
     sides = sorted({w for w in windows if w is not None})
     if not sides or sides[-1] < 2:
         raise PixelNNError(f"coherent matching needs a finite window larger than 1; windows: {list(windows)}")
-    k, p, _ = exemplars.shape
+    k, p_full, _ = exemplars.shape
     dev = query.device
     outer = sides[-1]
     half = outer // 2
-    ys, xs = torch.arange(p, device=dev) // width, torch.arange(p, device=dev) % width
+    ys, xs = torch.arange(p_full, device=dev) // width, torch.arange(p_full, device=dev) % width
+    if stride > 1:  # the labelled pixels: a grid of gh x gw pixels (full-resolution coordinates ys, xs)
+        rows, cols = (t.to(dev) for t in grid_pixels(height, width, stride))
+        gh, gw = len(rows), len(cols)
+        grid = (rows[:, None] * width + cols[None, :]).reshape(-1)  # (Q,) their flat indices
+        ys, xs = grid // width, grid % width
+        patch = max(1, (patch // stride) | 1)
+    else:
+        gh, gw, grid = height, width, None
+    p = gh * gw
+    if window_sims.shape[1] != p:
+        raise PixelNNError(f"window_sims has {window_sims.shape[1]} query pixels, expected {p} (stride {stride})")
     r = torch.arange(-half, half + 1, device=dev)
     offsets = torch.stack(torch.meshgrid(r, r, indexing="ij"), -1).reshape(-1, 2)  # (V, 2), row-major
     v = len(offsets)
@@ -492,11 +540,12 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
     m = whole_offsets if whole else 0
     cand = offsets[None].repeat(k, 1, 1)  # (K, V, 2)
     if whole:  # whole-image matches of a pixel subsample: their most frequent offsets
-        sub = ((ys % seed_stride == seed_stride // 2) & (xs % seed_stride == seed_stride // 2)).nonzero()[:, 0]
-        sub = sub if len(sub) else torch.arange(p, device=dev)
+        fy, fx = torch.arange(p_full, device=dev) // width, torch.arange(p_full, device=dev) % width
+        sub = ((fy % seed_stride == seed_stride // 2) & (fx % seed_stride == seed_stride // 2)).nonzero()[:, 0]
+        sub = sub if len(sub) else torch.arange(p_full, device=dev)
         qs = query[sub].float()  # (Ps, d)
         best = torch.stack([_argmax_rows(torch.mm(qs, exemplars[e].float().T), width)[1] for e in range(k)])  # (K, Ps)
-        code = (best // width - ys[sub] + height) * (2 * width) + (best % width - xs[sub] + width)  # (K, Ps)
+        code = (best // width - fy[sub] + height) * (2 * width) + (best % width - fx[sub] + width)  # (K, Ps)
         counts = torch.zeros(k, 4 * height * width, dtype=torch.int64, device=dev).scatter_add_(1, code, torch.ones_like(code))
         top = counts.topk(m, dim=1).indices  # (K, M); rare offsets may repeat the window's: harmless
         extra = torch.stack([top // (2 * width) - height, top % (2 * width) - width], -1)  # (K, M, 2)
@@ -514,9 +563,9 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
     inside_win = inside_of(offsets)  # (V, P)
     pix[:, :v].mul_(inside_win)
     for e in range(k if m else 0):
-        pix[e, v:] = offset_similarities(query, exemplars[e], cand[e, v:], height, width)
+        pix[e, v:] = offset_similarities(query, exemplars[e], cand[e, v:], height, width, pixels=grid)
     # 3. Patch similarities; a label whose own pixel would copy from outside the exemplar is never taken.
-    score = box_mean(pix.view(-1, height, width), patch).view(k, v + m, p)
+    score = box_mean(pix.view(-1, gh, gw), patch).view(k, v + m, p)
     score[:, :v].masked_fill_(~inside_win, -4.0)
     if m:
         score[:, v:].masked_fill_(~inside_of(cand[:, v:]), -4.0)
@@ -546,11 +595,12 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
     # 5. Potts smoothing by red-black ICM over labels code = rank * (V + M) + offset index.
     flat_score = score.view(-1)  # index: code * P + pixel
     labels = rank * (v + m) + off  # (O, P)
+    gy, gx = torch.arange(p, device=dev) // gw, torch.arange(p, device=dev) % gw  # grid coordinates
     nbrs = []
     for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
-        nbrs.append(((ys + dy).clamp(0, height - 1) * width + (xs + dx).clamp(0, width - 1),
-                     inside_of(torch.tensor([dy, dx], device=dev))))
-    halves = [torch.arange(p, device=dev)[(ys + xs) % 2 == c] for c in (0, 1)]
+        ny, nx = gy + dy, gx + dx
+        nbrs.append((ny.clamp(0, gh - 1) * gw + nx.clamp(0, gw - 1), (ny >= 0) & (ny < gh) & (nx >= 0) & (nx < gw)))
+    halves = [torch.arange(p, device=dev)[(gy + gx) % 2 == c] for c in (0, 1)]
     for _ in range(sweeps if smoothness > 0 else 0):
         for cur in halves:  # (Q,) pixels whose 4 neighbours are all in the other half
             own = labels[:, cur]  # (O, Q)
@@ -567,7 +617,14 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
                 best_total = torch.where(better, total, best_total)
                 best = torch.where(better, nb[a], best)
             labels[:, cur] = best
+    sim = flat_score[labels * p + torch.arange(p, device=dev)]  # (O, Q)
+    if stride > 1:  # every pixel takes its grid pixel's label
+        fy, fx = torch.arange(p_full, device=dev) // width, torch.arange(p_full, device=dev) % width
+        owner = (fy // stride) * gw + fx // stride  # (P,)
+        labels, sim = labels[:, owner], sim[:, owner]  # (O, P)
+        off_yx = cand.reshape(-1, 2)[labels]  # (O, P, 2)
+        pos = (fy + off_yx[..., 0]).clamp(0, height - 1) * width + (fx + off_yx[..., 1]).clamp(0, width - 1)
+        return labels // (v + m), pos, sim
     off_yx = cand.reshape(-1, 2)[labels]  # (O, P, 2)
     pos = (ys + off_yx[..., 0]) * width + xs + off_yx[..., 1]
-    sim = flat_score[labels * p + torch.arange(p, device=dev)]
     return labels // (v + m), pos, sim

@@ -66,7 +66,7 @@ MANIFEST_FORMAT = "pixelnn-synthesis"
 #: 4: the options' ``back_projection`` and ``input_weight`` (older manifests read back as off);
 #: 3: every output's ``score`` and ``grid_position`` and the ``ranking`` (the outputs best first by default);
 #: 2: the resolved SynthesisOptions under "options" (1 listed mode, color and composition sizes loose).
-MANIFEST_VERSION = 5
+MANIFEST_VERSION = 6
 #: What a new result may replace: an earlier result (never a folder PixelNN did not write).
 RESULT_REPLACES = (("manifest.json", MANIFEST_FORMAT),)
 

@@ -78,6 +78,8 @@ MAX_BATCH = 64
 MAX_QUEUE = 64
 
 SOURCES = ("photo", "input", "sketch")
+#: The Options panel's choice of ``search`` that leaves it to the mode (``SynthesisOptions.search`` None).
+SEARCH_DEFAULT = "default"
 #: Folder of the work dir that keeps the regions' "like this" photos (not pruned with the download folders).
 _KEEP = "kept-photos"
 #: Prefix of the work dir's folders that hold one page's Gradio file cache (:func:`build_ui`; not pruned either).
@@ -85,7 +87,7 @@ _CACHE = "gradio-cache-"
 #: The Options panel's fields, in page order: SynthesisOptions field names (``where`` and ``like`` come from
 #: the "Restrict the exemplars" panel).
 PAGE_OPTIONS = ("mode", "color", "top_k", "windows", "sets", "patch_size", "vote_size", "highpass_sigma",
-                "chroma_weight", "descriptor", "pca_dims", "num_outputs", "seed", "order", "region_blend")
+                "chroma_weight", "descriptor", "pca_dims", "num_outputs", "seed", "search", "order", "region_blend")
 
 
 class WebApp:
@@ -282,6 +284,9 @@ class WebApp:
             text = _text(v.get(name))
             if text:
                 given[name] = text
+        search = _text(v.get("search"))
+        if search and search != SEARCH_DEFAULT:  # the mode's own
+            given["search"] = search
         for name in ("top_k", "pca_dims", "seed"):
             number = _number(v.get(name), name, integer=True)
             if number is not None:
@@ -1350,7 +1355,7 @@ def _options_panel(app: WebApp) -> dict[str, Any]:
     import gradio as gr
 
     from pixelnn.modes import mode_names
-    from pixelnn.options import COLORS, DESCRIPTORS, ORDERS
+    from pixelnn.options import COLORS, DESCRIPTORS, ORDERS, SEARCHES
 
     d = app.default_options()
     f: dict[str, Any] = {}
@@ -1389,6 +1394,9 @@ def _options_panel(app: WebApp) -> dict[str, Any]:
                                    info="VGG-16 hypercolumns, or the stage-1 network's features", elem_id="opt-descriptor")
         f["pca_dims"] = gr.Number(value=d.pca_dims, precision=0, label="PCA dims (pca_dims)",
                                   info="0: the full descriptor (another size fits a PCA once)", elem_id="opt-pca_dims")
+        f["search"] = gr.Radio([SEARCH_DEFAULT, *SEARCHES], value=d.search or SEARCH_DEFAULT, label="Pixel search (search)",
+                               info="exact, or coarse (coherent: labels on a half-resolution grid, faster); "
+                                    "default: the mode's", elem_id="opt-search")
     assert set(f) == set(PAGE_OPTIONS) - {"region_blend"}  # that one is in the Regions panel
     return f
 
