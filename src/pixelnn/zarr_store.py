@@ -255,6 +255,15 @@ def _image_filters(ndim: int) -> list:
         return [TransposeCodec(order=(0, ndim - 1, *range(1, ndim - 1))), Delta(dtype="uint8")]
 
 
+def _indices(pos: Any) -> Any:
+    """Row numbers as a pyarrow int64 array, built from their buffer: ``pa.array`` of a numpy array imports
+    pandas (0.3 s of start-up) to check whether it is a pandas object."""
+    import pyarrow as pa
+
+    pos = np.ascontiguousarray(pos, np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(pos), [None, pa.py_buffer(pos)])
+
+
 @contextlib.contextmanager
 def _quiet_numcodecs() -> Iterator[None]:
     """zarr warns that numcodecs' Delta is outside the v3 core spec (zarr-python with numcodecs reads it)."""
@@ -527,12 +536,14 @@ class ZarrLibrary:
             want = s.entry["files"].get(RECORDS, {}).get("sha256")
             if _sha256(data) != want:
                 raise PixelNNError(f"{self.url}: segment {s.name} has a bad checksum in {RECORDS}")
-            tables.append(pq.read_table(pa.BufferReader(data)))
+            # ParquetFile, not read_table: read_table goes through pyarrow.dataset, whose import pulls in pandas
+            # (0.3-0.4 s of every start-up); the table is the same
+            tables.append(pq.ParquetFile(pa.BufferReader(data)).read())
         if not tables:
             return pa.table({c: pa.array([], pa.string()) for c in _RECORD_COLUMNS})
         table = pa.concat_tables(tables, promote_options="permissive")
         if len(self._removed_rows):
-            table = table.take(pa.array(self._live_rows))
+            table = table.take(_indices(self._live_rows))
         return table.combine_chunks()
 
     # ------------------------------------------------------------------ contract
@@ -592,14 +603,14 @@ class ZarrLibrary:
         import pyarrow as pa
 
         pos = check_positions(positions, len(self))
-        return self._records.column("id").take(pa.array(pos)).to_pylist()
+        return self._records.column("id").take(_indices(pos)).to_pylist()
 
     def records_of(self, positions: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
         """Records ``{"dataset", "id", "labels", "source", "split"}`` (as version-1 libraries write them)."""
         import pyarrow as pa
 
         pos = check_positions(positions, len(self))
-        rows = self._records.take(pa.array(pos)).to_pylist()
+        rows = self._records.take(_indices(pos)).to_pylist()
         return [_record_dict(r) for r in rows]
 
     @property

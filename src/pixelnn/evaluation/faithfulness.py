@@ -20,7 +20,6 @@ thresholds (per image: OIS). Images without input edges give NaN.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from pixelnn.config import TaskConfig
 from pixelnn.evaluation.image_metrics import psnr
@@ -109,6 +108,8 @@ def edge_precision_recall(score: np.ndarray, truth: np.ndarray, tolerance: float
         thresholds = np.union1d(THRESHOLDS, distinct) if len(distinct) <= 99 else THRESHOLDS
     thresholds = np.asarray(thresholds, np.float64)
     # Precision: a predicted pixel counts when an input edge lies within the tolerance.
+    from scipy import ndimage  # here, not at import: 0.25 s of start-up that superres and normals ranking never need
+
     if truth.any():
         near_truth = ndimage.distance_transform_edt(~truth) <= tolerance
     else:

