@@ -486,8 +486,12 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
         np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
 
 
-def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Save a uint8 image (H, W), (H, W, 1) or (H, W, 3) as PNG/JPEG atomically."""
+def save_image(path: str | os.PathLike, image: np.ndarray, *, atomic: bool = True,
+               compress_level: int | None = None) -> None:
+    """Save a uint8 image (H, W), (H, W, 1) or (H, W, 3) as PNG/JPEG atomically.
+
+    ``atomic=False`` writes ``path`` directly, for files inside a folder that is itself renamed into place
+    when complete (:func:`atomic_dir`). ``compress_level`` (PNG, 0-9): None is Pillow's 6."""
     from PIL import Image
 
     arr = np.asarray(image)
@@ -495,8 +499,12 @@ def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
         arr = arr[:, :, 0]
     if arr.dtype != np.uint8:
         raise TypeError(f"save_image expects uint8, got {arr.dtype}")
+    keywords = {} if compress_level is None else {"compress_level": compress_level}
+    if not atomic:
+        Image.fromarray(arr).save(path, **keywords)
+        return
     with atomic_path(path) as tmp:
-        Image.fromarray(arr).save(tmp)
+        Image.fromarray(arr).save(tmp, **keywords)
 
 
 # ------------------------------------------------------------------------------------ recoverable swaps
