@@ -426,7 +426,7 @@ def test_simultaneous_users_are_queued(app, tiny, client_tmp):
         client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
         photo = gradio_client.handle_file(str(tiny["photo"]))
         label_args = [[] for _ in app.labels]
-        page = {**app.options_from_page({}).to_dict(), "windows": "1,7,11,whole", "sets": "", "num_outputs": 0,
+        page = {**app.options_from_page({}).to_dict(), "windows": "1,7,11,whole", "sets": "", "num_outputs": 0, "search": "default",
                 **{k: "" for k in ("patch_size", "vote_size", "highpass_sigma", "chroma_weight")}}
         jobs = [client.submit(photo, None, None, [], *[dict(page, seed=i)[k] for k in PAGE_OPTIONS], *label_args,
                               api_name="/synthesize_photo") for i in range(3)]

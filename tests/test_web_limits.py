@@ -282,7 +282,7 @@ def test_sketch_over_the_limit_through_the_api_is_a_one_line_message(server, app
     big = white_png(tmp_path / "big-sketch.png", 1000, 1001)
     assert big.stat().st_size < MAX_BYTES  # the upload passes: the pixels are what is refused
     client = gradio_client.Client(server + "/", verbose=False)
-    page = {**app.options_from_page({}).to_dict(), "windows": "1,7,11,whole", "sets": "", "num_outputs": 0,
+    page = {**app.options_from_page({}).to_dict(), "windows": "1,7,11,whole", "sets": "", "num_outputs": 0, "search": "default",
             **{k: "" for k in ("patch_size", "vote_size", "highpass_sigma", "chroma_weight")}}
     sketch = {"background": None, "layers": [], "composite": gradio_client.handle_file(str(big))}
     out = client.predict(None, None, sketch, [], *[page[k] for k in PAGE_OPTIONS], *[[] for _ in app.labels],
@@ -434,7 +434,8 @@ def test_serve_with_auth_stops_on_sigterm_and_leaves_no_temp_folder(tiny, app, t
         photo = gradio_client.handle_file(str(tiny["photo"]))
         page = {"mode": "matched", "color": "rgb", "top_k": 11, "windows": "1,7,11,whole", "sets": "",
                 "patch_size": "", "vote_size": "", "highpass_sigma": "", "chroma_weight": "", "descriptor": "hypercolumn",
-                "pca_dims": None, "num_outputs": 2, "seed": 0, "region_blend": 4, "order": "score"}
+                "pca_dims": None, "num_outputs": 2, "seed": 0, "region_blend": 4, "order": "score",
+                "search": "default"}
         out = client.predict(photo, None, None, [], *[page[k] for k in PAGE_OPTIONS], *[[] for _ in app.labels],
                              api_name="/synthesize_photo")
         assert out[0].startswith("2 outputs from the photo"), out[0]

@@ -200,6 +200,7 @@ def test_browser_waiting_user_sees_their_queue_position(pipe, tmp_path, client_t
         _wait_http(url)
         client = gradio_client.Client(url, verbose=False)
         page_values = {**app.options_from_page({}).to_dict(), "windows": "1,whole", "sets": "1,2", "num_outputs": 0,
+                       "search": "default",
                        **{k: "" for k in ("patch_size", "vote_size", "highpass_sigma", "chroma_weight")}}
         job = client.submit(gradio_client.handle_file(str(photo)), None, None, [],
                             *[page_values[k] for k in PAGE_OPTIONS], *[[] for _ in app.labels],

@@ -683,6 +683,7 @@ def options_line(options: Any) -> str:
     parts += [f"descriptor {o.descriptor}" + ("" if o.pca_dims is None else
                                                f" ({'full' if o.pca_dims == 0 else o.pca_dims} dims)")]
     parts += [f"num_outputs {o.num_outputs} (seed {o.seed})"] if o.num_outputs is not None else []
+    parts += [f"search {o.search}"] if o.search is not None else []
     parts += [f"order {o.order}"]
     parts += ["where " + "; ".join(f"{k}={' or '.join(v)}" for k, v in o.where)] if o.where else []
     parts += [f"like {len(o.like)} photo(s)"] if o.like else []
