@@ -148,9 +148,13 @@ def test_cli_search_flag(setup, tmp_path, capsys):
 
     Image.fromarray(np.asarray(Dataset(data).split("val").inputs[0])).save(tmp_path / "x.png")
     args = ["-q", "synthesize", str(tmp_path / "x.png"), "--model", str(model), "--num-outputs", "3"]
-    assert main(args + ["--out", str(tmp_path / "o"), "--search", "coarse"]) == 0
-    m = json.loads(next((tmp_path / "o").glob("*/manifest.json")).read_text())
-    assert m["options"]["search"] == "coarse"
+    assert main(args + ["--out", str(tmp_path / "o"), "--search", "coarse", "--no-correspondence-maps"]) == 0
+    folder = next((tmp_path / "o").glob("*/manifest.json")).parent
+    assert json.loads((folder / "manifest.json").read_text())["options"]["search"] == "coarse"
+    assert len(list(folder.glob("output_*.png"))) == 3 and (folder / "correspondences.npz").is_file()
+    assert not list(folder.glob("correspondence_*.png"))  # the figures only on demand
+    assert main(args + ["--out", str(tmp_path / "q")]) == 0  # by default they are written
+    assert len(list(next((tmp_path / "q").glob("*/manifest.json")).parent.glob("correspondence_*.png"))) == 3
     capsys.readouterr()
     assert main(args + ["--out", str(tmp_path / "p"), "--search", "coarse", "--mode", "matched"]) != 0
     err = capsys.readouterr().err

@@ -502,7 +502,8 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     done = synthesize_files(args.inputs, args.model, args.out, options, library_dir=_library_dir(args.library),
                             from_photo=args.from_photo, fit=args.fit, batch_size=args.batch_size,
                             overwrite=args.overwrite, pixel_cache=not args.no_pixel_cache, device=args.device,
-                            progress=not args.quiet, **engine_options(args))
+                            progress=not args.quiet, correspondence_maps=args.correspondence_maps,
+                            **engine_options(args))
     for path, why in done.failed:  # one line each; the others were synthesized
         print(f"pixelnn synthesize: error: {printable(why)}", file=sys.stderr)
     if done.done or done.skipped or not done.failed:
@@ -778,6 +779,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "interrupted run resumes)")
     p.add_argument("--no-pixel-cache", action="store_true",
                    help="do not read or store exemplar pixel descriptors in LIB_DIR/pixel_cache")
+    p.add_argument("--correspondence-maps", action=argparse.BooleanOptionalAction, default=True,
+                   help="write each output's correspondence_NNN.png figure (default); --no-correspondence-maps "
+                        "keeps them only in correspondences.npz and writes results in about half the time")
     p.add_argument("--library", default=None, metavar="LIB_DIR", help="borrow another library's exemplars")
     p.add_argument("--fit", choices=("pad", "crop"), default=None,
                    help="how photos are fitted to the square (default: crop for normals models, whose photos are "
