@@ -255,12 +255,12 @@ class CoherentMode(CompositionMode):
         outer = max((w for w in windows if w is not None), default=1)
         if outer <= 1:  # nothing to be coherent over: plain pixel matching
             return _pixel_matches(query, exemplars, height, width, specs)
-        coarse = options.search == "coarse"
-        stride = self.coarse_stride if coarse else 1
-        window_sims = window_similarities(query, exemplars, height, width, outer, stride=stride)  # (K, Q, T*T)
+        coarse = {"stride": self.coarse_stride, "seed_stride": self.coarse_seed_stride} \
+            if options.search == "coarse" else {}  # exact: coherent_matches' own defaults
+        window_sims = window_similarities(query, exemplars, height, width, outer,
+                                          stride=coarse.get("stride", 1))  # (K, Q, T*T)
         rank, pos, sim = coherent_matches(query, exemplars, height, width, specs, windows, window_sims,
-                                          patch=options.patch_size, stride=stride,
-                                          seed_stride=self.coarse_seed_stride if coarse else 4)
+                                          patch=options.patch_size, **coarse)
         return Matches(rank, pos, sim, windows)
 
 
