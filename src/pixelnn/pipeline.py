@@ -979,6 +979,18 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
         def write(name: str, image: np.ndarray) -> None:
             pending.append(writers.submit(save_image, tmp / name, image, atomic=False, compress_level=RESULT_PNG_LEVEL))
 
+        extra = {}
+        if regions:
+            sets = result.region_neighbours
+            table = np.full((len(sets), max(len(members) for members in sets)), -1, np.int64)  # (R + 1, K)
+            for i, members in enumerate(sets):
+                table[i, :len(members)] = members
+            extra = {"region": result.region.astype(np.int16), "region_neighbours": table}
+        pending.append(writers.submit(  # zlib, too, runs without the GIL: beside the figures and PNGs
+            np.savez_compressed, tmp / "correspondences.npz", library_position=result.exemplar.astype(np.int64),
+            exemplar_index=ranks.astype(np.int16), source_y=result.source_y.astype(np.int16),
+            source_x=result.source_x.astype(np.int16), similarity=result.similarity.astype(np.float32),
+            exemplar_ids=np.array(result.neighbour_ids), **_ranking_arrays(result), **extra))
         write("input.png", result.input)
         write("stage1.png", result.stage1)
         if photo is not None:
@@ -991,17 +1003,6 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
                                             shown, ex_photos, k)
                 write(f"correspondence_{o + 1:03d}.png", fig)
         write("grid.png", output_grid(result.stage1, result.input, result.outputs))
-        extra = {}
-        if regions:
-            sets = result.region_neighbours
-            table = np.full((len(sets), max(len(n) for n in sets)), -1, np.int64)  # (R + 1, K)
-            for i, n in enumerate(sets):
-                table[i, :len(n)] = n
-            extra = {"region": result.region.astype(np.int16), "region_neighbours": table}
-        np.savez_compressed(tmp / "correspondences.npz", library_position=result.exemplar.astype(np.int64),
-                            exemplar_index=ranks.astype(np.int16), source_y=result.source_y.astype(np.int16),
-                            source_x=result.source_x.astype(np.int16), similarity=result.similarity.astype(np.float32),
-                            exemplar_ids=np.array(result.neighbour_ids), **_ranking_arrays(result), **extra)
         manifest = {
             "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "options": result.options.to_dict(),
             "library": str(getattr(library, "url", None) or getattr(library, "root", "")) or None,
