@@ -44,13 +44,13 @@ def main() -> None:
     from tqdm.auto import tqdm
 
     from pixelnn.data.dataset import Dataset
+    from pixelnn.evaluate import select_inputs
     from pixelnn.options import SynthesisOptions
     from pixelnn.pipeline import PixelNNPipeline
 
     pipe = PixelNNPipeline.from_model_dir(args.model, pixel_cache=False, device="cpu")
     split = Dataset(args.data).split(args.split)
-    rng = np.random.default_rng(args.seed)
-    picks = np.sort(rng.choice(len(split), size=min(args.inputs, len(split)), replace=False))
+    picks = select_inputs(len(split), args.inputs, args.seed)  # the inputs `pixelnn evaluate` draws
     searches = args.searches.split(",")
     pixel_sim = {s: [] for s in searches}
     patch_sim = {s: [] for s in searches}

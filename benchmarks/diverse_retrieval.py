@@ -47,13 +47,10 @@ def appearance_descriptors(photos: np.ndarray, grid: int = 12) -> np.ndarray:
     g = grid if s % grid == 0 else s
     if n == 0:
         return np.zeros((0, g * g * c), np.float32)
-    f = s // g
-    v = (x.astype(np.float32) / 255.0).reshape(n, g, f, g, f, c).mean(axis=(2, 4))  # (M, g, g, C)
-    pad = np.pad(v, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-    k = np.array([0.25, 0.5, 0.25], np.float32)
-    v = sum(k[i] * pad[:, i:i + g] for i in range(3))
-    v = sum(k[j] * v[:, :, j:j + g] for j in range(3))
-    d = v.reshape(n, -1) - v.reshape(n, -1).mean(axis=0, keepdims=True)  # (M, D), centred on the batch
+    from pixelnn.retrieval import pool_and_blur
+
+    v = pool_and_blur(x.astype(np.float32) / 255.0, g).reshape(n, -1)  # (M, D)
+    d = v - v.mean(axis=0, keepdims=True)  # centred on the batch
     norm = np.linalg.norm(d, axis=1, keepdims=True)
     return np.where(norm > 1e-12, d / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
 
@@ -78,6 +75,7 @@ def main() -> None:
     from tqdm.auto import tqdm
 
     from pixelnn.data.dataset import Dataset
+    from pixelnn.evaluate import select_inputs
     from pixelnn.evaluation.lpips import lpips_distance
     from pixelnn.pipeline import PixelNNPipeline
     from pixelnn.retrieval import DEFAULT_INPUT_WEIGHT, diverse_subset, global_descriptors, input_descriptors, rerank
@@ -86,8 +84,7 @@ def main() -> None:
     lib = pipe.library
     w_in = DEFAULT_INPUT_WEIGHT.get(pipe.task.name, 0.0)
     split = Dataset(args.data).split(args.split)
-    rng = np.random.default_rng(args.seed)
-    picks = np.sort(rng.choice(len(split), size=min(args.inputs, len(split)), replace=False))
+    picks = select_inputs(len(split), args.inputs, args.seed)  # the inputs `pixelnn evaluate` draws
     weights = [float(w) for w in args.weights.split(",")]
     measures = args.measures.split(",")
     settings = [(m, w) for m in measures for w in weights]

@@ -45,6 +45,7 @@ def main() -> None:
     from tqdm.auto import tqdm
 
     from pixelnn.data.dataset import Dataset
+    from pixelnn.evaluate import select_inputs
     from pixelnn.evaluation.lpips import lpips_distance
     from pixelnn.pipeline import PixelNNPipeline
     from pixelnn.retrieval import global_descriptors, input_descriptors, rerank
@@ -52,8 +53,7 @@ def main() -> None:
     pipe = PixelNNPipeline.from_model_dir(args.model, pixel_cache=False, device="cpu")
     lib = pipe.library
     split = Dataset(args.data).split(args.split)
-    rng = np.random.default_rng(args.seed)
-    picks = np.sort(rng.choice(len(split), size=min(args.inputs, len(split)), replace=False))
+    picks = select_inputs(len(split), args.inputs, args.seed)  # the inputs `pixelnn evaluate` draws
     weights = [float(w) for w in args.weights.split(",")]
     grids = [int(g) for g in args.grids.split(",")]
     settings = [(g, w) for g in grids for w in weights]

@@ -520,8 +520,9 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
     dev = query.device
     outer = sides[-1]
     half = outer // 2
-    ys, xs = torch.arange(p_full, device=dev) // width, torch.arange(p_full, device=dev) % width
-    if stride > 1:  # the labelled pixels: a grid of gh x gw pixels (full-resolution coordinates ys, xs)
+    fy, fx = torch.arange(p_full, device=dev) // width, torch.arange(p_full, device=dev) % width  # every pixel
+    ys, xs = fy, fx  # the labelled pixels' full-resolution coordinates
+    if stride > 1:  # the labelled pixels: a grid of gh x gw pixels
         rows, cols = (t.to(dev) for t in grid_pixels(height, width, stride))
         gh, gw = len(rows), len(cols)
         grid = (rows[:, None] * width + cols[None, :]).reshape(-1)  # (Q,) their flat indices
@@ -540,7 +541,6 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
     m = whole_offsets if whole else 0
     cand = offsets[None].repeat(k, 1, 1)  # (K, V, 2)
     if whole:  # whole-image matches of a pixel subsample: their most frequent offsets
-        fy, fx = torch.arange(p_full, device=dev) // width, torch.arange(p_full, device=dev) % width
         sub = ((fy % seed_stride == seed_stride // 2) & (fx % seed_stride == seed_stride // 2)).nonzero()[:, 0]
         sub = sub if len(sub) else torch.arange(p_full, device=dev)
         qs = query[sub].float()  # (Ps, d)
@@ -619,7 +619,6 @@ def coherent_matches(query: torch.Tensor, exemplars: torch.Tensor, height: int, 
             labels[:, cur] = best
     sim = flat_score[labels * p + torch.arange(p, device=dev)]  # (O, Q)
     if stride > 1:  # every pixel takes its grid pixel's label
-        fy, fx = torch.arange(p_full, device=dev) // width, torch.arange(p_full, device=dev) % width
         owner = (fy // stride) * gw + fx // stride  # (P,)
         labels, sim = labels[:, owner], sim[:, owner]  # (O, P)
         off_yx = cand.reshape(-1, 2)[labels]  # (O, P, 2)

@@ -145,6 +145,19 @@ DEFAULT_INPUT_WEIGHT = {"superres": 0.0, "edges": 0.6, "normals": 0.0, "paired":
 INPUT_GRID = 24
 
 
+def pool_and_blur(values: np.ndarray, grid: int) -> np.ndarray:
+    """Box-pool (N, s, s, C) float maps to ``grid`` x ``grid`` (``grid`` must divide ``s``), then blur them by a
+    3x3 binomial kernel with edge padding, so that features a few pixels apart still overlap: (N, grid, grid, C).
+    The spatial step of :func:`input_descriptors`."""
+    n, s, _, c = values.shape
+    f = s // grid
+    v = values.reshape(n, grid, f, grid, f, c).mean(axis=(2, 4))  # (N, g, g, C)
+    pad = np.pad(v, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    k = np.array([0.25, 0.5, 0.25], np.float32)
+    v = sum(k[i] * pad[:, i:i + grid] for i in range(3))  # vertical binomial
+    return sum(k[j] * v[:, :, j:j + grid] for j in range(3))  # horizontal
+
+
 def input_descriptors(inputs: np.ndarray, grid: int = INPUT_GRID) -> np.ndarray:
     """Descriptors of task inputs x for input-aware retrieval: blurred, pooled, centred, unit-norm.
 
@@ -177,13 +190,7 @@ def input_descriptors(inputs: np.ndarray, grid: int = INPUT_GRID) -> np.ndarray:
         v = 1.0 - v  # ink density (N, s, s, 1)
     else:
         v = v - v.mean(axis=(1, 2), keepdims=True)  # (N, s, s, C), centred per image and channel
-    f = s // g
-    v = v.reshape(n, g, f, g, f, v.shape[-1]).mean(axis=(2, 4))  # (N, g, g, C')
-    pad = np.pad(v, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-    k = np.array([0.25, 0.5, 0.25], np.float32)
-    v = sum(k[i] * pad[:, i:i + g] for i in range(3))  # vertical binomial
-    v = sum(k[j] * v[:, :, j:j + g] for j in range(3))  # horizontal
-    d = v.reshape(n, -1).astype(np.float32)
+    d = pool_and_blur(v, g).reshape(n, -1).astype(np.float32)
     norm = np.linalg.norm(d, axis=1, keepdims=True)
     return np.where(norm > 1e-12, d / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
 

@@ -378,7 +378,7 @@ class SynthesisWorker:
         from pixelnn.pipeline import save_result
 
         save_result(result, self.folder(path), self.pipe.library, photo=photo, input_file=path,
-                    save_correspondence_maps=getattr(self, "correspondence_maps", True),
+                    save_correspondence_maps=self.correspondence_maps,
                     recover_parent=False)  # the driver recovered OUT
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
