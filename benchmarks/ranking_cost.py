@@ -5,7 +5,8 @@ For the first ``--inputs`` inputs of a split, synthesizes the outputs in grid or
 
 - ``psnr``: the superres score against the area-downsampled photo (the outputs' own thumbnail task);
 - ``edge_ap``: the edge score against the photo's HED edge map (as ``pixelnn prepare --task edges`` makes
-  it), at each ``--hed-scales`` (HED on every output: the cost of ranking an edges model's outputs);
+  it), at each ``--hed-scales`` and ``--hed-autocasts`` (HED on every output: the cost of ranking an edges
+  model's outputs; ``task.hed_autocast``);
 - ``normal_angle``: the normals score against a sphere-shaped normal map (a face mesh pass per output;
   skipped when the face-mesh weights are not installed).
 
@@ -35,6 +36,7 @@ def main() -> None:
     ap.add_argument("--inputs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--hed-scales", default="1,2")
+    ap.add_argument("--hed-autocasts", default="off", help="comma list of off, bf16, auto (TaskConfig.hed_autocast)")
     ap.add_argument("--no-normals", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -65,8 +67,10 @@ def main() -> None:
         cases = [("psnr", TaskConfig(name="superres", size=size, factor=pipe.task.factor),
                   area_downsample(photo[None], pipe.task.factor)[0])]
         for s in (float(v) for v in args.hed_scales.split(",")):
-            task = TaskConfig(name="edges", size=size, hed_scale=s)
-            cases.append((f"edge_ap (hed_scale {s:g})", task, hed_edge_maps(photo[None], scale=s)[0]))
+            for a in args.hed_autocasts.split(","):
+                task = TaskConfig(name="edges", size=size, hed_scale=s, hed_autocast=a)
+                cases.append((f"edge_ap (hed_scale {s:g}, hed_autocast {a})", task,
+                              hed_edge_maps(photo[None], scale=s, autocast=a)[0]))
         if not args.no_normals:
             cases.append(("normal_angle", TaskConfig(name="normals", size=size), sphere))
         for name, task, x in cases:

@@ -47,6 +47,9 @@ def worker(model: str, data: str, n: int, threads: int) -> None:
 
     # the grid order (issue 16) where the code has one: the order of the code before ranking
     grid = {"order": "grid"} if hasattr(options_module, "ORDERS") else {}
+    # float32 descriptors (issue 17) where the code has the choice: the precision of the code before it
+    if "autocast" in {f.name for f in __import__("dataclasses").fields(options_module.SynthesisOptions)}:
+        grid["autocast"] = "off"
     split = Dataset(data).split("val")
     pick = np.unique(np.linspace(0, len(split) - 1, n).astype(int))
     for i in pick:

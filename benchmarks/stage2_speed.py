@@ -19,7 +19,7 @@ the noise). The two versions' outputs are compared by digest.
 Usage::
 
     python benchmarks/stage2_speed.py --model runs/model-shoes-sr --data runs/shoes-sr [--repeats 5] \
-        [--threads 2] [--skip-full] [--search exact] [--compare-src /tmp/old/src]
+        [--threads 2] [--skip-full] [--search exact] [--autocast off] [--compare-src /tmp/old/src]
 
 The pixel cache (``MODEL/library/pixel_cache``) is written to: point ``--model`` at a writable copy.
 """
@@ -100,7 +100,8 @@ def worker(config: dict) -> None:
     pipe = PixelNNPipeline.from_model_dir(config["model"], descriptor=config["descriptor"],
                                           pca_dims=config["pca_dims"], pixel_cache=config["cached"])
     x = np.asarray(Dataset(config["data"]).split("val").inputs[0])
-    search = {"search": config["search"]} if config.get("search") else {}  # code before issue 17 has no search
+    # code before issue 17 has no search (nor autocast)
+    search = {k: config[k] for k in ("search", "autocast") if config.get(k)}
     run = (lambda: pipe(x, **search)) if old_api else (lambda: pipe(x, SynthesisOptions(**search)))
     desc = pipe.descriptor
     first = run()  # warm-up: weights, caches (and, with the pixel cache, the neighbours' descriptors)
@@ -152,6 +153,7 @@ def main() -> None:
     ap.add_argument("--descriptor", default="hypercolumn")
     ap.add_argument("--skip-full", action="store_true", help="skip the full-size descriptor (slow: ~25 s per call)")
     ap.add_argument("--search", default=None, help="SynthesisOptions.search of the new code (default: the mode's)")
+    ap.add_argument("--autocast", default=None, help="SynthesisOptions.autocast of the new code (default: auto)")
     ap.add_argument("--compare-src", default=None, metavar="PATH",
                     help="also time the code at PATH (PYTHONPATH=PATH), interleaved with this code")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -176,10 +178,10 @@ def main() -> None:
     rows, compare = [], []
     for pca_dims, cached in configs:
         config = {"model": args.model, "data": args.data, "descriptor": args.descriptor, "pca_dims": pca_dims,
-                  "search": args.search,
+                  "search": args.search, "autocast": args.autocast,
                   "cached": cached, "threads": args.threads}
         new = Worker(new_src, config)
-        old = Worker(args.compare_src, {**config, "search": None}) if args.compare_src else None
+        old = Worker(args.compare_src, {**config, "search": None, "autocast": None}) if args.compare_src else None
         info = new.info
         floor = Floor(info["size"] ** 2, info["k"], info["dims"])
         floor()

@@ -121,9 +121,10 @@ def test_need_and_config_from_name_the_file_and_key():
              (TrainConfig, {"perceptual_layers": [3]}, "c.json: task.perceptual_layers should be a list")]
     for cls, d, want in cases:
         assert one_line_error(config_from, cls, d, "c.json", "task").startswith(want), (d, want)
-    # valid values (and JSON's integers for floats, missing keys taking their defaults) still load
+    # valid values (and JSON's integers for floats, missing keys taking their defaults, or their legacy
+    # meaning: a task without hed_autocast predates it, so HED ran in float32) still load
     assert config_from(TaskConfig, {"name": "superres", "size": 32, "factor": 8, "hed_scale": 2}, "c.json") == \
-        TaskConfig(name="superres", size=32, factor=8)
+        TaskConfig(name="superres", size=32, factor=8, hed_autocast="off")
     assert config_from(TrainConfig, {"lr": 1, "perceptual_layers": "relu1_2,relu2_2"}, "c").perceptual_layers == \
         ("relu1_2", "relu2_2")
 

@@ -137,6 +137,55 @@ def test_hed_probability_shape_range_and_batching():
 
 
 @needs_hed
+def test_hed_bf16_autocast_is_within_its_documented_tolerance():
+    """bf16 (issue 17): probabilities within 0.02 of float32's on the reference image (measured 0.007), and few
+    thinned edge pixels farther than a pixel from float32's (measured 4% at scale 1, the edge-AP tolerance);
+    ``off`` is float32 exactly (the known answer above)."""
+    image = np.asarray(Image.open(DATA / "hed_input.png").convert("RGB"))[None]  # (1, 99, 133, 3)
+    fp32 = edges.hed_probability(image, scale=1)
+    np.testing.assert_array_equal(edges.hed_probability(image, scale=1, autocast="off"), fp32)
+    bf16 = edges.hed_probability(image, scale=1, autocast="bf16")
+    assert bf16.dtype == np.float32 and bf16.shape == fp32.shape
+    diff = np.abs(bf16 - fp32)
+    assert 0 < diff.max() < 0.02 and diff.mean() < 3e-3, (diff.max(), diff.mean())
+    e32, e16 = edges.postprocess_hed(fp32)[0], edges.postprocess_hed(bf16)[0]  # (H, W) bool
+    near32, near16 = (ndimage.binary_dilation(e, np.ones((3, 3), bool)) for e in (e32, e16))
+    moved = (e16 & ~near32).sum() + (e32 & ~near16).sum()
+    assert e32.sum() > 500 and moved < 0.08 * e32.sum(), (moved, e32.sum())
+
+
+@needs_hed
+@pytest.mark.parametrize("native", [True, False])
+def test_hed_autocast_auto_is_bf16_exactly_where_native(monkeypatch, native):
+    from pixelnn import devices
+
+    monkeypatch.setattr(devices, "native_bf16", lambda device: native)
+    images = np.random.default_rng(3).integers(0, 256, (2, 20, 24, 3), dtype=np.uint8)
+    auto = edges.hed_probability(images, scale=1, autocast="auto")
+    np.testing.assert_array_equal(auto, edges.hed_probability(images, scale=1, autocast="bf16" if native else "off"))
+
+
+def test_hed_autocast_rejects_unknown_values():
+    from pixelnn.config import TaskConfig
+
+    images = np.zeros((1, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="invalid autocast 'fp16'; valid: auto, off, bf16"):
+        edges.hed_probability(images, autocast="fp16")
+    with pytest.raises(PixelNNError, match="hed autocast"):
+        TaskConfig(name="edges", hed_autocast="fp16")
+
+
+def test_task_hed_autocast_defaults_and_legacy():
+    """New tasks ask for ``auto``; a task written before the field existed read back as float32 (``off``)."""
+    from pixelnn.config import TaskConfig
+
+    assert TaskConfig(name="edges").hed_autocast == "auto"
+    old = {k: v for k, v in TaskConfig(name="edges").to_dict().items() if k != "hed_autocast"}
+    assert TaskConfig.from_dict(old).hed_autocast == "off"
+    assert TaskConfig.from_dict({**old, "hed_autocast": "bf16"}).hed_autocast == "bf16"
+
+
+@needs_hed
 def test_hed_edge_maps_square():
     image, mask = _square()
     _check_square_strokes(edges.hed_edge_maps(image), mask)

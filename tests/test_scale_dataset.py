@@ -90,9 +90,9 @@ def test_tiny_build(fake_data: Path, tmp_path: Path):
     m = sd.build(fake_data, out, total=40, seed=3, workers=2, progress=False)
     ds = Dataset(out)
     assert ds.task == TaskConfig(name="superres", size=96, factor=8)
-    assert json.loads((out / "dataset.json").read_text())["task"] == {  # as runs/shoes-sr, model-shoes-sr
+    assert json.loads((out / "dataset.json").read_text())["task"] == {  # as `pixelnn prepare --task superres` writes
         "name": "superres", "size": 96, "factor": 8, "edge_method": "hed", "hed_scale": 2.0, "direction": "AtoB",
-        "input_channels": 3}
+        "input_channels": 3, "hed_autocast": "auto"}
     train = ds.split("train")
     assert len(train) == 40 == m["counts"]["train"]
     assert len(ds.split("val")) == 0 and len(ds.split("test")) == 0

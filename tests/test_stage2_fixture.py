@@ -13,7 +13,7 @@ Back-projection (issue 16, on by default for superres) is the one change asked f
 ``back_projection=False`` the stored arrays come back exactly, and with it on the outputs are exactly the stored
 ones back-projected (:func:`pixelnn.compose.back_project`), every correspondence unchanged.
 Approximate search (issue 17) became the coherent mode's default: the fixture is compared with
-``search="exact"``, which is the search it was made with.
+``search="exact"`` and ``autocast="off"``, the search and precision it was made with.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ pytest.importorskip("faiss")
 
 
 def options_of(kw: dict, order: str = "grid", back_projection: bool = False) -> SynthesisOptions:
-    kw = dict(kw, order=order, back_projection=back_projection, search="exact")
+    kw = dict(kw, order=order, back_projection=back_projection, search="exact", autocast="off")
     if "sets" in kw:  # the fixture's sets are 0-based ranks (the old OutputSpec); options take 1-based ranks
         kw["sets"] = [[r + 1 for r in s] for s in kw["sets"]]
     return SynthesisOptions(**kw)

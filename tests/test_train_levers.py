@@ -59,10 +59,10 @@ def test_levers_off_and_old_configs_train_bit_identically_to_before(data, tmp_pa
 
 @pytest.mark.parametrize("native", [True, False])
 def test_default_autocast_is_bf16_exactly_where_the_device_has_native_bf16(data, tmp_path, monkeypatch, native):
-    import pixelnn.training as training
+    import pixelnn.devices as devices
 
     assert TrainConfig().autocast == "auto"
-    monkeypatch.setattr(training, "native_bf16", lambda device: native)
+    monkeypatch.setattr(devices, "native_bf16", lambda device: native)
     default = _six_steps(data, tmp_path / "default")
     same = _six_steps(data, tmp_path / "explicit", autocast="bf16" if native else "off")
     other = _six_steps(data, tmp_path / "other", autocast="off" if native else "bf16")
@@ -249,11 +249,11 @@ def test_schedule_follows_the_fraction_of_a_cpu_clock_budget(data, tmp_path, mon
 
 @pytest.mark.parametrize("native", [True, False])
 def test_explicit_bf16_warns_only_where_it_is_emulated(monkeypatch, caplog, native):
-    from pixelnn import training
+    from pixelnn import devices
 
-    monkeypatch.setattr(training, "native_bf16", lambda device: native)
-    with caplog.at_level(logging.WARNING, logger="pixelnn.training"):
-        assert training.resolve_autocast("bf16", torch.device("cpu")) == "bf16"
-        assert training.resolve_autocast("off", torch.device("cpu")) == "off"
+    monkeypatch.setattr(devices, "native_bf16", lambda device: native)
+    with caplog.at_level(logging.WARNING, logger="pixelnn.devices"):
+        assert devices.resolve_autocast("bf16", torch.device("cpu")) == "bf16"
+        assert devices.resolve_autocast("off", torch.device("cpu")) == "off"
     warned = [r for r in caplog.records if "emulated" in r.getMessage()]
     assert len(warned) == (0 if native else 1)

@@ -127,6 +127,67 @@ def test_open_reads_no_arrays(built, monkeypatch):
     lib.labels_index()
 
 
+def test_row_cache_returns_what_the_shards_hold_and_reads_each_row_once(built, monkeypatch):
+    """take() keeps the image rows it read (LRU, ROW_CACHE_ROWS per field): same values, order and duplicates as
+    the shards, each row read once while kept, the oldest dropped beyond the bound, copies handed out."""
+    v1 = built["v1"]
+    lib = zs.ZarrLibrary.open(built["store"].url, row_cache_rows=8)
+    reads: list[int] = []
+    real = zs._Segment.read
+    monkeypatch.setattr(zs._Segment, "read", lambda self, field, rows: reads.extend(rows.tolist()) or
+                        real(self, field, rows))
+    first = [59, 0, 17, 17, 33]
+    for f in ("photos", "stage1", "inputs"):
+        reads.clear()
+        assert np.array_equal(lib.take(f, first), v1.take(f, first)), f
+        assert len(reads) == 4  # 4 distinct rows
+        reads.clear()
+        again = lib.take(f, [17, 59, 0, 33, 0])
+        assert reads == [] and np.array_equal(again, v1.take(f, [17, 59, 0, 33, 0]))
+        again[:] = 0  # a copy: the kept rows are not touched
+        assert np.array_equal(lib.take(f, [17]), v1.take(f, [17]))
+        lib.take(f, [1, 2, 3, 4, 5, 6])  # 10 distinct rows asked for so far: the 2 least recently used go
+        reads.clear()
+        assert np.array_equal(lib.take(f, [59, 0, 17, 33]), v1.take(f, [59, 0, 17, 33])) and len(reads) == 2
+    reads.clear()
+    lib.take("global", [3, 3])  # descriptors are not kept (the index and the search read them)
+    lib.take("global", [3])
+    assert reads == [3, 3]
+    off = zs.ZarrLibrary.open(built["store"].url, row_cache_rows=0)
+    reads.clear()
+    off.take("photos", [5])
+    off.take("photos", [5])
+    assert reads == [5, 5] and off.take("photos", []).shape == (0, *v1.take("photos", [0]).shape[1:])
+
+
+def test_fast_shard_reader_equals_zarr(built, tmp_path):
+    """The image fields are read from their shard files directly (_ShardRows), the same bytes zarr reads; other
+    arrays (global descriptors) and unknown codec chains go to zarr; a damaged shard index is one line."""
+    import shutil
+
+    lib = zs.ZarrLibrary.open(built["store"].url, row_cache_rows=0)
+    for seg in lib._segments:
+        rows = np.arange(seg.count)
+        for f in ("photos", "stage1", "inputs"):
+            fast = zs._ShardRows.of(seg.array(f), lib.loc, f"{zs.SEGMENTS}/{seg.name}/{f}")
+            assert fast is not None, f
+            assert np.array_equal(fast.read(rows), np.asarray(seg.array(f).oindex[rows])), (seg.name, f)
+            assert np.array_equal(fast.read(rows[::-2]), np.asarray(seg.array(f).oindex[rows])[::-2])
+        assert zs._ShardRows.of(seg.array("global"), lib.loc, f"{zs.SEGMENTS}/{seg.name}/global") is None
+    seg = lib._segments[0]
+    assert zs._ShardRows.of(seg.array("photos"), zs.Location("memory://pixelnn-fast"), "x") is None  # remote: zarr
+    url = tmp_path / "c"
+    shutil.copytree(built["store"].url, url)
+    seg = zs.ZarrLibrary.open(url).manifest["segments"][0]["name"]
+    shard = url / zs.SEGMENTS / seg / "stage1" / "c" / "0" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF  # inside the shard index
+    shard.write_bytes(bytes(data))
+    with pytest.raises(PixelNNError, match="stage1.*checksum") as e:
+        zs.ZarrLibrary.open(url).take("stage1", [1])
+    assert "\n" not in str(e.value)
+
+
 def test_killed_build_leaves_last_version(built, tmp_path, monkeypatch):
     url = tmp_path / "k"
     real = zs.write_segment

@@ -94,6 +94,13 @@ def check_number(name: str, value: Any, lo: float | None = None, hi: float | Non
     return value
 
 
+#: Mixed precision of a network's forward pass (stage-1 training: its forward pass and loss, the weights and the
+#: optimizer stay fp32; HED: the network, its pre- and post-processing stay fp32). ``auto``: bf16 where native.
+AUTOCASTS = ("auto", "off", "bf16")
+#: What a task written before a field existed meant by it (HED ran in float32).
+TASK_LEGACY = {"hed_autocast": "off"}
+
+
 @dataclass
 class TaskConfig:
     """How the input x is derived from (or paired with) a photo y.
@@ -115,6 +122,12 @@ class TaskConfig:
     hed_scale : float
         HED runs on the photo enlarged this many times (sharper contours on small photos; 2 costs
         about 3.5x the time of 1).
+    hed_autocast : {'auto', 'off', 'bf16'}
+        Precision of HED's network wherever the task runs it (``prepare``, ranking, ``evaluate``, a photo
+        turned into an edge map): ``bf16`` under ``torch.autocast`` (about 1.5-2x faster where bfloat16
+        is native, ~2% of edge pixels differ), ``off`` float32, ``auto`` (the default of new datasets)
+        bf16 exactly where the machine computes it natively. A task written before the field existed
+        reads as ``off`` (:data:`TASK_LEGACY`).
     direction : {'AtoB', 'BtoA'}
         For ``paired`` pix2pix images: AtoB means the left half A is the input and B the photo.
     input_channels : int
@@ -128,6 +141,7 @@ class TaskConfig:
     hed_scale: float = 2.0
     direction: str = "AtoB"
     input_channels: int = 3
+    hed_autocast: str = "auto"
 
     def __post_init__(self) -> None:
         check_choice("task", self.name, TASKS)
@@ -138,6 +152,7 @@ class TaskConfig:
         if self.name == "superres" and self.size % self.factor:
             raise PixelNNError(f"superres factor {self.factor} must divide size {self.size}")
         self.hed_scale = check_number("hed scale", self.hed_scale, 0, MAX_HED_SCALE, above=True)
+        check_choice("hed autocast", self.hed_autocast, AUTOCASTS)
         if self.name == "edges":
             self.input_channels = 1
         if self.name == "normals":
@@ -153,8 +168,10 @@ class TaskConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TaskConfig":
+        """A task read back from JSON; a field missing from it (written before the field existed) takes its
+        old meaning (:data:`TASK_LEGACY`), not today's default."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{**TASK_LEGACY, **{k: v for k, v in d.items() if k in known}})
 
 
 #: Normalisations of the regressor's blocks.
@@ -216,8 +233,6 @@ def check_clock(clock: str) -> None:
 #: one: linear warm-up over 2%, then cosine decay to 5% of the rate), ``constant`` (the rate throughout),
 #: ``onecycle`` (warm-up from 4% of the rate over 30%, then cosine decay to ~0, as torch's OneCycleLR).
 LR_SCHEDULES = ("cosine", "constant", "onecycle")
-#: Mixed precision of the stage-1 forward pass and loss (the weights and the optimizer stay fp32).
-AUTOCASTS = ("auto", "off", "bf16")
 #: What a training config that predates a field meant by it: old configs keep their behaviour whatever
 #: the defaults of new trainings become.
 TRAIN_LEGACY = {"channels_last": False, "autocast": "off", "compile": False, "lr_schedule": "cosine"}

@@ -36,6 +36,7 @@ builds one by name. Shapes: N images, P = H * W pixels, D full dims, d output di
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -487,17 +488,24 @@ class LayerDescriptor:
         Reduction fit on this descriptor (same layers); None for the full descriptor.
     batch_size : int
         Images per forward pass.
+    autocast : {'off', 'bf16'}
+        ``bf16`` runs the network (:meth:`layer_maps`) under ``torch.autocast`` in bfloat16; the layer maps
+        are then combined, normalised and projected in float32 as with ``off``. Part of :attr:`name`, so a
+        pixel cache never mixes the two.
     """
 
     channels: tuple[int, ...] = ()
     base_name: str = ""
     takes: str = "stage1"
 
-    def __init__(self, pca: PixelPCA | None = None, batch_size: int = 8) -> None:
+    def __init__(self, pca: PixelPCA | None = None, batch_size: int = 8, autocast: str = "off") -> None:
         if batch_size < 1:
             raise PixelNNError(f"batch_size must be >= 1, got {batch_size}")
+        if autocast not in ("off", "bf16"):
+            raise PixelNNError(f"invalid descriptor autocast {autocast!r}; valid: off, bf16")
         self.batch_size = batch_size
         self.pca = pca
+        self.autocast = autocast
         self.device = torch.device("cpu")
         if pca is not None and (tuple(pca.channels) != tuple(self.channels)):
             raise PixelNNError(f"PCA was fit on {pca.source} (layer channels {pca.channels}); "
@@ -510,8 +518,9 @@ class LayerDescriptor:
 
     @property
     def name(self) -> str:
-        """e.g. ``"vgg16-hypercolumn"`` or ``"vgg16-hypercolumn-pca64"``."""
-        return self.base_name if self.pca is None else f"{self.base_name}-pca{self.pca.dims}"
+        """e.g. ``"vgg16-hypercolumn"``, ``"vgg16-hypercolumn-pca64"`` or (bf16) ``"vgg16-hypercolumn-pca64-bf16"``."""
+        name = self.base_name if self.pca is None else f"{self.base_name}-pca{self.pca.dims}"
+        return name if self.autocast == "off" else f"{name}-{self.autocast}"
 
     def to(self, device: str | torch.device) -> "LayerDescriptor":
         """Compute on ``device`` from now on (descriptors are returned there); returns self."""
@@ -537,9 +546,13 @@ class LayerDescriptor:
         """
         N = len(images)
         out: torch.Tensor | None = None
+        bf16 = self.autocast == "bf16"
         with torch.inference_mode():
             for start in range(0, N, self.batch_size):
-                maps, (H, W) = self.layer_maps(images[start:start + self.batch_size])
+                with torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+                    maps, (H, W) = self.layer_maps(images[start:start + self.batch_size])
+                if bf16:
+                    maps = [m.float() for m in maps]  # (B, C_l, h_l, w_l) float32 from here on
                 if out is None:
                     out = torch.empty(N, H * W, self.dims, device=maps[0].device)  # (N, P, d)
                 stop = start + maps[0].shape[0]
@@ -580,8 +593,8 @@ class HypercolumnDescriptor(LayerDescriptor):
 
     # 16: the K = 11 neighbours in one VGG pass, 12% faster than 8 + 3 on 2 cores at 96x96, and the same values
     # (oneDNN's convolutions give identical activations for every batch of 2 or more; only a batch of 1 differs).
-    def __init__(self, pca: PixelPCA | None = None, batch_size: int = 16) -> None:
-        super().__init__(pca, batch_size)
+    def __init__(self, pca: PixelPCA | None = None, batch_size: int = 16, autocast: str = "off") -> None:
+        super().__init__(pca, batch_size, autocast)
 
     def layer_maps(self, batch: np.ndarray | torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
         _check_uint8(batch, 3, "images")
@@ -621,12 +634,13 @@ class RegressorDescriptor(LayerDescriptor):
     base_name = "regressor-unet"
     takes = "inputs"
 
-    def __init__(self, regressor: nn.Module, pca: PixelPCA | None = None, batch_size: int = 16) -> None:
+    def __init__(self, regressor: nn.Module, pca: PixelPCA | None = None, batch_size: int = 16,
+                 autocast: str = "off") -> None:
         self.regressor = regressor
         self.layers: list[tuple[str, nn.Module]] = [("stem", regressor.stem)]
         self.layers += [(f"up{i}", block) for i, block in enumerate(regressor.up)]
         self.channels = tuple(_block_out_channels(m) for _, m in self.layers)
-        super().__init__(pca, batch_size)
+        super().__init__(pca, batch_size, autocast)
 
     def layer_maps(self, batch: np.ndarray | torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
         from pixelnn.models.regressor import to_tensor
@@ -652,7 +666,7 @@ class RegressorDescriptor(LayerDescriptor):
 
 
 def make_descriptor(name: str, *, regressor: nn.Module | None = None, pca: PixelPCA | None = None,
-                    batch_size: int | None = None) -> LayerDescriptor:
+                    batch_size: int | None = None, autocast: str = "off") -> LayerDescriptor:
     """Build a descriptor by name.
 
     Parameters
@@ -664,8 +678,10 @@ def make_descriptor(name: str, *, regressor: nn.Module | None = None, pca: Pixel
     pca : PixelPCA, optional
     batch_size : int, optional
         Images per forward pass (class default if None).
+    autocast : {'off', 'bf16'}
+        Precision of the network pass (:class:`LayerDescriptor`).
     """
-    kw = {} if batch_size is None else {"batch_size": batch_size}
+    kw: dict[str, Any] = {"autocast": autocast} if batch_size is None else {"batch_size": batch_size, "autocast": autocast}
     if name == "hypercolumn":
         return HypercolumnDescriptor(pca, **kw)
     if name == "regressor":

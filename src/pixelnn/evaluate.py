@@ -524,7 +524,8 @@ def evaluate(model_dir: str | Path, out: str | Path, settings: EvalSettings | No
         if photo_edges:
             from pixelnn import edges as edges_mod
 
-            real_maps = edges_mod.hed_edge_maps(np.asarray(split.photos[positions]), scale=task.hed_scale)
+            real_maps = edges_mod.hed_edge_maps(np.asarray(split.photos[positions]), scale=task.hed_scale,
+                                                autocast=task.hed_autocast)
             truth_of = dict(enumerate(faith.input_edges(real_maps)))
         else:
             truth_of = {row: faith.input_edges(np.asarray(split.inputs[int(positions[row])])[None])[0]

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from pixelnn.config import COLORS, DEFAULT_WINDOWS, MAX_SEED, check_choice, check_number
+from pixelnn.config import AUTOCASTS, COLORS, DEFAULT_WINDOWS, MAX_SEED, check_choice, check_number
 from pixelnn.errors import PixelNNError
 
 # pixelnn.modes and pixelnn.matching are imported where used: they load torch (~2 s), and this module must stay
@@ -397,6 +397,14 @@ class SynthesisOptions:
         output plus their mean match similarity (:func:`pixelnn.ranking.rank_scores`; a stable sort, ties
         keep the grid order, unscored outputs go last). ``grid``: the authors' order, sets x windows, set-major, with no scores computed. Either way
         the result records every output's grid position (``SynthesisResult.grid_index``).
+    autocast : {'auto', 'off', 'bf16'}
+        Precision of the pixel descriptors' network pass (VGG-16 over f(x) and the neighbours' f(x_k);
+        issue 17): ``bf16`` under ``torch.autocast`` in bfloat16, the layer maps then combined and
+        projected in float32; ``off`` float32. ``auto`` (default): bf16 exactly where the device computes
+        bfloat16 natively (:func:`pixelnn.devices.resolve_autocast`; AVX512-BF16/AMX CPUs, Ampere+ GPUs),
+        where it halves the VGG pass at the same LPIPS (docs/results.md). Stage 1, the global retrieval
+        descriptors and the correspondences' composition stay float32. The pipeline resolves it
+        (:meth:`pixelnn.pipeline.PixelNNPipeline.check_options`), so a manifest records what ran.
     """
 
     top_k: int = DEFAULT_TOP_K
@@ -425,6 +433,7 @@ class SynthesisOptions:
     diversity_weight: float = 0.0
     search: str | None = None
     order: str = "score"
+    autocast: str = "auto"
 
     def __post_init__(self) -> None:
         from pixelnn.modes import mode_names
@@ -433,6 +442,7 @@ class SynthesisOptions:
         check_choice("composition mode", self.mode, mode_names())
         check_choice("color", self.color, COLORS)
         check_choice("order", self.order, ORDERS)
+        check_choice("autocast", self.autocast, AUTOCASTS)
         if self.search is not None:
             check_choice("search", self.search, SEARCHES)
         if self.descriptor is not None:
@@ -535,7 +545,8 @@ class SynthesisOptions:
         A manifest written before ``order`` existed (version < 3) holds its outputs in grid order: its options
         get ``order="grid"``, so that they still reproduce its files. One written before back-projection and
         input-aware retrieval (version < 4) gets ``back_projection=False`` and ``input_weight=0``; one written
-        before approximate search (version < 6), ``search="exact"``."""
+        before approximate search (version < 6), ``search="exact"``; one written before bf16 descriptors
+        (version < 7), ``autocast="off"``."""
         if not isinstance(d, Mapping):
             raise PixelNNError(f"synthesis options must be a JSON object, got {type(d).__name__}")
         version = None
@@ -551,6 +562,8 @@ class SynthesisOptions:
             d.setdefault("input_weight", 0.0)
         if version is not None and version < 6:
             d.setdefault("search", "exact")
+        if version is not None and version < 7:
+            d.setdefault("autocast", "off")
         _check_names(d)
         return cls(**d)
 

@@ -23,6 +23,7 @@ between equally similar pixels.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import threading
@@ -41,7 +42,7 @@ from pixelnn.compose import back_project, blend_borders
 from pixelnn.config import TaskConfig
 from pixelnn.data.images import DEFAULT_MAX_PIXELS, UnusableImage, decode_image, fit_image
 from pixelnn.descriptors import PixelPCA, fit_pca, make_descriptor
-from pixelnn.devices import resolve_device
+from pixelnn.devices import resolve_autocast, resolve_device
 from pixelnn.errors import PixelNNError, printable
 from pixelnn.io import atomic_dir, config_from, need, save_image
 from pixelnn.zarr_store import open_library
@@ -67,7 +68,7 @@ MANIFEST_FORMAT = "pixelnn-synthesis"
 #: 4: the options' ``back_projection`` and ``input_weight`` (older manifests read back as off);
 #: 3: every output's ``score`` and ``grid_position`` and the ``ranking`` (the outputs best first by default);
 #: 2: the resolved SynthesisOptions under "options" (1 listed mode, color and composition sizes loose).
-MANIFEST_VERSION = 6
+MANIFEST_VERSION = 7
 #: PNG level of a result's images: 2 encodes 72 outputs and their correspondence figures in 40% of level 6's
 #: time, for files 8% (outputs) and 18% (figures) larger; the pixels are the same.
 RESULT_PNG_LEVEL = 2
@@ -79,17 +80,18 @@ RESULT_REPLACES = (("manifest.json", MANIFEST_FORMAT),)
 
 def load_pixel_descriptor(library: ExemplarStore, name: str = DEFAULT_DESCRIPTOR, regressor: Regressor | None = None,
                           pca_dims: int | None = DEFAULT_PCA_DIMS, seed: int = 0,
-                          fit_images: int = PCA_FIT_IMAGES) -> Any:
+                          fit_images: int = PCA_FIT_IMAGES, autocast: str = "off") -> Any:
     """A pixel descriptor for a library, with its PCA fitted once on the library's exemplars and cached.
 
     The PCA (``pca_dims`` components) is fitted on the CPU on up to ``fit_images`` (200) evenly spaced
     exemplars (their stage-1 images for ``hypercolumn``, their inputs for ``regressor``) and stored in the
     library folder as ``pca_<name>_<dims>.safetensors``; ``pca_dims=None`` returns the full descriptor.
-    The descriptor computes on the CPU; move it with ``.to(device)``.
+    The PCA is always fitted in float32; ``autocast`` (``off`` or ``bf16``) is the precision of the returned
+    descriptor's network pass. The descriptor computes on the CPU; move it with ``.to(device)``.
     """
     full = make_descriptor(name, regressor=regressor)
     if pca_dims is None:
-        return full
+        return make_descriptor(name, regressor=regressor, autocast=autocast) if autocast != "off" else full
     root = getattr(library, "root", None)  # None: a remote store, the PCA is fitted in memory
     path = Path(root) / f"pca_{name}_{pca_dims}.safetensors" if root is not None else None
     if path is not None and path.is_file():
@@ -104,7 +106,7 @@ def load_pixel_descriptor(library: ExemplarStore, name: str = DEFAULT_DESCRIPTOR
         pca = fit_pca(images, dims=pca_dims, seed=seed, descriptor=full)
         if path is not None:
             pca.save(path)
-    return make_descriptor(name, regressor=regressor, pca=pca)
+    return make_descriptor(name, regressor=regressor, pca=pca, autocast=autocast)
 
 
 @dataclass
@@ -263,14 +265,15 @@ class PixelNNPipeline:
         self.library = library
         self.task = task
         self.use_pixel_cache = pixel_cache is not None if use_pixel_cache is None else use_pixel_cache
-        self._descriptors: dict[tuple[str, int | None], tuple[Any, Any]] = {}
+        self._descriptors: dict[tuple[str, int | None, str], tuple[Any, Any]] = {}  # (name, dims, autocast)
         self._descriptors_lock = threading.RLock()
         self._default: tuple[str, int | None] = (DEFAULT_DESCRIPTOR, DEFAULT_PCA_DIMS)
         if descriptor is not None:
             pca = getattr(descriptor, "pca", None)
             self._default = ("regressor" if getattr(descriptor, "takes", "") == "inputs" else "hypercolumn",
                              pca.dims if pca is not None else None)
-            self._descriptors[self._default] = (descriptor.to(self.device), pixel_cache)
+            self._descriptors[(*self._default, getattr(descriptor, "autocast", "off"))] = (descriptor.to(self.device),
+                                                                                          pixel_cache)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, library_dir: str | Path | None = None,
@@ -289,31 +292,41 @@ class PixelNNPipeline:
         library = open_library(library_dir if library_dir else Path(model_dir) / "library", model_dir=model_dir)
         pipe = cls(regressor, library, task, device=device, use_pixel_cache=pixel_cache)
         pipe._default = (descriptor, pca_dims)
-        pipe.pixel_descriptor(descriptor, pca_dims)  # now: the first request should not pay for the PCA fit
+        pipe.pixel_descriptor(descriptor, pca_dims, "auto")  # now: the first request should not pay for the PCA fit
         return pipe
 
     @property
     def descriptor(self) -> Any:
         """The default pixel descriptor (the one ``from_model_dir`` was asked for)."""
-        return self.pixel_descriptor(*self._default)[0]
+        return self.pixel_descriptor(*self._default, autocast="auto")[0]
 
     @property
     def pixel_cache(self) -> Any:
         """The default descriptor's pixel cache (None when off or not cacheable)."""
-        return self.pixel_descriptor(*self._default)[1]
+        return self.pixel_descriptor(*self._default, autocast="auto")[1]
 
     # ------------------------------------------------------------------ parts
-    def pixel_descriptor(self, name: str = DEFAULT_DESCRIPTOR, pca_dims: int | None = DEFAULT_PCA_DIMS
-                         ) -> tuple[Any, Any]:
-        """The pixel descriptor ``name`` with ``pca_dims`` PCA dims (None or 0: full) and its pixel cache (or
-        None), loaded on first use (fitting the PCA once per library)."""
-        key = (name, pca_dims or None)
+    def pixel_descriptor(self, name: str = DEFAULT_DESCRIPTOR, pca_dims: int | None = DEFAULT_PCA_DIMS,
+                         autocast: str = "off") -> tuple[Any, Any]:
+        """The pixel descriptor ``name`` with ``pca_dims`` PCA dims (None or 0: full), in precision ``autocast``
+        (``off``, ``bf16``, or ``auto``: bf16 where this device computes it natively), and its pixel cache (or
+        None; one per precision), loaded on first use (fitting the PCA once per library, in float32)."""
+        if autocast == "auto":
+            autocast = resolve_autocast(autocast, self.device)
+        key = (name, pca_dims or None, autocast)
         with self._descriptors_lock:  # several web workers may ask for the same new descriptor at once
             if key not in self._descriptors:
-                desc = load_pixel_descriptor(self.library, name, self.regressor, key[1]).to(self.device)
-                cache_dir = getattr(self.library, "pixel_cache_dir", None)  # None: the store keeps no pixel descriptors
-                cache = PixelDescriptorCache(Path(cache_dir), desc) \
-                    if self.use_pixel_cache and cache_dir is not None and desc.dims <= MAX_CACHED_DIMS else None
+                twin = next((v for k, v in self._descriptors.items() if k[:2] == key[:2]), None)
+                if twin is not None:  # the same descriptor (PCA, network) in the other precision, e.g. one given
+                    desc = copy.copy(twin[0])
+                    desc.autocast = autocast
+                    cache = PixelDescriptorCache(twin[1].root, desc) if twin[1] is not None else None
+                else:
+                    desc = load_pixel_descriptor(self.library, name, self.regressor, key[1],
+                                                 autocast=autocast).to(self.device)
+                    cache_dir = getattr(self.library, "pixel_cache_dir", None)  # None: the store keeps none
+                    cache = PixelDescriptorCache(Path(cache_dir), desc) \
+                        if self.use_pixel_cache and cache_dir is not None and desc.dims <= MAX_CACHED_DIMS else None
                 self._descriptors[key] = (desc, cache)
             return self._descriptors[key]
 
@@ -323,7 +336,7 @@ class PixelNNPipeline:
         Returns the number of exemplars described. Costs one descriptor pass per exemplar (about
         0.07 s at 96x96 on 2 cores) and 1.2 MB of disk per exemplar at 64 dims.
         """
-        desc, cache = self.pixel_descriptor(*self._default)
+        desc, cache = self.pixel_descriptor(*self._default, autocast="auto")  # what default options use here
         if getattr(self.library, "pixel_cache_dir", None) is None:
             raise PixelNNError("this library is a chunked store, which keeps no pixel descriptors (they are "
                                "computed per query)")
@@ -352,6 +365,7 @@ class PixelNNPipeline:
             descriptor=options.descriptor or name, regions=regions,
             pca_dims=(dims or 0) if options.pca_dims is None else options.pca_dims,
             back_projection=superres and options.back_projection is not False,  # only a thumbnail projects
+            autocast=resolve_autocast(options.autocast, self.device),  # what ran: "bf16" or "off"
             input_weight=DEFAULT_INPUT_WEIGHT.get(self.task.name, 0.0) if options.input_weight is None
             else options.input_weight,
             **{k: v for k, v in get_mode(options.mode).task_defaults.get(self.task.name, {}).items()
@@ -545,7 +559,7 @@ class PixelNNPipeline:
 
         ``query`` (P, d) is the query's descriptor when already computed (batches).
         """
-        desc, cache = self.pixel_descriptor(options.descriptor, options.pca_dims)
+        desc, cache = self.pixel_descriptor(options.descriptor, options.pca_dims, options.autocast)
         takes_inputs = getattr(desc, "takes", "stage1") == "inputs"
         ex_images = self.library.take("inputs", neighbours.positions) if takes_inputs else neighbours.stage1
         if query is None:
@@ -789,7 +803,7 @@ class PixelNNPipeline:
                                            allowed)
             neighbours = clock("retrieval", [self._neighbours(*self._rerank(sim[i], idx[i], xs[i], options))
                                              for i in range(b)])
-            desc, _ = self.pixel_descriptor(options.descriptor, options.pca_dims)
+            desc, _ = self.pixel_descriptor(options.descriptor, options.pca_dims, options.autocast)
             images = xs if getattr(desc, "takes", "stage1") == "inputs" else stage1
             queries = clock("descriptors", self._queries(desc, images))  # (B, P, d)
         shared = {k: v / b for k, v in clock.timings().items() if k != "total"}
@@ -965,7 +979,7 @@ def save_result(result: SynthesisResult, out_dir: str | Path, library: Any, save
     out_dir = Path(out_dir)
     n = len(result.outputs)
     k = len(result.neighbours)
-    ex_photos = library.take("photos", result.neighbours)
+    ex_photos = library.take("photos", result.neighbours) if save_correspondence_maps else None  # for the figures
     records = library.records_of(result.neighbours)
     ranks = exemplar_ranks(result.exemplar, result.neighbours)  # (O, S, S)
     regions = result.region is not None

@@ -79,7 +79,8 @@ def derive(photos: np.ndarray, task: TaskConfig, progress: bool = False) -> Deri
         from pixelnn import edges
 
         if task.edge_method == "hed":
-            return DerivedInputs(edges.hed_edge_maps(photos, progress=progress, scale=task.hed_scale), None, everyone)
+            return DerivedInputs(edges.hed_edge_maps(photos, progress=progress, scale=task.hed_scale,
+                                                     autocast=task.hed_autocast), None, everyone)
         return DerivedInputs(edges.canny_edge_maps(photos), None, everyone)
     if task.name == "normals":
         from pixelnn.normals import normal_maps

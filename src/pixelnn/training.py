@@ -34,7 +34,7 @@ from safetensors.torch import safe_open
 from pixelnn.config import (LR_SCHEDULES, MODEL_FILES, PERCEPTUAL_LAYERS, RegressorConfig, TaskConfig, TrainConfig,
                             check_choice, check_number)
 from pixelnn.data.dataset import SplitData, image_grid
-from pixelnn.devices import native_bf16
+from pixelnn.devices import resolve_autocast
 from pixelnn.errors import PixelNNError
 from pixelnn.evaluation.image_metrics import bicubic_upsample, psnr, ssim
 from pixelnn.io import append_jsonl, crash_point, load_state_checked, recover_all, parse_json, read_json, save_image, write_json
@@ -198,16 +198,6 @@ def lr_factor(schedule: str, progress: float) -> float:
     end = start / ONECYCLE_FINAL_DIV
     return end + (1.0 - end) / 2 * (math.cos(math.pi * (p - ONECYCLE_WARMUP) / (1 - ONECYCLE_WARMUP)) + 1)
 
-
-def resolve_autocast(autocast: str, device: torch.device) -> str:
-    """``"bf16"`` or ``"off"``: what ``TrainConfig.autocast`` means on ``device`` (``"auto"`` is bf16 where
-    :func:`pixelnn.devices.native_bf16`, since emulated bf16 is slower than fp32)."""
-    if autocast == "auto":
-        return "bf16" if native_bf16(device) else "off"
-    if autocast == "bf16" and not native_bf16(device):
-        log.warning("--autocast bf16: %s has no native bfloat16, so it is emulated and can be many times slower "
-                    "than fp32 (measured: 10x on a 2-core AVX2 CPU); --autocast auto picks the faster", device)
-    return autocast
 
 
 def compile_regressor(model: nn.Module) -> nn.Module:

@@ -684,6 +684,7 @@ def options_line(options: Any) -> str:
                                                f" ({'full' if o.pca_dims == 0 else o.pca_dims} dims)")]
     parts += [f"num_outputs {o.num_outputs} (seed {o.seed})"] if o.num_outputs is not None else []
     parts += [f"search {o.search}"] if o.search is not None else []
+    parts += [f"autocast {o.autocast}"] if o.autocast != "auto" else []  # what ran, once the pipeline resolved it
     parts += [f"order {o.order}"]
     parts += ["where " + "; ".join(f"{k}={' or '.join(v)}" for k, v in o.where)] if o.where else []
     parts += [f"like {len(o.like)} photo(s)"] if o.like else []

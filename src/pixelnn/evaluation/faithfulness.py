@@ -58,7 +58,8 @@ def edge_strength(outputs: np.ndarray, task: TaskConfig, batch_size: int = 16, p
                   device: str = "cpu") -> np.ndarray:
     """Edge strength of outputs (N, S, S, 3) uint8 -> (N, S, S) float in [0, 1], the way the task made its inputs.
 
-    HED (``task.edge_method == "hed"``, run on ``device``): fused probabilities at ``task.hed_scale``, then
+    HED (``task.edge_method == "hed"``, run on ``device``): fused probabilities at ``task.hed_scale`` (and
+    ``task.hed_autocast``), then
     pix2pix's non-maximum suppression (thin ridges keep their strength). Canny: the binary map as 0/1.
     """
     from pixelnn import edges
@@ -66,7 +67,7 @@ def edge_strength(outputs: np.ndarray, task: TaskConfig, batch_size: int = 16, p
     if task.edge_method == "canny":
         return (edges.canny_edge_maps(outputs)[..., 0] == 0).astype(np.float32)
     prob = edges.hed_probability(outputs, batch_size=batch_size, progress=progress, device=device,
-                                 scale=task.hed_scale)
+                                 scale=task.hed_scale, autocast=task.hed_autocast)
     if prob.shape[1] < 3 or prob.shape[2] < 3:
         return prob
     return edges.edge_nms(prob, edges.edge_orientation(prob, 4), radius=1, border=5).astype(np.float32)
