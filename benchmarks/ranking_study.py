@@ -8,7 +8,11 @@ LPIPS to the real photo and several candidate scores (none of them sees the phot
 - ``coherence``: minus the seam rate (:func:`pixelnn.evaluation.coherence.seam_rate`);
 - ``similarity``: the mean match similarity of the output's pixels;
 - ``faithfulness, windows > 1``: the faithfulness score among the outputs whose window is not 1x1;
-- ``z(a) + z(b)``: sums of two of them, each standardised over the input's outputs.
+- ``z(a) + z(b)``: sums of two of them, each standardised over the input's outputs;
+- with ``--copied-edges`` (edge-map tasks): ``copied edges``, the edge AP of the edge map the output's
+  correspondences copy (each pixel takes its source exemplar's stored input edge map at the source
+  position: a gather, no HED pass), alone and as ``z(copied edges) + z(similarity)``, the pipeline's
+  formula with it in place of the HED-based faithfulness.
 
 Prints per candidate the mean LPIPS of its Top-1 output, its paired difference to the mean output
 (mean ± s.e. over inputs), how often it beats the mean output, and the mean within-input Spearman
@@ -46,6 +50,7 @@ def main() -> None:
     ap.add_argument("--inputs", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--copied-edges", action="store_true", help="also score by the copied exemplars' edge maps")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.ERROR)
@@ -61,6 +66,10 @@ def main() -> None:
     split = Dataset(args.data).split(args.split)
     names = ("faithfulness", "coherence", "similarity", "faithfulness, windows > 1", "z(faithfulness) + z(coherence)",
              "z(faithfulness) + z(similarity)", "z(similarity) + z(coherence)")
+    if args.copied_edges:
+        names += ("copied edges", "z(copied edges) + z(similarity)")
+    from pixelnn.evaluation.faithfulness import edge_faithfulness, input_edges
+    from pixelnn.provenance import exemplar_ranks
     top: dict[str, list[float]] = {n: [] for n in names}
     rho: dict[str, list[float]] = {n: [] for n in names}
     mean, oracle, rand = [], [], []
@@ -75,6 +84,12 @@ def main() -> None:
         cands = {"faithfulness": faith, "coherence": coh, "similarity": sim, "faithfulness, windows > 1": wide,
                  "z(faithfulness) + z(coherence)": _z(faith) + _z(coh), "z(faithfulness) + z(similarity)": _z(faith) + _z(sim),
                  "z(similarity) + z(coherence)": _z(sim) + _z(coh)}
+        if args.copied_edges:
+            ex_edges = input_edges(pipe.library.take("inputs", r.neighbours))  # (K, S, S) bool
+            copied = ex_edges[exemplar_ranks(r.exemplar, r.neighbours), r.source_y, r.source_x]  # (O, S, S)
+            truth = np.broadcast_to(input_edges(x[None])[0], copied.shape)
+            ap_copied = edge_faithfulness(copied.astype(np.float32), truth, 1.0)[0]
+            cands.update({"copied edges": ap_copied, "z(copied edges) + z(similarity)": _z(ap_copied) + _z(sim)})
         for n, s in cands.items():
             top[n].append(float(lp[int(np.argmax(s))]))  # the first of the best: grid order breaks ties
             rho[n].append(_spearman(s, -lp))
