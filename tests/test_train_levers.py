@@ -252,8 +252,10 @@ def test_explicit_bf16_warns_only_where_it_is_emulated(monkeypatch, caplog, nati
     from pixelnn import devices
 
     monkeypatch.setattr(devices, "native_bf16", lambda device: native)
+    monkeypatch.setattr(devices, "_WARNED", set())
     with caplog.at_level(logging.WARNING, logger="pixelnn.devices"):
         assert devices.resolve_autocast("bf16", torch.device("cpu")) == "bf16"
+        assert devices.resolve_autocast("bf16", torch.device("cpu")) == "bf16"  # warned once per process
         assert devices.resolve_autocast("off", torch.device("cpu")) == "off"
     warned = [r for r in caplog.records if "emulated" in r.getMessage()]
     assert len(warned) == (0 if native else 1)

@@ -681,7 +681,7 @@ def make_descriptor(name: str, *, regressor: nn.Module | None = None, pca: Pixel
     autocast : {'off', 'bf16'}
         Precision of the network pass (:class:`LayerDescriptor`).
     """
-    kw: dict[str, Any] = {"autocast": autocast} if batch_size is None else {"batch_size": batch_size, "autocast": autocast}
+    kw: dict[str, Any] = {"autocast": autocast, **({} if batch_size is None else {"batch_size": batch_size})}
     if name == "hypercolumn":
         return HypercolumnDescriptor(pca, **kw)
     if name == "regressor":

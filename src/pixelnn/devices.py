@@ -27,6 +27,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 DEFAULT_DEVICE = "auto"
 
 log = logging.getLogger(__name__)
+_WARNED: set[tuple[str, str]] = set()  # (option, device) already warned about emulated bf16
 
 
 def _mps_available() -> bool:
@@ -116,7 +117,8 @@ def resolve_autocast(autocast: str, device: torch.device, option: str = "--autoc
     """
     if autocast == "auto":
         return "bf16" if native_bf16(device) else "off"
-    if autocast == "bf16" and not native_bf16(device):
+    if autocast == "bf16" and not native_bf16(device) and (option, str(device)) not in _WARNED:
+        _WARNED.add((option, str(device)))  # once per process: synthesize resolves it for every input
         log.warning("%s bf16: %s has no native bfloat16, so it is emulated and can be many times slower "
                     "than fp32 (measured: 10x on a 2-core AVX2 CPU); %s auto picks the faster", option, device, option)
     return autocast

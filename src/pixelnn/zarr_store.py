@@ -425,36 +425,39 @@ class _ShardRows:
         self._lock = threading.Lock()
 
     @classmethod
-    def of(cls, array: Any, loc: "Location", rel: str) -> "_ShardRows | None":
-        """A fast reader of ``array`` (a zarr v3 array at ``loc``/``rel``), or None where zarr must read it."""
+    def of(cls, metadata: bytes, loc: "Location", rel: str) -> "_ShardRows | None":
+        """A fast reader of the array whose ``zarr.json`` is ``metadata``, at ``loc``/``rel``, or None where zarr
+        must read it (any metadata but the codec chain :class:`_SegmentWriter` writes, or a remote store)."""
         try:
-            from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, TransposeCodec, ZstdCodec
-            from zarr.codecs.sharding import ShardingCodecIndexLocation
-
-            m = array.metadata
-            if not loc.local or array.dtype != np.uint8 or len(m.codecs) != 1 or not isinstance(m.codecs[0], ShardingCodec):
-                return None
-            sc = m.codecs[0]
-            chain = list(sc.codecs)
+            m = json.loads(metadata)
+            shape = tuple(int(v) for v in m["shape"])
+            grid, keys = m["chunk_grid"], m["chunk_key_encoding"]
+            (shard,) = m["codecs"]
+            conf = shard["configuration"]
+            inner = list(conf["codecs"])
             order = None
-            if chain and isinstance(chain[0], TransposeCodec):
-                order = tuple(int(i) for i in chain.pop(0).order)
-            delta = bool(chain) and type(chain[0]).__name__ == "Delta" and \
-                dict(getattr(chain[0], "codec_config", {})).get("dtype") == "uint8" and \
-                dict(chain[0].codec_config).get("astype", "uint8") == "uint8"
+            if inner and inner[0]["name"] == "transpose":
+                order = tuple(int(i) for i in inner.pop(0)["configuration"]["order"])
+            delta = bool(inner) and inner[0]["name"] == "numcodecs.delta" and \
+                inner[0].get("configuration", {}).get("dtype") == "uint8" and \
+                inner[0]["configuration"].get("astype", "uint8") == "uint8"
             if delta:
-                chain.pop(0)
-            kinds = [type(c) for c in chain]
-            index_kinds = [type(c) for c in sc.index_codecs]
-            if kinds != [BytesCodec, ZstdCodec, Crc32cCodec] or index_kinds != [BytesCodec, Crc32cCodec] \
-                    or sc.index_location != ShardingCodecIndexLocation.end \
-                    or getattr(sc.index_codecs[0].endian, "value", None) != "little" \
-                    or tuple(sc.chunk_shape) != (1, *array.shape[1:]) \
-                    or tuple(m.chunk_grid.chunk_shape[1:]) != tuple(array.shape[1:]) \
-                    or getattr(m.chunk_key_encoding, "separator", None) != "/" or m.fill_value != 0:
+                inner.pop(0)
+            ok = (loc.local and m.get("zarr_format") == 3 and m.get("node_type") == "array"
+                  and m["data_type"] == "uint8" and m.get("fill_value") == 0
+                  and not m.get("storage_transformers") and len(shape) >= 2
+                  and grid["name"] == "regular" and tuple(grid["configuration"]["chunk_shape"][1:]) == shape[1:]
+                  and keys["name"] == "default" and keys.get("configuration", {}).get("separator") == "/"
+                  and shard["name"] == "sharding_indexed" and tuple(conf["chunk_shape"]) == (1, *shape[1:])
+                  and conf.get("index_location", "end") == "end"
+                  and [c["name"] for c in inner] == ["bytes", "zstd", "crc32c"]
+                  and [c["name"] for c in conf["index_codecs"]] == ["bytes", "crc32c"]
+                  and conf["index_codecs"][0].get("configuration", {}).get("endian") == "little"
+                  and (order is None or sorted(order) == list(range(len(shape)))))
+            if not ok:
                 return None
-            return cls(loc.path(rel), tuple(array.shape), int(m.chunk_grid.chunk_shape[0]), order, delta)
-        except Exception:  # another zarr version's classes or metadata: let zarr read it
+            return cls(loc.path(rel), shape, int(grid["configuration"]["chunk_shape"][0]), order, delta)
+        except (ValueError, KeyError, TypeError, AttributeError):  # other metadata: let zarr read it
             return None
 
     def _shard_index(self, f: Any, shard: int) -> np.ndarray:
@@ -527,15 +530,23 @@ class _Segment:
         self._arrays: dict[str, Any] = {}
         self._fast: dict[str, Any] = {}  # field -> _ShardRows, or False where zarr itself reads
 
+    def metadata(self, field: str) -> bytes:
+        """The field's ``zarr.json``, after checking it and the group's against the version manifest."""
+        rel = f"{SEGMENTS}/{self.name}"
+        data = b""
+        for meta in ("zarr.json", f"{field}/zarr.json"):
+            want = self.entry["files"].get(meta)
+            data = self.loc.read_bytes(f"{rel}/{meta}") if want is not None else b""
+            if want is None or _sha256(data) != want["sha256"]:
+                raise PixelNNError(f"{self.loc.url}: segment {self.name} has a bad checksum in {meta}")
+        return data
+
     def array(self, field: str):
         if field not in self._arrays:
             import zarr
 
             rel = f"{SEGMENTS}/{self.name}"
-            for meta in ("zarr.json", f"{field}/zarr.json"):
-                want = self.entry["files"].get(meta)
-                if want is None or _sha256(self.loc.read_bytes(f"{rel}/{meta}")) != want["sha256"]:
-                    raise PixelNNError(f"{self.loc.url}: segment {self.name} has a bad checksum in {meta}")
+            self.metadata(field)
             try:
                 with _quiet_numcodecs():
                     group = zarr.open_group(self.loc.zarr_store(rel, read_only=True), mode="r")
@@ -546,15 +557,16 @@ class _Segment:
 
     def read(self, field: str, rows: np.ndarray) -> np.ndarray:
         """Rows (sorted, unique local row numbers) of a field."""
-        a = self.array(field)
         fast = self._fast.get(field)
-        if fast is None:
-            fast = self._fast[field] = _ShardRows.of(a, self.loc, f"{SEGMENTS}/{self.name}/{field}") or False
+        if fast is None:  # from the checked zarr.json: the image fields never import zarr
+            fast = self._fast[field] = _ShardRows.of(self.metadata(field), self.loc,
+                                                     f"{SEGMENTS}/{self.name}/{field}") or False
         if fast and len(rows):
             try:
                 return fast.read(rows)
             except PixelNNError as e:
                 raise PixelNNError(f"{self.loc.url}: segment {self.name} {field}: {e}") from None
+        a = self.array(field)
         try:
             if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
                 return np.asarray(a[int(rows[0]):int(rows[-1]) + 1])
