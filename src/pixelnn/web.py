@@ -639,15 +639,22 @@ class WebApp:
 
         The page gets files rather than arrays: Gradio copies a returned file into its cache atomically,
         whereas it rewrites the cache file of a returned array in place, which a browser still fetching the
-        same image of an earlier, identical request could then read truncated.
+        same image of an earlier, identical request could then read truncated. The folder is new and no one
+        reads it before this returns, so the files are written in place, by ``RESULT_WRITERS`` threads at
+        ``RESULT_PNG_LEVEL``, as :func:`pixelnn.pipeline.save_result` writes a result's.
         """
+        from concurrent.futures import ThreadPoolExecutor
+
         from pixelnn.io import save_image
+        from pixelnn.pipeline import RESULT_PNG_LEVEL, RESULT_WRITERS
 
         d = self._new_dir("page")
-        paths = {}
-        for name, image in images.items():
-            save_image(d / f"{name}.png", np.asarray(image))
-            paths[name] = str(d / f"{name}.png")
+        paths = {name: str(d / f"{name}.png") for name in images}
+        with ThreadPoolExecutor(RESULT_WRITERS, thread_name_prefix="pixelnn-page") as pool:
+            jobs = [pool.submit(save_image, paths[name], np.asarray(image), atomic=False,
+                                compress_level=RESULT_PNG_LEVEL) for name, image in images.items()]
+            for job in jobs:  # every file written (or its error raised) before the page gets the paths
+                job.result()
         return paths
 
     def download(self, result: Any, output: int | None = None, photo: np.ndarray | None = None) -> Path:
