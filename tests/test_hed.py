@@ -248,3 +248,23 @@ def test_remove_small_edges():
     out = edges.remove_small_edges(e, 4)
     assert out.sum() == 4 and np.array_equal(out[5:9, 5:9], np.eye(4, dtype=bool))
     assert not out[1].any() and not out[0, 9]
+
+
+def test_tasks_run_hed_at_their_own_precision(monkeypatch):
+    """Ranking and evaluation score outputs' edges the way the task made its inputs: its hed_autocast too."""
+    from pixelnn.config import TaskConfig
+    from pixelnn.evaluation.faithfulness import edge_strength
+    from pixelnn.tasks import derive
+
+    seen: list[str] = []
+    monkeypatch.setattr(edges, "hed_probability",
+                        lambda photos, **k: seen.append(k["autocast"]) or np.zeros(photos.shape[:3], np.float32))
+    photos = np.zeros((2, 16, 16, 3), np.uint8)
+    for asked in ("off", "bf16", "auto"):
+        task = TaskConfig(name="edges", size=16, hed_scale=1, hed_autocast=asked)
+        edge_strength(photos, task)
+        derive(photos, task)
+        assert seen[-2:] == [asked, asked]
+    legacy = TaskConfig.from_dict({"name": "edges", "size": 16})  # a task from before the option: float32
+    edge_strength(photos, legacy)
+    assert seen[-1] == "off"

