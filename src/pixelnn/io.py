@@ -416,10 +416,11 @@ def check_tensors_sha256(tensors: dict[str, Any], meta: dict[str, str], path: st
 
 
 def load_state_checked(module: Any, state: dict[str, Any], source: str | os.PathLike, what: str = "weights",
-                       how: str = "") -> None:
+                       how: str = "", assign: bool = False) -> None:
     """``module.load_state_dict(state)`` (strict), with a one-line PixelNNError naming ``source`` and the first
     missing, unexpected or wrongly shaped tensors when the file's tensors do not fit the module (e.g. metadata
-    saying ``base_channels`` 32 over tensors of a 16-channel network)."""
+    saying ``base_channels`` 32 over tensors of a 16-channel network). ``assign=True`` makes the tensors the
+    module's own instead of copying them, so ``module`` may have been built on the ``meta`` device."""
     from pixelnn.errors import PixelNNError
 
     want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
@@ -440,7 +441,7 @@ def load_state_checked(module: Any, state: dict[str, Any], source: str | os.Path
         raise PixelNNError(f"{what} {source} do not fit the architecture their metadata describes: "
                            f"{', '.join(problems)}{tail}")
     try:
-        module.load_state_dict(state, strict=True)
+        module.load_state_dict(state, strict=True, assign=assign)
     except (RuntimeError, ValueError, TypeError) as e:
         first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e).strip())
         raise PixelNNError(f"{what} {source} cannot be loaded: {first}{tail}") from None
