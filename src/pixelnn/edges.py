@@ -66,9 +66,10 @@ def hed_probability(photos: np.ndarray, batch_size: int = 16, progress: bool = F
         1 runs HED on the photos as they are (the exact port of the original model).
     autocast : {'off', 'bf16', 'auto'}
         ``bf16`` runs the network under ``torch.autocast`` in bfloat16 (the pre- and post-processing
-        stay float32): about 1.5-2x the images/s where the device computes bfloat16 natively
-        (AVX512-BF16/AMX CPUs, Ampere+ GPUs), with probabilities within about 0.02 of float32's and
-        about 2% of the thinned edge pixels different (docs/results.md). ``auto`` is bf16 exactly where
+        stay float32): 2x the images/s where the device computes bfloat16 natively (AVX512-BF16/AMX
+        CPUs, Ampere+ GPUs; measured at scales 1 and 2), with probabilities within about 0.02 of
+        float32's, 2-10% of the thinned edge pixels different and 0.4-1% more than a pixel away
+        (docs/results.md). ``auto`` is bf16 exactly where
         it is native (:func:`pixelnn.devices.resolve_autocast`); ``off`` (the default) is float32.
 
     Returns
