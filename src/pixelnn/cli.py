@@ -307,8 +307,8 @@ def _add_task_options(p: argparse.ArgumentParser) -> None:
                    help="run HED on the photo enlarged this much, above 0 and at most 8 (default 2: sharper; "
                         "1 is ~3.5x faster)")
     p.add_argument("--hed-autocast", choices=AUTOCASTS, default="auto",
-                   help="HED's network in bfloat16 (bf16: about 1.5-2x faster where it is native, ~2%% of edge pixels "
-                        "differ), float32 (off), or auto (default: bf16 exactly where the CPU/GPU computes it natively); "
+                   help="HED's network in bfloat16 (bf16: 2x faster where it is native, 0.4%% of edge pixels more than a "
+                        "pixel from float32's at scale 2), float32 (off), or auto (default: bf16 exactly where the CPU/GPU computes it natively); "
                         "recorded in the dataset and used wherever its models run HED")
     p.add_argument("--direction", choices=DIRECTIONS, default="AtoB",
                    help="paired images: AtoB = left half is the input; BtoA = right half is the input")

@@ -415,7 +415,7 @@ class _ShardRows:
                  delta: bool):
         from numcodecs import Zstd
 
-        self.path, self.shape, self.shard_rows = path, shape, shard_rows
+        self.path, self.shard_rows = path, shard_rows
         self.order, self.delta = order, delta
         self.row_shape = shape[1:]
         self.encoded_shape = (1, *self.row_shape) if order is None else \
@@ -529,17 +529,19 @@ class _Segment:
         self.removed = np.asarray(sorted(removed), np.int64)
         self._arrays: dict[str, Any] = {}
         self._fast: dict[str, Any] = {}  # field -> _ShardRows, or False where zarr itself reads
+        self._metadata: dict[str, bytes] = {}
 
     def metadata(self, field: str) -> bytes:
-        """The field's ``zarr.json``, after checking it and the group's against the version manifest."""
-        rel = f"{SEGMENTS}/{self.name}"
-        data = b""
-        for meta in ("zarr.json", f"{field}/zarr.json"):
-            want = self.entry["files"].get(meta)
-            data = self.loc.read_bytes(f"{rel}/{meta}") if want is not None else b""
-            if want is None or _sha256(data) != want["sha256"]:
-                raise PixelNNError(f"{self.loc.url}: segment {self.name} has a bad checksum in {meta}")
-        return data
+        """The field's ``zarr.json``, after checking it and the group's against the version manifest (once)."""
+        if field not in self._metadata:
+            rel = f"{SEGMENTS}/{self.name}"
+            for meta in ("zarr.json", f"{field}/zarr.json"):
+                want = self.entry["files"].get(meta)
+                data = self.loc.read_bytes(f"{rel}/{meta}") if want is not None else b""
+                if want is None or _sha256(data) != want["sha256"]:
+                    raise PixelNNError(f"{self.loc.url}: segment {self.name} has a bad checksum in {meta}")
+            self._metadata[field] = data
+        return self._metadata[field]
 
     def array(self, field: str):
         if field not in self._arrays:
@@ -722,21 +724,21 @@ class ZarrLibrary:
         kept = self._row_cache.get(field) if self.row_cache_rows > 0 else None
         if kept is None or not len(pos):
             return self._take(field, pos)
+        wanted = np.unique(pos).tolist()
         with self._row_lock:
-            found = {int(p): kept[int(p)] for p in np.unique(pos) if int(p) in kept}
+            found = {p: kept[p] for p in wanted if p in kept}
             for p in found:
                 kept.move_to_end(p)
-        if len(found) == len(np.unique(pos)):
-            return np.stack([found[int(p)] for p in pos])
-        missing = np.array(sorted(set(np.unique(pos).tolist()) - set(found)), np.int64)
-        fresh = self._take(field, missing)
-        with self._row_lock:
-            for p, row in zip(missing.tolist(), fresh):
-                found[p] = kept[p] = row
-                kept.move_to_end(p)
-            while len(kept) > self.row_cache_rows:
-                kept.popitem(last=False)
-        return np.stack([found[int(p)] for p in pos])
+        missing = [p for p in wanted if p not in found]
+        if missing:
+            fresh = self._take(field, np.array(missing, np.int64))
+            with self._row_lock:
+                for p, row in zip(missing, fresh):
+                    found[p] = kept[p] = row
+                    kept.move_to_end(p)
+                while len(kept) > self.row_cache_rows:
+                    kept.popitem(last=False)
+        return np.stack([found[p] for p in pos.tolist()])
 
     def _take(self, field: str, pos: np.ndarray) -> np.ndarray:
         """:meth:`take` from the shards (checked positions, no row cache)."""

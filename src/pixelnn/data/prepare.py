@@ -475,11 +475,10 @@ def prepare_dataset(source: str | os.PathLike, out_dir: str | os.PathLike, task:
         if task.name == "edges" and task.edge_method == "hed":
             import torch
 
-            from pixelnn.devices import native_bf16
+            from pixelnn.devices import resolve_autocast
 
             # what task.hed_autocast meant on this machine (HED ran on its CPU): what made these edge maps
-            auto = "bf16" if native_bf16(torch.device("cpu")) else "off"
-            extra["hed_autocast_ran"] = auto if task.hed_autocast == "auto" else task.hed_autocast
+            extra["hed_autocast_ran"] = resolve_autocast(task.hed_autocast, torch.device("cpu"), "--hed-autocast")
         extra["notes"] = notes
         source_str = str(src.path)
         source_kind = src.kind
